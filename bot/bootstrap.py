@@ -1,0 +1,34 @@
+"""The composition root: config + store + backend → the service, for every entry point."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from bot.config import Config, load_config
+from bot.service.app import Nbenv
+from bot.service.jobs import JobWorker
+from bot.store.database import make_engine, upgrade
+from bot.store.uow import Store
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: Store
+    app: Nbenv
+    worker: JobWorker
+
+
+def build_runtime(
+    config_path: str | None = None, database_url: str | None = None, *, migrate: bool = True
+) -> Runtime:
+    config = load_config(config_path or os.environ.get("NBENV_CONFIG"))
+    engine = make_engine(database_url)
+    if migrate:
+        upgrade(engine)
+    store = Store(engine)
+    backend = None
+    app = Nbenv(config, store, backend=backend)
+    worker = JobWorker(store, {})
+    return Runtime(config=config, store=store, app=app, worker=worker)

@@ -1,0 +1,1 @@
+"""Pure rules of nbenv: no I/O, no Slack, no Google. Everything else adapts to this."""

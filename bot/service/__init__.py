@@ -1,0 +1,1 @@
+"""Use cases: parse a command, load state through a unit of work, apply the rules, commit."""

@@ -1,0 +1,983 @@
+"""The nbenv use cases, one method per command.
+
+Every entry point (Slack, CLI, console shell, build relay) goes through `Nbenv`, so a
+rule holds the same wherever a request comes from. State changes commit together with
+their audit entry and the Slack announcements they cause (queued in the outbox), so a
+crash can lose none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.config import Config
+from bot.domain import operations as ops
+from bot.domain.audit import ChainCheck, verify_chain
+from bot.domain.commands import Command, help_text, parse
+from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
+from bot.domain.model import ImageState, Version
+from bot.domain.names import Env, check_full_sha, check_user_id, short
+from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
+from bot.domain.text import escape, mention
+from bot.service.ports import Backend
+from bot.store.uow import Store, Tx
+
+log = logging.getLogger(__name__)
+
+PIPELINE_PREFIX = "build:"
+
+
+def is_pipeline(actor: str) -> bool:
+    """Builds act under their own name: `build:<build id>`."""
+    return actor.startswith(PIPELINE_PREFIX)
+
+
+@dataclass(frozen=True)
+class Button:
+    action_id: str
+    text: str
+    value: dict[str, Any]
+    style: str | None = None  # primary | danger
+
+
+@dataclass
+class Reply:
+    """What the person who asked sees (ephemeral in Slack, stdout in the CLI)."""
+
+    text: str
+    data: Any = None
+    buttons: list[Button] = field(default_factory=list)
+
+
+def report_passed(report: dict[str, Any] | None) -> bool:
+    if not report:
+        return True
+    notebooks = report.get("notebooks") or []
+    return all(item.get("status") == "passed" for item in notebooks)
+
+
+class Nbenv:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        backend: Backend | None = None,
+        differ: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.backend = backend
+        self.differ = differ
+
+    # -- entry -----------------------------------------------------------------------------
+
+    def handle(self, actor: str, text: str, *, key: str | None = None) -> Reply:
+        """Run TEXT exactly as it would follow `/nbenv`, as ACTOR."""
+        return self.execute(actor, parse(text), key=key)
+
+    def execute(
+        self,
+        actor: str,
+        command: Command,
+        *,
+        key: str | None = None,
+        expect: dict[str, int] | None = None,
+    ) -> Reply:
+        self._check_actor(actor)
+        if command.image is not None:
+            self._check_image(command.image)
+        handler = getattr(self, f"_cmd_{command.name}")
+        try:
+            return handler(actor, command, key=key, expect=expect)
+        except (Refused, Conflict) as refusal:
+            self._audit_refusal(actor, command, refusal)
+            raise
+
+    def _check_actor(self, actor: str) -> None:
+        if is_pipeline(actor):
+            return
+        check_user_id(actor)
+        if not self.config.knows_user(actor):
+            raise BadInput(f"unknown user {actor}: not an owner, tester or user of any team")
+
+    def _check_image(self, image: str) -> None:
+        if image not in self.config.images:
+            known = ", ".join(sorted(self.config.images))
+            raise BadInput(f"unknown image {image!r}; known images: {known}")
+
+    def _require(self, actor: str, image: str, needed: Role, action: str) -> Role:
+        if is_pipeline(actor):
+            return Role.OWNER
+        team = self.config.images[image].team
+        return require_role(
+            self.config.team_roles(image), actor, needed, action=action, image=image, team=team
+        )
+
+    def _audit_refusal(self, actor: str, command: Command, refusal: NbenvError) -> None:
+        with self.store.write() as tx:
+            tx.append_audit(
+                actor=actor,
+                action=command.name,
+                image=command.image,
+                sha=command.sha if command.sha and len(command.sha) == 40 else None,
+                outcome="refused",
+                details={"reason": refusal.message, "command": _command_details(command)},
+            )
+
+    @contextmanager
+    def _write(self, key: str | None) -> Iterator[Tx | None]:
+        """A write transaction that claims idempotency KEY; yields None on a retry."""
+        with self.store.write() as tx:
+            if key is not None and not tx.claim(key):
+                yield None
+                return
+            yield tx
+
+    # -- read-only -------------------------------------------------------------------------
+
+    def _cmd_help(self, actor: str, command: Command, **_: Any) -> Reply:
+        return Reply(help_text())
+
+    def visible_images(self, actor: str) -> list[str]:
+        if is_pipeline(actor):
+            return sorted(self.config.images)
+        return sorted(
+            name for name in self.config.images if self.config.role_of(name, actor) is not None
+        )
+
+    def _cmd_status(self, actor: str, command: Command, **_: Any) -> Reply:
+        if command.image:
+            self._require(actor, command.image, Role.USER, "status")
+            with self.store.read() as tx:
+                data: Any = self.image_status(tx, command.image)
+            return Reply(_status_text(data), data)
+        with self.store.read() as tx:
+            data = [self.image_status(tx, name) for name in self.visible_images(actor)]
+        return Reply("\n\n".join(_status_text(item) for item in data) or "no images", data)
+
+    def image_status(self, tx: Tx, image: str) -> dict[str, Any]:
+        state = tx.image_state(image)
+        environments: dict[str, Any] = {}
+        for env in Env:
+            pointer = state.pointer(env)
+            if pointer.sha is None:
+                environments[env.value] = None
+                continue
+            version = tx.get_version(image, pointer.sha)
+            environments[env.value] = {
+                "sha": pointer.sha,
+                "short": short(pointer.sha),
+                "generation": pointer.generation,
+                "updated_at": pointer.updated_at,
+                "updated_by": pointer.updated_by,
+                "subject": version.subject if version else None,
+                "revoked": bool(version and version.revoked),
+            }
+        staging_sha = state.sha(Env.STAGING)
+        approvals = None
+        if staging_sha:
+            check = self._policy(tx, image, staging_sha, promoter=None)
+            approvals = _policy_data(staging_sha, check)
+        return {
+            "image": image,
+            "team": self.config.images[image].team,
+            "channel": self.config.images[image].channel,
+            "environments": environments,
+            "generations": state.generations(),
+            "frozen": state.freeze is not None,
+            "freeze": (
+                {"reason": state.freeze.reason, "by": state.freeze.by, "at": state.freeze.at}
+                if state.freeze
+                else None
+            ),
+            "approvals": approvals,
+        }
+
+    def _cmd_versions(self, actor: str, command: Command, **_: Any) -> Reply:
+        image = command.image
+        assert image
+        self._require(actor, image, Role.USER, "versions")
+        with self.store.read() as tx:
+            state = tx.image_state(image)
+            rows = []
+            for version in tx.list_versions(image):
+                envs = [env.value for env in Env if state.sha(env) == version.sha]
+                verdicts = tx.verdicts(image, version.sha)
+                rows.append(_version_data(version, envs, verdicts))
+        lines = [f"*Versions of {image}* (newest first)"]
+        for row in rows:
+            tests = "tests passed" if row["tests_passed"] else "TESTS FAILED"
+            where = f" [{', '.join(row['environments'])}]" if row["environments"] else ""
+            revoked = " REVOKED" if row["revoked"] else ""
+            lines.append(
+                f"• `{row['short']}`{where} {tests}{revoked}, {row['approvals']} approval(s), "
+                f"{row['created_at'][:16]} {escape(row['subject'] or '')}".rstrip()
+            )
+        if not rows:
+            lines.append("no versions yet")
+        return Reply("\n".join(lines), rows)
+
+    def _cmd_history(self, actor: str, command: Command, **_: Any) -> Reply:
+        image = command.image
+        assert image
+        self._require(actor, image, Role.USER, "history")
+        with self.store.read() as tx:
+            sha = tx.resolve_sha(image, command.sha) if command.sha else None
+            entries = tx.audit_entries(image=image, sha=sha)
+        data = [_audit_data(entry) for entry in entries]
+        title = f"*History of {image}*" + (f" at `{short(sha)}`" if sha else "")
+        lines = [title] + [_history_line(entry) for entry in data]
+        if not data:
+            lines.append("nothing recorded yet")
+        return Reply("\n".join(lines), data)
+
+    def _cmd_diff(self, actor: str, command: Command, **_: Any) -> Reply:
+        image = command.image
+        assert image
+        self._require(actor, image, Role.USER, "diff")
+        with self.store.read() as tx:
+            state = tx.image_state(image)
+            old = self._resolve_ref(tx, state, command.diff_from or Env.PRODUCTION.value)
+            new = self._resolve_ref(tx, state, command.diff_to or Env.STAGING.value)
+            reports = {
+                sha: (version.report if version else None)
+                for sha in (old, new)
+                if sha
+                for version in [tx.get_version(image, sha)]
+            }
+        if self.differ is None:
+            raise Refused("diff is not available on this backend")
+        data = self.differ(image, old, new, reports.get(old), reports.get(new))
+        return Reply(str(data.get("text") or data), data)
+
+    def _resolve_ref(self, tx: Tx, state: ImageState, ref: str) -> str | None:
+        if ref in {env.value for env in Env}:
+            return state.sha(Env(ref))
+        return tx.resolve_sha(state.image, ref)
+
+    # -- approvals -------------------------------------------------------------------------
+
+    def _policy(self, tx: Tx, image: str, sha: str, promoter: str | None) -> PolicyCheck:
+        settings = self.config.images[image]
+        return check_policy(
+            tx.verdicts(image, sha),
+            required=settings.approvals,
+            roles=self.config.team_roles(image),
+            promoter=promoter,
+            owner_approval_counts=settings.owner_approval_counts,
+        )
+
+    def _target_sha(self, tx: Tx, image: str, ref: str | None) -> str:
+        if ref:
+            return tx.resolve_sha(image, ref)
+        staging = tx.image_state(image).sha(Env.STAGING)
+        if staging is None:
+            raise Refused(f"{image} has nothing in staging to approve or reject")
+        return staging
+
+    def _cmd_approve(self, actor: str, command: Command, *, key: str | None = None, **_: Any):
+        return self._verdict(actor, command, approved=True, key=key)
+
+    def _cmd_reject(self, actor: str, command: Command, *, key: str | None = None, **_: Any):
+        return self._verdict(actor, command, approved=False, key=key)
+
+    def _verdict(self, actor: str, command: Command, *, approved: bool, key: str | None) -> Reply:
+        image = command.image
+        assert image
+        action = "approve" if approved else "reject"
+        self._require(actor, image, Role.TESTER, action)
+        with self._write(key) as tx:
+            if tx is None:
+                return Reply("already recorded (retried request)")
+            sha = self._target_sha(tx, image, command.sha)
+            version = tx.get_version(image, sha)
+            assert version is not None
+            if approved and not version.tests_passed:
+                raise Refused(f"{short(sha)} of {image} failed its automated tests")
+            current = {v.user: v for v in tx.verdicts(image, sha)}.get(actor)
+            if current is not None and current.approved and approved:
+                return Reply(f"you already approved `{short(sha)}` of {image}")
+            tx.add_verdict(image, sha, actor, approved=approved, reason=command.reason)
+            check = self._policy(tx, image, sha, promoter=None)
+            tx.append_audit(
+                actor=actor,
+                action=action,
+                image=image,
+                sha=sha,
+                details={"reason": command.reason, "policy": _policy_data(sha, check)},
+            )
+            if approved:
+                text = f"✅ {mention(actor)} approved `{short(sha)}` — {check.summary()}"
+            else:
+                text = (
+                    f"⛔ {mention(actor)} rejected `{short(sha)}`: {escape(command.reason)} — "
+                    "promotion is blocked until they approve or an owner overrides"
+                )
+            buttons = []
+            staging = tx.image_state(image).sha(Env.STAGING)
+            if approved and check.met and sha == staging:
+                text += "\nThe approval policy is met: an owner can promote."
+                buttons.append(
+                    Button("nbenv_promote", "Promote", {"image": image, "sha": sha}, "primary")
+                )
+            self._announce(
+                tx, image, sha, text, key=f"{action}:{image}:{sha}:{tx.now}", buttons=buttons
+            )
+        return Reply(text, {"image": image, "sha": sha, "policy": _policy_data(sha, check)})
+
+    # -- environments ----------------------------------------------------------------------
+
+    def _cmd_promote(
+        self,
+        actor: str,
+        command: Command,
+        *,
+        key: str | None = None,
+        expect: dict[str, int] | None = None,
+    ) -> Reply:
+        image = command.image
+        assert image
+        self._require(actor, image, Role.OWNER, "promote")
+        with self.store.read() as tx:
+            plan, check = self._plan_promote(tx, actor, command)
+            preview = self._plan_data(tx, plan, check)
+        if command.dry_run:
+            return Reply(_plan_text(plan, preview, dry_run=True), preview)
+        return self._apply(actor, plan, key=key, expect=expect, preview=preview)
+
+    def _plan_promote(self, tx: Tx, actor: str, command: Command) -> tuple[ops.Plan, PolicyCheck]:
+        image = command.image
+        assert image
+        state = tx.image_state(image)
+        staging_sha = state.sha(Env.STAGING)
+        staging = tx.get_version(image, staging_sha) if staging_sha else None
+        check = self._policy(tx, image, staging_sha, promoter=actor) if staging_sha else None
+        plan = ops.plan_promote(
+            state,
+            staging,
+            check or PolicyCheck(0, (), (), ()),
+            force=command.force,
+            reason=command.reason,
+        )
+        assert check is not None
+        return plan, check
+
+    def preview(self, actor: str, command: Command) -> dict[str, Any]:
+        """The plan a destructive command would carry out, for a confirmation dialog."""
+        self._check_actor(actor)
+        assert command.image
+        self._check_image(command.image)
+        try:
+            with self.store.read() as tx:
+                if command.name == "promote":
+                    self._require(actor, command.image, Role.OWNER, "promote")
+                    plan, check = self._plan_promote(tx, actor, command)
+                    return self._plan_data(tx, plan, check)
+                self._require(actor, command.image, Role.OWNER, "rollback")
+                plan = self._plan_rollback(tx, command)
+                return self._plan_data(tx, plan, None)
+        except (Refused, Conflict) as refusal:
+            self._audit_refusal(actor, command, refusal)
+            raise
+
+    def _plan_data(self, tx: Tx, plan: ops.Plan, check: PolicyCheck | None) -> dict[str, Any]:
+        state = tx.image_state(plan.image)
+        data: dict[str, Any] = {
+            "action": plan.action,
+            "image": plan.image,
+            "sha": plan.sha,
+            "changes": [
+                {
+                    "env": c.env.value,
+                    "old": c.old,
+                    "new": c.new,
+                    "generation": c.expected_generation,
+                }
+                for c in plan.changes
+            ],
+            "revoke": plan.revoke,
+            "expect": state.generations(),
+            "details": plan.details,
+        }
+        if check is not None:
+            data["approvals"] = _policy_data(plan.sha, check)
+        if self.differ is not None and plan.action == "promote":
+            old = plan.change(Env.PRODUCTION).old if plan.change(Env.PRODUCTION) else None
+            old_version = tx.get_version(plan.image, old) if old else None
+            new_version = tx.get_version(plan.image, plan.sha)
+            try:
+                data["diff"] = self.differ(
+                    plan.image,
+                    old,
+                    plan.sha,
+                    old_version.report if old_version else None,
+                    new_version.report if new_version else None,
+                )
+            except NbenvError as error:
+                data["diff"] = {"text": f"diff unavailable: {error.message}"}
+        return data
+
+    def _cmd_rollback(
+        self,
+        actor: str,
+        command: Command,
+        *,
+        key: str | None = None,
+        expect: dict[str, int] | None = None,
+    ) -> Reply:
+        image = command.image
+        assert image
+        self._require(actor, image, Role.OWNER, "rollback")
+        with self.store.read() as tx:
+            plan = self._plan_rollback(tx, command)
+            preview = self._plan_data(tx, plan, None)
+        return self._apply(actor, plan, key=key, expect=expect, preview=preview)
+
+    def _plan_rollback(self, tx: Tx, command: Command) -> ops.Plan:
+        image = command.image
+        assert image
+        state = tx.image_state(image)
+        if command.to:
+            target = tx.get_version(image, tx.resolve_sha(image, command.to))
+            assert target is not None
+            return ops.plan_rollback_to(state, target, force=command.force, reason=command.reason)
+        return ops.plan_rollback(state, reason=command.reason)
+
+    def publish(
+        self,
+        actor: str,
+        image: str,
+        sha: str,
+        *,
+        report: dict[str, Any] | None = None,
+        subject: str | None = None,
+        branch: str | None = None,
+        build_id: str | None = None,
+        key: str | None = None,
+    ) -> Reply:
+        """Record a tested version and point staging at it (owners and the pipeline)."""
+        self._check_actor(actor)
+        self._check_image(image)
+        sha = check_full_sha(sha)
+        command = Command("publish", image=image, sha=sha)
+        try:
+            self._require(actor, image, Role.OWNER, "publish")
+            with self._write(key) as tx:
+                if tx is None:
+                    return Reply("already published (retried event)")
+                version = tx.record_version(
+                    Version(
+                        image=image,
+                        sha=sha,
+                        tests_passed=report_passed(report),
+                        created_at=tx.now,
+                        recorded_by=actor,
+                        subject=subject,
+                        branch=branch,
+                        build_id=build_id,
+                        report=report,
+                    )
+                )
+                plan = ops.plan_publish(tx.image_state(image), version)
+        except (Refused, Conflict) as refusal:
+            # The version itself stays recorded (a failed build is history too).
+            self._record_failed_version(actor, image, sha, report, subject, branch, build_id)
+            self._audit_refusal(actor, command, refusal)
+            raise
+        return self._apply(actor, plan, key=None, expect=None, preview={"image": image})
+
+    def record_version(
+        self,
+        actor: str,
+        image: str,
+        sha: str,
+        *,
+        report: dict[str, Any] | None,
+        subject: str | None = None,
+        branch: str | None = None,
+        build_id: str | None = None,
+    ) -> None:
+        """Keep a built version (passed or failed) without moving any environment."""
+        self._check_image(image)
+        with self.store.write() as tx:
+            tx.record_version(
+                Version(
+                    image=image,
+                    sha=check_full_sha(sha),
+                    tests_passed=report_passed(report),
+                    created_at=tx.now,
+                    recorded_by=actor,
+                    subject=subject,
+                    branch=branch,
+                    build_id=build_id,
+                    report=report,
+                )
+            )
+            tx.append_audit(
+                actor=actor,
+                action="record",
+                image=image,
+                sha=sha,
+                details={
+                    "tests_passed": report_passed(report),
+                    "branch": branch,
+                    "build_id": build_id,
+                },
+            )
+
+    def _record_failed_version(self, actor, image, sha, report, subject, branch, build_id) -> None:  # type: ignore[no-untyped-def]
+        if report is not None and not report_passed(report):
+            with self.store.write(audited=False) as tx:
+                tx.record_version(
+                    Version(
+                        image, sha, False, tx.now, actor, subject, branch, build_id, report=report
+                    )
+                )
+
+    def _apply(
+        self,
+        actor: str,
+        plan: ops.Plan,
+        *,
+        key: str | None,
+        expect: dict[str, int] | None,
+        preview: dict[str, Any],
+    ) -> Reply:
+        """Commit PLAN with compare-and-swap, its audit entry and announcement, then sync."""
+        operation_id = str(uuid.uuid4())
+        with self._write(key) as tx:
+            if tx is None:
+                return Reply("already done (retried request)")
+            state = tx.image_state(plan.image)
+            if expect is not None and state.generations() != {
+                env: expect.get(env, 0) for env in state.generations()
+            }:
+                raise Conflict(
+                    f"the environments of {plan.image} changed since this was shown: "
+                    f"{_pointers_text(state)}. Nothing was changed."
+                )
+            tx.apply(plan, actor=actor, operation_id=operation_id)
+            steps = []
+            if plan.changes and self.backend is not None and self.backend.mirrors_pointers():
+                steps = [{"env": c.env.value, "done": False} for c in plan.changes]
+                tx.start_operation(operation_id, plan.action, plan.image, actor, steps)
+            details = dict(plan.details)
+            details["changes"] = preview.get("changes") or [
+                {"env": c.env.value, "old": c.old, "new": c.new} for c in plan.changes
+            ]
+            if plan.revoke:
+                details["revoked"] = plan.revoke
+            tx.append_audit(
+                actor=actor, action=plan.action, image=plan.image, sha=plan.sha, details=details
+            )
+            text = _announcement(actor, plan)
+            if plan.changes:
+                self._announce_plan(tx, plan, text, operation_id)
+        if steps:
+            self.finish_operation(operation_id)
+        return Reply(text, {**preview, "operation": operation_id, "applied": True})
+
+    def _announce_plan(self, tx: Tx, plan: ops.Plan, text: str, operation_id: str) -> None:
+        image = plan.image
+        buttons: list[Button] = []
+        if plan.action == "promote":
+            buttons.append(Button("nbenv_rollback", "Roll back", {"image": image}, "danger"))
+        elif plan.action == "publish":
+            value = {"image": image, "sha": plan.sha}
+            buttons += [
+                Button("nbenv_approve", "Approve", value, "primary"),
+                Button("nbenv_reject", "Reject", value, "danger"),
+            ]
+            testers = sorted(self.config.team_roles(image).testers - {"*"})
+            if testers:
+                text += "\nTesters, please try it: " + " ".join(mention(u) for u in testers)
+        self._announce(tx, image, plan.sha, text, key=f"op:{operation_id}", buttons=buttons)
+        if plan.revoke:
+            self._announce(
+                tx,
+                image,
+                plan.revoke,
+                f"⏪ `{short(plan.revoke)}` was rolled back and revoked: it needs fresh approvals "
+                "before it can be promoted again.",
+                key=f"op:{operation_id}:revoked",
+            )
+
+    def _announce(
+        self,
+        tx: Tx,
+        image: str,
+        sha: str | None,
+        text: str,
+        *,
+        key: str,
+        buttons: list[Button] | None = None,
+    ) -> None:
+        payload: dict[str, Any] = {"channel": self.config.images[image].channel, "text": text}
+        if buttons:
+            payload["buttons"] = [
+                {
+                    "action_id": b.action_id,
+                    "text": b.text,
+                    "value": json.dumps(b.value),
+                    "style": b.style,
+                }
+                for b in buttons
+            ]
+        tx.enqueue_message(
+            f"announce:{key}", "chat.postMessage", payload, thread=(image, sha) if sha else None
+        )
+
+    # -- sagas -----------------------------------------------------------------------------
+
+    def finish_operation(self, operation_id: str) -> bool:
+        """Bring the remote copies of the pointers in line with the store; idempotent."""
+        assert self.backend is not None
+        with self.store.read() as tx:
+            operation = tx.operation(operation_id)
+        if operation is None or operation["status"] == "done":
+            return True
+        image = operation["image"]
+        for index, step in enumerate(operation["steps"]):
+            if step["done"]:
+                continue
+            # The store is the truth: a step syncs the pointer as it is *now*, so a later
+            # operation's state is never overwritten by an older one being finished.
+            with self.store.read() as tx:
+                sha = tx.image_state(image).sha(Env(step["env"]))
+            try:
+                self.backend.mirror_pointer(image, step["env"], sha)
+            except NbenvError as error:
+                with self.store.write(audited=False) as tx:
+                    tx.fail_operation(operation_id, error.message)
+                raise
+            with self.store.write(audited=False) as tx:
+                tx.complete_step(operation_id, index)
+        with self.store.write(audited=False) as tx:
+            tx.finish_operation(operation_id)
+        return True
+
+    def recover(self) -> list[str]:
+        """Finish every operation a crash left pending; the IDs it finished."""
+        with self.store.read() as tx:
+            pending = tx.pending_operations()
+        finished = []
+        for operation_id in pending:
+            self.finish_operation(operation_id)
+            finished.append(operation_id)
+        return finished
+
+    # -- freezes ---------------------------------------------------------------------------
+
+    def _cmd_freeze(self, actor: str, command: Command, *, key: str | None = None, **_: Any):
+        image = command.image
+        assert image
+        self._require(actor, image, Role.OWNER, "freeze")
+        with self._write(key) as tx:
+            if tx is None:
+                return Reply("already frozen (retried request)")
+            current = tx.freeze(image)
+            if current is not None:
+                raise Refused(
+                    f"{image} is already frozen by {mention(current.by)}: {escape(current.reason)}"
+                )
+            tx.set_freeze(image, by=actor, reason=command.reason or "")
+            tx.append_audit(
+                actor=actor,
+                action="freeze",
+                image=image,
+                sha=None,
+                details={"reason": command.reason},
+            )
+            text = (
+                f"🧊 {mention(actor)} froze {image}: {escape(command.reason)}. Promotions and "
+                "rollbacks to a chosen SHA are blocked; a rollback to fallback stays allowed."
+            )
+            self._announce(tx, image, None, text, key=f"freeze:{image}:{tx.now}")
+        return Reply(text)
+
+    def _cmd_unfreeze(self, actor: str, command: Command, *, key: str | None = None, **_: Any):
+        image = command.image
+        assert image
+        self._require(actor, image, Role.OWNER, "unfreeze")
+        with self._write(key) as tx:
+            if tx is None:
+                return Reply("already unfrozen (retried request)")
+            current = tx.freeze(image)
+            if current is None:
+                raise Refused(f"{image} is not frozen")
+            tx.clear_freeze(image)
+            tx.append_audit(
+                actor=actor,
+                action="unfreeze",
+                image=image,
+                sha=None,
+                details={"was": {"reason": current.reason, "by": current.by}},
+            )
+            text = f"🌤 {mention(actor)} unfroze {image}"
+            self._announce(tx, image, None, text, key=f"unfreeze:{image}:{tx.now}")
+        return Reply(text)
+
+    # -- slow work: builds and instances go through the job queue ----------------------------
+
+    def _cmd_build(self, actor: str, command: Command, *, key: str | None = None, **_: Any):
+        image = command.image
+        assert image
+        self._require(actor, image, Role.OWNER, "build")
+        ref = command.ref or self.config.images[image].source.staging_branch
+        job_key = key or f"build:{image}:{ref}:{uuid.uuid4()}"
+        with self._write(None) as tx:
+            assert tx is not None
+            tx.enqueue_job(job_key, "build", {"image": image, "ref": ref, "actor": actor})
+            tx.append_audit(
+                actor=actor, action="build", image=image, sha=None, details={"ref": ref}
+            )
+        return Reply(
+            f"🏗 build of {image} at `{escape(ref)}` queued: progress will appear in "
+            f"the image's channel, one thread per commit",
+            {"image": image, "ref": ref, "job": job_key},
+        )
+
+    def _cmd_instance(self, actor: str, command: Command, *, key: str | None = None, **_: Any):
+        image = command.image
+        assert image and command.env
+        env = command.env
+        needed = Role.TESTER if env == Env.STAGING else Role.USER
+        self._require(actor, image, needed, f"an instance from {env.value}")
+        with self._write(None) as tx:
+            assert tx is not None
+            sha = tx.image_state(image).sha(env)
+            if sha is None:
+                raise Refused(f"{image} has nothing in {env.value}: no instance to create")
+            name = command.instance_name or _instance_name(image, env.value, actor, sha)
+            if tx.instance(name) is not None:
+                raise Refused(f"an instance named {name} already exists")
+            job_key = key or f"instance:{name}"
+            tx.enqueue_job(
+                job_key,
+                "instance",
+                {"image": image, "env": env.value, "sha": sha, "name": name, "actor": actor},
+            )
+            tx.append_audit(
+                actor=actor,
+                action="instance",
+                image=image,
+                sha=sha,
+                details={"env": env.value, "name": name},
+            )
+        return Reply(
+            f"🖥 creating instance `{name}` of {image} from {env.value} (`{short(sha)}`)…",
+            {"image": image, "env": env.value, "sha": sha, "name": name},
+        )
+
+    def _cmd_instances(self, actor: str, command: Command, **_: Any) -> Reply:
+        images = [command.image] if command.image else self.visible_images(actor)
+        for image in images:
+            self._require(actor, image, Role.USER, "instances")
+        if command.stop:
+            return self._stop_instance(actor, command.stop)
+        with self.store.read() as tx:
+            rows = [row for image in images for row in tx.instances(image=image)]
+        lines = ["*Instances*"] + [
+            f"• `{r['name']}` {r['image']} {r['env']} `{short(r['sha'])}` {r['state']} "
+            f"by {mention(r['requested_by'])} {r['url'] or ''}".rstrip()
+            for r in rows
+        ]
+        if not rows:
+            lines.append("none")
+        return Reply("\n".join(lines), rows)
+
+    def _stop_instance(self, actor: str, name: str) -> Reply:
+        with self.store.read() as tx:
+            row = tx.instance(name)
+        if row is None:
+            raise BadInput(f"no instance named {name!r}")
+        role = self._require(actor, row["image"], Role.USER, "stopping an instance")
+        if row["requested_by"] != actor and role < Role.OWNER:
+            raise Refused(
+                f"{name} belongs to {mention(row['requested_by'])}: only they or an "
+                "owner can stop it"
+            )
+        if self.backend is not None and row["state"] in ("starting", "running"):
+            self.backend.stop_instance(name, row["details"])
+        with self.store.write() as tx:
+            tx.update_instance(name, state="stopped", stopped_at=tx.now)
+            tx.append_audit(
+                actor=actor,
+                action="instance-stop",
+                image=row["image"],
+                sha=row["sha"],
+                details={"name": name},
+            )
+        return Reply(f"stopped instance `{name}`")
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def verify_audit(self) -> ChainCheck:
+        with self.store.read() as tx:
+            seq, digest = tx.audit_head()
+            return verify_chain(tx.audit_entries(), seq, digest)
+
+
+# -- presentation helpers (plain mrkdwn; Slack adds blocks around them) -----------------------
+
+
+def _command_details(command: Command) -> dict[str, Any]:
+    fields = {
+        "sha": command.sha,
+        "to": command.to,
+        "env": command.env.value if command.env else None,
+        "reason": command.reason,
+        "force": command.force or None,
+        "dry_run": command.dry_run or None,
+        "ref": command.ref,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _policy_data(sha: str, check: PolicyCheck) -> dict[str, Any]:
+    return {
+        "sha": sha,
+        "required": check.required,
+        "approved_by": list(check.counted),
+        "not_counted": list(check.not_counted),
+        "rejected_by": [{"user": v.user, "reason": v.reason} for v in check.rejections],
+        "met": check.met,
+    }
+
+
+def _version_data(version: Version, envs: list[str], verdicts: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    notebooks = (version.report or {}).get("notebooks") or []
+    return {
+        "sha": version.sha,
+        "short": short(version.sha),
+        "created_at": version.created_at,
+        "recorded_by": version.recorded_by,
+        "subject": version.subject,
+        "branch": version.branch,
+        "tests_passed": version.tests_passed,
+        "notebooks": {
+            "passed": sum(1 for n in notebooks if n.get("status") == "passed"),
+            "total": len(notebooks),
+        },
+        "environments": envs,
+        "approvals": sum(1 for v in verdicts if v.approved),
+        "rejections": [v.user for v in verdicts if not v.approved],
+        "revoked": version.revoked,
+        "revoked_reason": version.revoked_reason,
+    }
+
+
+def _audit_data(entry: Any) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "at": entry.at,
+        "actor": entry.actor,
+        "action": entry.action,
+        "image": entry.image,
+        "sha": entry.sha,
+        "outcome": entry.outcome,
+        "details": entry.details,
+    }
+
+
+def _history_line(entry: dict[str, Any]) -> str:
+    sha = f" `{short(entry['sha'])}`" if entry["sha"] else ""
+    outcome = "" if entry["outcome"] == "ok" else f" ({entry['outcome'].upper()})"
+    detail = entry["details"].get("reason")
+    detail_text = f": {escape(str(detail))}" if detail else ""
+    return (
+        f"• {entry['at'][:19].replace('T', ' ')} {mention(entry['actor'])} "
+        f"{entry['action']}{sha}{outcome}{detail_text}"
+    )
+
+
+def _pointers_text(state: ImageState) -> str:
+    return ", ".join(f"{env.value} `{short(state.sha(env))}`" for env in Env)
+
+
+def _status_text(data: dict[str, Any]) -> str:
+    lines = [f"*{data['image']}*" + (" 🧊 frozen" if data["frozen"] else "")]
+    for env, pointer in data["environments"].items():
+        if pointer is None:
+            lines.append(f"• {env}: —")
+        else:
+            revoked = " (revoked)" if pointer["revoked"] else ""
+            lines.append(
+                f"• {env}: `{pointer['short']}`{revoked} since {pointer['updated_at'][:16]} "
+                f"by {mention(pointer['updated_by'] or '?')}"
+            )
+    if data["freeze"]:
+        lines.append(
+            f"Frozen by {mention(data['freeze']['by'])}: {escape(data['freeze']['reason'])}"
+        )
+    approvals = data["approvals"]
+    if approvals:
+        approved = len(approvals["approved_by"])
+        lines.append(
+            f"Staging approvals: {approved}/{approvals['required']}"
+            + (
+                "; rejected by " + ", ".join(mention(r["user"]) for r in approvals["rejected_by"])
+                if approvals["rejected_by"]
+                else ""
+            )
+        )
+    return "\n".join(lines)
+
+
+def _plan_text(plan: ops.Plan, preview: dict[str, Any], *, dry_run: bool) -> str:
+    head = "Dry run — would " if dry_run else ""
+    lines = [f"{head}{plan.action} {plan.image}: {plan.describe()}"]
+    if "approvals" in preview:
+        approvals = preview["approvals"]
+        lines.append(
+            f"Approvals: {len(approvals['approved_by'])}/{approvals['required']} "
+            + " ".join(mention(u) for u in approvals["approved_by"])
+        )
+    diff = preview.get("diff")
+    if diff and diff.get("text"):
+        lines.append(str(diff["text"]))
+    return "\n".join(lines)
+
+
+def _announcement(actor: str, plan: ops.Plan) -> str:
+    image = plan.image
+    who = mention(actor)
+    if plan.action == "publish":
+        if not plan.changes:
+            return f"`{short(plan.sha)}` already is in staging for {image}"
+        return f"🧪 `{short(plan.sha)}` is now in staging for {image} (published by {who})."
+    if plan.action == "promote":
+        lines = [f"🚀 {who} promoted `{short(plan.sha)}` to production of {image}"]
+        fallback = plan.change(Env.FALLBACK)
+        if fallback:
+            lines.append(f"fallback: `{short(fallback.old)}` → `{short(fallback.new)}`")
+        if plan.details.get("forced"):
+            lines.append(
+                f"forced over the rejection(s) of "
+                f"{', '.join(mention(u) for u in plan.details['overridden_rejections'])}: "
+                f"{escape(plan.details.get('reason'))}"
+            )
+        return "\n".join(lines)
+    production = plan.change(Env.PRODUCTION)
+    assert production is not None
+    reason = plan.details.get("reason")
+    return (
+        f"⏪ {who} rolled back production of {image}: `{short(production.old)}` → "
+        f"`{short(production.new)}`"
+        + (f" (revoked `{short(plan.revoke)}`)" if plan.revoke else "")
+        + (f": {escape(reason)}" if reason else "")
+    )
+
+
+def _instance_name(image: str, env: str, actor: str, sha: str) -> str:
+    base = image.replace(".", "-").replace("_", "-")
+    while "--" in base:
+        base = base.replace("--", "-")
+    suffix = f"-{env[:4]}-{sha[:7]}-{uuid.uuid4().hex[:4]}"
+    return (base[: 63 - len(suffix)].rstrip("-") + suffix).lower()

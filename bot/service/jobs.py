@@ -1,0 +1,90 @@
+"""The durable job queue's worker: slow work (builds, instances) runs here, off the ack path.
+
+Jobs are claimed with a conditional update, so two workers never run the same job, and
+a job a crash left `running` is taken up again after its lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from bot.domain.errors import NbenvError
+from bot.store import tables as t
+from bot.store.uow import Store, iso
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], None]
+LEASE = timedelta(minutes=30)
+MAX_ATTEMPTS = 3
+
+
+class JobWorker:
+    def __init__(self, store: Store, handlers: dict[str, Handler]) -> None:
+        self.store = store
+        self.handlers = handlers
+
+    def _claim(self) -> dict[str, Any] | None:
+        now = self.store.clock()
+        stale = iso(now - LEASE)
+        with self.store.write(audited=False) as tx:
+            row = tx.connection.execute(
+                select(t.jobs)
+                .where(
+                    or_(
+                        (t.jobs.c.status == "queued") & (t.jobs.c.available_at <= iso(now)),
+                        (t.jobs.c.status == "running") & (t.jobs.c.available_at <= stale),
+                    )
+                )
+                .order_by(t.jobs.c.id)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            claimed = tx.connection.execute(
+                update(t.jobs)
+                .where(t.jobs.c.id == row.id, t.jobs.c.status == row.status)
+                .values(status="running", attempts=row.attempts + 1, available_at=iso(now))
+            )
+            return dict(row._mapping) if claimed.rowcount == 1 else None
+
+    def _finish(self, job_id: int, status: str, error: str | None = None) -> None:
+        with self.store.write(audited=False) as tx:
+            tx.connection.execute(
+                update(t.jobs)
+                .where(t.jobs.c.id == job_id)
+                .values(status=status, error=error, finished_at=tx.now)
+            )
+
+    def run_once(self) -> bool:
+        """Run one due job; False when there was none."""
+        job = self._claim()
+        if job is None:
+            return False
+        handler = self.handlers.get(job["kind"])
+        if handler is None:
+            self._finish(job["id"], "failed", f"no handler for job kind {job['kind']!r}")
+            return True
+        try:
+            handler(job["payload"])
+        except NbenvError as error:
+            log.warning("job %s (%s) refused: %s", job["id"], job["kind"], error.message)
+            self._finish(job["id"], "failed", error.message)
+        except Exception as error:  # a crash in one job must not stop the worker
+            log.exception("job %s (%s) failed", job["id"], job["kind"])
+            status = "failed" if job["attempts"] + 1 >= MAX_ATTEMPTS else "queued"
+            self._finish(job["id"], status, repr(error))
+        else:
+            self._finish(job["id"], "done")
+        return True
+
+    def run_until_idle(self, limit: int = 1000) -> int:
+        count = 0
+        while count < limit and self.run_once():
+            count += 1
+        return count

@@ -1,0 +1,71 @@
+"""Engines and migrations: SQLite file by default, PostgreSQL when NBENV_DATABASE_URL says so."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.pool import NullPool
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_PG_MIGRATION_LOCK = 7_244_633  # any constant: serialises concurrent start-ups
+
+
+def nbenv_home() -> Path:
+    return Path(os.environ.get("NBENV_HOME") or Path.home() / ".nbenv").expanduser()
+
+
+def database_url() -> str:
+    url = os.environ.get("NBENV_DATABASE_URL")
+    if url:
+        return url
+    home = nbenv_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'nbenv.db'}"
+
+
+def make_engine(url: str | None = None) -> Engine:
+    url = url or database_url()
+    if url.startswith("sqlite"):
+        # Every transaction takes the write lock up front (BEGIN IMMEDIATE): SQLite then
+        # serialises writers instead of failing one of them when both upgrade a read lock.
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, poolclass=NullPool
+        )
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection) -> None:  # type: ignore[no-untyped-def]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply Alembic migrations up to REVISION (idempotent; safe with several processes)."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

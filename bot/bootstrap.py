@@ -7,9 +7,17 @@ from dataclasses import dataclass
 
 from bot.config import Config, load_config
 from bot.service.app import Nbenv
-from bot.service.jobs import JobWorker
+from bot.service.jobs import Handler, JobWorker
 from bot.store.database import make_engine, upgrade
 from bot.store.uow import Store
+
+
+def job_handlers(app: Nbenv) -> dict[str, Handler]:
+    handlers: dict[str, Handler] = {"instance": app.create_instance}
+    if app.backend is not None:
+        backend = app.backend
+        handlers["build"] = lambda job: backend.run_build(job["image"], job["ref"], job["actor"])
+    return handlers
 
 
 @dataclass
@@ -30,5 +38,5 @@ def build_runtime(
     store = Store(engine)
     backend = None
     app = Nbenv(config, store, backend=backend)
-    worker = JobWorker(store, {})
+    worker = JobWorker(store, job_handlers(app))
     return Runtime(config=config, store=store, app=app, worker=worker)

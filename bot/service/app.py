@@ -25,7 +25,7 @@ from bot.domain.model import ImageState, Version
 from bot.domain.names import Env, check_full_sha, check_user_id, short
 from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
 from bot.domain.text import escape, mention
-from bot.service.ports import Backend
+from bot.service.ports import Backend, InstanceInfo, InstanceRequest
 from bot.store.uow import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -774,6 +774,63 @@ class Nbenv:
             f"🖥 creating instance `{name}` of {image} from {env.value} (`{short(sha)}`)…",
             {"image": image, "env": env.value, "sha": sha, "name": name},
         )
+
+    def create_instance(self, payload: dict[str, Any]) -> InstanceInfo:
+        """Job handler: start the instance a `instance` command queued, and record it."""
+        if self.backend is None:
+            raise Refused("no backend is configured to create instances")
+        request = InstanceRequest(
+            name=payload["name"],
+            image=payload["image"],
+            env=payload["env"],
+            sha=payload["sha"],
+            requested_by=payload["actor"],
+        )
+        with self.store.read() as tx:
+            existing = tx.instance(request.name)
+        if existing is not None:  # a redelivered job: the instance exists already
+            return InstanceInfo(
+                existing["name"], existing["url"], existing["state"], existing["details"]
+            )
+        info = self.backend.start_instance(request)
+        with self.store.write() as tx:
+            tx.add_instance(
+                name=request.name,
+                image=request.image,
+                env=request.env,
+                sha=request.sha,
+                requested_by=request.requested_by,
+                backend=self.backend.name,
+                url=info.url,
+                state=info.state,
+                details=info.details,
+            )
+            tx.append_audit(
+                actor=request.requested_by,
+                action="instance-ready",
+                image=request.image,
+                sha=request.sha,
+                details={
+                    "name": request.name,
+                    "env": request.env,
+                    "url": info.url,
+                    "state": info.state,
+                },
+            )
+            response_url = payload.get("response_url")
+            text = (
+                f"🖥 instance `{request.name}` of {request.image} ({request.env}, "
+                f"`{short(request.sha)}`) is {info.state}"
+                + (f": {info.url}" if info.url else "")
+                + (f"\n{escape(str(info.details.get('note')))}" if info.details.get("note") else "")
+            )
+            if response_url:
+                tx.enqueue_message(
+                    f"instance-ready:{request.name}",
+                    "response_url",
+                    {"url": response_url, "text": text, "response_type": "ephemeral"},
+                )
+        return info
 
     def _cmd_instances(self, actor: str, command: Command, **_: Any) -> Reply:
         images = [command.image] if command.image else self.visible_images(actor)

@@ -1,0 +1,21 @@
+"""The Slack Web API client, pointed at SLACK_API_URL when set (tests, proxies)."""
+
+from __future__ import annotations
+
+import os
+
+from slack_sdk import WebClient
+
+DEFAULT_API_URL = "https://slack.com/api/"
+
+
+def api_url() -> str:
+    url = os.environ.get("SLACK_API_URL") or DEFAULT_API_URL
+    return url if url.endswith("/") else url + "/"
+
+
+def web_client(token: str | None = None, *, timeout: int = 10) -> WebClient:
+    # Retries are the outbox's job (it persists them); the client itself tries once.
+    return WebClient(
+        token=token or os.environ.get("SLACK_BOT_TOKEN"), base_url=api_url(), timeout=timeout
+    )

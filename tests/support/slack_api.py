@@ -1,0 +1,759 @@
+"""A fake Slack Web API server for tests.
+
+It speaks HTTP like https://slack.com/api/, so the real slack_sdk / Bolt code paths
+(request encoding, auth header, error handling, retries) are exercised rather than a
+mocked client::
+
+    with FakeSlackApi() as slack:
+        client = WebClient(token="xoxb-test", base_url=slack.base_url)
+        client.chat_postMessage(channel="C1", text="hi")
+        assert [c.args["text"] for c in slack.calls("chat.postMessage")] == ["hi"]
+
+Besides recording calls it keeps the state a test wants to assert on: the messages as
+they now read after updates (`messages()`), App Home views (`home_view()`). Faults
+(`fail_next`) answer with HTTP 429/5xx the way Slack does, and are recorded apart
+from the calls that got through (`failed_calls()`), so "delivered exactly once" is
+`len(calls(method)) == 1` however many retries it took.
+
+`response_url(name)` builds URLs that stand in for the `response_url` Slack gives
+with slash commands and interactions; posts to them are recorded as calls whose
+method is ``"response_url:/response/<name>"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import email.parser
+import email.policy
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+__all__ = ["Call", "FakeSlackApi", "Message"]
+
+TEAM_ID = "T0NBENV01"
+TEAM_NAME = "nbenv test"
+TEAM_DOMAIN = "nbenv-test"
+BOT_USER_ID = "U0NBENVBOT"
+BOT_USER_NAME = "nbenv"
+BOT_ID = "B0NBENVBOT"
+APP_ID = "A0NBENVAPP"
+
+RESPONSE_URL_PREFIX = "response_url:"
+# Form-encoded requests carry structured arguments as JSON strings; decoding them
+# lets tests assert on `args["blocks"]` the same way whatever the transport.
+_JSON_ARGS = frozenset({"blocks", "attachments", "view", "metadata", "unfurls"})
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_TS_EPOCH = 1_700_000_000
+_TS_STEP_US = 100
+
+Payload = dict[str, Any]
+Handler = Callable[[Payload], Payload]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the fake answered.
+
+    `args` merges query string and body (JSON, form or multipart); `headers` has
+    lower-cased names; `response` is the JSON sent back (None for response_url
+    posts, which answer plain "ok"); `status` is the HTTP status.
+    """
+
+    method: str
+    args: dict[str, Any]
+    headers: dict[str, str]
+    response: Payload | None = None
+    status: int = 200
+
+    @property
+    def ok(self) -> bool:
+        if self.response is None:
+            return self.status == 200
+        return bool(self.response.get("ok"))
+
+    @property
+    def token(self) -> str | None:
+        auth = self.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip() or None
+        token = self.args.get("token")
+        return str(token) if token else None
+
+
+@dataclass(frozen=True)
+class Message:
+    """A channel message as it reads now; `edits` counts the chat.update calls applied."""
+
+    channel: str
+    ts: str
+    text: str
+    thread_ts: str | None = None
+    blocks: list[Any] | None = None
+    attachments: list[Any] | None = None
+    metadata: Payload | None = None
+    user: str = BOT_USER_ID
+    edits: int = 0
+
+    @property
+    def is_reply(self) -> bool:
+        return self.thread_ts is not None and self.thread_ts != self.ts
+
+
+@dataclass
+class _Fault:
+    remaining: int
+    status: int
+    retry_after: int | None
+    method: str | None
+
+    def matches(self, method: str) -> bool:
+        if self.method is None:
+            # Unqualified faults model Slack's API being down or rate limited, which
+            # does not concern response_url posts (a different endpoint, no token).
+            return not method.startswith(RESPONSE_URL_PREFIX)
+        if self.method == "response_url":
+            return method.startswith(RESPONSE_URL_PREFIX)
+        return self.method == method
+
+
+@dataclass
+class _State:
+    calls: list[Call] = field(default_factory=list)
+    failed: list[Call] = field(default_factory=list)
+    messages: dict[str, Message] = field(default_factory=dict)
+    views: dict[str, Payload] = field(default_factory=dict)
+    home_views: dict[str, Payload] = field(default_factory=dict)
+    faults: list[_Fault] = field(default_factory=list)
+
+
+def _error(error: str, **extra: Any) -> Payload:
+    return {"ok": False, "error": error, **extra}
+
+
+def _missing(name: str) -> Payload:
+    # The shape Slack uses when a required argument is absent.
+    return _error(
+        "invalid_arguments",
+        response_metadata={"messages": [f"[ERROR] missing required field: {name}"]},
+    )
+
+
+class FakeSlackApi:
+    """A local HTTP server answering Slack Web API methods, recording every request.
+
+    `token`: when given, only that token is accepted (others get "invalid_auth");
+    otherwise any token that looks like a Slack token (``xox…``) is.
+    """
+
+    def __init__(self, *, token: str | None = None) -> None:
+        self.token = token
+        self._cond = threading.Condition(threading.RLock())
+        self._state = _State()
+        self._ts_counter = 0
+        self._view_counter = 0
+        self._users: dict[str, Payload] = {}
+        self._overrides: dict[str, Payload | Handler] = {}
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._handlers: dict[str, Handler] = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._chat_post_message,
+            "chat.update": self._chat_update,
+            "chat.delete": self._chat_delete,
+            "chat.postEphemeral": self._chat_post_ephemeral,
+            "chat.getPermalink": self._chat_get_permalink,
+            "conversations.history": self._conversations_history,
+            "conversations.replies": self._conversations_replies,
+            "users.info": self._users_info,
+            "views.open": self._views_open,
+            "views.push": self._views_open,
+            "views.update": self._views_update,
+            "views.publish": self._views_publish,
+        }
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        fake = self
+
+        class _Handler(_RequestHandler):
+            api = fake
+
+        server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-slack-api",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def root_url(self) -> str:
+        """``http://127.0.0.1:PORT`` without a trailing slash."""
+        if self._server is None:
+            raise RuntimeError("FakeSlackApi is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        """What WebClient(base_url=...) and SLACK_API_URL take; ends with "/"."""
+        return f"{self.root_url}/api/"
+
+    def response_url(self, name: str) -> str:
+        """A response_url-style URL; posts to it are recorded as ``response_url:<path>``."""
+        return f"{self.root_url}/response/{quote(name, safe='')}"
+
+    # -- test controls ----------------------------------------------------------------
+
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 429,
+        retry_after: int | None = 1,
+        *,
+        method: str | None = None,
+    ) -> None:
+        """Answer the next `n` API calls (of `method`, if given) with HTTP `status`.
+
+        429 carries ``Retry-After: retry_after`` and {"ok": false, "error": "ratelimited"}
+        as Slack sends it. `method="response_url"` targets response_url posts, which
+        unqualified faults leave alone.
+        """
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        with self._cond:
+            self._state.faults.append(
+                _Fault(
+                    remaining=n,
+                    status=status,
+                    retry_after=retry_after if status == 429 else None,
+                    method=method,
+                )
+            )
+
+    def override(self, method: str, response: Payload | Handler | None) -> None:
+        """Answer `method` with a fixed payload or `response(args)`; None restores the default."""
+        with self._cond:
+            if response is None:
+                self._overrides.pop(method, None)
+            else:
+                self._overrides[method] = response
+
+    def add_user(
+        self, user_id: str, name: str, real_name: str | None = None, **profile: Any
+    ) -> None:
+        """Register a user for users.info (well-formed unknown IDs get a made-up user)."""
+        real = real_name or name
+        with self._cond:
+            self._users[user_id] = _user_payload(
+                user_id, name, real, {"real_name": real, "display_name": name, **profile}
+            )
+
+    def reset(self) -> None:
+        """Forget calls, messages, views and pending faults; ts keep increasing."""
+        with self._cond:
+            self._state = _State()
+
+    # -- inspection -------------------------------------------------------------------
+
+    def calls(self, method: str | None = None) -> list[Call]:
+        """Requests answered with HTTP 200 (including ok=false answers), in arrival order."""
+        with self._cond:
+            return [c for c in self._state.calls if method is None or c.method == method]
+
+    def failed_calls(self, method: str | None = None) -> list[Call]:
+        """Requests answered with an HTTP error status (injected faults, bad payloads)."""
+        with self._cond:
+            return [c for c in self._state.failed if method is None or c.method == method]
+
+    def wait_for(self, method: str, count: int = 1, timeout: float = 5.0) -> list[Call]:
+        """Block until at least `count` calls of `method` were answered; return them all."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [c for c in self._state.calls if c.method == method]
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = [c.method for c in self._state.calls]
+                    raise TimeoutError(
+                        f"{len(found)}/{count} {method} calls after {timeout}s; saw {seen}"
+                    )
+                self._cond.wait(left)
+
+    def messages(self, channel: str | None = None) -> dict[str, Message]:
+        """Messages as they read now (updates applied, deletions removed), by ts in order."""
+        with self._cond:
+            return {
+                ts: m
+                for ts, m in self._state.messages.items()
+                if channel is None or m.channel == channel
+            }
+
+    def thread(self, channel: str, ts: str) -> list[Message]:
+        """The root message `ts` followed by its replies, oldest first."""
+        with self._cond:
+            return [
+                m
+                for m in self._state.messages.values()
+                if m.channel == channel and (m.ts == ts or m.thread_ts == ts)
+            ]
+
+    def home_view(self, user_id: str) -> Payload | None:
+        """The App Home view last published for `user_id`."""
+        with self._cond:
+            view = self._state.home_views.get(user_id)
+            return json.loads(json.dumps(view)) if view is not None else None
+
+    # -- request handling (called from server threads) --------------------------------
+
+    def _take_fault(self, method: str) -> _Fault | None:
+        for fault in self._state.faults:
+            if fault.remaining > 0 and fault.matches(method):
+                fault.remaining -= 1
+                if fault.remaining == 0:
+                    self._state.faults.remove(fault)
+                return fault
+        return None
+
+    def _handle(
+        self, method: str, args: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], Payload | str]:
+        """Returns (HTTP status, extra headers, JSON payload or plain text body)."""
+        with self._cond:
+            fault = self._take_fault(method)
+            if fault is not None:
+                return self._answer_fault(fault, method, args, headers)
+            if method.startswith(RESPONSE_URL_PREFIX):
+                self._record(Call(method, args, headers, None, 200))
+                return 200, {}, "ok"
+            payload = self._api_payload(method, args, headers)
+            self._record(Call(method, args, headers, payload, 200))
+            return 200, {}, payload
+
+    def _answer_fault(
+        self, fault: _Fault, method: str, args: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], Payload | str]:
+        extra: dict[str, str] = {}
+        if fault.status == 429:
+            payload: Payload = _error("ratelimited")
+            if fault.retry_after is not None:
+                extra["Retry-After"] = str(fault.retry_after)
+        elif fault.status >= 500:
+            payload = _error("fatal_error")
+        else:
+            payload = _error("invalid_request")
+        self._state.failed.append(Call(method, args, headers, payload, fault.status))
+        return fault.status, extra, payload
+
+    def _record_failed(self, call: Call) -> None:
+        with self._cond:
+            self._state.failed.append(call)
+
+    def _record(self, call: Call) -> None:
+        self._state.calls.append(call)
+        self._cond.notify_all()
+
+    def _api_payload(self, method: str, args: dict[str, Any], headers: dict[str, str]) -> Payload:
+        token = Call(method, args, headers).token
+        if token is None:
+            return _error("not_authed")
+        if (self.token is not None and token != self.token) or not token.startswith("xox"):
+            return _error("invalid_auth")
+        override = self._overrides.get(method)
+        if override is not None:
+            result = override(args) if callable(override) else override
+            return json.loads(json.dumps(result))
+        handler = self._handlers.get(method)
+        if handler is None:
+            return _error("unknown_method", req_method=method)
+        return handler(args)
+
+    # -- Slack methods ----------------------------------------------------------------
+
+    def _next_ts(self) -> str:
+        self._ts_counter += 1
+        micros = self._ts_counter * _TS_STEP_US
+        return f"{_TS_EPOCH + micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+    def _auth_test(self, args: Payload) -> Payload:
+        return {
+            "ok": True,
+            "url": f"https://{TEAM_DOMAIN}.slack.com/",
+            "team": TEAM_NAME,
+            "user": BOT_USER_NAME,
+            "team_id": TEAM_ID,
+            "user_id": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
+
+    def _message_payload(self, message: Message) -> Payload:
+        payload: Payload = {
+            "type": "message",
+            "user": message.user,
+            "bot_id": BOT_ID,
+            "app_id": APP_ID,
+            "team": TEAM_ID,
+            "text": message.text,
+            "ts": message.ts,
+            "bot_profile": {"id": BOT_ID, "app_id": APP_ID, "name": BOT_USER_NAME},
+        }
+        if message.blocks is not None:
+            payload["blocks"] = message.blocks
+        if message.attachments is not None:
+            payload["attachments"] = message.attachments
+        if message.metadata is not None:
+            payload["metadata"] = message.metadata
+        if message.thread_ts is not None:
+            payload["thread_ts"] = message.thread_ts
+            if message.is_reply:
+                payload["parent_user_id"] = BOT_USER_ID
+        if message.edits:
+            payload["edited"] = {"user": BOT_USER_ID, "ts": message.ts}
+        return payload
+
+    def _chat_post_message(self, args: Payload) -> Payload:
+        channel = args.get("channel")
+        if not channel:
+            return _error("channel_not_found")
+        if not any(args.get(k) for k in ("text", "blocks", "attachments")):
+            return _error("no_text")
+        thread_ts = args.get("thread_ts") or None
+        message = Message(
+            channel=str(channel),
+            ts=self._next_ts(),
+            text=str(args.get("text") or ""),
+            thread_ts=str(thread_ts) if thread_ts else None,
+            blocks=args.get("blocks"),
+            attachments=args.get("attachments"),
+            metadata=args.get("metadata"),
+        )
+        self._state.messages[message.ts] = message
+        return {
+            "ok": True,
+            "channel": message.channel,
+            "ts": message.ts,
+            "message": self._message_payload(message),
+        }
+
+    def _find_message(self, channel: Any, ts: Any) -> Message | None:
+        message = self._state.messages.get(str(ts))
+        if message is None or message.channel != channel:
+            return None
+        return message
+
+    def _chat_update(self, args: Payload) -> Payload:
+        for required in ("channel", "ts"):
+            if not args.get(required):
+                return _missing(required)
+        message = self._find_message(args["channel"], args["ts"])
+        if message is None:
+            return _error("message_not_found")
+        if not any(k in args for k in ("text", "blocks", "attachments")):
+            return _error("no_text")
+        changes: Payload = {"edits": message.edits + 1}
+        if "text" in args:
+            changes["text"] = str(args["text"] or "")
+        for key in ("blocks", "attachments", "metadata"):
+            if key in args:
+                changes[key] = args[key]
+        updated = dataclasses.replace(message, **changes)
+        self._state.messages[updated.ts] = updated
+        return {
+            "ok": True,
+            "channel": updated.channel,
+            "ts": updated.ts,
+            "text": updated.text,
+            "message": self._message_payload(updated),
+        }
+
+    def _chat_delete(self, args: Payload) -> Payload:
+        message = self._find_message(args.get("channel"), args.get("ts"))
+        if message is None:
+            return _error("message_not_found")
+        del self._state.messages[message.ts]
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _chat_post_ephemeral(self, args: Payload) -> Payload:
+        for required in ("channel", "user"):
+            if not args.get(required):
+                return _missing(required)
+        if not any(args.get(k) for k in ("text", "blocks", "attachments")):
+            return _error("no_text")
+        return {"ok": True, "message_ts": self._next_ts()}
+
+    def _chat_get_permalink(self, args: Payload) -> Payload:
+        message = self._find_message(args.get("channel"), args.get("message_ts"))
+        if message is None:
+            return _error("message_not_found")
+        link = (
+            f"https://{TEAM_DOMAIN}.slack.com/archives/{message.channel}/"
+            f"p{message.ts.replace('.', '')}"
+        )
+        if message.is_reply:
+            link += f"?thread_ts={message.thread_ts}&cid={message.channel}"
+        return {"ok": True, "channel": message.channel, "permalink": link}
+
+    def _conversations_history(self, args: Payload) -> Payload:
+        channel = args.get("channel")
+        if not channel:
+            return _missing("channel")
+        roots = [
+            self._message_payload(m)
+            for m in self._state.messages.values()
+            if m.channel == channel and not m.is_reply
+        ]
+        # Slack lists history newest first.
+        return {"ok": True, "messages": roots[::-1], "has_more": False}
+
+    def _conversations_replies(self, args: Payload) -> Payload:
+        for required in ("channel", "ts"):
+            if not args.get(required):
+                return _missing(required)
+        root = self._find_message(args["channel"], args["ts"])
+        if root is None:
+            return _error("thread_not_found")
+        root_ts = root.thread_ts or root.ts
+        messages = self.thread(root.channel, root_ts)
+        return {
+            "ok": True,
+            "messages": [self._message_payload(m) for m in messages],
+            "has_more": False,
+        }
+
+    def _users_info(self, args: Payload) -> Payload:
+        user_id = str(args.get("user") or "")
+        if not user_id:
+            return _missing("user")
+        user = self._users.get(user_id)
+        if user is None:
+            if not _USER_ID.match(user_id):
+                return _error("user_not_found")
+            name = user_id.lower()
+            user = _user_payload(user_id, name, name, {"real_name": name, "display_name": name})
+        return {"ok": True, "user": json.loads(json.dumps(user))}
+
+    def _new_view(self, view: Payload, **extra: Any) -> Payload:
+        self._view_counter += 1
+        view_id = f"V{self._view_counter:010d}"
+        return {
+            "id": view_id,
+            "team_id": TEAM_ID,
+            "type": view.get("type", "modal"),
+            "title": view.get("title"),
+            "blocks": view.get("blocks", []),
+            "close": view.get("close"),
+            "submit": view.get("submit"),
+            "private_metadata": view.get("private_metadata", ""),
+            "callback_id": view.get("callback_id", ""),
+            "external_id": view.get("external_id", ""),
+            "state": {"values": {}},
+            "hash": f"{int(time.time())}.{self._view_counter:08d}",
+            "clear_on_close": bool(view.get("clear_on_close", False)),
+            "notify_on_close": bool(view.get("notify_on_close", False)),
+            "root_view_id": view_id,
+            "previous_view_id": None,
+            "app_id": APP_ID,
+            "app_installed_team_id": TEAM_ID,
+            "bot_id": BOT_ID,
+            **extra,
+        }
+
+    def _views_open(self, args: Payload) -> Payload:
+        for required in ("trigger_id", "view"):
+            if not args.get(required):
+                return _missing(required)
+        view = self._new_view(args["view"])
+        self._state.views[view["id"]] = view
+        return {"ok": True, "view": view}
+
+    def _views_update(self, args: Payload) -> Payload:
+        if not args.get("view"):
+            return _missing("view")
+        current: Payload | None = None
+        if args.get("view_id"):
+            current = self._state.views.get(str(args["view_id"]))
+        elif args.get("external_id"):
+            current = next(
+                (v for v in self._state.views.values() if v["external_id"] == args["external_id"]),
+                None,
+            )
+        else:
+            return _missing("view_id")
+        if current is None:
+            return _error("not_found")
+        if args.get("hash") and args["hash"] != current["hash"]:
+            return _error("hash_conflict")
+        view = self._new_view(args["view"], id=current["id"], root_view_id=current["root_view_id"])
+        self._state.views[view["id"]] = view
+        return {"ok": True, "view": view}
+
+    def _views_publish(self, args: Payload) -> Payload:
+        for required in ("user_id", "view"):
+            if not args.get(required):
+                return _missing(required)
+        user_id = str(args["user_id"])
+        previous = self._state.home_views.get(user_id)
+        if previous is not None and args.get("hash") and args["hash"] != previous["hash"]:
+            return _error("hash_conflict")
+        view = self._new_view({**args["view"], "type": "home"})
+        self._state.views[view["id"]] = view
+        self._state.home_views[user_id] = view
+        return {"ok": True, "view": view}
+
+
+def _user_payload(user_id: str, name: str, real_name: str, profile: Mapping[str, Any]) -> Payload:
+    return {
+        "id": user_id,
+        "team_id": TEAM_ID,
+        "name": name,
+        "deleted": False,
+        "real_name": real_name,
+        "tz": "Europe/London",
+        "tz_label": "Greenwich Mean Time",
+        "tz_offset": 0,
+        "profile": dict(profile),
+        "is_admin": False,
+        "is_owner": False,
+        "is_bot": False,
+        "is_app_user": False,
+        "updated": _TS_EPOCH,
+    }
+
+
+def _parse_body(content_type: str, body: bytes) -> dict[str, Any]:
+    if not body:
+        return {}
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "application/json":
+        parsed = json.loads(body.decode("utf-8"))
+        if not isinstance(parsed, dict):
+            raise ValueError("JSON body is not an object")
+        return parsed
+    if kind == "multipart/form-data":
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + body
+        )
+        fields: dict[str, Any] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if not name:
+                continue
+            data = part.get_payload(decode=True) or b""
+            is_file = part.get_filename() is not None
+            fields[str(name)] = data if is_file else data.decode("utf-8")
+        return fields
+    # Slack treats anything else as form-encoded, as slack_sdk sends by default.
+    return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+
+
+def _decode_json_args(args: dict[str, Any]) -> dict[str, Any]:
+    for key in _JSON_ARGS & args.keys():
+        value = args[key]
+        if isinstance(value, str) and value[:1] in ("[", "{"):
+            # Undecodable JSON stays as sent, so the test sees what the client did.
+            with contextlib.suppress(json.JSONDecodeError):
+                args[key] = json.loads(value)
+    return args
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 overflows when a test fires many concurrent requests,
+    # and the kernel then delays the extra connections by a full second (SYN retry).
+    request_queue_size = 128
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    api: FakeSlackApi
+    server_version = "FakeSlackApi/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output clean
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+
+        if parts.path.startswith("/api/"):
+            method = unquote(parts.path[len("/api/") :])
+        elif parts.path.startswith("/response/"):
+            method = f"{RESPONSE_URL_PREFIX}{parts.path}"
+        else:
+            self._send(404, {}, "not found")
+            return
+
+        try:
+            args: dict[str, Any] = dict(parse_qsl(parts.query, keep_blank_values=True))
+            args.update(_parse_body(headers.get("content-type", ""), body))
+        except (ValueError, UnicodeDecodeError):
+            raw = {"_raw": body.decode("utf-8", "replace")}
+            self.api._record_failed(Call(method, raw, headers, None, 400))
+            self._send(400, {}, "invalid_payload")
+            return
+        status, extra, payload = self.api._handle(method, _decode_json_args(args), headers)
+        self._send(status, extra, payload)
+
+    def _send(self, status: int, extra: dict[str, str], payload: Payload | str) -> None:
+        if isinstance(payload, str):
+            data, content_type = payload.encode("utf-8"), "text/plain; charset=utf-8"
+        else:
+            data, content_type = json.dumps(payload).encode(), "application/json; charset=utf-8"
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        self.send_response(status, phrase)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)

@@ -36,7 +36,7 @@ teams:
   vision:
     owners: [{VISION_OWNER}]
     testers: [U05VTESTER]
-    users: ["*"]
+    users: [U07ANALYST]
 images:
   {IMAGE}:
     team: nlp

@@ -92,6 +92,10 @@ class Nbenv:
         self._check_actor(actor)
         if command.image is not None:
             self._check_image(command.image)
+        if key is not None and not command.read_only:
+            with self.store.read() as tx:
+                if tx.claimed(key) is not None:
+                    return Reply("already done (retried request)", {"retried": True})
         handler = getattr(self, f"_cmd_{command.name}")
         try:
             return handler(actor, command, key=key, expect=expect)

@@ -77,7 +77,9 @@ class Tx:
             statement = sqlite.insert(table).values(**values).on_conflict_do_nothing()
         else:  # pragma: no cover - only the two supported databases
             raise RuntimeError(f"unsupported database {dialect}")
-        return self.connection.execute(statement).rowcount == 1
+        # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT DO NOTHING.
+        key = next(iter(table.primary_key.columns))
+        return self.connection.execute(statement.returning(key)).first() is not None
 
     def claim(self, key: str, result: dict[str, Any] | None = None) -> bool:
         """Record that input KEY was handled; False when it already was (a retry)."""

@@ -1,0 +1,330 @@
+"""Each operation's effect and each refusal, role by role, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.domain.commands import Command
+from bot.domain.errors import BadInput, Refused
+from tests.conftest import IMAGE, OWNER, STRANGER, TESTER, TESTER2, USER, VISION_OWNER, sha_of
+
+A, B, C = sha_of("a"), sha_of("b"), sha_of("c")
+
+
+def envs(runtime, image: str = IMAGE) -> dict[str, str | None]:
+    status = runtime.app.handle(OWNER, f"status {image}").data
+    return {env: (p["sha"] if p else None) for env, p in status["environments"].items()}
+
+
+def last_audit(runtime):
+    with runtime.store.read() as tx:
+        return tx.audit_entries()[-1]
+
+
+def audit_count(runtime) -> int:
+    with runtime.store.read() as tx:
+        return tx.audit_count()
+
+
+def in_production(runtime, sha: str, image: str = IMAGE) -> None:
+    """Publish, approve and promote SHA."""
+    runtime.app.publish(OWNER, image, sha)
+    runtime.app.handle(TESTER, f"approve {image}")
+    runtime.app.handle(OWNER, f"promote {image}")
+
+
+def test_publish_points_staging_and_records_tested_version(runtime):
+    reply = runtime.app.publish(OWNER, IMAGE, A, subject="Bump keras")
+    assert envs(runtime) == {"staging": A, "production": None, "fallback": None}
+    assert "now in staging" in reply.text
+    versions = runtime.app.handle(USER, f"versions {IMAGE}").data
+    assert [(v["sha"], v["tests_passed"], v["subject"]) for v in versions] == [
+        (A, True, "Bump keras")
+    ]
+    entry = last_audit(runtime)
+    assert (entry.actor, entry.action, entry.sha, entry.outcome) == (OWNER, "publish", A, "ok")
+
+
+def test_publish_of_a_failed_report_is_refused_and_staging_untouched(runtime):
+    runtime.app.publish(OWNER, IMAGE, A)
+    report = {
+        "python": "3.11",
+        "packages": [],
+        "notebooks": [
+            {
+                "path": "tests/1.ipynb",
+                "status": "failed",
+                "duration_s": 1.0,
+                "failure": {
+                    "cell": 2,
+                    "line": 1,
+                    "ename": "KeyError",
+                    "evalue": "'x'",
+                    "traceback": "KeyError: 'x'",
+                },
+            }
+        ],
+    }
+    with pytest.raises(Refused, match="failed its automated tests"):
+        runtime.app.publish(OWNER, IMAGE, B, report=report)
+    assert envs(runtime)["staging"] == A
+    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data}
+    assert versions[B]["tests_passed"] is False
+    assert last_audit(runtime).outcome == "refused"
+
+
+@pytest.mark.parametrize("who", [TESTER, USER])
+def test_publish_needs_owner(runtime, who):
+    with pytest.raises(Refused, match="needs the owner role in team nlp"):
+        runtime.app.publish(who, IMAGE, A)
+    assert envs(runtime)["staging"] is None
+
+
+def test_approve_counts_towards_policy_and_promote_moves_production(runtime):
+    runtime.app.publish(OWNER, IMAGE, A)
+    reply = runtime.app.handle(TESTER, f"approve {IMAGE}")
+    assert reply.data["policy"]["met"] is True
+    assert reply.data["policy"]["approved_by"] == [TESTER]
+    promoted = runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert envs(runtime) == {"staging": A, "production": A, "fallback": None}
+    assert "promoted" in promoted.text
+    runtime.app.publish(OWNER, IMAGE, B)
+    runtime.app.handle(TESTER2, f"approve {IMAGE} {B[:7]}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert envs(runtime) == {"staging": B, "production": B, "fallback": A}
+
+
+def test_promote_dry_run_changes_nothing_and_shows_the_plan(runtime):
+    in_production(runtime, A)
+    runtime.app.publish(OWNER, IMAGE, B)
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    before = audit_count(runtime)
+    reply = runtime.app.handle(OWNER, f"promote {IMAGE} --dry-run")
+    changes = {c["env"]: (c["old"], c["new"]) for c in reply.data["changes"]}
+    assert changes == {"production": (A, B), "fallback": (None, A)}
+    assert "Dry run" in reply.text
+    assert envs(runtime) == {"staging": B, "production": A, "fallback": None}
+    assert audit_count(runtime) == before
+
+
+@pytest.mark.parametrize("who", [TESTER, USER, VISION_OWNER])
+def test_promote_refused_for_non_owners_and_audited(runtime, who):
+    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    with pytest.raises(Refused, match="needs the owner role"):
+        runtime.app.handle(who, f"promote {IMAGE}")
+    assert envs(runtime)["production"] is None
+    entry = last_audit(runtime)
+    assert (entry.actor, entry.action, entry.outcome) == (who, "promote", "refused")
+    assert "owner role" in entry.details["reason"]
+
+
+def test_promote_refusals_name_the_reason(runtime):
+    with pytest.raises(Refused, match="nothing in staging"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.app.publish(OWNER, IMAGE, A)
+    with pytest.raises(Refused, match="0 of 1 required approvals"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    with pytest.raises(Refused, match="already in production"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert envs(runtime)["production"] == A
+
+
+def test_owner_own_approval_does_not_count_unless_configured(runtime):
+    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.app.handle(OWNER, f"approve {IMAGE}")
+    with pytest.raises(Refused, match="Your own approval does not count"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.app.publish(OWNER, "nlp.self-approve", A)
+    runtime.app.handle(OWNER, "approve nlp.self-approve")
+    runtime.app.handle(OWNER, "promote nlp.self-approve")
+    assert envs(runtime, "nlp.self-approve")["production"] == A
+
+
+def test_policy_needs_distinct_testers(runtime):
+    image = "nlp.two-approvals"
+    runtime.app.publish(OWNER, image, A)
+    runtime.app.handle(TESTER, f"approve {image}")
+    again = runtime.app.handle(TESTER, f"approve {image}")
+    assert "already approved" in again.text
+    with pytest.raises(Refused, match="1 of 2 required approvals"):
+        runtime.app.handle(OWNER, f"promote {image}")
+    runtime.app.handle(TESTER2, f"approve {image}")
+    runtime.app.handle(OWNER, f"promote {image}")
+    assert envs(runtime, image)["production"] == A
+
+
+def test_rejection_blocks_until_the_tester_approves(runtime):
+    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.app.handle(TESTER2, f"reject {IMAGE} pandas import fails")
+    with pytest.raises(Refused, match=r"rejected by .*U03TESTER.*pandas import fails"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.app.handle(TESTER2, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert envs(runtime)["production"] == A
+
+
+def test_force_with_reason_overrides_a_rejection_and_is_recorded(runtime):
+    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.app.handle(TESTER2, f"reject {IMAGE} flaky")
+    with pytest.raises(BadInput, match="--force needs --reason"):
+        runtime.app.handle(OWNER, f"promote {IMAGE} --force")
+    runtime.app.handle(OWNER, f'promote {IMAGE} --force --reason "security fix"')
+    assert envs(runtime)["production"] == A
+    entry = last_audit(runtime)
+    assert entry.details["forced"] is True
+    assert entry.details["reason"] == "security fix"
+    assert entry.details["overridden_rejections"] == [TESTER2]
+
+
+@pytest.mark.parametrize("who", [USER])
+def test_approve_and_reject_need_tester(runtime, who):
+    runtime.app.publish(OWNER, IMAGE, A)
+    with pytest.raises(Refused, match="needs the tester role"):
+        runtime.app.handle(who, f"approve {IMAGE}")
+    with pytest.raises(Refused, match="needs the tester role"):
+        runtime.app.handle(who, f"reject {IMAGE} no")
+    assert runtime.app.handle(OWNER, f"status {IMAGE}").data["approvals"]["approved_by"] == []
+
+
+def test_rollback_restores_fallback_and_revokes_the_broken_sha(runtime):
+    in_production(runtime, A)
+    in_production(runtime, B)
+    assert envs(runtime) == {"staging": B, "production": B, "fallback": A}
+    runtime.app.handle(OWNER, f'rollback {IMAGE} --reason "kernel dies"')
+    assert envs(runtime) == {"staging": B, "production": A, "fallback": A}
+    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data}
+    assert versions[B]["revoked"] is True
+    # Revoked: its earlier approval no longer counts.
+    with pytest.raises(Refused, match=r"revoked .*needs fresh approvals"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.app.handle(TESTER2, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert envs(runtime)["production"] == B
+
+
+def test_rollback_refusals(runtime):
+    with pytest.raises(Refused, match="nothing in production"):
+        runtime.app.handle(OWNER, f"rollback {IMAGE}")
+    in_production(runtime, A)
+    with pytest.raises(Refused, match="no fallback"):
+        runtime.app.handle(OWNER, f"rollback {IMAGE}")
+    with pytest.raises(Refused, match="needs the owner role"):
+        runtime.app.handle(TESTER, f"rollback {IMAGE}")
+    assert envs(runtime)["production"] == A
+
+
+def test_rollback_to_a_tested_earlier_version_by_short_sha(runtime):
+    in_production(runtime, A)
+    in_production(runtime, B)
+    in_production(runtime, C)
+    runtime.app.handle(OWNER, f"rollback {IMAGE} --to {A[:7]}")
+    assert envs(runtime)["production"] == A
+    assert envs(runtime)["fallback"] == B  # fallback is kept
+    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data}
+    assert versions[C]["revoked"] is True
+
+
+def test_rollback_to_refuses_unknown_failed_and_ambiguous(runtime):
+    in_production(runtime, A)
+    with pytest.raises(BadInput, match="has no version starting with 1234567"):
+        runtime.app.handle(OWNER, f"rollback {IMAGE} --to 1234567")
+    failed = {
+        "python": "3",
+        "packages": [],
+        "notebooks": [{"path": "t.ipynb", "status": "error", "duration_s": 0, "failure": None}],
+    }
+    runtime.app.record_version(OWNER, IMAGE, B, report=failed)
+    with pytest.raises(Refused, match="failed its automated tests"):
+        runtime.app.handle(OWNER, f"rollback {IMAGE} --to {B}")
+    twin_a = "abcdef1" + "0" * 33
+    twin_b = "abcdef1" + "1" * 33
+    runtime.app.record_version(OWNER, IMAGE, twin_a, report=None)
+    runtime.app.record_version(OWNER, IMAGE, twin_b, report=None)
+    with pytest.raises(BadInput, match="ambiguous"):
+        runtime.app.handle(OWNER, f"rollback {IMAGE} --to abcdef1")
+    assert envs(runtime)["production"] == A
+
+
+def test_freeze_blocks_promotion_and_rollback_to_but_not_plain_rollback(runtime):
+    in_production(runtime, A)
+    in_production(runtime, B)
+    runtime.app.publish(OWNER, IMAGE, C)
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"freeze {IMAGE} quarterly close")
+    with pytest.raises(Refused, match=r"frozen by .*quarterly close"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    with pytest.raises(Refused, match="frozen"):
+        runtime.app.handle(OWNER, f"rollback {IMAGE} --to {A}")
+    with pytest.raises(Refused, match="already frozen"):
+        runtime.app.handle(OWNER, f"freeze {IMAGE} again")
+    runtime.app.handle(OWNER, f"rollback {IMAGE}")  # the emergency exit stays open
+    assert envs(runtime)["production"] == A
+    status = runtime.app.handle(USER, f"status {IMAGE}").data
+    assert status["frozen"] is True and status["freeze"]["reason"] == "quarterly close"
+    runtime.app.handle(OWNER, f"unfreeze {IMAGE}")
+    with pytest.raises(Refused, match="not frozen"):
+        runtime.app.handle(OWNER, f"unfreeze {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert envs(runtime)["production"] == C
+
+
+@pytest.mark.parametrize("who", [TESTER, USER])
+def test_freeze_needs_owner(runtime, who):
+    with pytest.raises(Refused, match="needs the owner role"):
+        runtime.app.handle(who, f"freeze {IMAGE} because")
+    assert runtime.app.handle(OWNER, f"status {IMAGE}").data["frozen"] is False
+
+
+def test_read_commands_for_users_and_not_for_outsiders(runtime):
+    in_production(runtime, A)
+    for text in (f"status {IMAGE}", f"versions {IMAGE}", f"history {IMAGE}"):
+        assert runtime.app.handle(USER, text).data
+    # U05VTESTER is in team vision only: nlp's images are not theirs to read.
+    with pytest.raises(Refused, match="you are not in team nlp"):
+        runtime.app.handle("U05VTESTER", f"status {IMAGE}")
+    listed = [item["image"] for item in runtime.app.handle(USER, "status").data]
+    assert listed == ["nlp.keras-batch", "nlp.self-approve", "nlp.two-approvals"]
+    assert [i["image"] for i in runtime.app.handle("U05VTESTER", "status").data] == [
+        "vision.pytorch-gpu"
+    ]
+
+
+def test_unknown_user_is_bad_input_and_changes_nothing(runtime):
+    before = audit_count(runtime)
+    with pytest.raises(BadInput, match="unknown user U09STRANGER"):
+        runtime.app.handle(STRANGER, f"status {IMAGE}")
+    with pytest.raises(BadInput, match="not a Slack user ID"):
+        runtime.app.handle("bob", f"status {IMAGE}")
+    assert audit_count(runtime) == before
+
+
+def test_history_lists_every_action_and_refusal_against_the_sha(runtime):
+    runtime.app.publish(OWNER, IMAGE, A)
+    with pytest.raises(Refused):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    history = runtime.app.handle(USER, f"history {IMAGE} {A[:8]}").data
+    assert [(h["action"], h["outcome"]) for h in history] == [
+        ("publish", "ok"),
+        ("approve", "ok"),
+        ("promote", "ok"),
+    ]
+    everything = runtime.app.handle(USER, f"history {IMAGE}").data
+    assert ("promote", "refused") in [(h["action"], h["outcome"]) for h in everything]
+
+
+def test_idempotency_key_makes_a_retry_a_no_op(runtime):
+    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    first = runtime.app.handle(OWNER, f"promote {IMAGE}", key="slack:retry-1")
+    count = audit_count(runtime)
+    again = runtime.app.execute(OWNER, Command("promote", image=IMAGE), key="slack:retry-1")
+    assert first.data["applied"] is True
+    assert "retried" in again.text
+    assert audit_count(runtime) == count

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from bot.config import Config, load_config
 from bot.service.app import Nbenv
+from bot.service.diff import Differ
 from bot.service.jobs import Handler, JobWorker
 from bot.store.database import make_engine, upgrade
 from bot.store.uow import Store
@@ -18,6 +19,13 @@ def job_handlers(app: Nbenv) -> dict[str, Handler]:
         backend = app.backend
         handlers["build"] = lambda job: backend.run_build(job["image"], job["ref"], job["actor"])
     return handlers
+
+
+def make_differ(config: Config) -> Differ:
+    """`nbenv diff`: the image folders at both SHAs come from git when the repo is here."""
+    from bot.backends.local.git import GitSource
+
+    return Differ(GitSource(config))
 
 
 @dataclass
@@ -37,6 +45,6 @@ def build_runtime(
         upgrade(engine)
     store = Store(engine)
     backend = None
-    app = Nbenv(config, store, backend=backend)
+    app = Nbenv(config, store, backend=backend, differ=make_differ(config))
     worker = JobWorker(store, job_handlers(app))
     return Runtime(config=config, store=store, app=app, worker=worker)

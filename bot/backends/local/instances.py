@@ -1,0 +1,331 @@
+"""Local notebook instances: a token-protected Jupyter server on loopback per instance.
+
+With a Docker engine and the image built here (`nbenv-local/IMAGE:SHA`, see the
+pipeline), the server runs inside that image. Otherwise it is a Jupyter server of this
+Python over a checkout of the image folder at the SHA, and the instance says so: its
+packages are the bot's, not the image's.
+
+Each instance lives in `$NBENV_HOME/instances/NAME/` (checkout, log, Jupyter runtime
+files). The server runs in its own session, so it survives a restart of the bot and
+is stopped by process group; stopping removes the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bot.backends.local.git import GitRepo
+from bot.backends.local.pipeline import LOCAL_IMAGE_REPOSITORY, docker_available
+from bot.config import Config
+from bot.domain.errors import NbenvError, Refused
+from bot.service.ports import InstanceInfo, InstanceRequest
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+START_ATTEMPTS = 3  # another program may take the port we picked before Jupyter binds it
+CONTAINER_PORT = 8888
+LOCAL_NOTE = (
+    "Runs in the bot's local Python environment over a checkout of {folder} at {sha}: "
+    "the image's own packages are not installed here (no Docker engine)."
+)
+DOCKER_NOTE = "Runs inside the image {tag} (Docker), with {folder} at {sha} mounted."
+
+
+class InstanceFailed(NbenvError):
+    """The notebook server did not come up."""
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def server_answers(port: int, token: str) -> bool:
+    """GET /api/status with the token answers 200: the server is up and ours."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        # Reap it when it is our child, or it would linger as a zombie that kill(0) sees.
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_ours(pid: int, checkout: str) -> bool:
+    """Guard against a recycled PID: our server's command line names its checkout."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.parent.exists():
+        return True  # no /proc (macOS): trust the recorded PID
+    try:
+        return checkout.encode() in cmdline.read_bytes()
+    except OSError:
+        return False
+
+
+class LocalInstances:
+    def __init__(
+        self,
+        config: Config,
+        home: Path,
+        *,
+        use_docker: bool | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.config = config
+        self.home = home
+        self.use_docker = use_docker
+        self.python = python
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, request: InstanceRequest) -> InstanceInfo:
+        folder = self.config.image_folder(request.image)
+        directory = self.home / "instances" / request.name
+        if directory.exists():
+            raise Refused(f"an instance folder {directory} already exists")
+        checkout = directory / "work"
+        repo = GitRepo(self.config.repo_path(request.image))
+        try:
+            repo.export(request.sha, folder, checkout)
+            tag = f"{LOCAL_IMAGE_REPOSITORY}/{request.image}:{request.sha}"
+            if self._docker() and self._docker_image_exists(tag):
+                return self._start_docker(request, directory, checkout, tag, folder)
+            return self._start_local(request, directory, checkout, folder)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    def stop(self, name: str, details: dict[str, Any]) -> None:
+        """Stop the server (idempotent: a server already gone is fine) and remove its files."""
+        if details.get("container"):
+            subprocess.run(
+                ["docker", "rm", "--force", str(details["container"])],
+                capture_output=True,
+                check=False,
+            )
+        elif details.get("pid"):
+            self._stop_process(name, int(details["pid"]), str(details.get("checkout") or ""))
+        port = details.get("port")
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while port and port_is_open(int(port)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        directory = details.get("directory")
+        if directory and Path(directory).parent == self.home / "instances":
+            shutil.rmtree(directory, ignore_errors=True)
+
+    # -- local Python ------------------------------------------------------------------------
+
+    def _start_local(
+        self, request: InstanceRequest, directory: Path, checkout: Path, folder: str
+    ) -> InstanceInfo:
+        token = secrets.token_urlsafe(24)
+        log_path = directory / "jupyter.log"
+        env = dict(os.environ)
+        # The token goes through the environment: a command line is visible to every user.
+        env.update(
+            {
+                "JUPYTER_TOKEN": token,
+                "JUPYTER_RUNTIME_DIR": str(directory / "runtime"),
+                "JUPYTER_CONFIG_DIR": str(directory / "config"),
+            }
+        )
+        failure = "no free port"
+        for _ in range(START_ATTEMPTS):
+            port = self._free_port()
+            command = [
+                self.python,
+                "-m",
+                "jupyter_server",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={port}",
+                "--ServerApp.port_retries=0",
+                "--ServerApp.open_browser=False",
+                f"--ServerApp.root_dir={checkout}",
+            ]
+            if hasattr(os, "geteuid") and os.geteuid() == 0:
+                command.append("--ServerApp.allow_root=True")
+            with log_path.open("ab") as log_file:
+                process = subprocess.Popen(
+                    command,
+                    cwd=checkout,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            if self._wait_ready(process, port, token):
+                self._children[request.name] = process
+                details = {
+                    "runtime": "local-python",
+                    "pid": process.pid,
+                    "port": port,
+                    "directory": str(directory),
+                    "checkout": str(checkout),
+                    "log": str(log_path),
+                    "python": self.python,
+                    "note": LOCAL_NOTE.format(folder=folder, sha=request.sha[:7]),
+                }
+                return InstanceInfo(
+                    request.name, f"http://127.0.0.1:{port}/?token={token}", "running", details
+                )
+            self._kill_group(process.pid)
+            process.wait()
+            failure = _last_line(log_path)
+        raise InstanceFailed(f"the notebook server of {request.name} did not start: {failure}")
+
+    def _wait_ready(self, process: subprocess.Popen[bytes], port: int, token: str) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return False
+            if server_answers(port, token):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def _free_port(self) -> int:
+        low, high = self.config.local.instances_port_range
+        for port in range(low, high + 1):
+            if port_is_free(port):
+                return port
+        raise InstanceFailed(f"no free port in {low}-{high} (config local.instances_port_range)")
+
+    def _stop_process(self, name: str, pid: int, checkout: str) -> None:
+        child = self._children.pop(name, None)
+        if not _alive(pid) or not _is_ours(pid, checkout):
+            return
+        self._kill_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if child is not None and child.poll() is not None:
+                return
+            if child is None and not _alive(pid):
+                return
+            time.sleep(0.1)
+        self._kill_group(pid, signal.SIGKILL)
+        if child is not None:
+            child.wait()
+
+    @staticmethod
+    def _kill_group(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    # -- Docker ------------------------------------------------------------------------------
+
+    def _docker(self) -> bool:
+        return docker_available() if self.use_docker is None else self.use_docker
+
+    @staticmethod
+    def _docker_image_exists(tag: str) -> bool:
+        result = subprocess.run(
+            ["docker", "image", "inspect", tag], capture_output=True, check=False
+        )
+        return result.returncode == 0
+
+    def _start_docker(
+        self, request: InstanceRequest, directory: Path, checkout: Path, tag: str, folder: str
+    ) -> InstanceInfo:
+        token = secrets.token_urlsafe(24)
+        port = self._free_port()
+        result = subprocess.run(
+            [
+                "docker",
+                "run",
+                "--detach",
+                "--name",
+                f"nbenv-{request.name}",
+                "--publish",
+                f"127.0.0.1:{port}:{CONTAINER_PORT}",
+                "--env",
+                "JUPYTER_TOKEN",
+                "--volume",
+                f"{checkout}:/home/jupyter/{Path(folder).name}",
+                "--label",
+                f"nbenv.image={request.image}",
+                "--label",
+                f"nbenv.env={request.env}",
+                "--label",
+                f"nbenv.sha={request.sha}",
+                "--entrypoint",
+                "jupyter",
+                tag,
+                "lab",
+                "--ip=0.0.0.0",
+                f"--port={CONTAINER_PORT}",
+                "--no-browser",
+                "--allow-root",
+                "--ServerApp.root_dir=/home/jupyter",
+            ],
+            capture_output=True,
+            env={**os.environ, "JUPYTER_TOKEN": token},
+            check=False,
+        )
+        if result.returncode != 0:
+            reason = result.stderr.decode(errors="replace").strip().splitlines()
+            raise InstanceFailed(f"docker run failed: {reason[-1] if reason else 'no output'}")
+        container = result.stdout.decode().strip()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if server_answers(port, token):
+                details = {
+                    "runtime": "docker",
+                    "container": container,
+                    "port": port,
+                    "directory": str(directory),
+                    "checkout": str(checkout),
+                    "image": tag,
+                    "note": DOCKER_NOTE.format(tag=tag, folder=folder, sha=request.sha[:7]),
+                }
+                return InstanceInfo(
+                    request.name, f"http://127.0.0.1:{port}/?token={token}", "running", details
+                )
+            time.sleep(0.5)
+        subprocess.run(["docker", "rm", "--force", container], capture_output=True, check=False)
+        raise InstanceFailed(f"the notebook server in {tag} did not answer within 60 s")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][-300:] if lines else "no output"

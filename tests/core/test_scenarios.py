@@ -1,0 +1,150 @@
+"""The flows of DESIGN.md §2, one scenario each, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from bot.domain.errors import Refused
+from bot.store import tables as t
+from tests.conftest import IMAGE, OWNER, TESTER, TESTER2, USER, sha_of
+
+V1, V2, V3, V4 = (sha_of(f"v{i}") for i in range(1, 5))
+PIPELINE = "build:0f5e6a7b-1111-2222-3333-444455556666"
+
+FAILED_REPORT = {
+    "python": "3.11.7",
+    "packages": [{"name": "keras", "version": "3.0.0"}],
+    "notebooks": [
+        {"path": "tests/1.ipynb", "status": "passed", "duration_s": 1.2, "failure": None},
+        {
+            "path": "tests/2.ipynb",
+            "status": "failed",
+            "duration_s": 0.8,
+            "failure": {
+                "cell": 3,
+                "line": 2,
+                "ename": "KeyError",
+                "evalue": "'x'",
+                "traceback": "KeyError: 'x'",
+            },
+        },
+    ],
+}
+PASSED_REPORT = {
+    **FAILED_REPORT,
+    "notebooks": [dict(n, status="passed", failure=None) for n in FAILED_REPORT["notebooks"]],
+}
+
+
+def pointers(runtime) -> tuple[str | None, str | None, str | None]:
+    envs = runtime.app.handle(USER, f"status {IMAGE}").data["environments"]
+    return tuple(envs[e]["sha"] if envs[e] else None for e in ("staging", "production", "fallback"))
+
+
+def announcements(runtime) -> list[str]:
+    with runtime.store.read() as tx:
+        rows = tx.connection.execute(select(t.outbox).order_by(t.outbox.c.id))
+        return [row.payload["text"] for row in rows]
+
+
+def test_expected_path(runtime):
+    # 1. The pipeline publishes a tested build of the staging branch.
+    runtime.app.publish(PIPELINE, IMAGE, V1, report=PASSED_REPORT, branch="staging")
+    assert pointers(runtime) == (V1, None, None)
+    # 2. The thread asks the testers, with Approve / Reject buttons.
+    with runtime.store.read() as tx:
+        prompt = tx.connection.execute(select(t.outbox).order_by(t.outbox.c.id)).first()
+    assert prompt.thread_sha == V1
+    assert [b["text"] for b in prompt.payload["buttons"]] == ["Approve", "Reject"]
+    assert "<@U02TESTER>" in prompt.payload["text"]
+    # 3. A tester approves; the owner sees the plan, then promotes.
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    plan = runtime.app.handle(OWNER, f"promote {IMAGE} --dry-run").data
+    assert plan["approvals"]["approved_by"] == [TESTER]
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert pointers(runtime) == (V1, V1, None)
+    # The next version: the old production becomes fallback.
+    runtime.app.publish(PIPELINE, IMAGE, V2, report=PASSED_REPORT, branch="staging")
+    runtime.app.handle(TESTER2, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert pointers(runtime) == (V2, V2, V1)
+    # 4. Users create instances from production, pinned to its SHA.
+    created = runtime.app.handle(USER, f"instance {IMAGE}").data
+    assert (created["env"], created["sha"]) == ("production", V2)
+    # Every action is on record against its SHA.
+    history = runtime.app.handle(USER, f"history {IMAGE} {V2}").data
+    assert [h["action"] for h in history] == ["publish", "approve", "promote", "instance"]
+    assert runtime.app.verify_audit().ok
+
+
+def test_automated_tests_fail_staging_untouched(runtime):
+    runtime.app.publish(PIPELINE, IMAGE, V1, report=PASSED_REPORT)
+    with pytest.raises(Refused, match="failed its automated tests"):
+        runtime.app.publish(PIPELINE, IMAGE, V2, report=FAILED_REPORT)
+    assert pointers(runtime) == (V1, None, None)
+    version = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data}[V2]
+    assert version["tests_passed"] is False
+    assert version["notebooks"] == {"passed": 1, "total": 2}
+    with pytest.raises(Refused, match="failed its automated tests"):
+        runtime.app.handle(TESTER, f"approve {IMAGE} {V2}")
+
+
+def test_tester_rejects_blocks_until_approval_or_forced_override(runtime):
+    runtime.app.publish(PIPELINE, IMAGE, V1)
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.app.handle(TESTER2, f"reject {IMAGE} {V1[:7]} tokenizer download hangs")
+    with pytest.raises(Refused, match="tokenizer download hangs"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert pointers(runtime) == (V1, None, None)
+    runtime.app.handle(OWNER, f"promote {IMAGE} --force --reason 'known, fixed upstream'")
+    assert pointers(runtime) == (V1, V1, None)
+    assert any("rejected" in text for text in announcements(runtime))
+
+
+def test_production_broken_fallback_instance_then_rollback(runtime):
+    for sha, tester in ((V1, TESTER), (V2, TESTER2)):
+        runtime.app.publish(PIPELINE, IMAGE, sha)
+        runtime.app.handle(tester, f"approve {IMAGE}")
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert pointers(runtime) == (V2, V2, V1)
+    # A user self-serves an instance from fallback, no owner involved.
+    created = runtime.app.handle(USER, f"instance {IMAGE} --env fallback").data
+    assert (created["env"], created["sha"]) == ("fallback", V1)
+    # The owner rolls back; the broken SHA is revoked.
+    runtime.app.handle(OWNER, f"rollback {IMAGE} --reason 'GPU kernels crash'")
+    assert pointers(runtime) == (V2, V1, V1)
+    with pytest.raises(Refused, match="needs fresh approvals"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    texts = announcements(runtime)
+    assert any("rolled back production" in text and "GPU kernels crash" in text for text in texts)
+
+
+def test_fallback_missing_or_broken_rollback_to_an_earlier_version(runtime):
+    for sha in (V1, V2, V3):
+        runtime.app.publish(PIPELINE, IMAGE, sha)
+        runtime.app.handle(TESTER, f"approve {IMAGE}")
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert pointers(runtime) == (V3, V3, V2)
+    candidates = runtime.app.handle(OWNER, f"versions {IMAGE}").data
+    assert [c["sha"] for c in candidates if c["tests_passed"]] == [V3, V2, V1]
+    runtime.app.handle(OWNER, f"rollback {IMAGE} --to {V1[:9]}")
+    assert pointers(runtime) == (V3, V1, V2)
+
+
+def test_freeze_then_unfreeze(runtime):
+    runtime.app.publish(PIPELINE, IMAGE, V1)
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"freeze {IMAGE} release week")
+    with pytest.raises(Refused, match="frozen"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.app.handle(OWNER, f"unfreeze {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert pointers(runtime) == (V1, V1, None)
+    history = runtime.app.handle(USER, f"history {IMAGE}").data
+    assert [(h["action"], h["outcome"]) for h in history][-4:] == [
+        ("freeze", "ok"),
+        ("promote", "refused"),
+        ("unfreeze", "ok"),
+        ("promote", "ok"),
+    ]

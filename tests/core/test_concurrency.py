@@ -6,6 +6,7 @@ winner per generation, a history that is a valid sequence, fallback never lost.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import random
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_concurrent_promotions_and_rollbacks(pg_cluster, config_file: Path):
         # One winner per generation: generations 1..n with no gap and no repeat…
         assert [r["generation"] for r in rows] == list(range(1, len(rows) + 1)), env
         # …and each change starts from where the previous one left the pointer.
-        for before, after in zip(rows, rows[1:], strict=False):
+        for before, after in itertools.pairwise(rows):
             assert after["old_sha"] == before["new_sha"], env
     # Fallback, once set, is never lost.
     assert all(r["new_sha"] is not None for r in by_env["fallback"])

@@ -1,0 +1,1 @@
+"""The notebook test runner; its core is the self-contained ``notebook_tests`` module."""

@@ -15,6 +15,14 @@ from bot.store.uow import Store
 
 def job_handlers(app: Nbenv) -> dict[str, Handler]:
     handlers: dict[str, Handler] = {"instance": app.create_instance}
+
+    def slack_job(job: dict) -> None:  # type: ignore[type-arg]
+        # Slow /nbenv work deferred by the Slack adapter (plans, diffs, confirmed changes).
+        from bot.slack.interactions import run_job
+
+        run_job(app, job)
+
+    handlers["slack"] = slack_job
     if app.backend is not None:
         backend = app.backend
         handlers["build"] = lambda job: backend.run_build(job["image"], job["ref"], job["actor"])

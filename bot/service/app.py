@@ -88,18 +88,37 @@ class Nbenv:
         *,
         key: str | None = None,
         expect: dict[str, int] | None = None,
+        reply_to: str | None = None,
     ) -> Reply:
-        self._check_actor(actor)
-        if command.image is not None:
-            self._check_image(command.image)
+        """REPLY_TO: a Slack response_url where slow work (build, instance) answers when done."""
+        self.check(actor, command)
         if key is not None and not command.read_only:
             with self.store.read() as tx:
                 if tx.claimed(key) is not None:
                     return Reply("already done (retried request)", {"retried": True})
         handler = getattr(self, f"_cmd_{command.name}")
         try:
-            return handler(actor, command, key=key, expect=expect)
+            return handler(actor, command, key=key, expect=expect, reply_to=reply_to)
         except (Refused, Conflict) as refusal:
+            self._audit_refusal(actor, command, refusal)
+            raise
+
+    def check(self, actor: str, command: Command) -> None:
+        """What every command passes first: a known user and a known image (config only)."""
+        self._check_actor(actor)
+        if command.image is not None:
+            self._check_image(command.image)
+
+    def require(self, actor: str, command: Command, needed: Role) -> Role:
+        """ACTOR's role when it is at least NEEDED for COMMAND; a refusal is audited.
+
+        For adapters that must check a role before asking for more input (a dialog).
+        """
+        self.check(actor, command)
+        assert command.image
+        try:
+            return self._require(actor, command.image, needed, command.name)
+        except Refused as refusal:
             self._audit_refusal(actor, command, refusal)
             raise
 
@@ -344,6 +363,7 @@ class Nbenv:
         *,
         key: str | None = None,
         expect: dict[str, int] | None = None,
+        **_: Any,
     ) -> Reply:
         image = command.image
         assert image
@@ -434,6 +454,7 @@ class Nbenv:
         *,
         key: str | None = None,
         expect: dict[str, int] | None = None,
+        **_: Any,
     ) -> Reply:
         image = command.image
         assert image
@@ -555,6 +576,7 @@ class Nbenv:
     ) -> Reply:
         """Commit PLAN with compare-and-swap, its audit entry and announcement, then sync."""
         operation_id = str(uuid.uuid4())
+        self._check_versions(plan)
         with self._write(key) as tx:
             if tx is None:
                 return Reply("already done (retried request)")
@@ -583,9 +605,34 @@ class Nbenv:
             text = _announcement(actor, plan)
             if plan.changes:
                 self._announce_plan(tx, plan, text, operation_id)
-        if steps:
-            self.finish_operation(operation_id)
-        return Reply(text, {**preview, "operation": operation_id, "applied": True})
+        synced = self.finish_operation(operation_id) if steps else True
+        if not synced:
+            with self.store.read() as tx:
+                operation = tx.operation(operation_id)
+            text += (
+                f"\n⚠️ Recorded, but the registry is not in line yet: "
+                f"{escape((operation or {}).get('error'))}. "
+                "nbenv finishes it at its next start or with `nbenv recover`."
+            )
+        return Reply(
+            text, {**preview, "operation": operation_id, "applied": True, "synced": synced}
+        )
+
+    def _check_versions(self, plan: ops.Plan) -> None:
+        """Refuse a plan that would point an environment at a version the registry lacks."""
+        if not plan.changes or self.backend is None or not self.backend.mirrors_pointers():
+            return
+        for sha in dict.fromkeys(change.new for change in plan.changes):
+            try:
+                self.backend.check_version(plan.image, sha)
+            except Refused:
+                raise
+            except NbenvError as error:
+                # The registry is unreachable. A rollback is the emergency exit: the store
+                # moves now and the registry follows when it answers again.
+                if plan.action != "rollback":
+                    raise
+                log.warning("rollback of %s without a registry check: %s", plan.image, error)
 
     def _announce_plan(self, tx: Tx, plan: ops.Plan, text: str, operation_id: str) -> None:
         image = plan.image
@@ -640,7 +687,11 @@ class Nbenv:
     # -- sagas -----------------------------------------------------------------------------
 
     def finish_operation(self, operation_id: str) -> bool:
-        """Bring the remote copies of the pointers in line with the store; idempotent."""
+        """Bring the remote copies of the pointers in line with the store; idempotent.
+
+        False when a step failed: the operation is then marked failed with the reason
+        (shown by `status`, announced in the channel) and `recover` retries it.
+        """
         assert self.backend is not None
         with self.store.read() as tx:
             operation = tx.operation(operation_id)
@@ -650,30 +701,91 @@ class Nbenv:
         for index, step in enumerate(operation["steps"]):
             if step["done"]:
                 continue
-            # The store is the truth: a step syncs the pointer as it is *now*, so a later
-            # operation's state is never overwritten by an older one being finished.
-            with self.store.read() as tx:
-                sha = tx.image_state(image).sha(Env(step["env"]))
             try:
-                self.backend.mirror_pointer(image, step["env"], sha)
+                self._sync_pointer(image, Env(step["env"]))
             except NbenvError as error:
-                with self.store.write(audited=False) as tx:
-                    tx.fail_operation(operation_id, error.message)
-                raise
+                self._operation_failed(operation, step["env"], error)
+                return False
             with self.store.write(audited=False) as tx:
                 tx.complete_step(operation_id, index)
         with self.store.write(audited=False) as tx:
             tx.finish_operation(operation_id)
         return True
 
+    def _sync_pointer(self, image: str, env: Env, rounds: int = 5) -> None:
+        """Make the remote copy of ENV say what the store says *now*.
+
+        The store is the truth: a step never replays the SHA its operation set, so an
+        older operation being finished cannot overwrite a newer one. Should the pointer
+        move while the remote write is under way, the write is repeated with the new
+        value, so the last write always carries the store's latest state.
+        """
+        assert self.backend is not None
+        for _ in range(rounds):
+            with self.store.read() as tx:
+                before = tx.image_state(image).pointer(env)
+            self.backend.mirror_pointer(image, env.value, before.sha)
+            with self.store.read() as tx:
+                if tx.image_state(image).pointer(env).generation == before.generation:
+                    return
+        raise Conflict(f"{image}.{env.value} kept moving while the registry was updated")
+
+    def _operation_failed(self, operation: dict[str, Any], env: str, error: NbenvError) -> None:
+        image = operation["image"]
+        with self.store.write() as tx:
+            tx.fail_operation(operation["id"], error.message)
+            tx.append_audit(
+                actor=operation["actor"],
+                action="sync",
+                image=image,
+                sha=tx.image_state(image).sha(Env(env)),
+                outcome="failed",
+                details={"operation": operation["id"], "env": env, "error": error.message},
+            )
+            self._announce(
+                tx,
+                image,
+                None,
+                f"⚠️ The {operation['kind']} of {image} is recorded, but moving the registry "
+                f"tag `{env}` failed: {escape(error.message)}. nbenv retries it at its next "
+                "start and with `nbenv recover`.",
+                key=f"op:{operation['id']}:failed",
+            )
+
     def recover(self) -> list[str]:
-        """Finish every operation a crash left pending; the IDs it finished."""
+        """Finish every operation a crash or a failure left pending; the IDs it finished.
+
+        One that fails again stays failed (with its reason) for the next attempt.
+        """
         with self.store.read() as tx:
-            pending = tx.pending_operations()
+            pending = [tx.operation(operation_id) for operation_id in tx.pending_operations()]
         finished = []
-        for operation_id in pending:
-            self.finish_operation(operation_id)
-            finished.append(operation_id)
+        for operation in pending:
+            if operation is None or not self.finish_operation(operation["id"]):
+                continue
+            finished.append(operation["id"])
+            with self.store.write() as tx:
+                tx.append_audit(
+                    actor=operation["actor"],
+                    action="sync",
+                    image=operation["image"],
+                    sha=None,
+                    details={
+                        "operation": operation["id"],
+                        "kind": operation["kind"],
+                        "recovered": True,
+                        "envs": [step["env"] for step in operation["steps"]],
+                    },
+                )
+                if operation["status"] == "failed":
+                    self._announce(
+                        tx,
+                        operation["image"],
+                        None,
+                        f"✅ The registry tags of {operation['image']} are in line again "
+                        f"(the {operation['kind']} is finished).",
+                        key=f"op:{operation['id']}:recovered",
+                    )
         return finished
 
     # -- freezes ---------------------------------------------------------------------------
@@ -729,15 +841,27 @@ class Nbenv:
 
     # -- slow work: builds and instances go through the job queue ----------------------------
 
-    def _cmd_build(self, actor: str, command: Command, *, key: str | None = None, **_: Any):
+    def _cmd_build(
+        self,
+        actor: str,
+        command: Command,
+        *,
+        key: str | None = None,
+        reply_to: str | None = None,
+        **_: Any,
+    ):
         image = command.image
         assert image
         self._require(actor, image, Role.OWNER, "build")
         ref = command.ref or self.config.images[image].source.staging_branch
         job_key = key or f"build:{image}:{ref}:{uuid.uuid4()}"
-        with self._write(None) as tx:
-            assert tx is not None
-            tx.enqueue_job(job_key, "build", {"image": image, "ref": ref, "actor": actor})
+        with self._write(key) as tx:
+            if tx is None:
+                return Reply("build already queued (retried request)", {"retried": True})
+            payload = {"image": image, "ref": ref, "actor": actor}
+            if reply_to:
+                payload["response_url"] = reply_to
+            tx.enqueue_job(job_key, "build", payload)
             tx.append_audit(
                 actor=actor, action="build", image=image, sha=None, details={"ref": ref}
             )
@@ -747,14 +871,23 @@ class Nbenv:
             {"image": image, "ref": ref, "job": job_key},
         )
 
-    def _cmd_instance(self, actor: str, command: Command, *, key: str | None = None, **_: Any):
+    def _cmd_instance(
+        self,
+        actor: str,
+        command: Command,
+        *,
+        key: str | None = None,
+        reply_to: str | None = None,
+        **_: Any,
+    ):
         image = command.image
         assert image and command.env
         env = command.env
         needed = Role.TESTER if env == Env.STAGING else Role.USER
         self._require(actor, image, needed, f"an instance from {env.value}")
-        with self._write(None) as tx:
-            assert tx is not None
+        with self._write(key) as tx:
+            if tx is None:
+                return Reply("instance already requested (retried request)", {"retried": True})
             sha = tx.image_state(image).sha(env)
             if sha is None:
                 raise Refused(f"{image} has nothing in {env.value}: no instance to create")
@@ -762,11 +895,10 @@ class Nbenv:
             if tx.instance(name) is not None:
                 raise Refused(f"an instance named {name} already exists")
             job_key = key or f"instance:{name}"
-            tx.enqueue_job(
-                job_key,
-                "instance",
-                {"image": image, "env": env.value, "sha": sha, "name": name, "actor": actor},
-            )
+            payload = {"image": image, "env": env.value, "sha": sha, "name": name, "actor": actor}
+            if reply_to:
+                payload["response_url"] = reply_to
+            tx.enqueue_job(job_key, "instance", payload)
             tx.append_audit(
                 actor=actor,
                 action="instance",

@@ -66,22 +66,58 @@ class JobWorker:
         job = self._claim()
         if job is None:
             return False
+        self._run(job)
+        return True
+
+    def _run(self, job: dict[str, Any]) -> str:
+        """Run a claimed job; its status after: done | failed | queued (to be retried)."""
         handler = self.handlers.get(job["kind"])
         if handler is None:
             self._finish(job["id"], "failed", f"no handler for job kind {job['kind']!r}")
-            return True
+            return "failed"
         try:
             handler(job["payload"])
         except NbenvError as error:
             log.warning("job %s (%s) refused: %s", job["id"], job["kind"], error.message)
             self._finish(job["id"], "failed", error.message)
+            return "failed"
         except Exception as error:  # a crash in one job must not stop the worker
             log.exception("job %s (%s) failed", job["id"], job["kind"])
             status = "failed" if job["attempts"] + 1 >= MAX_ATTEMPTS else "queued"
             self._finish(job["id"], status, repr(error))
-        else:
-            self._finish(job["id"], "done")
-        return True
+            return status
+        self._finish(job["id"], "done")
+        return "done"
+
+    def run_key(self, dedupe_key: str) -> str:
+        """Run the job queued under DEDUPE_KEY now (a Pub/Sub push names it).
+
+        Returns its status: done | failed | queued (crashed, retry) | running (another
+        delivery holds it) | missing. A job that already ran is not run again, so a
+        redelivered message has one effect.
+        """
+        now = self.store.clock()
+        with self.store.write(audited=False) as tx:
+            row = tx.connection.execute(
+                select(t.jobs).where(t.jobs.c.dedupe_key == dedupe_key[:255])
+            ).first()
+            if row is None:
+                return "missing"
+            stale = row.status == "running" and row.available_at <= iso(now - LEASE)
+            if row.status != "queued" and not stale:
+                return str(row.status)
+            claimed = tx.connection.execute(
+                update(t.jobs)
+                .where(
+                    t.jobs.c.id == row.id,
+                    t.jobs.c.status == row.status,
+                    t.jobs.c.available_at == row.available_at,
+                )
+                .values(status="running", attempts=row.attempts + 1, available_at=iso(now))
+            )
+            if claimed.rowcount != 1:
+                return "running"
+        return self._run(dict(row._mapping))
 
     def run_until_idle(self, limit: int = 1000) -> int:
         count = 0

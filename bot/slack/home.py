@@ -1,0 +1,113 @@
+"""The App Home tab: a dashboard of every image the person may see.
+
+Per image: its three environments (short SHA, age, who moved it last), what waits for
+approval in staging, and a freeze if there is one. Built from `Nbenv.image_status`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.domain.names import Env
+from bot.domain.text import escape, mention
+from bot.slack.views import age
+
+MAX_HOME_BLOCKS = 100  # Slack's limit for a Home tab view
+BLOCKS_PER_IMAGE = 4
+
+
+def home_view(user: str, statuses: list[dict[str, Any]], now: datetime | None = None) -> dict:  # type: ignore[type-arg]
+    now = now or datetime.now(UTC)
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": "nbenv — notebook images"}},
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": f"As of {now:%Y-%m-%d %H:%M} UTC · `/nbenv help` lists the commands",
+                }
+            ],
+        },
+    ]
+    if not statuses:
+        blocks.append(
+            _text(
+                f"{mention(user)}, you are not in any nbenv team yet: ask an "
+                "image owner to add your Slack ID to the nbenv config."
+            )
+        )
+    room = (MAX_HOME_BLOCKS - len(blocks) - 1) // BLOCKS_PER_IMAGE
+    for status in statuses[:room]:
+        blocks += _image_blocks(status, now)
+    if len(statuses) > room:
+        blocks.append(_text(f"…and {len(statuses) - room} more: `/nbenv status` lists them all."))
+    return {"type": "home", "blocks": blocks}
+
+
+def _text(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}
+
+
+def _channel(channel: str) -> str:
+    return f"<#{channel}>" if channel[:1] in ("C", "G") and channel.isalnum() else escape(channel)
+
+
+def _image_blocks(status: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    image = status["image"]
+    title = f"*{image}* · team {escape(status['team'])} · {_channel(status['channel'])}"
+    if status["frozen"]:
+        title += " · 🧊 *frozen*"
+    fields = [_env_field(env.value, status["environments"].get(env.value), now) for env in Env]
+    notes = []
+    freeze = status.get("freeze")
+    if freeze:
+        notes.append(
+            f"🧊 Frozen by {mention(freeze['by'])} {age(freeze['at'], now)}: "
+            f"{escape(freeze['reason'])}"
+        )
+    notes.append(_pending(status))
+    return [
+        {"type": "divider"},
+        _text(title),
+        {"type": "section", "fields": fields},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": "\n".join(notes)[:3000]}]},
+    ]
+
+
+def _env_field(env: str, pointer: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+    if pointer is None:
+        return {"type": "mrkdwn", "text": f"*{env}*\n—"}
+    revoked = " ⛔ revoked" if pointer.get("revoked") else ""
+    who = mention(pointer["updated_by"]) if pointer.get("updated_by") else "?"
+    moved = age(pointer.get("updated_at"), now)
+    subject = pointer.get("subject")
+    text = f"*{env}*\n`{pointer['short']}`{revoked}\n{moved} by {who}"
+    if subject:
+        text += f"\n_{escape(subject[:80])}_"
+    return {"type": "mrkdwn", "text": text}
+
+
+def _pending(status: dict[str, Any]) -> str:
+    approvals = status.get("approvals")
+    staging = status["environments"].get("staging")
+    production = status["environments"].get("production")
+    if not approvals or not staging:
+        return "Nothing waits in staging."
+    if production and production["sha"] == staging["sha"]:
+        return f"Staging `{staging['short']}` is in production: nothing waits for approval."
+    approved = len(approvals["approved_by"])
+    line = f"Staging `{staging['short']}`: {approved}/{approvals['required']} approvals"
+    if approvals["approved_by"]:
+        line += " (" + ", ".join(mention(u) for u in approvals["approved_by"]) + ")"
+    if approvals["rejected_by"]:
+        line += "; ⛔ rejected by " + ", ".join(
+            mention(r["user"]) + (f" ({escape(r['reason'])})" if r.get("reason") else "")
+            for r in approvals["rejected_by"]
+        )
+    elif approvals["met"]:
+        line += " — ready to promote"
+    else:
+        line += " — waiting for testers"
+    return line

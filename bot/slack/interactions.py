@@ -1,0 +1,337 @@
+"""What people do in Slack — a slash command, a button, a dialog — turned into service calls.
+
+Slack and the console shell share this; each adapter only delivers the outcome (Bolt acks
+and opens dialogs, the shell prints). The rule for the ack path: only work that is a few
+small SQL statements runs while Slack waits. Anything that may be slow — a plan with its
+package diff (git), a confirmed promote or rollback (registry tags on gcp), `diff`,
+stopping an instance — is queued as a durable job of kind "slack" that answers through
+the response_url, via the outbox, so the answer survives a crash and Slack's rate limits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, fields
+from typing import Any
+
+from bot.domain.commands import Command, parse
+from bot.domain.errors import BadInput, NbenvError
+from bot.domain.names import Env, check_sha_ref, short
+from bot.domain.policy import Role
+from bot.domain.text import escape
+from bot.service.app import Nbenv, Reply
+from bot.slack import views
+
+log = logging.getLogger(__name__)
+
+JOB_KIND = "slack"
+CONFIRMED = ("promote", "rollback")  # what a button press asks to confirm first
+
+
+@dataclass
+class Outcome:
+    """What an adapter must do after an interaction.
+
+    answer: shown privately to the person now (the slash command's ack);
+    dialog: a modal to open (needs the interaction's trigger_id);
+    queued: something was queued (a job or a message): wake the background workers.
+    """
+
+    answer: dict[str, Any] | None = None
+    dialog: dict[str, Any] | None = None
+    queued: bool = False
+
+
+def render(reply: Reply, command: Command | None = None) -> dict[str, Any]:
+    """A service reply as a Slack message."""
+    if command is not None and command.json:
+        data = json.dumps(reply.data, indent=1, default=str, ensure_ascii=False)
+        return views.message("```" + escape(data) + "```")
+    buttons = [views.button(b.action_id, b.text, b.value, b.style) for b in reply.buttons]
+    return views.message(reply.text, buttons or None)
+
+
+def deferred(command: Command) -> str | None:
+    """The job mode for COMMAND when it must not run on the ack path, else None."""
+    if command.name in CONFIRMED and not command.dry_run and not command.confirmed:
+        return "confirm"
+    if command.name in CONFIRMED or command.name == "diff":
+        return "run"
+    if command.name == "instances" and command.stop:
+        return "run"  # stopping asks the backend (a cloud call on gcp)
+    return None
+
+
+def command_fields(command: Command) -> dict[str, Any]:
+    """COMMAND as JSON, only what differs from the defaults (it rides in a button value)."""
+    data: dict[str, Any] = {}
+    for field in fields(Command):
+        value = getattr(command, field.name)
+        if value != field.default:
+            data[field.name] = value.value if isinstance(value, Env) else value
+    return data
+
+
+def command_from(data: Any) -> Command:
+    """The Command a button or a job carries, checked like typed input."""
+    if not isinstance(data, dict) or data.get("name") not in (*CONFIRMED, "diff", "instances"):
+        raise BadInput("this button or job carries no command nbenv can run")
+    known = {field.name for field in fields(Command)}
+    values = {k: v for k, v in data.items() if k in known}
+    for name in ("sha", "to"):
+        if values.get(name) is not None:
+            values[name] = check_sha_ref(str(values[name]))
+    if values.get("env") is not None:
+        values["env"] = Env(values["env"])
+    for name in ("reason", "image", "diff_from", "diff_to", "stop"):
+        if values.get(name) is not None and not isinstance(values[name], str):
+            raise BadInput(f"this button carries a malformed {name}")
+    return Command(**values)
+
+
+def _value(raw: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or "")
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not isinstance(value.get("image"), str):
+        raise BadInput("this button is malformed: nothing was changed")
+    return value
+
+
+class Interactions:
+    def __init__(self, app: Nbenv) -> None:
+        self.app = app
+        self.store = app.store
+
+    # -- the slash command ------------------------------------------------------------------
+
+    def slash(self, user: str, text: str, *, key: str, response_url: str | None) -> Outcome:
+        """`/nbenv TEXT` by USER. KEY identifies the request (Slack retries carry the same)."""
+        try:
+            command = parse(text)
+            self.app.check(user, command)
+            mode = deferred(command)
+            if mode is not None:
+                if not response_url:
+                    raise BadInput("this command answers later, and Slack sent no response_url")
+                self._queue(
+                    key,
+                    {
+                        "mode": mode,
+                        "actor": user,
+                        "command": command_fields(command),
+                        "key": key,
+                        "response_url": response_url,
+                    },
+                )
+                return Outcome(answer=views.message(_working(command, mode)), queued=True)
+            reply = self.app.execute(user, command, key=key, reply_to=response_url)
+        except NbenvError as error:
+            return Outcome(answer=views.error(error.message))
+        return Outcome(answer=render(reply, command), queued=not command.read_only)
+
+    # -- buttons ----------------------------------------------------------------------------
+
+    def press(
+        self, user: str, action_id: str, raw_value: str | None, *, key: str, response_url: str
+    ) -> Outcome:
+        """A button pressed by USER; answers go privately to RESPONSE_URL, through the outbox."""
+        try:
+            return self._press(user, action_id, raw_value, key=key, response_url=response_url)
+        except NbenvError as error:
+            self.answer(key, response_url, views.error(error.message))
+            return Outcome(queued=True)
+
+    def _press(
+        self, user: str, action_id: str, raw_value: str | None, *, key: str, response_url: str
+    ) -> Outcome:
+        value = _value(raw_value)
+        image = value["image"]
+        if action_id == "nbenv_approve":
+            command = Command("approve", image=image, sha=_sha(value))
+            reply = self.app.execute(user, command, key=key)
+            self.answer(key, response_url, render(reply))
+            return Outcome(queued=True)
+        if action_id in ("nbenv_promote", "nbenv_rollback"):
+            name = "promote" if action_id == "nbenv_promote" else "rollback"
+            command = Command(name, image=image)
+            self.app.check(user, command)
+            job = {"mode": "confirm", "actor": user, "command": command_fields(command)}
+            # The thread's button stands for one SHA: refuse it once that SHA has moved on.
+            job["shown"] = {"env": "staging" if name == "promote" else "production"}
+            if value.get("sha"):
+                job["shown"]["sha"] = _sha(value)
+            self._queue(key, {**job, "key": key, "response_url": response_url})
+            return Outcome(queued=True)
+        if action_id == views.CONFIRM:
+            command = command_from(value.get("cmd"))
+            if command.name not in CONFIRMED:
+                raise BadInput("this button carries no command to confirm")
+            expect = value.get("expect")
+            if not isinstance(expect, dict) or not all(isinstance(v, int) for v in expect.values()):
+                raise BadInput("this button is malformed: nothing was changed")
+            self.app.check(user, command)
+            job = {
+                "mode": "run",
+                "actor": user,
+                "command": command_fields(command),
+                "expect": expect,
+                "replace": True,
+            }
+            self._queue(key, {**job, "key": key, "response_url": response_url})
+            return Outcome(queued=True)
+        if action_id == views.CANCEL:
+            answer = views.message("Cancelled: nothing was changed.")
+            self.answer(key, response_url, answer, replace=True)
+            return Outcome(queued=True)
+        raise BadInput(f"unknown button {action_id!r}")
+
+    def answer(
+        self, key: str, response_url: str, message: dict[str, Any], *, replace: bool = False
+    ) -> None:
+        """Queue a private answer to an interaction (delivered and retried by the outbox)."""
+        with self.store.write(audited=False) as tx:
+            tx.enqueue_message(
+                f"answer:{key}",
+                "response_url",
+                {
+                    "url": response_url,
+                    "response_type": "ephemeral",
+                    "replace_original": replace,
+                    **message,
+                },
+            )
+
+    # -- the reject dialog ------------------------------------------------------------------
+
+    def reject_dialog(
+        self, user: str, raw_value: str | None, *, key: str, response_url: str
+    ) -> Outcome:
+        """Reject pressed: the dialog asking why, or a private refusal (roles checked now)."""
+        try:
+            value = _value(raw_value)
+            command = Command("reject", image=value["image"], sha=_sha(value))
+            self.app.require(user, command, Role.TESTER)
+        except NbenvError as error:
+            self.answer(key, response_url, views.error(error.message))
+            return Outcome(queued=True)
+        metadata = {"image": command.image, "sha": command.sha, "response_url": response_url}
+        return Outcome(dialog=views.reject_dialog(str(command.image), str(command.sha), metadata))
+
+    def submit_reject(
+        self, user: str, raw_metadata: str | None, reason: str | None, *, key: str
+    ) -> str | None:
+        """The dialog submitted: None when the rejection is recorded, else what to fix."""
+        reason = (reason or "").strip()
+        if not reason:
+            return "Say why: the testers and owners will read it."
+        try:
+            metadata = json.loads(raw_metadata or "")
+            command = Command(
+                "reject", image=metadata["image"], sha=check_sha_ref(metadata["sha"]), reason=reason
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return "This dialog is malformed: nothing was changed."
+        except NbenvError as error:
+            return error.message
+        try:
+            self.app.execute(user, command, key=key)
+        except NbenvError as error:
+            return error.message
+        return None
+
+    # -- the App Home -----------------------------------------------------------------------
+
+    def home(self, user: str) -> dict[str, Any]:
+        from bot.slack.home import home_view
+
+        images = self.app.visible_images(user)
+        with self.store.read() as tx:
+            statuses = [self.app.image_status(tx, image) for image in images]
+        return home_view(user, statuses)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def _queue(self, key: str, payload: dict[str, Any]) -> None:
+        with self.store.write(audited=False) as tx:
+            tx.enqueue_job(f"slack:{key}", JOB_KIND, payload)
+
+    def run(self, job: dict[str, Any]) -> None:
+        """A deferred interaction, run by the job worker; its answer goes to the response_url."""
+        try:
+            command = command_from(job.get("command"))
+            actor = str(job["actor"])
+            if job.get("mode") == "confirm":
+                message = self._confirmation(actor, command, job.get("shown"))
+            else:
+                reply = self.app.execute(
+                    actor, command, key=job.get("key"), expect=job.get("expect")
+                )
+                message = render(reply, command)
+        except NbenvError as error:
+            message = views.error(error.message)
+        self.answer(
+            str(job["key"]), str(job["response_url"]), message, replace=bool(job.get("replace"))
+        )
+
+    def _confirmation(
+        self, actor: str, command: Command, shown: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        preview = self.app.preview(actor, command)
+        assert command.image
+        with self.store.read() as tx:
+            state = tx.image_state(command.image)
+            if shown and shown.get("sha"):
+                current = state.sha(Env(shown["env"]))
+                if current != shown["sha"]:
+                    raise BadInput(
+                        f"this button is stale: `{short(shown['sha'])}` is no longer in "
+                        f"{shown['env']} of {command.image} (it is `{short(current)}` now; "
+                        f"staging `{short(state.sha(Env.STAGING))}`, production "
+                        f"`{short(state.sha(Env.PRODUCTION))}`, fallback "
+                        f"`{short(state.sha(Env.FALLBACK))}`). Nothing was changed."
+                    )
+            shas = {c["old"] for c in preview["changes"] if c["old"]}
+            shas |= {c["new"] for c in preview["changes"]}
+            instances = {
+                sha: [
+                    row["requested_by"]
+                    for row in tx.instances(image=command.image, sha=sha, active=True)
+                ]
+                for sha in shas
+            }
+        fields_ = command_fields(Command(**{**_plain(command), "confirmed": True}))
+        value = {"image": command.image, "cmd": fields_, "expect": preview["expect"]}
+        if not views.value_fits(value):
+            raise BadInput(
+                "the reason is too long to carry in a Slack button: shorten it, or run the "
+                "command with --yes to skip the confirmation"
+            )
+        return views.confirmation(preview, fields_, instances)
+
+
+def _plain(command: Command) -> dict[str, Any]:
+    return {field.name: getattr(command, field.name) for field in fields(Command)}
+
+
+def _sha(value: dict[str, Any]) -> str | None:
+    sha = value.get("sha")
+    if sha is None:
+        return None
+    if not isinstance(sha, str):
+        raise BadInput("this button is malformed: nothing was changed")
+    return check_sha_ref(sha)
+
+
+def _working(command: Command, mode: str) -> str:
+    image = f" {command.image}" if command.image else ""
+    if mode == "confirm":
+        return f"⏳ preparing the plan for {command.name}{image}: it appears here in a moment…"
+    return f"⏳ working on `{command.name}{image}`: the answer appears here in a moment…"
+
+
+def run_job(app: Nbenv, job: dict[str, Any]) -> None:
+    """The job handler for kind "slack" (wired in bot.bootstrap.job_handlers)."""
+    Interactions(app).run(job)

@@ -1,0 +1,153 @@
+"""`nbenv serve`: the bot over HTTP, fit for Cloud Run — gunicorn + Flask + Bolt.
+
+Routes: POST /slack/events (slash commands, interactivity, events), GET /healthz,
+POST /pubsub/jobs (the job queue's push subscription, OIDC-verified; enabled when the
+config sets gcp.jobs_audience). Listens on $PORT (default 8080).
+
+The master checks the config and migrates the database before forking, so a mistake
+stops the start with a one-line reason. Each worker builds the runtime, starts the
+outbox delivery thread (and, on the local backend, the job worker thread) and stops
+them cleanly on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_background: Any = None  # this worker's Background, stopped by the worker_exit hook
+
+
+def create_web_app(bolt: Any, push: Any, background: Any = None) -> Any:
+    """The Flask app: Bolt behind /slack/events, the health check, the job push endpoint."""
+    from flask import Flask, request
+    from slack_bolt.adapter.flask import SlackRequestHandler
+
+    web = Flask("nbenv")
+    handler = SlackRequestHandler(bolt)
+
+    @web.post("/slack/events")
+    def slack_events() -> Any:
+        return handler.handle(request)
+
+    @web.get("/healthz")
+    def healthz() -> Any:
+        background_ok = background is None or background.running
+        return {"ok": background_ok, "background": background_ok}, 200 if background_ok else 503
+
+    @web.post("/pubsub/jobs")
+    def pubsub_jobs() -> Any:
+        if push is None:
+            return "the job push endpoint is off: set gcp.jobs_audience in the config\n", 404
+        result = push.handle(request.get_data(), request.headers.get("Authorization"))
+        if result.status == 204:
+            return "", 204
+        return result.text + "\n", result.status
+
+    return web
+
+
+def build_worker_app(config_path: str | None, token: str, signing_secret: str) -> Any:
+    """Everything one gunicorn worker serves (called in the worker, after the fork)."""
+    global _background
+    from bot.bootstrap import build_runtime
+    from bot.slack.app import build_app
+    from bot.slack.background import Background
+    from bot.slack.client import web_client
+    from bot.slack.outbox import OutboxSender
+    from bot.slack.pubsub import JobPush
+
+    runtime = build_runtime(config_path, migrate=False)
+    sender = OutboxSender(runtime.store, web_client(token))
+    _background = Background(runtime, sender, run_jobs=runtime.config.backend == "local")
+    _background.start()
+    bolt = build_app(runtime.app, token=token, signing_secret=signing_secret, wake=_background.wake)
+    return create_web_app(bolt, JobPush.from_runtime(runtime), _background)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    if _background is not None:
+        _background.stop()
+
+
+def _options(rest: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nbenv serve", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8080))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY") or 1),
+        help="processes (default $WEB_CONCURRENCY or 1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("NBENV_THREADS") or 16),
+        help="request threads per process (default $NBENV_THREADS or 16)",
+    )
+    return parser.parse_args(rest)
+
+
+def main(args: argparse.Namespace, rest: list[str]) -> int:
+    options = _options(rest)
+    signing_secret = os.environ.get("SLACK_SIGNING_SECRET")
+    token = os.environ.get("SLACK_BOT_TOKEN")
+    if not signing_secret:
+        print(
+            "nbenv serve: SLACK_SIGNING_SECRET is not set (Slack app → Basic Information → "
+            "Signing Secret); without it no request can be verified",
+            file=sys.stderr,
+        )
+        return 2
+    if not token:
+        print(
+            "nbenv serve: SLACK_BOT_TOKEN is not set (Slack app → OAuth & Permissions → "
+            "Bot User OAuth Token, xoxb-…)",
+            file=sys.stderr,
+        )
+        return 2
+    from bot.config import load_config
+    from bot.store.database import make_engine, upgrade
+
+    load_config(args.config)  # a bad config stops here, with the file and the key
+    engine = make_engine()
+    upgrade(engine)
+    engine.dispose()  # the workers open their own connections after the fork
+
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            settings = {
+                "bind": f"{options.host}:{options.port}",
+                "workers": options.workers,
+                "worker_class": "gthread",
+                "threads": options.threads,
+                "timeout": 120,
+                "graceful_timeout": 10,
+                "keepalive": 75,  # longer than the load balancer's idle timeout
+                "worker_exit": _worker_exit,
+                "loglevel": "warning",
+                "accesslog": None,
+                "proc_name": "nbenv-serve",
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return build_worker_app(args.config, token, signing_secret)
+
+    print(
+        f"nbenv: serving Slack on http://{options.host}:{options.port} "
+        "(POST /slack/events, GET /healthz, POST /pubsub/jobs)",
+        file=sys.stderr,
+        flush=True,
+    )
+    Server().run()
+    return 0

@@ -1,0 +1,230 @@
+"""Block Kit for what the Slack adapter shows: replies, confirmations, the reject dialog.
+
+Texts that come from the service are mrkdwn it already escaped; anything a person typed
+that is rendered here (a reason, a commit subject) goes through `escape` first, so it can
+neither mention nor link.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.domain.names import short
+from bot.domain.text import escape, mention
+
+MAX_SECTION = 3000  # characters of one mrkdwn section (Slack's limit)
+MAX_BLOCKS = 50  # blocks of one message (Slack's limit)
+MAX_VALUE = 2000  # characters of a button value (Slack's limit)
+MAX_REASON = 1000  # a reason typed in the reject dialog
+FALLBACK_TEXT = 300  # the notification text beside blocks
+
+REJECT_CALLBACK = "nbenv_reject_dialog"
+REASON_BLOCK = "reason"
+REASON_INPUT = "reason_input"
+CONFIRM = "nbenv_confirm"
+CANCEL = "nbenv_cancel"
+
+Blocks = list[dict[str, Any]]
+
+
+def chunks(text: str, size: int = MAX_SECTION) -> list[str]:
+    """TEXT cut at line ends into pieces Slack accepts in one section each."""
+    pieces: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        while len(line) > size:  # a single huge line: cut it where it must be cut
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(line[:size])
+            line = line[size:]
+        candidate = f"{current}\n{line}" if current else line
+        if len(candidate) > size:
+            pieces.append(current)
+            current = line
+        else:
+            current = candidate
+    if current or not pieces:
+        pieces.append(current)
+    return pieces
+
+
+def section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_SECTION] or " "}}
+
+
+def button(
+    action_id: str, text: str, value: dict[str, Any] | str, style: str | None = None
+) -> dict[str, Any]:
+    element: dict[str, Any] = {
+        "type": "button",
+        "action_id": action_id,
+        "text": {"type": "plain_text", "text": text[:75], "emoji": True},
+        "value": value if isinstance(value, str) else json.dumps(value, separators=(",", ":")),
+    }
+    if style:
+        element["style"] = style
+    return element
+
+
+def message(text: str, buttons: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A message (ephemeral answer or response_url post): text as sections, then buttons."""
+    blocks: Blocks = [section(piece) for piece in chunks(text)]
+    limit = MAX_BLOCKS - (1 if buttons else 0)
+    if len(blocks) > limit:
+        blocks = [*blocks[: limit - 1], section("_… cut short: the rest did not fit in Slack_")]
+    if buttons:
+        blocks.append({"type": "actions", "elements": buttons[:25]})
+    return {"text": fallback(text), "blocks": blocks}
+
+
+def fallback(text: str) -> str:
+    """The plain notification text Slack shows where blocks are not rendered."""
+    first = text.strip().split("\n", 1)[0]
+    return first if len(first) <= FALLBACK_TEXT else first[: FALLBACK_TEXT - 1] + "…"
+
+
+def error(message_text: str) -> dict[str, Any]:
+    return message(f"⚠️ {message_text}")
+
+
+# -- confirmation of promote / rollback --------------------------------------------------------
+
+
+def confirmation(
+    preview: dict[str, Any],
+    command: dict[str, Any],
+    instances: dict[str, list[str]],
+) -> dict[str, Any]:
+    """The plan of a promote or rollback, with a button that carries the generations it shows.
+
+    COMMAND: the command's fields, sent back when the button is pressed; INSTANCES: the
+    people running each SHA the plan touches (sha → user IDs, one per instance).
+    """
+    action = preview["action"]
+    image = preview["image"]
+    title = "Promote" if action == "promote" else "Roll back"
+    lines = [f"*{title} {image}?* This is the plan:"]
+    for change in preview["changes"]:
+        lines.append(f"• {change['env']}: `{short(change['old'])}` → `{short(change['new'])}`")
+    if not preview["changes"]:
+        lines.append("• no environment changes")
+    if preview.get("revoke"):
+        lines.append(
+            f"• `{short(preview['revoke'])}` will be *revoked*: it needs fresh approvals "
+            "before it can be promoted again"
+        )
+    details = preview.get("details") or {}
+    if details.get("forced"):
+        overridden = ", ".join(mention(u) for u in details.get("overridden_rejections") or [])
+        lines.append(
+            f"• *forced* over the rejection of {overridden}: {escape(details.get('reason'))}"
+        )
+    elif details.get("reason"):
+        lines.append(f"• reason: {escape(details['reason'])}")
+    approvals = preview.get("approvals")
+    if approvals is not None:
+        approved = " ".join(mention(u) for u in approvals["approved_by"]) or "none"
+        lines.append(
+            f"*Approvals:* {len(approvals['approved_by'])}/{approvals['required']} — {approved}"
+        )
+        if approvals.get("not_counted"):
+            lines.append(
+                "_not counted (own approval):_ "
+                + " ".join(mention(u) for u in approvals["not_counted"])
+            )
+    diff = preview.get("diff")
+    if action == "promote":
+        if diff and diff.get("text"):
+            lines.append("*Base image and packages:*\n" + str(diff["text"]))
+        else:
+            lines.append("_Base image and package diff: not available here._")
+    lines.append(_instances_text(preview, instances))
+    text = "\n".join(lines)
+    value = {"image": image, "cmd": command, "expect": preview["expect"]}
+    label = "Promote to production" if action == "promote" else "Roll back production"
+    buttons = [
+        button(CONFIRM, label, value, "primary" if action == "promote" else "danger"),
+        button(CANCEL, "Cancel", {"image": image}),
+    ]
+    return message(text, buttons)
+
+
+def _instances_text(preview: dict[str, Any], instances: dict[str, list[str]]) -> str:
+    roles: dict[str, list[str]] = {}
+    for change in preview["changes"]:
+        if change["old"]:
+            roles.setdefault(change["old"], []).append(f"{change['env']} now")
+        roles.setdefault(change["new"], []).append(f"{change['env']} next")
+    lines = []
+    for sha, where in roles.items():
+        users = instances.get(sha) or []
+        if not users:
+            continue
+        counted: dict[str, int] = {}
+        for user in users:
+            counted[user] = counted.get(user, 0) + 1
+        people = ", ".join(
+            mention(user) + (f" ×{count}" if count > 1 else "") for user, count in counted.items()
+        )
+        lines.append(f"• `{short(sha)}` ({', '.join(where)}): {people}")
+    if not lines:
+        return "*Running instances:* none of these versions"
+    return "*Running instances:*\n" + "\n".join(lines)
+
+
+def value_fits(value: dict[str, Any]) -> bool:
+    return len(json.dumps(value, separators=(",", ":"))) <= MAX_VALUE
+
+
+# -- the reject dialog -----------------------------------------------------------------------
+
+
+def reject_dialog(image: str, sha: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": REJECT_CALLBACK,
+        "private_metadata": json.dumps(metadata, separators=(",", ":")),
+        "title": {"type": "plain_text", "text": "Reject a version"},
+        "submit": {"type": "plain_text", "text": "Reject"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            section(
+                f"Reject `{short(sha)}` of *{image}*? Promotion stays blocked until you "
+                "approve it or an owner overrides with a reason."
+            ),
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "label": {"type": "plain_text", "text": "Why? (the team sees this)"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_INPUT,
+                    "multiline": True,
+                    "max_length": MAX_REASON,
+                },
+            },
+        ],
+    }
+
+
+# -- small helpers shared with the App Home -----------------------------------------------------
+
+
+def age(moment: str | None, now: datetime | None = None) -> str:
+    """'3d', '5h', '12m', 'just now' since an ISO time; '' when unknown."""
+    if not moment:
+        return ""
+    try:
+        then = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    seconds = ((now or datetime.now(UTC)) - then).total_seconds()
+    if seconds < 60:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return "just now"  # pragma: no cover - the loop always returns for seconds >= 60

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bot.domain.errors import ConfigError
+from bot.domain.errors import ConfigError, NbenvError
 from bot.domain.names import check_user_id, image_name_problem
 from bot.domain.policy import Role, TeamRoles
 
@@ -27,7 +27,10 @@ class _Strict(BaseModel):
 def _check_members(members: list[str]) -> list[str]:
     for member in members:
         if member != EVERYONE:
-            check_user_id(member)
+            try:
+                check_user_id(member)
+            except NbenvError as error:
+                raise ValueError(error.message) from None
     return members
 
 

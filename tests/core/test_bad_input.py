@@ -1,0 +1,196 @@
+"""Bad input gets one clear line, a non-zero exit, and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.config import load_config
+from bot.domain.errors import ConfigError
+from tests.conftest import IMAGE, OWNER, STRANGER, TEST_CONFIG, TESTER, USER, sha_of
+
+
+@pytest.fixture
+def cli(config_file: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys):
+    monkeypatch.setenv("NBENV_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("NBENV_CONFIG", str(config_file))
+
+    def run(*words: str) -> tuple[int, str, str]:
+        code = main(list(words))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def _status(cli) -> dict:
+    code, out, _ = cli("--as", OWNER, "status", IMAGE, "--json")
+    assert code == 0
+    return json.loads(out)
+
+
+def _audit_size(cli) -> int:
+    _code, out, _ = cli("audit", "export")
+    return len(out.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["status", "nope.image"], "unknown image 'nope.image'"),
+        (["status", "NLP.Keras"], "not a valid image name"),
+        (["status", "nlp..keras"], "not a valid image name"),
+        (["status", "x" * 129], "at most 128"),
+        (["approve", IMAGE, "xyz1234"], "not a commit SHA"),
+        (["approve", IMAGE, "abc12"], "7 to 40 hexadecimal digits"),
+        (["publish", IMAGE, "1234567"], "expected 40 hexadecimal digits"),
+        (["history", IMAGE, "g" * 40], "not a commit SHA"),
+        (["rollback", IMAGE, "--to"], "--to needs a value"),
+        (["promote", IMAGE, "--bogus"], "unknown option --bogus"),
+        (["promote"], "missing IMAGE"),
+        (["frobnicate", IMAGE], "unknown command 'frobnicate'"),
+        (["instance", IMAGE, "--env", "qa"], "unknown environment 'qa'"),
+        (["instance", IMAGE, "--name", "Bad_Name"], "not a valid instance name"),
+        (["reject", IMAGE], "reject needs a REASON"),
+        (["freeze", IMAGE], "freeze needs a REASON"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_changes_nothing(cli, words, message):
+    before = (_status(cli), _audit_size(cli))
+    code, out, err = cli("--as", OWNER, *words)
+    assert code == 2
+    assert out == ""
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert (_status(cli), _audit_size(cli)) == before
+
+
+def test_unknown_and_malformed_users(cli):
+    code, _, err = cli("--as", STRANGER, "status")
+    assert code == 2 and "unknown user U09STRANGER" in err
+    code, _, err = cli("--as", "alice", "status")
+    assert code == 2 and "not a Slack user ID" in err
+
+
+def test_missing_user_is_explained(cli, monkeypatch):
+    monkeypatch.delenv("NBENV_USER", raising=False)
+    code, _, err = cli("status")
+    assert code == 2 and "--as USER" in err
+
+
+def test_refusal_exit_code_and_one_line(cli):
+    cli("--as", OWNER, "publish", IMAGE, sha_of("a"))
+    code, _out, err = cli("--as", USER, "promote", IMAGE)
+    assert code == 3
+    assert err.strip() == (
+        "nbenv: promote on nlp.keras-batch needs the owner role in team nlp; you are a user"
+    )
+
+
+def test_nbenv_user_env_and_json_contracts(cli, monkeypatch):
+    monkeypatch.setenv("NBENV_USER", OWNER)
+    assert cli("publish", IMAGE, sha_of("a"))[0] == 0
+    monkeypatch.setenv("NBENV_USER", TESTER)
+    assert cli("approve", IMAGE)[0] == 0
+    code, out, _ = cli("--as", OWNER, "promote", IMAGE, "--dry-run")
+    assert code == 0 and "would promote" in out
+    status = _status(cli)
+    assert set(status) >= {"image", "environments", "frozen"}
+    assert status["environments"]["staging"]["sha"] == sha_of("a")
+    assert status["environments"]["production"] is None
+    code, out, _ = cli("--as", USER, "status", "--json")
+    assert next(item["image"] for item in json.loads(out)) == IMAGE
+    code, out, _ = cli("--as", USER, "versions", IMAGE, "--json")
+    assert json.loads(out)[0]["sha"] == sha_of("a")
+    code, out, _ = cli("--as", USER, "history", IMAGE, "--json")
+    assert [e["action"] for e in json.loads(out)] == ["publish", "approve"]
+
+
+def test_console_script_and_python_m_bot_agree(config_file, sqlite_url, tmp_path):
+    env = {
+        "NBENV_CONFIG": str(config_file),
+        "NBENV_DATABASE_URL": sqlite_url,
+        "NBENV_HOME": str(tmp_path),
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+    }
+    a = subprocess.run(
+        [sys.executable, "-m", "bot", "--as", OWNER, "status", IMAGE, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    b = subprocess.run(
+        ["nbenv", "--as", OWNER, "status", IMAGE, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert json.loads(a.stdout) == json.loads(b.stdout)
+    assert json.loads(a.stdout)["image"] == IMAGE
+
+
+# -- config files --------------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda c: c.replace(
+                "team: nlp\n    channel: C01NLP\n    approvals: 1",
+                "team: nlpx\n    channel: C01NLP\n    approvals: 1",
+            ),
+            "images.nlp.keras-batch.team: no team 'nlpx'",
+        ),
+        (lambda c: c.replace("approvals: 2", "approvals: 0"), "images.nlp.two-approvals.approvals"),
+        (lambda c: c.replace("owners: [U01OWNER]", "owners: [bob]"), "teams.nlp.owners"),
+        (lambda c: c.replace("nlp.self-approve:", "NLP.Self:"), "not a valid image name"),
+        (
+            lambda c: c.replace("channel: C02VISION", "channel: vision"),
+            "images.vision.pytorch-gpu.channel",
+        ),
+        (lambda c: c.replace("backend: local", "backend: aws"), "backend"),
+        (lambda c: c.replace("backend: local", "backend: gcp"), "gcp: required when backend"),
+        (lambda c: c + "\nsurprise: 1\n", "surprise: Extra inputs are not permitted"),
+        (lambda c: "teams: [", "not valid YAML"),
+    ],
+)
+def test_invalid_config_names_file_key_and_problem(tmp_path, mutate, message):
+    path = _write(tmp_path, mutate(textwrap.dedent(TEST_CONFIG)))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in error.value.message
+    assert message in error.value.message
+
+
+def test_invalid_config_stops_the_cli_with_one_line(tmp_path, monkeypatch, capsys):
+    path = _write(tmp_path, textwrap.dedent(TEST_CONFIG).replace("approvals: 2", "approvals: -1"))
+    code = main(["--config", str(path), "--as", OWNER, "status"])
+    err = capsys.readouterr().err
+    assert code == 78
+    assert f"{path}: images.nlp.two-approvals.approvals" in err
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_example_config_is_valid():
+    config = load_config(Path(__file__).parents[2] / "config" / "nbenv.yaml")
+    assert "nlp.keras-batch" in config.images
+    assert len(config.teams) >= 2 and len(config.images) >= 3

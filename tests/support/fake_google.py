@@ -1,0 +1,978 @@
+"""Fake Google Cloud APIs for tests, speaking the real wire protocols.
+
+`FakeGoogleApis` is one HTTP server answering the REST (JSON) APIs nbenv uses — Cloud
+Build v1, Artifact Registry v1 and Notebooks v2 — at the paths Google's client
+libraries call, with Google's JSON error bodies. Point the clients at it with
+`NBENV_GCP_ENDPOINT=fake.url` (the REST transport then talks plain HTTP, with
+anonymous credentials)::
+
+    with FakeGoogleApis(registry="us-central1-docker.pkg.dev/p/notebooks") as google:
+        google.push("nlp.keras-batch", sha)          # what `docker push` would leave
+        ...                                           # run nbenv against it
+        assert google.tag_sha("nlp.keras-batch", "staging") == sha
+
+It records every request (`requests()`), keeps the state a test asserts on (tags,
+builds, instances) and injects what goes wrong in real life: HTTP errors (`fail`),
+slow answers (`delay`), missing permissions (`deny`, a 403 with the ErrorInfo Google
+sends), and hooks run before or after a request is carried out (`on`) — e.g. to kill
+the client process right after a registry write, for crash tests.
+
+`FakeLegacyNotebooks` is a gRPC server for the Notebooks API v1 environments (its client
+library has no REST transport). `PubSubEmulator` runs Google's Pub/Sub emulator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+__all__ = [
+    "Drop",
+    "FakeGoogleApis",
+    "FakeLegacyNotebooks",
+    "PubSubEmulator",
+    "Request",
+    "emulator_path",
+]
+
+Json = dict[str, Any]
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_BUILD_METADATA = "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata"
+_DOMAINS = {
+    "artifactregistry": "artifactregistry.googleapis.com",
+    "cloudbuild": "cloudbuild.googleapis.com",
+    "notebooks": "notebooks.googleapis.com",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request the fake received; `path` has each segment URL-decoded."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Json | None
+    headers: dict[str, str]
+    api: str  # artifactregistry | cloudbuild | notebooks | unknown
+    permission: str | None  # the IAM permission Google would check
+    raw_path: str = ""  # as sent, before URL-decoding
+    status: int = 0  # the HTTP status it was answered with (0: not answered)
+
+    @property
+    def mutating(self) -> bool:
+        return self.method != "GET"
+
+
+@dataclass
+class _Rule:
+    """A fault or hook for the requests MATCH selects, `times` times (None: until removed)."""
+
+    match: Callable[[Request], bool]
+    times: int | None
+    status: int | None = None
+    message: str | None = None
+    delay: float = 0.0
+    hook: Callable[[Request], None] | None = None
+    when: str = "before"
+
+    def take(self) -> bool:
+        if self.times is None:
+            return True
+        if self.times <= 0:
+            return False
+        self.times -= 1
+        return True
+
+
+def _matcher(
+    method: str | None, path: str | None, permission: str | None
+) -> Callable[[Request], bool]:
+    pattern = re.compile(path) if path else None
+
+    def match(request: Request) -> bool:
+        return (
+            (method is None or re.fullmatch(method.upper(), request.method) is not None)
+            and (pattern is None or bool(pattern.search(request.path)))
+            and (permission is None or request.permission == permission)
+        )
+
+    return match
+
+
+class Drop(Exception):
+    """Raised by a `before` hook: the request is not carried out and gets no answer."""
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str, details: list[Json] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details or []
+
+
+def _error_body(status: int, message: str, details: list[Json] | None = None) -> Json:
+    return {
+        "error": {
+            "code": status,
+            "message": message,
+            "status": _STATUS.get(status, "UNKNOWN"),
+            "details": details or [],
+        }
+    }
+
+
+@dataclass
+class _Package:
+    versions: dict[str, Json] = field(default_factory=dict)  # digest -> times
+    tags: dict[str, str] = field(default_factory=dict)  # tag -> digest
+
+
+class FakeGoogleApis:
+    """Cloud Build v1, Artifact Registry v1 and Notebooks v2 over HTTP/JSON."""
+
+    def __init__(
+        self,
+        *,
+        registry: str = "us-central1-docker.pkg.dev/nbenv-test/notebooks",
+        page_size: int = 2,
+    ) -> None:
+        host, project, repository = registry.split("/")[:3]
+        self.registry = registry
+        self.project = project
+        self.location = host.removesuffix("-docker.pkg.dev")
+        self.repository = repository
+        self.page_size = page_size
+        self._lock = threading.RLock()
+        self._clock = itertools.count(1)
+        self._requests: list[Request] = []
+        self._rules: list[_Rule] = []
+        self._denied: set[str] = set()
+        self.packages: dict[str, _Package] = {}
+        self.triggers: dict[str, Json] = {}
+        self.builds: dict[str, Json] = {}
+        self.instances: dict[str, Json] = {}
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        fake = self
+
+        class Handler(_Handler):
+            api = fake
+
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-google",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:PORT`: the value for NBENV_GCP_ENDPOINT."""
+        assert self._server is not None, "FakeGoogleApis is not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # -- test controls ---------------------------------------------------------------------
+
+    def fail(
+        self,
+        status: int,
+        *,
+        times: int | None = 1,
+        method: str | None = None,
+        path: str | None = None,
+        permission: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Answer matching requests with HTTP STATUS (Google's error body), TIMES times."""
+        with self._lock:
+            self._rules.append(
+                _Rule(_matcher(method, path, permission), times, status=status, message=message)
+            )
+
+    def delay(
+        self,
+        seconds: float,
+        *,
+        times: int | None = 1,
+        method: str | None = None,
+        path: str | None = None,
+        permission: str | None = None,
+    ) -> None:
+        """Answer matching requests only after SECONDS (to make clients time out)."""
+        with self._lock:
+            self._rules.append(_Rule(_matcher(method, path, permission), times, delay=seconds))
+
+    def deny(self, permission: str) -> None:
+        """Answer 403 PERMISSION_DENIED to every request that needs PERMISSION."""
+        with self._lock:
+            self._denied.add(permission)
+
+    def allow(self, permission: str) -> None:
+        with self._lock:
+            self._denied.discard(permission)
+
+    def on(
+        self,
+        hook: Callable[[Request], None],
+        *,
+        when: str = "after",
+        times: int | None = 1,
+        method: str | None = None,
+        path: str | None = None,
+        permission: str | None = None,
+    ) -> None:
+        """Run HOOK(request) before a matching request is carried out, or after it (before
+        the answer is sent)."""
+        assert when in ("before", "after")
+        with self._lock:
+            self._rules.append(
+                _Rule(_matcher(method, path, permission), times, hook=hook, when=when)
+            )
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._rules.clear()
+            self._denied.clear()
+
+    # -- state: Artifact Registry ------------------------------------------------------------
+
+    def package_name(self, image: str) -> str:
+        return (
+            f"projects/{self.project}/locations/{self.location}/repositories/"
+            f"{self.repository}/packages/{image}"
+        )
+
+    def push(self, image: str, sha: str, *, digest: str | None = None) -> str:
+        """What `docker push {registry}/{image}:{sha}` leaves: a version and its SHA tag."""
+        digest = digest or "sha256:" + hashlib.sha256(f"{image}@{sha}".encode()).hexdigest()
+        with self._lock:
+            package = self.packages.setdefault(self.package_name(image), _Package())
+            now = self._now()
+            package.versions.setdefault(digest, {"createTime": now, "updateTime": now})
+            package.tags[sha] = digest
+        return digest
+
+    def set_tag(self, image: str, tag: str, sha: str) -> None:
+        """Point TAG at SHA's version, as another writer (or a person) would."""
+        with self._lock:
+            package = self.packages[self.package_name(image)]
+            package.tags[tag] = package.tags[sha]
+
+    def tags(self, image: str) -> dict[str, str]:
+        """Tag → digest for IMAGE."""
+        with self._lock:
+            package = self.packages.get(self.package_name(image))
+            return dict(package.tags) if package else {}
+
+    def tag_sha(self, image: str, tag: str) -> str | None:
+        """The SHA whose tag shares TAG's digest (what TAG points at), or None."""
+        tags = self.tags(image)
+        digest = tags.get(tag)
+        if digest is None:
+            return None
+        shas = [
+            name for name, d in tags.items() if d == digest and re.fullmatch("[0-9a-f]{40}", name)
+        ]
+        return shas[0] if shas else digest
+
+    def env_tags(self, image: str) -> dict[str, str | None]:
+        return {env: self.tag_sha(image, env) for env in ("staging", "production", "fallback")}
+
+    # -- state: Cloud Build ------------------------------------------------------------------
+
+    def add_trigger(self, trigger_id: str, *, location: str | None = None, image: str = "") -> str:
+        name = (
+            f"projects/{self.project}/locations/{location or self.location}/triggers/{trigger_id}"
+        )
+        with self._lock:
+            self.triggers[name] = {"id": trigger_id, "name": name, "image": image}
+        return name
+
+    # -- inspection --------------------------------------------------------------------------
+
+    def requests(
+        self, method: str | None = None, path: str | None = None, *, api: str | None = None
+    ) -> list[Request]:
+        match = _matcher(method, path, None)
+        with self._lock:
+            return [r for r in self._requests if match(r) and (api is None or r.api == api)]
+
+    def mutations(self, api: str | None = None) -> list[Request]:
+        """Requests that changed something (any method but GET) and were answered 2xx."""
+        return [r for r in self.requests(api=api) if r.mutating and 200 <= r.status < 300]
+
+    def reset_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    # -- request handling -------------------------------------------------------------------
+
+    def _now(self) -> str:
+        tick = next(self._clock)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1_700_000_000 + tick)) + "Z"
+
+    def handle(self, method: str, raw_path: str, query: str, body: bytes, headers: dict[str, str]):
+        segments = [unquote(part) for part in raw_path.split("/") if part]
+        route = _route(method, segments)
+        api, permission = (route[0], route[1]) if route else ("unknown", None)
+        parsed_body: Json | None = None
+        if body:
+            try:
+                parsed_body = json.loads(body)
+            except ValueError:
+                parsed_body = {"_raw": body.decode("utf-8", "replace")}
+        request = Request(
+            method=method,
+            path="/" + "/".join(segments),
+            query=dict(parse_qsl(query, keep_blank_values=True)),
+            body=parsed_body,
+            headers=headers,
+            api=api,
+            permission=permission,
+            raw_path=raw_path,
+        )
+        delay, status, payload = 0.0, 200, None
+        before: list[Callable[[Request], None]] = []
+        after: list[Callable[[Request], None]] = []
+        with self._lock:
+            # Recorded on arrival (status 0 until answered): a client that gave up on a
+            # slow answer has still sent the request.
+            index = len(self._requests)
+            self._requests.append(request)
+            for rule in list(self._rules):
+                if not rule.match(request) or not rule.take():
+                    continue
+                if rule.times == 0:
+                    self._rules.remove(rule)
+                if rule.hook is not None:
+                    (before if rule.when == "before" else after).append(rule.hook)
+                elif rule.delay:
+                    delay = max(delay, rule.delay)
+                elif rule.status is not None and payload is None:
+                    status = rule.status
+                    payload = _error_body(
+                        status, rule.message or f"injected fault for {request.path}"
+                    )
+            if payload is None and permission in self._denied:
+                status, payload = (
+                    403,
+                    _error_body(
+                        403,
+                        f"Permission '{permission}' denied on resource '{request.path[4:]}' "
+                        "(or it may not exist).",
+                        [
+                            {
+                                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                "reason": "IAM_PERMISSION_DENIED",
+                                "domain": _DOMAINS.get(api, "googleapis.com"),
+                                "metadata": {
+                                    "permission": permission,
+                                    "resource": request.path[4:],
+                                },
+                            }
+                        ],
+                    ),
+                )
+        try:
+            for hook in before:
+                hook(request)
+        except Drop:
+            return 0, None
+        if delay:
+            time.sleep(delay)
+        if payload is None:
+            try:
+                with self._lock:
+                    payload = self._dispatch(request, segments) if route else None
+                if payload is None:
+                    raise _HttpError(404, f"no such method: {method} {request.path}")
+            except _HttpError as error:
+                status, payload = (
+                    error.status,
+                    _error_body(error.status, error.message, error.details),
+                )
+            for hook in after if status < 300 else []:
+                hook(request)
+        with self._lock:
+            self._requests[index] = _replace_status(request, status)
+        return status, payload
+
+    def _dispatch(self, request: Request, segments: list[str]) -> Json | None:
+        if segments[:1] == ["v2"]:
+            return self._notebooks(request, segments)
+        if "triggers" in segments or "builds" in segments:
+            return self._cloud_build(request, segments)
+        if "repositories" in segments:
+            return self._registry(request, segments)
+        return None
+
+    # Artifact Registry: /v1/projects/P/locations/L/repositories/R/packages/PKG/...
+    def _registry(self, request: Request, segments: list[str]) -> Json | None:
+        if len(segments) < 10 or segments[7] != "packages":
+            return None
+        package_name = "/".join(segments[1:9])
+        rest = segments[9:]
+        package = self.packages.get(package_name)
+        method = request.method
+
+        def version_name(digest: str) -> str:
+            return f"{package_name}/versions/{digest}"
+
+        def tag_json(tag: str) -> Json:
+            assert package is not None
+            return {
+                "name": f"{package_name}/tags/{tag}",
+                "version": version_name(package.tags[tag]),
+            }
+
+        def need_package() -> _Package:
+            if package is None:
+                raise _HttpError(404, f"Requested entity was not found: {package_name}")
+            return package
+
+        def digest_of(version: str) -> str:
+            pkg = need_package()
+            digest = version.rsplit("/", 1)[-1]
+            if not version.startswith(f"{package_name}/versions/") or digest not in pkg.versions:
+                raise _HttpError(404, f"version {version} not found")
+            return digest
+
+        if rest == ["tags"] and method == "POST":
+            pkg = need_package()
+            tag = request.query.get("tagId", "")
+            if not tag:
+                raise _HttpError(400, "tag_id is required")
+            if tag in pkg.tags:
+                raise _HttpError(409, f"tag {package_name}/tags/{tag} already exists")
+            pkg.tags[tag] = digest_of((request.body or {}).get("version", ""))
+            return tag_json(tag)
+        if rest == ["tags"] and method == "GET":
+            pkg = need_package()
+            return self._page(request, "tags", [tag_json(t) for t in sorted(pkg.tags)])
+        if len(rest) == 2 and rest[0] == "tags":
+            tag = rest[1]
+            pkg = need_package()
+            if method == "GET":
+                if tag not in pkg.tags:
+                    raise _HttpError(404, f"Requested entity was not found: tag {tag}")
+                return tag_json(tag)
+            if method == "PATCH":
+                if tag not in pkg.tags:
+                    raise _HttpError(404, f"Requested entity was not found: tag {tag}")
+                if request.query.get("updateMask") not in (None, "version"):
+                    raise _HttpError(400, f"unsupported update mask {request.query['updateMask']}")
+                pkg.tags[tag] = digest_of((request.body or {}).get("version", ""))
+                return tag_json(tag)
+            if method == "DELETE":
+                if pkg.tags.pop(tag, None) is None:
+                    raise _HttpError(404, f"Requested entity was not found: tag {tag}")
+                return {}
+        if rest == ["versions"] and method == "GET":
+            pkg = need_package()
+            full = request.query.get("view") in ("FULL", "2")
+            items = []
+            for digest, times in pkg.versions.items():
+                item: Json = {"name": version_name(digest), **times}
+                if full:
+                    item["relatedTags"] = [
+                        {"name": f"{package_name}/tags/{t}", "version": version_name(d)}
+                        for t, d in sorted(pkg.tags.items())
+                        if d == digest
+                    ]
+                items.append(item)
+            return self._page(request, "versions", items)
+        return None
+
+    def _page(self, request: Request, key: str, items: list[Json]) -> Json:
+        start = int(request.query.get("pageToken") or 0)
+        end = start + self.page_size
+        page: Json = {key: items[start:end]}
+        if end < len(items):
+            page["nextPageToken"] = str(end)
+        return page
+
+    # Cloud Build: /v1/projects/P/locations/L/triggers/T:run, /v1/.../builds/ID
+    def _cloud_build(self, request: Request, segments: list[str]) -> Json | None:
+        if len(segments) == 7 and segments[5] == "triggers" and segments[6].endswith(":run"):
+            if request.method != "POST":
+                return None
+            name = "/".join(segments[1:6]) + "/" + segments[6].removesuffix(":run")
+            trigger = self.triggers.get(name)
+            if trigger is None:
+                raise _HttpError(404, f"trigger {name} not found")
+            source = (request.body or {}).get("source") or {}
+            build_id = str(uuid.uuid4())
+            substitutions = {
+                "TRIGGER_NAME": trigger["id"],
+                "_IMAGE_NAME": trigger.get("image") or "",
+                **(source.get("substitutions") or {}),
+            }
+            if source.get("branchName"):
+                substitutions["BRANCH_NAME"] = source["branchName"]
+            if source.get("commitSha"):
+                substitutions["COMMIT_SHA"] = source["commitSha"]
+            location = segments[4]
+            build = {
+                "id": build_id,
+                "name": f"projects/{self.project}/locations/{location}/builds/{build_id}",
+                "projectId": self.project,
+                "status": "QUEUED",
+                "buildTriggerId": trigger["id"],
+                "source": {"repoSource": source},
+                "substitutions": substitutions,
+                "createTime": self._now(),
+                "logUrl": (
+                    f"https://console.cloud.google.com/cloud-build/builds;region={location}/"
+                    f"{build_id}?project={self.project}"
+                ),
+            }
+            self.builds[build_id] = build
+            return {
+                "name": f"projects/{self.project}/locations/{location}/operations/{build_id}",
+                "metadata": {
+                    "@type": _BUILD_METADATA,
+                    "build": build,
+                },
+                "done": False,
+            }
+        if len(segments) == 7 and segments[5] == "builds" and request.method == "GET":
+            build = self.builds.get(segments[6])
+            if build is None:
+                raise _HttpError(404, f"build {segments[6]} not found")
+            return build
+        return None
+
+    # Notebooks v2: /v2/projects/P/locations/Z/instances[/NAME[:stop]]
+    def _notebooks(self, request: Request, segments: list[str]) -> Json | None:
+        if len(segments) < 6 or segments[5] != "instances":
+            return None
+        parent = "/".join(segments[1:5])
+        method = request.method
+        if len(segments) == 6:
+            if method == "POST":
+                instance_id = request.query.get("instanceId", "")
+                if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", instance_id):
+                    raise _HttpError(400, f"invalid instance id {instance_id!r}")
+                name = f"{parent}/instances/{instance_id}"
+                if name in self.instances:
+                    raise _HttpError(409, f"instance {name} already exists")
+                instance = dict(request.body or {})
+                instance.update(
+                    name=name,
+                    state="PROVISIONING",
+                    createTime=self._now(),
+                    creator="nbenv-bot@nbenv-test.iam.gserviceaccount.com",
+                )
+                self.instances[name] = instance
+                return self._operation(parent, "create", name)
+            if method == "GET":
+                items = [i for n, i in sorted(self.instances.items()) if n.startswith(parent + "/")]
+                return self._page(request, "instances", items)
+            return None
+        instance_id, _, verb = segments[6].partition(":")
+        name = f"{parent}/instances/{instance_id}"
+        instance = self.instances.get(name)
+        if instance is None:
+            raise _HttpError(404, f"Resource '{name}' was not found")
+        if verb == "stop" and method == "POST":
+            instance["state"] = "STOPPED"
+            return self._operation(parent, "stop", name)
+        if not verb and method == "GET":
+            return instance
+        if not verb and method == "DELETE":
+            del self.instances[name]
+            return self._operation(parent, "delete", name)
+        return None
+
+    def _operation(self, parent: str, verb: str, target: str) -> Json:
+        return {
+            "name": f"{parent}/operations/operation-{uuid.uuid4().hex[:12]}",
+            "metadata": {
+                "@type": "type.googleapis.com/google.cloud.notebooks.v2.OperationMetadata",
+                "createTime": self._now(),
+                "target": target,
+                "verb": verb,
+                "apiVersion": "v2",
+            },
+            "done": False,
+        }
+
+    def set_instance_state(self, name: str, state: str, *, proxy_uri: str | None = None) -> None:
+        with self._lock:
+            for full, instance in self.instances.items():
+                if full.endswith(f"/instances/{name}"):
+                    instance["state"] = state
+                    if proxy_uri:
+                        instance["proxyUri"] = proxy_uri
+
+
+def _replace_status(request: Request, status: int) -> Request:
+    return dataclasses.replace(request, status=status)
+
+
+def _route(method: str, segments: list[str]) -> tuple[str, str | None] | None:
+    """(api, IAM permission) of a request, from its path alone."""
+    if segments[:1] == ["v2"] and "instances" in segments:
+        last = segments[-1]
+        if last.endswith(":stop"):
+            return "notebooks", "notebooks.instances.stop"
+        if segments[-1] == "instances":
+            return "notebooks", (
+                "notebooks.instances.create" if method == "POST" else "notebooks.instances.list"
+            )
+        verb = {"GET": "get", "DELETE": "delete", "PATCH": "update"}.get(method, "get")
+        return "notebooks", f"notebooks.instances.{verb}"
+    if segments[:1] != ["v1"]:
+        return None
+    if "triggers" in segments:
+        return "cloudbuild", "cloudbuild.builds.create"
+    if "builds" in segments:
+        return "cloudbuild", "cloudbuild.builds.get"
+    if "repositories" in segments:
+        if "tags" in segments:
+            if segments[-1] == "tags":
+                return "artifactregistry", (
+                    "artifactregistry.tags.create"
+                    if method == "POST"
+                    else "artifactregistry.tags.list"
+                )
+            verb = {"GET": "get", "PATCH": "update", "DELETE": "delete"}.get(method, "get")
+            return "artifactregistry", f"artifactregistry.tags.{verb}"
+        if "versions" in segments:
+            return "artifactregistry", (
+                "artifactregistry.versions.list"
+                if segments[-1] == "versions"
+                else "artifactregistry.versions.get"
+            )
+        return "artifactregistry", "artifactregistry.packages.get"
+    return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: FakeGoogleApis
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _serve(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, payload = self.api.handle(self.command, parts.path, parts.query, body, headers)
+        if status == 0:  # dropped by a hook: hang up without an answer
+            self.close_connection = True
+            return
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timed out, or was killed by a test hook)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _serve
+
+
+# -- Notebooks API v1 over gRPC ----------------------------------------------------------------
+
+
+class FakeLegacyNotebooks:
+    """`google.cloud.notebooks.v1.NotebookService` environments, over insecure gRPC.
+
+    Long-running operations complete at once (`done: true`), as a fast service would.
+    """
+
+    SERVICE = "google.cloud.notebooks.v1.NotebookService"
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.environments: dict[str, Any] = {}  # name -> Environment (protobuf)
+        self.calls: list[tuple[str, Json]] = []
+        self._faults: list[tuple[str | None, Any, int]] = []  # (method, status code, times)
+        self._server: Any = None
+        self.port = 0
+
+    def start(self) -> Self:
+        import grpc
+        from google.cloud import notebooks_v1
+        from google.longrunning import operations_pb2
+
+        pb = {
+            "CreateEnvironment": notebooks_v1.CreateEnvironmentRequest.pb(),
+            "DeleteEnvironment": notebooks_v1.DeleteEnvironmentRequest.pb(),
+            "ListEnvironments": notebooks_v1.ListEnvironmentsRequest.pb(),
+            "GetEnvironment": notebooks_v1.GetEnvironmentRequest.pb(),
+        }
+        answers = {
+            "CreateEnvironment": (self._create, operations_pb2.Operation),
+            "DeleteEnvironment": (self._delete, operations_pb2.Operation),
+            "ListEnvironments": (self._list, notebooks_v1.ListEnvironmentsResponse.pb()),
+            "GetEnvironment": (self._get, notebooks_v1.Environment.pb()),
+        }
+        handlers = {}
+        for method, (function, _response) in answers.items():
+            handlers[method] = grpc.unary_unary_rpc_method_handler(
+                self._wrap(method, function),
+                request_deserializer=pb[method].FromString,
+                response_serializer=lambda message: message.SerializeToString(),
+            )
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(self.SERVICE, handlers),)
+        )
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=None)
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The value for NBENV_GCP_ENDPOINT_NOTEBOOKS_V1."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail(self, code: str, *, method: str | None = None, times: int = 1) -> None:
+        """Answer the next TIMES calls (of METHOD) with gRPC status CODE (e.g. "UNAVAILABLE")."""
+        import grpc
+
+        with self._lock:
+            self._faults.append((method, getattr(grpc.StatusCode, code), times))
+
+    def by_display_name(self) -> dict[str, list[Any]]:
+        with self._lock:
+            result: dict[str, list[Any]] = {}
+            for environment in self.environments.values():
+                result.setdefault(environment.display_name, []).append(environment)
+            return result
+
+    def _wrap(self, method: str, function: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+        from google.protobuf import json_format
+
+        def serve(request: Any, context: Any) -> Any:
+            with self._lock:
+                self.calls.append((method, json_format.MessageToDict(request)))
+                for index, (only, code, times) in enumerate(self._faults):
+                    if only in (None, method) and times > 0:
+                        self._faults[index] = (only, code, times - 1)
+                        context.abort(code, f"injected {code.name} for {method}")
+                try:
+                    return function(request)
+                except _GrpcAbort as refusal:
+                    context.abort(refusal.code, refusal.message)
+
+        return serve
+
+    def _done(self, response: Any) -> Any:
+        from google.longrunning import operations_pb2
+
+        operation = operations_pb2.Operation(
+            name=f"projects/p/locations/l/operations/{uuid.uuid4().hex[:12]}", done=True
+        )
+        operation.response.Pack(response)
+        return operation
+
+    def _create(self, request: Any) -> Any:
+        import grpc
+        from google.cloud import notebooks_v1
+
+        name = f"{request.parent}/environments/{request.environment_id}"
+        if name in self.environments:
+            raise _GrpcAbort(grpc.StatusCode.ALREADY_EXISTS, f"{name} already exists")
+        environment = notebooks_v1.Environment.pb()()
+        environment.CopyFrom(request.environment)
+        environment.name = name
+        self.environments[name] = environment
+        return self._done(environment)
+
+    def _delete(self, request: Any) -> Any:
+        import grpc
+        from google.protobuf import empty_pb2
+
+        if self.environments.pop(request.name, None) is None:
+            raise _GrpcAbort(grpc.StatusCode.NOT_FOUND, f"{request.name} not found")
+        return self._done(empty_pb2.Empty())
+
+    def _list(self, request: Any) -> Any:
+        from google.cloud import notebooks_v1
+
+        response = notebooks_v1.ListEnvironmentsResponse.pb()()
+        for name, environment in sorted(self.environments.items()):
+            if name.startswith(request.parent + "/"):
+                response.environments.append(environment)
+        return response
+
+    def _get(self, request: Any) -> Any:
+        import grpc
+
+        if request.name not in self.environments:
+            raise _GrpcAbort(grpc.StatusCode.NOT_FOUND, f"{request.name} not found")
+        return self.environments[request.name]
+
+
+class _GrpcAbort(Exception):
+    def __init__(self, code: Any, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- Pub/Sub emulator -------------------------------------------------------------------------
+
+EMULATOR = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
+
+
+def emulator_path() -> str | None:
+    """Google's Pub/Sub emulator launcher, or None where it is not installed (or no Java)."""
+    path = os.environ.get("PUBSUB_EMULATOR_BIN") or EMULATOR
+    if not Path(path).is_file() or shutil.which("java") is None:
+        return None
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PubSubEmulator:
+    """Runs the Pub/Sub emulator on a free loopback port; `host` is PUBSUB_EMULATOR_HOST."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = _free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> Self:
+        binary = emulator_path()
+        assert binary is not None, "the Pub/Sub emulator is not installed"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.data_dir / "emulator.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._process = subprocess.Popen(
+            [binary, "--host=127.0.0.1", f"--port={self.port}", f"--dir={self.data_dir}"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    "the Pub/Sub emulator exited: "
+                    + (self.data_dir / "emulator.log").read_text(errors="replace")[-2000:]
+                )
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the Pub/Sub emulator did not listen on {self.host} in {timeout}s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            import signal
+
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+            self._log.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll CONDITION until it returns something truthy; that value (AssertionError on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)

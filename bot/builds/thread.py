@@ -1,0 +1,191 @@
+"""One Slack thread per (image, SHA): what it shows, and how an event moves it forward.
+
+Pure: no I/O. The state is the JSON kept in `slack_threads.state`::
+
+    {"root": "relay" | "foreign" | null,   # whose message is the thread's root
+     "build": {...},                       # the newest build of the commit, as last seen
+     "progress": [rank, steps done, steps begun],
+     "previous": build id | null,          # the build this one replaced (a retry)
+     "tests": {build id: summary},         # test report summaries, newest last
+     "failure_tests": build id | null,     # the failure reply already listed the tests
+     "actions": {key: "pending" | "done" | "refused"}}
+
+Pub/Sub redelivers and reorders, so an event is applied only when it moves the thread
+forward: a newer build (later createTime), or the same build further along. Everything
+else is a duplicate or stale and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bot.builds import messages
+from bot.builds.events import FAILED, BuildEvent
+
+ROOT_RELAY = "relay"
+ROOT_FOREIGN = "foreign"
+MAX_TESTS = 3
+MAX_ACTIONS = 8
+PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A Slack message the transition causes: the root, a root update, or a reply."""
+
+    kind: str  # root | update | reply
+    key: str  # unique for this thread: the outbox dedupe key is built from it
+    text: str
+
+
+@dataclass
+class Transition:
+    outcome: str  # applied | duplicate | stale
+    state: dict[str, Any]
+    messages: list[Outgoing] = field(default_factory=list)
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome == "applied"
+
+
+@dataclass(frozen=True)
+class Branches:
+    staging: str
+    production: str
+
+
+def current_build(state: Mapping[str, Any], image: str, sha: str) -> BuildEvent | None:
+    build = state.get("build")
+    return BuildEvent.from_json(image, sha, build) if build else None
+
+
+def tests_for(state: Mapping[str, Any], build_id: str) -> dict[str, Any] | None:
+    return (state.get("tests") or {}).get(build_id)
+
+
+def pending_actions(state: Mapping[str, Any]) -> list[str]:
+    return [key for key, status in (state.get("actions") or {}).items() if status == PENDING]
+
+
+def advance(state: Mapping[str, Any], event: BuildEvent, branches: Branches) -> Transition:
+    """Apply EVENT to a thread whose root owner is already decided (`state["root"]`)."""
+    current = current_build(state, event.image, event.sha)
+    if current is not None:
+        if event.build_id == current.build_id:
+            progress = tuple(state.get("progress") or current.progress)
+            if event.progress <= progress:
+                return Transition("duplicate" if event.progress == progress else "stale", {})
+            event = _fill_in(event, current)
+        elif event.order < current.order:
+            return Transition("stale", {})
+
+    new: dict[str, Any] = dict(state)
+    retry_of = None
+    if current is not None and current.build_id != event.build_id:
+        retry_of = current.build_id
+        new["failure_tests"] = None
+    elif current is not None:
+        retry_of = state.get("previous")
+    new["build"] = event.to_json()
+    new["progress"] = list(event.progress)
+    new["previous"] = retry_of
+
+    out: list[Outgoing] = []
+    was = current.status if current is not None and current.build_id == event.build_id else None
+    if event.status == "WORKING" and was in (None, "PENDING", "QUEUED"):
+        out.append(
+            Outgoing("reply", f"{event.build_id}:started", messages.started(event, retry_of))
+        )
+    if event.terminal:
+        tests = tests_for(new, event.build_id)
+        if event.status == "SUCCESS":
+            action = _success_action(event, branches)
+            out.append(
+                Outgoing(
+                    "reply",
+                    f"{event.build_id}:succeeded",
+                    messages.succeeded(event, tests, action),
+                )
+            )
+            if action:
+                new["actions"] = _with_action(new, f"{action}:{event.build_id}")
+        elif event.status in FAILED:
+            out.append(Outgoing("reply", f"{event.build_id}:failed", messages.failed(event, tests)))
+            new["failure_tests"] = event.build_id if tests else None
+    out.insert(0, _root_message(new, event, first=current is None))
+    return Transition("applied", new, [m for m in out if m is not None])
+
+
+def add_tests(
+    state: Mapping[str, Any], image: str, sha: str, summary: dict[str, Any]
+) -> Transition:
+    """Keep a test report's summary; tell the thread when its build already failed."""
+    build_id = summary.get("build_id") or ""
+    tests = dict(state.get("tests") or {})
+    if tests.get(build_id) == summary:
+        return Transition("duplicate", {})
+    tests.pop(build_id, None)
+    tests[build_id] = summary
+    new = dict(state)
+    new["tests"] = dict(list(tests.items())[-MAX_TESTS:])
+    out: list[Outgoing] = []
+    current = current_build(new, image, sha)
+    if current is not None and current.build_id == build_id:
+        untold = new.get("failure_tests") != build_id
+        if current.status in FAILED and untold and summary["failures"]:
+            out.append(Outgoing("reply", f"{build_id}:tests", messages.test_failures(summary)))
+            new["failure_tests"] = build_id
+        root = _root_message(new, current, first=False)
+        if root is not None:
+            out.insert(0, root)
+    return Transition("applied", new, out)
+
+
+def finish_action(state: Mapping[str, Any], key: str, outcome: str) -> dict[str, Any]:
+    new = dict(state)
+    new["actions"] = {**(state.get("actions") or {}), key: outcome}
+    return new
+
+
+def _fill_in(event: BuildEvent, current: BuildEvent) -> BuildEvent:
+    """Fields a later event of the same build leaves out keep what an earlier one said."""
+    return replace(
+        event,
+        branch=event.branch or current.branch,
+        subject=event.subject or current.subject,
+        created=event.created or current.created,
+        started=event.started or current.started,
+        log_url=event.log_url or current.log_url,
+    )
+
+
+def _success_action(event: BuildEvent, branches: Branches) -> str | None:
+    if event.branch is None:
+        return None
+    if event.branch == branches.staging:
+        return "publish"
+    if event.branch == branches.production:
+        return "promote"
+    return None
+
+
+def _with_action(state: Mapping[str, Any], key: str) -> dict[str, str]:
+    actions = dict(state.get("actions") or {})
+    actions.setdefault(key, PENDING)
+    # Keep the record short: settled actions of old builds are history, not state.
+    settled = [k for k, v in actions.items() if v != PENDING]
+    for old in settled[: max(len(actions) - MAX_ACTIONS, 0)]:
+        del actions[old]
+    return actions
+
+
+def _root_message(state: Mapping[str, Any], event: BuildEvent, *, first: bool) -> Outgoing | None:
+    if state.get("root") != ROOT_RELAY:
+        return None
+    text = messages.root(event, tests_for(state, event.build_id), retry_of=state.get("previous"))
+    if first:
+        return Outgoing("root", "root", text)
+    return Outgoing("update", f"update:{messages.digest(text)}", text)

@@ -1,0 +1,60 @@
+"""Cloud Function `relay_build_status`: build status and test reports → Slack threads.
+
+Two Pub/Sub topics trigger it (DESIGN.md §5):
+
+* `cloud-builds`: Cloud Build publishes each Build resource as it changes;
+* `nbenv-reports` (config `gcp.topics.reports`): the staging pipeline's `deliver-report`
+  step publishes the notebook test report, marked by the attribute `nbenv=test-report`
+  and carrying `image`, `sha` and `buildId` (config/cloudbuild/publish_report.py).
+
+Deploy from the repository root, so the `bot` package and requirements.txt ship with it::
+
+    gcloud functions deploy nbenv-relay --gen2 --runtime=python311 --source=. \
+        --entry-point=relay_build_status --trigger-topic=cloud-builds \
+        --set-build-env-vars=GOOGLE_FUNCTION_SOURCE=functions/main.py \
+        --set-env-vars=NBENV_CONFIG=config/nbenv.yaml \
+        --set-secrets=SLACK_BOT_TOKEN=slack-bot-token:latest,NBENV_DATABASE_URL=nbenv-db:latest
+
+and once more as `nbenv-report-relay` with `--trigger-topic=nbenv-reports`.
+
+Bad events are logged and acknowledged (the function returns normally): a retry would
+fail the same way. Anything else that goes wrong (the database is down) raises, so
+Pub/Sub redelivers the message later.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+try:
+    import bot  # noqa: F401 - installed, or shipped beside this file
+except ImportError:  # run from a checkout: the package is one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.builds.relay import BuildRelay, relay_from_env
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+_relay: BuildRelay | None = None
+_lock = threading.Lock()
+
+
+def _get_relay() -> BuildRelay:
+    # Built on the first event, once per instance: config, migrations, Slack client.
+    global _relay
+    if _relay is None:
+        with _lock:
+            if _relay is None:
+                _relay = relay_from_env()
+    return _relay
+
+
+@functions_framework.cloud_event
+def relay_build_status(event: CloudEvent) -> None:
+    _get_relay().handle_pubsub(event.get_data())

@@ -42,6 +42,9 @@ class LocalBackend:
     def mirrors_pointers(self) -> bool:
         return False
 
+    def check_version(self, image: str, sha: str) -> None:
+        """Nothing to check: locally the store's versions are the registry."""
+
     def start_instance(self, request: InstanceRequest) -> InstanceInfo:
         return self.instances.start(request)
 

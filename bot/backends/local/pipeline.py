@@ -39,8 +39,8 @@ from bot.domain.errors import NbenvError
 
 log = logging.getLogger(__name__)
 
-EmitBuild = Callable[[dict[str, Any], dict[str, str]], None]  # (build, Pub/Sub attributes)
-EmitReport = Callable[[str, str, dict[str, Any], str], None]  # (image, sha, report, build id)
+EmitBuild = Callable[[dict[str, Any], dict[str, str]], object]  # (build, Pub/Sub attributes)
+EmitReport = Callable[[str, str, dict[str, Any], str], object]  # (image, sha, report, build id)
 
 BUILD_TIMEOUT_S = 3600
 DOCKER_PROBE_TIMEOUT_S = 10
@@ -127,6 +127,7 @@ class Build:
     repo: Path
     folder: str
     requested_by: str
+    subject: str
     log_path: Path
     steps: list[Step]
     images: list[str] = field(default_factory=list)
@@ -148,6 +149,7 @@ class Build:
             "REPO_NAME": self.repo.name,
             "_IMAGE_NAME": self.image,
             "_REQUESTED_BY": self.requested_by,
+            "_COMMIT_SUBJECT": self.subject,
         }
         if self.tag:
             substitutions["TAG_NAME"] = self.tag
@@ -242,6 +244,7 @@ class LocalPipeline:
             repo=repo.path,
             folder=folder,
             requested_by=requested_by,
+            subject=repo.subject(sha),
             log_path=workdir / "build.log",
             steps=self._steps(image, sha, folder, docker, workdir),
         )

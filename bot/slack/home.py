@@ -38,11 +38,23 @@ def home_view(user: str, statuses: list[dict[str, Any]], now: datetime | None = 
                 "image owner to add your Slack ID to the nbenv config."
             )
         )
-    room = (MAX_HOME_BLOCKS - len(blocks) - 1) // BLOCKS_PER_IMAGE
-    for status in statuses[:room]:
+    active = [s for s in statuses if s["frozen"] or any(s["environments"].values())]
+    idle = [s["image"] for s in statuses if s not in active]
+    room = (MAX_HOME_BLOCKS - len(blocks) - 2) // BLOCKS_PER_IMAGE
+    for status in active[:room]:
         blocks += _image_blocks(status, now)
-    if len(statuses) > room:
-        blocks.append(_text(f"…and {len(statuses) - room} more: `/nbenv status` lists them all."))
+    if len(active) > room:
+        blocks.append(_text(f"…and {len(active) - room} more: `/nbenv status` lists them all."))
+    if idle:
+        blocks += [
+            {"type": "divider"},
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": ("No versions yet: " + ", ".join(idle))[:3000]}
+                ],
+            },
+        ]
     return {"type": "home", "blocks": blocks}
 
 

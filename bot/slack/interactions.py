@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from bot.domain.commands import Command, parse
-from bot.domain.errors import BadInput, NbenvError
+from bot.domain.errors import BadInput, Conflict, NbenvError
 from bot.domain.names import Env, check_sha_ref, short
 from bot.domain.policy import Role
 from bot.domain.text import escape
@@ -266,6 +266,8 @@ class Interactions:
             if job.get("mode") == "confirm":
                 message = self._confirmation(actor, command, job.get("shown"))
             else:
+                if job.get("expect") is not None:
+                    self._refuse_if_stale(command, job["expect"])
                 reply = self.app.execute(
                     actor, command, key=job.get("key"), expect=job.get("expect")
                 )
@@ -276,23 +278,43 @@ class Interactions:
             str(job["key"]), str(job["response_url"]), message, replace=bool(job.get("replace"))
         )
 
-    def _confirmation(
-        self, actor: str, command: Command, shown: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        preview = self.app.preview(actor, command)
+    def _refuse_if_stale(self, command: Command, expect: dict[str, int]) -> None:
+        """A confirmation pressed after the environments moved: say where they are now.
+
+        Checked before planning, so the person hears what changed rather than why today's
+        plan would fail; the service checks EXPECT again when it writes (races)."""
         assert command.image
         with self.store.read() as tx:
             state = tx.image_state(command.image)
-            if shown and shown.get("sha"):
-                current = state.sha(Env(shown["env"]))
-                if current != shown["sha"]:
-                    raise BadInput(
-                        f"this button is stale: `{short(shown['sha'])}` is no longer in "
-                        f"{shown['env']} of {command.image} (it is `{short(current)}` now; "
-                        f"staging `{short(state.sha(Env.STAGING))}`, production "
-                        f"`{short(state.sha(Env.PRODUCTION))}`, fallback "
-                        f"`{short(state.sha(Env.FALLBACK))}`). Nothing was changed."
-                    )
+        generations = state.generations()
+        if generations != {env: expect.get(env, 0) for env in generations}:
+            now = ", ".join(f"{env.value} `{short(state.sha(env))}`" for env in Env)
+            raise Conflict(
+                f"the environments of {command.image} changed since this was shown: {now}. "
+                f"Nothing was changed; run `/nbenv {command.name} {command.image}` again "
+                "to see the new plan."
+            )
+
+    def _confirmation(
+        self, actor: str, command: Command, shown: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        assert command.image
+        self.app.require(actor, command, Role.OWNER)
+        if shown and shown.get("sha"):
+            # The thread's button stood for one SHA: refuse it once that SHA has moved on.
+            with self.store.read() as tx:
+                state = tx.image_state(command.image)
+            current = state.sha(Env(shown["env"]))
+            if current != shown["sha"]:
+                raise BadInput(
+                    f"this button is stale: `{short(shown['sha'])}` is no longer in "
+                    f"{shown['env']} of {command.image} (it is `{short(current)}` now; "
+                    f"staging `{short(state.sha(Env.STAGING))}`, production "
+                    f"`{short(state.sha(Env.PRODUCTION))}`, fallback "
+                    f"`{short(state.sha(Env.FALLBACK))}`). Nothing was changed."
+                )
+        preview = self.app.preview(actor, command)
+        with self.store.read() as tx:
             shas = {c["old"] for c in preview["changes"] if c["old"]}
             shas |= {c["new"] for c in preview["changes"]}
             instances = {

@@ -33,6 +33,9 @@ def create_web_app(bolt: Any, push: Any, background: Any = None) -> Any:
 
     @web.post("/slack/events")
     def slack_events() -> Any:
+        # Bolt's verifier would crash (500) on a timestamp that is not a number.
+        if not request.headers.get("X-Slack-Request-Timestamp", "").isdigit():
+            return {"error": "invalid request: no valid X-Slack-Request-Timestamp"}, 401
         return handler.handle(request)
 
     @web.get("/healthz")

@@ -8,6 +8,7 @@ neither mention nor link.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,8 +87,26 @@ def fallback(text: str) -> str:
     return first if len(first) <= FALLBACK_TEXT else first[: FALLBACK_TEXT - 1] + "…"
 
 
+_ANGLED = re.compile(r"<([^<>]*)>")
+_SAFE_REFERENCE = re.compile(r"@[UW][A-Z0-9]+|#[CG][A-Z0-9]+")
+
+
+def neutralize(text: str) -> str:
+    """Keep user and channel references, turn any other <…> (a special mention like
+    <!channel>, a link) into plain text. For messages that may quote what someone typed."""
+
+    def keep_or_escape(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        if _SAFE_REFERENCE.fullmatch(inner):
+            return match.group(0)
+        return f"&lt;{inner}&gt;"
+
+    return _ANGLED.sub(keep_or_escape, text)
+
+
 def error(message_text: str) -> dict[str, Any]:
-    return message(f"⚠️ {message_text}")
+    """A refusal or bad-input answer: one line, and it quotes input, so neutralized."""
+    return message(f"⚠️ {neutralize(message_text)}")
 
 
 # -- confirmation of promote / rollback --------------------------------------------------------
@@ -107,7 +126,7 @@ def confirmation(
     image = preview["image"]
     title = "Promote" if action == "promote" else "Roll back"
     lines = [f"*{title} {image}?* This is the plan:"]
-    for change in preview["changes"]:
+    for change in _ordered(preview["changes"]):
         lines.append(f"• {change['env']}: `{short(change['old'])}` → `{short(change['new'])}`")
     if not preview["changes"]:
         lines.append("• no environment changes")
@@ -152,11 +171,19 @@ def confirmation(
     return message(text, buttons)
 
 
+def _ordered(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Production first: it is what the plan is about."""
+    rank = {"production": 0, "fallback": 1, "staging": 2}
+    return sorted(changes, key=lambda change: rank.get(change["env"], 3))
+
+
 def _instances_text(preview: dict[str, Any], instances: dict[str, list[str]]) -> str:
     roles: dict[str, list[str]] = {}
-    for change in preview["changes"]:
+    changes = _ordered(preview["changes"])
+    for change in changes:
         if change["old"]:
             roles.setdefault(change["old"], []).append(f"{change['env']} now")
+    for change in changes:
         roles.setdefault(change["new"], []).append(f"{change['env']} next")
     lines = []
     for sha, where in roles.items():

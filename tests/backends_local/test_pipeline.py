@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tests.support.gitrepo import (
     BROKEN_LINE,
     BROKEN_NOTEBOOK,
     ImageRepo,
+    notebook,
 )
 from tests.support.slack_api import FakeSlackApi
 
@@ -53,6 +54,7 @@ class Stack:
     slack: FakeSlackApi
     events: list[dict[str, Any]]
     attributes: list[dict[str, str]]
+    make_backend: Callable[..., LocalBackend]
 
     def build(self, ref: str | None = None) -> dict[str, Any]:
         """`/nbenv build IMAGE [REF]` by the owner, then the job worker runs it."""
@@ -88,16 +90,22 @@ def stack(local_config_file: Path, sqlite_url: str, tmp_path: Path) -> Iterator[
             attributes.append(dict(attrs))
             return relay.handle_build(events[-1], attrs)
 
-        backend = LocalBackend(
-            runtime.config,
-            tmp_path / "home",
-            emit_build=emit_build,
-            emit_report=relay.handle_report,
-            use_docker=False,
-        )
+        def make_backend(**options: Any) -> LocalBackend:
+            return LocalBackend(
+                runtime.config,
+                tmp_path / "home",
+                emit_build=emit_build,
+                emit_report=relay.handle_report,
+                use_docker=False,
+                **options,
+            )
+
+        backend = make_backend()
         runtime.app.backend = backend
         worker = JobWorker(runtime.store, job_handlers(runtime.app))
-        yield Stack(runtime.app, runtime.store, worker, backend, slack, events, attributes)
+        yield Stack(
+            runtime.app, runtime.store, worker, backend, slack, events, attributes, make_backend
+        )
 
 
 def assert_cloud_build_shaped(event: dict[str, Any]) -> None:
@@ -321,3 +329,44 @@ def test_nbenv_build_from_the_command_line(
     diff = nbenv("diff", IMAGE, repo.sha("initial")[:7], "staging")
     assert diff.returncode != 0  # the initial commit was never built: not a known version
     assert "has no version" in diff.stderr
+
+
+def running_in(folder: Path) -> list[int]:
+    """PIDs of processes that name FOLDER on their command line or work inside it."""
+    pids = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (process / "cmdline").read_bytes()
+            cwd = Path(os.readlink(process / "cwd"))
+        except OSError:
+            continue
+        if str(folder).encode() in cmdline or cwd.is_relative_to(folder):
+            pids.append(int(process.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to see kernels")
+def test_a_build_that_overruns_times_out_and_leaves_no_kernel_behind(
+    stack: Stack, repo: ImageRepo
+) -> None:
+    repo.git("checkout", "--quiet", "-b", "slow", repo.sha("upgrade"))
+    sha = repo.commit(
+        "slow",
+        "A notebook that hangs",
+        {f"{repo.folder}/tests/03_hangs.ipynb": notebook("import time\ntime.sleep(120)")},
+    )
+    backend = stack.make_backend(build_timeout_s=4)
+
+    final = backend.run_build(IMAGE, "slow", OWNER)
+
+    assert final["status"] == "TIMEOUT"
+    assert final["timeout"] == "4s"
+    assert final["statusDetail"] == "build timed out after 4 s"
+    assert [s["status"] for s in final["steps"]] == ["SUCCESS", "TIMEOUT"]
+    assert_cloud_build_shaped(final)
+    assert stack.staging() is None
+    # The runner and the kernels it started are gone with it.
+    workdir = Path(urlparse(final["logUrl"]).path).parent
+    assert running_in(workdir) == []
+    texts = stack.thread_texts(sha)
+    assert "TIMEOUT" in texts[0]

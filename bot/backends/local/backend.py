@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.backends.local.instances import LocalInstances
-from bot.backends.local.pipeline import EmitBuild, EmitReport, LocalPipeline
+from bot.backends.local.pipeline import BUILD_TIMEOUT_S, EmitBuild, EmitReport, LocalPipeline
 from bot.config import Config
 from bot.service.ports import InstanceInfo, InstanceRequest
 
@@ -25,11 +25,18 @@ class LocalBackend:
         emit_report: EmitReport,
         use_docker: bool | None = None,
         python: str = sys.executable,
+        build_timeout_s: float = BUILD_TIMEOUT_S,
     ) -> None:
         """EMIT_BUILD and EMIT_REPORT are the relay's entry points (BuildRelay.handle_build,
         BuildRelay.handle_report); USE_DOCKER None means: use Docker when an engine answers."""
         self.pipeline = LocalPipeline(
-            config, home, emit_build, emit_report, use_docker=use_docker, python=python
+            config,
+            home,
+            emit_build,
+            emit_report,
+            use_docker=use_docker,
+            python=python,
+            timeout_s=build_timeout_s,
         )
         self.instances = LocalInstances(config, home, use_docker=use_docker, python=python)
 

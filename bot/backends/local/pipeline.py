@@ -20,9 +20,12 @@ BRANCH_NAME, which decides what the relay does on SUCCESS, is:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,8 +45,11 @@ log = logging.getLogger(__name__)
 EmitBuild = Callable[[dict[str, Any], dict[str, str]], object]  # (build, Pub/Sub attributes)
 EmitReport = Callable[[str, str, dict[str, Any], str], object]  # (image, sha, report, build id)
 
-BUILD_TIMEOUT_S = 3600
+# Under the job queue's 30-minute lease (bot/service/jobs.py), so a long build is never
+# taken for a crashed one and started a second time.
+BUILD_TIMEOUT_S = 1200
 DOCKER_PROBE_TIMEOUT_S = 10
+KILL_WAIT_S = 5.0  # for the processes of a timed-out step to be gone
 LOCAL_IMAGE_REPOSITORY = "nbenv-local"  # docker images built here: nbenv-local/IMAGE:SHA
 LOCAL_PYTHON_NOTE = (
     "No Docker engine answered: the test notebooks ran in the bot's own Python "
@@ -139,6 +145,7 @@ class Build:
     start_time: str | None = None
     finish_time: str | None = None
     image_digests: list[dict[str, str]] = field(default_factory=list)
+    timeout_s: float = BUILD_TIMEOUT_S
 
     def resource(self) -> dict[str, Any]:
         substitutions = {
@@ -163,7 +170,7 @@ class Build:
             },
             "steps": [step.resource() for step in self.steps],
             "createTime": self.create_time,
-            "timeout": f"{BUILD_TIMEOUT_S}s",
+            "timeout": f"{self.timeout_s:g}s",
             "images": self.images,
             "logUrl": self.log_path.as_uri(),
             "substitutions": substitutions,
@@ -209,8 +216,10 @@ class LocalPipeline:
         *,
         use_docker: bool | None = None,
         python: str = sys.executable,
+        timeout_s: float = BUILD_TIMEOUT_S,
     ) -> None:
         self.config = config
+        self.timeout_s = timeout_s
         self.home = home
         self.emit_build = emit_build
         self.emit_report = emit_report
@@ -247,6 +256,7 @@ class LocalPipeline:
             subject=repo.subject(sha),
             log_path=workdir / "build.log",
             steps=self._steps(image, sha, folder, docker, workdir),
+            timeout_s=self.timeout_s,
         )
         if docker:
             build.images = [self._docker_tag(image, sha)]
@@ -293,7 +303,7 @@ class LocalPipeline:
     def _execute(
         self, build: Build, repo: GitRepo, workdir: Path, docker: bool, log_file: IO[str]
     ) -> None:
-        deadline = time.monotonic() + BUILD_TIMEOUT_S
+        deadline = time.monotonic() + build.timeout_s
         build.status = "WORKING"
         build.start_time = timestamp()
         source = workdir / "source"
@@ -316,7 +326,7 @@ class LocalPipeline:
         except StepTimedOut:
             self._fail_step(build, "build timed out", log_file, status="TIMEOUT")
             build.status = "TIMEOUT"
-            build.status_detail = f"build timed out after {BUILD_TIMEOUT_S} s"
+            build.status_detail = f"build timed out after {build.timeout_s:g} s"
         except Exception as error:  # a bug or a broken machine: say so rather than hang
             log.exception("local build %s failed", build.id)
             self._fail_step(build, repr(error), log_file)
@@ -409,22 +419,24 @@ class LocalPipeline:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise StepTimedOut()
+        # Its own process group: on a timeout the kernels the runner started go too.
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
-            result = subprocess.run(
-                command,
-                cwd=cwd,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                timeout=remaining,
-                check=False,
-            )
+            code = process.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
+            _kill_group(process)
             raise StepTimedOut() from None
-        step.exit_code = result.returncode
-        if check and result.returncode != 0:
-            raise StepFailed(f'step "{step.id}" exited with status {result.returncode}')
-        return result.returncode
+        step.exit_code = code
+        if check and code != 0:
+            raise StepFailed(f'step "{step.id}" exited with status {code}')
+        return code
 
     @staticmethod
     def _load_report(path: Path) -> dict[str, Any] | None:
@@ -442,6 +454,20 @@ class LocalPipeline:
     def _log(log_file: IO[str], line: str) -> None:
         log_file.write(f"{timestamp()} {line}\n")
         log_file.flush()
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill PROCESS and everything it started, and wait until they are gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + KILL_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
 
 
 def _failure_detail(failures: list[dict[str, Any]]) -> str:

@@ -9,6 +9,7 @@ from bot.config import Config, load_config
 from bot.service.app import Nbenv
 from bot.service.diff import Differ
 from bot.service.jobs import Handler, JobWorker
+from bot.service.ports import Backend
 from bot.store.database import make_engine, upgrade
 from bot.store.uow import Store
 
@@ -27,6 +28,25 @@ def job_handlers(app: Nbenv) -> dict[str, Handler]:
         backend = app.backend
         handlers["build"] = lambda job: backend.run_build(job["image"], job["ref"], job["actor"])
     return handlers
+
+
+def make_backend(config: Config, app: Nbenv) -> Backend | None:
+    """The backend the config chooses. The local one reports its builds to the relay,
+    exactly as Cloud Build's Pub/Sub messages reach it, so both publish the same way."""
+    if config.backend == "gcp":
+        # Builds and instances are Google's; the relay runs as its own function there.
+        from bot.backends.gcp import GcpBackend
+
+        return GcpBackend(config)
+    from bot.backends.local import LocalBackend
+    from bot.builds.relay import BuildRelay
+    from bot.store.database import nbenv_home
+
+    # No sender: the relay queues its messages in the outbox; the bot's sender delivers.
+    relay = BuildRelay(app, None)
+    return LocalBackend(
+        config, nbenv_home(), emit_build=relay.handle_build, emit_report=relay.handle_report
+    )
 
 
 def make_differ(config: Config) -> Differ:
@@ -52,7 +72,7 @@ def build_runtime(
     if migrate:
         upgrade(engine)
     store = Store(engine)
-    backend = None
-    app = Nbenv(config, store, backend=backend, differ=make_differ(config))
+    app = Nbenv(config, store, differ=make_differ(config))
+    app.backend = make_backend(config, app)
     worker = JobWorker(store, job_handlers(app))
     return Runtime(config=config, store=store, app=app, worker=worker)

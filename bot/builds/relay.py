@@ -132,7 +132,15 @@ class BuildRelay:
             version = tx.get_version(image, sha)
             build = current_build(self._state(tx, image, sha), image, sha)
         same_build = build if build is not None and build.build_id == build_id else None
-        if version is None or version.report != report or version.build_id != build_id:
+        # A late report of an older build must not replace what the newest build recorded.
+        superseded = (
+            build is not None
+            and same_build is None
+            and version is not None
+            and version.build_id == build.build_id
+        )
+        unchanged = version is not None and (version.report, version.build_id) == (report, build_id)
+        if not (superseded or unchanged):
             self.app.record_version(
                 f"build:{build_id or 'report'}",
                 image,

@@ -121,9 +121,10 @@ def build_events(
     created: float = 0,
     subject: str | None = None,
     image: str = IMAGE,
+    steps: tuple[str, ...] = STAGING_STEPS,
 ) -> list[dict[str, Any]]:
     """The events of one build in the order Cloud Build publishes them."""
-    names = list(STAGING_STEPS)
+    names = list(steps)
     common = {"branch": branch, "created": created, "subject": subject, "image": image}
     events = [build_resource(build_id, sha, "QUEUED", **common)]
     for running in range(len(names)):

@@ -67,10 +67,12 @@ def build_worker_app(config_path: str | None, token: str, signing_secret: str) -
 
     runtime = build_runtime(config_path, migrate=False)
     sender = OutboxSender(runtime.store, web_client(token))
-    _background = Background(runtime, sender, run_jobs=runtime.config.backend == "local")
-    _background.start()
+    push = JobPush.from_runtime(runtime)
+    # Jobs come either from the store's queue (local) or from Pub/Sub pushes, never both.
+    run_jobs = runtime.config.backend == "local" and push is None
+    _background = Background(runtime, sender, run_jobs=run_jobs).start()
     bolt = build_app(runtime.app, token=token, signing_secret=signing_secret, wake=_background.wake)
-    return create_web_app(bolt, JobPush.from_runtime(runtime), _background)
+    return create_web_app(bolt, push, _background)
 
 
 def _worker_exit(server: Any, worker: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -185,15 +186,20 @@ class BotServer:
             time.sleep(0.05)
         raise RuntimeError(f"nbenv serve did not answer: {self.log.read_text()}")
 
-    def stop(self) -> None:
+    def stop(self, *, graceful: bool = False) -> int | None:
+        """Stop the server; its exit status. Quick (SIGINT) unless GRACEFUL (SIGTERM, as
+        Cloud Run stops it, which lets kept-alive connections linger for 2 s)."""
+        code = None
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGTERM if graceful else signal.SIGINT)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+            code = self.process.returncode
         self.process = None
+        return code
 
     # -- raw requests ---------------------------------------------------------------------
 

@@ -1,0 +1,82 @@
+"""Delivery to Slack through the outbox: rate limits and outages delay messages but never
+lose or duplicate them, and what is queued when the bot stops goes out after a restart."""
+
+from __future__ import annotations
+
+import time
+
+from tests.conftest import OWNER, TESTER
+from tests.slack.bot import (
+    BotServer,
+    blocks_text,
+    channel_messages,
+    published,
+    wait_message,
+    wait_response,
+)
+from tests.support.slack_api import FakeSlackApi
+
+
+def _texts(slack: FakeSlackApi, *needles: str) -> list[str]:
+    return [m.text for m in slack.messages().values() if any(n in m.text for n in needles)]
+
+
+def test_rate_limits_and_outages_delay_but_never_duplicate(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    failed_before = len(slack.failed_calls())
+    slack.fail_next(3, status=429, retry_after=1)
+    slack.fail_next(1, status=503)
+
+    commit = published(rt, image)
+    rt.app.handle(TESTER, f"approve {image}")
+    rt.app.handle(OWNER, f"freeze {image} while Slack is flaky")
+
+    root = wait_message(slack, f"`{commit[:7]}` is now in staging for {image}", timeout=30)
+    approval = wait_message(slack, f"approved `{commit[:7]}`", timeout=30)
+    freeze = wait_message(slack, f"froze {image}", timeout=30)
+    time.sleep(1.0)  # a duplicate would have been sent by now
+    assert len(slack.failed_calls()) - failed_before == 4
+    assert [s.status for s in slack.failed_calls()[failed_before:]] == [429, 429, 429, 503]
+    assert len(_texts(slack, image, commit[:7])) == 3
+    assert len(channel_messages(slack, f"approved `{commit[:7]}`")) == 1
+    assert approval.thread_ts == root.ts  # order kept: the reply waited for its root
+    assert freeze.thread_ts is None
+
+
+def test_private_answers_survive_response_url_failures(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    published(rt, image)
+    rt.app.handle(TESTER, f"approve {image}")
+    url = slack.response_url(f"flaky-{image}")
+    slack.fail_next(1, status=429, retry_after=1, method="response_url")
+
+    server.slash(OWNER, f"promote {image}", response_url=url)
+
+    plan = wait_response(slack, url, timeout=20)
+    assert "Promote to production" in blocks_text(plan)
+    time.sleep(1.0)
+    name = url.rsplit("/", 1)[1]
+    assert len(slack.calls(f"response_url:/response/{name}")) == 1
+    assert len(slack.failed_calls(f"response_url:/response/{name}")) == 1
+
+
+def test_messages_queued_when_the_bot_stops_go_out_after_a_restart(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    slack.fail_next(1, status=429, retry_after=3)
+    commit = published(rt, image)
+    slack.wait_for("chat.postMessage", 0)
+    deadline = time.monotonic() + 10
+    while not any(image in c.args.get("text", "") for c in slack.failed_calls()):
+        assert time.monotonic() < deadline, "the first attempt never happened"
+        time.sleep(0.02)
+
+    server.stop()  # the message is still queued, waiting for its Retry-After
+    assert not channel_messages(slack, f"`{commit[:7]}` is now in staging")
+    server.start()
+
+    wait_message(slack, f"`{commit[:7]}` is now in staging for {image}", timeout=20)
+    time.sleep(1.0)
+    assert len(channel_messages(slack, f"`{commit[:7]}` is now in staging")) == 1

@@ -1,0 +1,190 @@
+"""`nbenv shell` driven through stdin, and the start-up errors of `nbenv serve` and
+`nbenv socket` (Socket Mode itself needs Slack's WebSocket service: only its
+construction and its refusals can be checked here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IMAGE, OWNER, TEST_CONFIG, TESTER, USER
+from tests.slack.bot import SECRET, BotServer, report, sha
+from tests.support.slack_api import FakeSlackApi
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "nbenv.yaml"
+    path.write_text(textwrap.dedent(TEST_CONFIG), encoding="utf-8")
+    return path
+
+
+def _env(tmp_path: Path, config: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN")
+    }
+    env.update(
+        NBENV_CONFIG=str(config),
+        NBENV_DATABASE_URL=f"sqlite:///{tmp_path / 'nbenv.db'}",
+        NBENV_HOME=str(tmp_path / "home"),
+        **extra,
+    )
+    return env
+
+
+def _run(args: list[str], env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+SCRIPT = f"""\
+# a tester tries the version in staging, an owner promotes it
+/nbenv status {IMAGE}
+/as {TESTER}
+Approve
+/as {USER}
+Reject
+/as {TESTER}
+Reject
+/cancel
+/as {OWNER}
+Promote
+Promote to production
+/nbenv history {IMAGE}
+/home
+/nbenv frobnicate
+Frobnicate
+/as not-a-user
+/nbenv rollback {IMAGE}
+"""
+
+
+def test_the_shell_runs_a_whole_approval_and_promotion_from_stdin(
+    tmp_path: Path, config: Path
+) -> None:
+    env = _env(tmp_path, config)
+    commit = sha(IMAGE, "v1")
+    report_file = tmp_path / "report.json"
+    report_file.write_text(json.dumps(report()), encoding="utf-8")
+    published = _run(["--as", OWNER, "publish", IMAGE, commit, "--report", str(report_file)], env)
+    assert published.returncode == 0, published.stderr
+
+    result = _run(["--as", OWNER, "shell"], env, SCRIPT)
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    short = commit[:7]
+    # What was queued before the shell started is shown first, as the channel would.
+    assert out.index(f"#C01NLP (1) 🧪 `{short}` is now in staging") < out.index("U01OWNER> ")
+    assert f"U01OWNER> /nbenv status {IMAGE}" in out
+    assert f"(only you) *{IMAGE}*" in out
+    assert f"#C01NLP (1) ↳ ✅ @{TESTER} approved `{short}`" in out
+    assert f"(only you) ⚠️ reject on {IMAGE} needs the tester role" in out
+    assert f"(dialog) Reject `{short}` of *{IMAGE}*?" in out
+    assert "(dialog closed: nothing was changed)" in out
+    assert f"production: `—` → `{short}`" in out
+    assert f"(only you (replaces the message above)) 🚀 @{OWNER} promoted `{short}`" in out
+    assert f"#C01NLP (1) ↳ 🚀 @{OWNER} promoted `{short}` to production of {IMAGE}" in out
+    assert "History of" in out and "@U01OWNER promote" in out
+    assert "(App Home) nbenv — notebook images" in out
+    assert "⚠️ unknown command 'frobnicate'" in out
+    assert "not understood: 'Frobnicate'" in out
+    assert "⚠️ 'not-a-user' is not a Slack user ID" in out
+    assert "has nothing in production to roll back" not in out
+    assert f"{IMAGE} has no fallback" in out
+
+    status = _run(["--as", USER, "status", IMAGE, "--json"], env)
+    assert json.loads(status.stdout)["environments"]["production"]["sha"] == commit
+
+
+def test_serve_refuses_to_start_without_its_secrets(tmp_path: Path, config: Path) -> None:
+    no_secret = _run(["serve"], _env(tmp_path, config, SLACK_BOT_TOKEN="xoxb-test"))
+    no_token = _run(["serve"], _env(tmp_path, config, SLACK_SIGNING_SECRET=SECRET))
+
+    assert no_secret.returncode == 2
+    assert "SLACK_SIGNING_SECRET is not set" in no_secret.stderr
+    assert no_token.returncode == 2
+    assert "SLACK_BOT_TOKEN is not set" in no_token.stderr
+    assert len(no_secret.stderr.strip().splitlines()) == 1
+
+
+def test_serve_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teams: {nlp: {owners: [nobody]}}\nimages: {}\n", encoding="utf-8")
+    env = _env(tmp_path, bad, SLACK_SIGNING_SECRET=SECRET, SLACK_BOT_TOKEN="xoxb-test")
+
+    result = _run(["serve", "--port", "0"], env)
+
+    assert result.returncode == 78
+    assert result.stderr.startswith(f"nbenv: {bad}:")
+    assert "teams.nlp.owners" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path: Path, config: Path) -> None:
+    with FakeSlackApi() as slack:
+        server = BotServer(
+            config=config,
+            db_url=f"sqlite:///{tmp_path / 'nbenv.db'}",
+            home=tmp_path / "home",
+            slack=slack,
+        ).start()
+        assert server.slash(OWNER, "help").status == 200
+        assert server.stop(graceful=True) == 0
+    assert "Traceback" not in server.log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("app_token", "expected"),
+    [
+        (None, "SLACK_APP_TOKEN is not set"),
+        ("xoxb-not-an-app-token", "must be an app-level token (xapp-"),
+    ],
+)
+def test_socket_mode_refuses_to_start_without_an_app_token(
+    tmp_path: Path, config: Path, app_token: str | None, expected: str
+) -> None:
+    extra = {"SLACK_BOT_TOKEN": "xoxb-test"}
+    if app_token:
+        extra["SLACK_APP_TOKEN"] = app_token
+    result = _run(["socket"], _env(tmp_path, config, **extra))
+    assert result.returncode == 2
+    assert expected in result.stderr
+
+
+def test_socket_mode_needs_the_bot_token_too(tmp_path: Path, config: Path) -> None:
+    result = _run(["socket"], _env(tmp_path, config, SLACK_APP_TOKEN="xapp-1-A-1-x"))
+    assert result.returncode == 2
+    assert "SLACK_BOT_TOKEN is not set" in result.stderr
+
+
+def test_socket_mode_builds_the_same_app_over_the_websocket_adapter(
+    tmp_path: Path, config: Path
+) -> None:
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    from bot.bootstrap import build_runtime
+    from bot.slack.app import build_app
+
+    runtime = build_runtime(str(config), f"sqlite:///{tmp_path / 'socket.db'}")
+    bolt = build_app(runtime.app, token="xoxb-test", signing_secret=None)
+    handler = SocketModeHandler(bolt, "xapp-1-A0-1-test")
+    try:
+        assert handler.app is bolt
+        assert handler.client.app_token == "xapp-1-A0-1-test"
+    finally:
+        handler.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from dataclasses import dataclass
 
 from bot.config import Config, load_config
@@ -76,3 +78,25 @@ def build_runtime(
     app.backend = make_backend(config, app)
     worker = JobWorker(store, job_handlers(app))
     return Runtime(config=config, store=store, app=app, worker=worker)
+
+
+def recover_at_start(runtime: Runtime) -> threading.Thread | None:
+    """Finish, off the start path, the promotions and rollbacks a crash left half-synced
+    to the registry (a no-op where pointers have no remote copy). For long-running entry
+    points (`serve`, `socket`); `nbenv recover` does the same in the foreground."""
+    backend = runtime.app.backend
+    if backend is None or not backend.mirrors_pointers():
+        return None
+
+    def run() -> None:
+        try:
+            finished = runtime.app.recover()
+        except Exception:  # the bot must start even when the registry or store is down
+            logging.getLogger(__name__).exception("recovery at start failed")
+            return
+        if finished:
+            logging.getLogger(__name__).info("finished %d interrupted operation(s)", len(finished))
+
+    thread = threading.Thread(target=run, name="nbenv-recover", daemon=True)
+    thread.start()
+    return thread

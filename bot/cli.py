@@ -147,6 +147,11 @@ def _recover(args: argparse.Namespace, rest: list[str]) -> int:
     runtime = _runtime(args)
     finished = runtime.app.recover() if runtime.app.backend else []
     print(f"finished {len(finished)} interrupted operation(s)")
+    with runtime.store.read() as tx:
+        left = [tx.operation(operation_id) for operation_id in tx.pending_operations()]
+    if left:
+        reason = (left[0] or {}).get("error") or "not finished"
+        return _fail(f"{len(left)} operation(s) still not in line with the registry: {reason}", 1)
     return 0
 
 
@@ -162,7 +167,7 @@ def _worker(args: argparse.Namespace, rest: list[str]) -> int:
 def _test_notebooks(args: argparse.Namespace, rest: list[str]) -> int:
     from bot.runner.notebook_tests import main as run_tests
 
-    return run_tests(rest)
+    return run_tests(rest, prog="nbenv test-notebooks")
 
 
 def _lazy(module: str, function: str = "main") -> Callable[[argparse.Namespace, list[str]], int]:

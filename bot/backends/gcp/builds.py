@@ -57,12 +57,9 @@ class CloudBuild:
             substitutions={"_IMAGE_NAME": image},
             **({"commit_sha": sha} if sha else {"branch_name": ref}),
         )
-        request = cloudbuild_v1.RunBuildTriggerRequest(
-            name=name,
-            project_id=self.gcp.project,
-            trigger_id=name.rsplit("/", 1)[-1],
-            source=source,
-        )
+        # Only the resource name: with project and trigger IDs set, the client would pick
+        # the global endpoint, which does not know regional triggers.
+        request = cloudbuild_v1.RunBuildTriggerRequest(name=name, source=source)
         client = self.clients.cloud_build()
         operation = self.caller.call(
             Op(
@@ -105,8 +102,6 @@ class CloudBuild:
                 "roles/cloudbuild.builds.viewer",
             ),
             client.get_build,
-            request=cloudbuild_v1.GetBuildRequest(
-                name=name, project_id=self.gcp.project, id=build_id
-            ),
+            request=cloudbuild_v1.GetBuildRequest(name=name),
         )
         return json.loads(json_format.MessageToJson(cloudbuild_v1.Build.pb(build)))

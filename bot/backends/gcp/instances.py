@@ -202,6 +202,7 @@ class Workbench:
     def stop(self, name: str, details: dict[str, Any]) -> None:
         """Stop the VM (its disk, and the user's work on it, stay); a gone instance is fine."""
         from google.api_core import exceptions as gexc
+        from google.cloud import notebooks_v2
 
         location = details.get("location") or self.gcp.region + "-a"
         resource = details.get("resource") or (
@@ -212,7 +213,7 @@ class Workbench:
             self.caller.call(
                 Op(SERVICE, f"stop instance {name}", resource, "notebooks.instances.stop", ROLE),
                 client.stop_instance,
-                name=resource,
+                request=notebooks_v2.StopInstanceRequest(name=resource),
                 passthrough=(gexc.NotFound,),
             )
         except gexc.NotFound:
@@ -244,7 +245,8 @@ class Workbench:
                     image=metadata.get(LABEL_IMAGE) or labels.get(LABEL_IMAGE),
                     env=labels.get(LABEL_ENV),
                     sha=labels.get(LABEL_SHA) or instance.gce_setup.container_image.tag,
-                    requested_by=metadata.get(LABEL_BY) or (labels.get(LABEL_BY) or "").upper(),
+                    # Labels are lowercase; Slack user IDs are uppercase.
+                    requested_by=metadata.get(LABEL_BY) or labels.get(LABEL_BY, "").upper() or None,
                     state=_STATES.get(instance.state.name, "failed"),
                     url=self._url(location, instance.name.rsplit("/", 1)[-1], instance),
                 )

@@ -1,0 +1,143 @@
+"""Saga crash-safety: `nbenv promote`/`rollback` killed (SIGKILL) around each registry write,
+then `nbenv recover` in a fresh process: the registry converges on the store, production
+is never missing, and the audit log is complete and intact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IMAGE, OWNER
+from tests.gcp.conftest import release
+from tests.support.fake_google import Drop, FakeGoogleApis, Request
+
+
+def _nbenv(config: Path, *words: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot", "--config", str(config), *words],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),  # NBENV_GCP_ENDPOINT, NBENV_DATABASE_URL, metadata on loopback
+    )
+
+
+def _kill_at(google: FakeGoogleApis, nth: int, when: str, victim: dict[str, int]) -> None:
+    """SIGKILL the process in VICTIM on the NTH registry write, before or after it is done."""
+    seen = {"writes": 0}
+
+    def hook(request: Request) -> None:
+        seen["writes"] += 1
+        if seen["writes"] != nth:
+            return
+        os.kill(victim["pid"], signal.SIGKILL)
+        if when == "before":
+            raise Drop  # the write never reaches the registry
+
+    google.on(hook, when=when, times=None, method="POST|PATCH|DELETE", path="/tags")
+
+
+@pytest.mark.parametrize(
+    ("action", "nth", "when"),
+    [
+        ("promote", 1, "before"),  # fallback not yet written
+        ("promote", 1, "after"),  # fallback written, production not
+        ("promote", 2, "before"),
+        ("promote", 2, "after"),  # both written, the journal not yet told
+        ("rollback", 1, "before"),
+        ("rollback", 1, "after"),
+    ],
+)
+def test_killed_after_each_registry_step_then_recovered(
+    tmp_path, monkeypatch, gcp_config_file, google, action, nth, when
+) -> None:
+    from bot.bootstrap import build_runtime
+
+    database = f"sqlite:///{tmp_path / 'crash.db'}"
+    monkeypatch.setenv("NBENV_DATABASE_URL", database)
+    monkeypatch.setenv("NBENV_GCP_DEADLINE", "20")  # a real process, real patience
+    runtime = build_runtime(str(gcp_config_file), database)
+    first = release(runtime, google, "first")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    second = release(runtime, google, "second")
+    if action == "rollback":
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    before = google.env_tags(IMAGE)
+
+    victim: dict[str, int] = {}
+    _kill_at(google, nth, when, victim)
+    words = ["--as", OWNER, action, IMAGE] + (
+        ["--reason", "broken"] if action == "rollback" else []
+    )
+    process = _nbenv(gcp_config_file, *words)
+    victim["pid"] = process.pid
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+    # Killed mid-saga, the registry has the old production or the new one, never none:
+    # production moves only with its own write (fallback is written first).
+    production_write = 2 if action == "promote" else 1
+    moved = nth == production_write and when == "after"
+    new_production = second if action == "promote" else first
+    interrupted = google.env_tags(IMAGE)
+    assert interrupted["production"] == (new_production if moved else before["production"])
+    google.clear_faults()
+
+    recovered = _nbenv(gcp_config_file, "recover")
+    out, err = recovered.communicate(timeout=60)
+    assert recovered.returncode == 0, err
+    assert out.strip() == "finished 1 interrupted operation(s)"
+
+    expected = (
+        {"staging": second, "production": second, "fallback": first}
+        if action == "promote"
+        else {"staging": second, "production": first, "fallback": first}
+    )
+    assert google.env_tags(IMAGE) == expected
+    with runtime.store.read() as tx:
+        state = tx.image_state(IMAGE)
+        assert {env.value: state.sha(env) for env in state.pointers} == expected
+        assert tx.pending_operations() == []
+        actions = [(e.action, e.sha, e.outcome) for e in tx.audit_entries(image=IMAGE)]
+    target = second if action == "promote" else first
+    assert (action, target, "ok") in actions
+    assert actions[-1] == ("sync", None, "ok")  # the recovery itself is on record
+    assert runtime.app.verify_audit().ok
+
+    assert runtime.app.recover() == []  # nothing left to do
+
+
+def test_killed_before_the_store_changed_leaves_nothing_to_recover(
+    tmp_path, monkeypatch, gcp_config_file, google
+) -> None:
+    from bot.bootstrap import build_runtime
+
+    database = f"sqlite:///{tmp_path / 'crash.db'}"
+    monkeypatch.setenv("NBENV_DATABASE_URL", database)
+    runtime = build_runtime(str(gcp_config_file), database)
+    first = release(runtime, google, "first")
+    victim: dict[str, int] = {}
+
+    def kill(_: Request) -> None:
+        os.kill(victim["pid"], signal.SIGKILL)
+        raise Drop
+
+    # The first thing a promote asks the registry: does the staging SHA exist?
+    google.on(kill, when="before", method="GET", path=f"/tags/{first}$")
+    process = _nbenv(gcp_config_file, "--as", OWNER, "promote", IMAGE)
+    victim["pid"] = process.pid
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+    recovered = _nbenv(gcp_config_file, "recover")
+    out, _ = recovered.communicate(timeout=60)
+    assert out.strip() == "finished 0 interrupted operation(s)"
+    status = runtime.app.handle(OWNER, f"status {IMAGE}").data
+    assert status["environments"]["production"] is None
+    assert google.env_tags(IMAGE) == {"staging": first, "production": None, "fallback": None}

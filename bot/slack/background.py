@@ -1,4 +1,5 @@
-"""Background threads of a running bot: outbox delivery and, on the local backend, the jobs.
+"""Background threads of a running bot: outbox delivery, and the job queue's step —
+running jobs here, or handing them to Pub/Sub when a push subscription runs them.
 
 Both poll the store (so work queued by another process or before a restart is found) and
 are woken at once when this process queues something, so an answer does not wait for
@@ -23,12 +24,13 @@ class Background:
         runtime: Runtime,
         sender: OutboxSender | None,
         *,
-        run_jobs: bool,
+        jobs: Callable[[], bool] | None,
         poll_s: float = 0.5,
     ) -> None:
+        """JOBS: one step of the job queue (True when it did something), or None."""
         self.runtime = runtime
         self.sender = sender
-        self.run_jobs = run_jobs
+        self.jobs = jobs
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._jobs_due = threading.Event()
@@ -39,7 +41,7 @@ class Background:
         loops: list[tuple[str, Callable[[], bool], threading.Event]] = []
         if self.sender is not None:
             loops.append(("nbenv-outbox", self._deliver, self._outbox_due))
-        if self.run_jobs:
+        if self.jobs is not None:
             loops.append(("nbenv-jobs", self._job, self._jobs_due))
         for name, step, due in loops:
             thread = threading.Thread(target=self._loop, args=(step, due), name=name, daemon=True)
@@ -80,7 +82,23 @@ class Background:
         return self.sender.deliver_due() > 0
 
     def _job(self) -> bool:
-        ran = self.runtime.worker.run_once()
+        assert self.jobs is not None
+        ran = self.jobs()
         if ran:
             self._outbox_due.set()  # a job usually queues an answer
         return ran
+
+
+def job_step(runtime: Runtime, *, pushed: bool) -> Callable[[], bool] | None:
+    """What this process does with queued jobs.
+
+    PUSHED (a Pub/Sub push subscription runs them through /pubsub/jobs): hand them to
+    Pub/Sub when the backend can; otherwise run them here.
+    """
+    if not pushed:
+        return runtime.worker.run_once
+    dispatcher_of = getattr(runtime.app.backend, "job_dispatcher", None)
+    if dispatcher_of is None:
+        return None  # something else publishes them
+    dispatcher = dispatcher_of(runtime.store)
+    return lambda: dispatcher.dispatch_due() > 0

@@ -60,7 +60,7 @@ def build_worker_app(config_path: str | None, token: str, signing_secret: str) -
     global _background
     from bot.bootstrap import build_runtime
     from bot.slack.app import build_app
-    from bot.slack.background import Background
+    from bot.slack.background import Background, job_step
     from bot.slack.client import web_client
     from bot.slack.outbox import OutboxSender
     from bot.slack.pubsub import JobPush
@@ -68,9 +68,10 @@ def build_worker_app(config_path: str | None, token: str, signing_secret: str) -
     runtime = build_runtime(config_path, migrate=False)
     sender = OutboxSender(runtime.store, web_client(token))
     push = JobPush.from_runtime(runtime)
-    # Jobs come either from the store's queue (local) or from Pub/Sub pushes, never both.
-    run_jobs = runtime.config.backend == "local" and push is None
-    _background = Background(runtime, sender, run_jobs=run_jobs).start()
+    # Jobs run here from the store's queue, or travel through Pub/Sub and come back
+    # through /pubsub/jobs when a push subscription is configured: never both.
+    jobs = job_step(runtime, pushed=push is not None)
+    _background = Background(runtime, sender, jobs=jobs).start()
     bolt = build_app(runtime.app, token=token, signing_secret=signing_secret, wake=_background.wake)
     return create_web_app(bolt, push, _background)
 

@@ -53,7 +53,7 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     background = Background(
         runtime,
         OutboxSender(runtime.store, web_client(token)),
-        run_jobs=runtime.config.backend == "local",
+        jobs=runtime.worker.run_once,
     ).start()
     bolt = build_app(runtime.app, token=token, signing_secret=None, wake=background.wake)
     handler = SocketModeHandler(bolt, app_token)

@@ -188,3 +188,28 @@ def test_socket_mode_builds_the_same_app_over_the_websocket_adapter(
         assert handler.client.app_token == "xapp-1-A0-1-test"
     finally:
         handler.close()
+
+
+def test_the_slack_manifest_points_everything_at_the_bot() -> None:
+    import yaml
+
+    manifest = yaml.safe_load(
+        (Path(__file__).parents[2] / "config" / "slack-manifest.yaml").read_text("utf-8")
+    )
+    events_url = "https://YOUR-HOST/slack/events"
+    (command,) = manifest["features"]["slash_commands"]
+    assert (command["command"], command["url"]) == ("/nbenv", events_url)
+    assert manifest["settings"]["interactivity"] == {"is_enabled": True, "request_url": events_url}
+    assert manifest["settings"]["event_subscriptions"] == {
+        "request_url": events_url,
+        "bot_events": ["app_home_opened"],
+    }
+    assert manifest["features"]["app_home"]["home_tab_enabled"] is True
+    assert {
+        "commands",
+        "chat:write",
+        "chat:write.public",
+        "channels:history",
+        "groups:history",
+        "users:read",
+    } <= set(manifest["oauth_config"]["scopes"]["bot"])

@@ -4,6 +4,7 @@ staging published on success only, and failures that name notebook, cell and lin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -19,21 +20,24 @@ from google.cloud.devtools.cloudbuild_v1 import types as cloudbuild
 from slack_sdk import WebClient
 
 from bot.backends.local import LocalBackend
-from bot.backends.local.git import GitRepo
+from bot.backends.local.git import GitRepo, GitSource
 from bot.backends.local.pipeline import branch_name
 from bot.bootstrap import build_runtime, job_handlers
 from bot.builds.relay import BuildRelay
+from bot.config import load_config
 from bot.domain.errors import BadInput
 from bot.service.app import Nbenv
+from bot.service.diff import Differ
 from bot.service.jobs import JobWorker
 from bot.slack.outbox import OutboxSender
 from bot.store.uow import Store
-from tests.backends_local.conftest import CHANNEL
+from tests.backends_local.conftest import CHANNEL, local_config_text
 from tests.conftest import IMAGE, OWNER, USER
 from tests.support.gitrepo import (
     BROKEN_CELL,
     BROKEN_LINE,
     BROKEN_NOTEBOOK,
+    NOTEBOOK_TEXT_OK,
     ImageRepo,
     notebook,
 )
@@ -75,10 +79,10 @@ class Stack:
         return [m.text for m in self.slack.thread(CHANNEL, roots[0].ts)]
 
 
-@pytest.fixture
-def stack(local_config_file: Path, sqlite_url: str, tmp_path: Path) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running_stack(config_file: Path, database_url: str, home: Path) -> Iterator[Stack]:
     with FakeSlackApi(token=TOKEN) as slack:
-        runtime = build_runtime(str(local_config_file), sqlite_url)
+        runtime = build_runtime(str(config_file), database_url)
         sender = OutboxSender(runtime.store, WebClient(token=TOKEN, base_url=slack.base_url))
         relay = BuildRelay(runtime.app, sender)
         events: list[dict[str, Any]] = []
@@ -93,7 +97,7 @@ def stack(local_config_file: Path, sqlite_url: str, tmp_path: Path) -> Iterator[
         def make_backend(**options: Any) -> LocalBackend:
             return LocalBackend(
                 runtime.config,
-                tmp_path / "home",
+                home,
                 emit_build=emit_build,
                 emit_report=relay.handle_report,
                 use_docker=False,
@@ -106,6 +110,12 @@ def stack(local_config_file: Path, sqlite_url: str, tmp_path: Path) -> Iterator[
         yield Stack(
             runtime.app, runtime.store, worker, backend, slack, events, attributes, make_backend
         )
+
+
+@pytest.fixture
+def stack(local_config_file: Path, sqlite_url: str, tmp_path: Path) -> Iterator[Stack]:
+    with running_stack(local_config_file, sqlite_url, tmp_path / "home") as running:
+        yield running
 
 
 def assert_cloud_build_shaped(event: dict[str, Any]) -> None:
@@ -370,3 +380,34 @@ def test_a_build_that_overruns_times_out_and_leaves_no_kernel_behind(
     assert running_in(workdir) == []
     texts = stack.thread_texts(sha)
     assert "TIMEOUT" in texts[0]
+
+
+def test_a_repository_given_by_url_is_mirrored_and_fetched_before_each_build(
+    tmp_path: Path, repo: ImageRepo, sqlite_url: str
+) -> None:
+    config_file = tmp_path / "by-url.yaml"
+    config_file.write_text(local_config_text(repo.path.as_uri()), encoding="utf-8")
+    home = tmp_path / "home"
+    # The diff makes the mirror first, at the history as it is now.
+    differ = Differ(GitSource(load_config(config_file), home))
+    assert differ(IMAGE, repo.sha("initial"), repo.sha("upgrade"), None, None)["base_image"][
+        "changed"
+    ]
+    # Then the staging branch moves on upstream: a fix for the broken notebook.
+    fix = repo.commit(
+        "fix",
+        "Expect three words again",
+        {f"{repo.folder}/{BROKEN_NOTEBOOK}": NOTEBOOK_TEXT_OK},
+        branch="staging",
+    )
+
+    with running_stack(config_file, sqlite_url, home) as stack:
+        final = stack.build()  # the staging branch, as the mirror fetches it now
+
+        assert final["substitutions"]["COMMIT_SHA"] == fix
+        assert final["status"] == "SUCCESS"
+        assert final["source"]["gitSource"]["url"] == repo.path.as_uri()
+        assert final["substitutions"]["REPO_NAME"] == "repo"
+        assert stack.staging()["sha"] == fix
+    mirrors = list((home / "repos").iterdir())
+    assert len(mirrors) == 1 and mirrors[0].name.endswith(".git")

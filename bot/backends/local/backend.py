@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bot.backends.local.git import Repositories
 from bot.backends.local.instances import LocalInstances
 from bot.backends.local.pipeline import BUILD_TIMEOUT_S, EmitBuild, EmitReport, LocalPipeline
 from bot.config import Config
@@ -29,6 +30,7 @@ class LocalBackend:
     ) -> None:
         """EMIT_BUILD and EMIT_REPORT are the relay's entry points (BuildRelay.handle_build,
         BuildRelay.handle_report); USE_DOCKER None means: use Docker when an engine answers."""
+        repositories = Repositories(config, home)
         self.pipeline = LocalPipeline(
             config,
             home,
@@ -37,8 +39,11 @@ class LocalBackend:
             use_docker=use_docker,
             python=python,
             timeout_s=build_timeout_s,
+            repositories=repositories,
         )
-        self.instances = LocalInstances(config, home, use_docker=use_docker, python=python)
+        self.instances = LocalInstances(
+            config, home, use_docker=use_docker, python=python, repositories=repositories
+        )
 
     def run_build(self, image: str, ref: str | None, requested_by: str) -> dict[str, Any]:
         return self.pipeline.run(image, ref, requested_by)

@@ -6,10 +6,14 @@ or another branch being checked out in the repository changes nothing we build.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import re
+import shutil
 import subprocess
 import tarfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from bot.config import Config
 from bot.domain.diff import is_dependency_file
 from bot.domain.errors import BadInput, NbenvError
 from bot.domain.names import short
+from bot.store.database import nbenv_home
 
 GIT_TIMEOUT_S = 120
 
@@ -92,6 +97,9 @@ class GitRepo:
         result = self._run("merge-base", "--is-ancestor", sha, f"refs/heads/{branch}", check=False)
         return result.returncode == 0
 
+    def fetch(self) -> None:
+        self._run("fetch", "--prune", "--quiet", "origin")
+
     def subject(self, sha: str) -> str:
         return self._text("log", "-1", "--format=%s", sha)
 
@@ -121,16 +129,69 @@ class GitRepo:
             tar.extractall(destination, filter="data")
 
 
+def is_url(repo: str) -> bool:
+    """A remote repository (https://, ssh://, file://, or scp-like git@host:path)."""
+    return "://" in repo or bool(re.match(r"^[\w.-]+@[\w.-]+:", repo))
+
+
+class Repositories:
+    """The git repository of each image: the configured folder, or for a URL, a mirror
+    kept in $NBENV_HOME/repos/ and fetched before each build."""
+
+    def __init__(self, config: Config, home: Path) -> None:
+        self.config = config
+        self.home = home
+        self._lock = threading.Lock()
+
+    def of(self, image: str, *, refresh: bool = False) -> GitRepo:
+        source = self.config.images[image].source.repo
+        if not is_url(source):
+            return GitRepo(self.config.repo_path(image))
+        name = hashlib.sha256(source.encode()).hexdigest()[:16]
+        mirror = self.home / "repos" / f"{name}.git"
+        with self._lock:
+            if not mirror.exists():
+                self._clone(source, mirror)
+            elif refresh:
+                GitRepo(mirror).fetch()
+        return GitRepo(mirror)
+
+    def _clone(self, source: str, mirror: Path) -> None:
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        # Clone beside it and rename: another process never sees a half-made mirror.
+        partial = mirror.with_name(f"{mirror.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        result = subprocess.run(
+            ["git", "clone", "--mirror", "--quiet", "--", source, str(partial)],
+            capture_output=True,
+            env=_environment(),
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+        if result.returncode != 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            message = result.stderr.decode(errors="replace").strip().splitlines()
+            raise GitFailed(f"cannot clone {source}: {message[-1] if message else 'no output'}")
+        try:
+            partial.rename(mirror)
+        except OSError:  # another process made it first
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 class GitSource:
     """The differ's `SourceFiles` port: dependency files of an image folder at a SHA."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, home: Path | None = None) -> None:
         self.config = config
+        self.repositories = Repositories(config, home or nbenv_home())
 
     def image_files(self, image: str, sha: str) -> Mapping[str, str]:
-        repo = GitRepo(self.config.repo_path(image))
+        repo = self.repositories.of(image)
         folder = self.config.image_folder(image)
         repo.check()
+        if not repo.has_commit(sha):
+            # A mirror may predate the commit: fetch once before saying it is not there.
+            repo = self.repositories.of(image, refresh=True)
         if not repo.has_commit(sha):
             raise BadInput(f"commit {short(sha)} is not in {repo.path}")
         if not repo.has_folder(sha, folder):

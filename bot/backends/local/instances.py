@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bot.backends.local.git import GitRepo
+from bot.backends.local.git import Repositories
 from bot.backends.local.pipeline import LOCAL_IMAGE_REPOSITORY, docker_available
 from bot.config import Config
 from bot.domain.errors import NbenvError, Refused
@@ -108,8 +108,10 @@ class LocalInstances:
         *,
         use_docker: bool | None = None,
         python: str = sys.executable,
+        repositories: Repositories | None = None,
     ) -> None:
         self.config = config
+        self.repositories = repositories or Repositories(config, home)
         self.home = home
         self.use_docker = use_docker
         self.python = python
@@ -121,7 +123,9 @@ class LocalInstances:
         if directory.exists():
             raise Refused(f"an instance folder {directory} already exists")
         checkout = directory / "work"
-        repo = GitRepo(self.config.repo_path(request.image))
+        repo = self.repositories.of(request.image)
+        if not repo.has_commit(request.sha):
+            repo = self.repositories.of(request.image, refresh=True)
         try:
             repo.export(request.sha, folder, checkout)
             tag = f"{LOCAL_IMAGE_REPOSITORY}/{request.image}:{request.sha}"

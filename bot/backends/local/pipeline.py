@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bot.backends.local.git import GitRepo
+from bot.backends.local.git import GitRepo, Repositories, is_url
 from bot.config import Config
 from bot.domain.errors import NbenvError
 
@@ -130,7 +130,7 @@ class Build:
     ref: str
     branch: str
     tag: str
-    repo: Path
+    repo_url: str  # as configured: a URL, or the file:// URL of a local repository
     folder: str
     requested_by: str
     subject: str
@@ -153,7 +153,7 @@ class Build:
             "SHORT_SHA": self.sha[:7],
             "BRANCH_NAME": self.branch,
             "REF_NAME": self.ref,
-            "REPO_NAME": self.repo.name,
+            "REPO_NAME": self.repo_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"),
             "_IMAGE_NAME": self.image,
             "_REQUESTED_BY": self.requested_by,
             "_COMMIT_SUBJECT": self.subject,
@@ -166,7 +166,7 @@ class Build:
             "projectId": "local",
             "status": self.status,
             "source": {
-                "gitSource": {"url": self.repo.as_uri(), "dir": self.folder, "revision": self.sha}
+                "gitSource": {"url": self.repo_url, "dir": self.folder, "revision": self.sha}
             },
             "steps": [step.resource() for step in self.steps],
             "createTime": self.create_time,
@@ -217,8 +217,10 @@ class LocalPipeline:
         use_docker: bool | None = None,
         python: str = sys.executable,
         timeout_s: float = BUILD_TIMEOUT_S,
+        repositories: Repositories | None = None,
     ) -> None:
         self.config = config
+        self.repositories = repositories or Repositories(config, home)
         self.timeout_s = timeout_s
         self.home = home
         self.emit_build = emit_build
@@ -236,7 +238,8 @@ class LocalPipeline:
         """
         settings = self.config.images[image]
         ref = ref or settings.source.staging_branch
-        repo = GitRepo(self.config.repo_path(image))
+        source = settings.source.repo
+        repo = self.repositories.of(image, refresh=True)
         sha = repo.resolve(ref)
         folder = self.config.image_folder(image)
         docker = docker_available() if self.use_docker is None else self.use_docker
@@ -250,7 +253,7 @@ class LocalPipeline:
             ref=ref,
             branch=branch_name(repo, ref, sha, settings.source.staging_branch),
             tag=ref if repo.is_tag(ref) else "",
-            repo=repo.path,
+            repo_url=source if is_url(source) else repo.path.as_uri(),
             folder=folder,
             requested_by=requested_by,
             subject=repo.subject(sha),

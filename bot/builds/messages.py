@@ -80,13 +80,16 @@ def succeeded(event: BuildEvent, tests: dict[str, Any] | None, action: str | Non
     return text
 
 
-def failed(event: BuildEvent, tests: dict[str, Any] | None) -> str:
+def failed(event: BuildEvent, tests: dict[str, Any] | None, *, effect: str | None = None) -> str:
+    """EFFECT: what did not happen because of it ("staging is unchanged")."""
     step = event.failing_step()
     where = f" at step `{escape(step.label)}`" if step else ""
     text = f"{EMOJI[event.status]} {build_ref(event)} {_failure_word(event.status)}{where}"
     took = duration(event.started, event.finished)
     if took:
         text += f" after {took}"
+    if effect:
+        text += f": {effect}"
     text += _logs(event)
     if tests and tests.get("failures"):
         # The notebooks say more than Cloud Build's "step exited with non-zero status".

@@ -113,7 +113,12 @@ def advance(state: Mapping[str, Any], event: BuildEvent, branches: Branches) -> 
             if action:
                 new["actions"] = _with_action(new, f"{action}:{event.build_id}")
         elif event.status in FAILED:
-            out.append(Outgoing("reply", f"{event.build_id}:failed", messages.failed(event, tests)))
+            effect = {
+                "publish": "staging is unchanged",
+                "promote": "nothing was promoted",
+            }.get(_success_action(event, branches) or "")
+            text = messages.failed(event, tests, effect=effect)
+            out.append(Outgoing("reply", f"{event.build_id}:failed", text))
             new["failure_tests"] = event.build_id if tests else None
     out.insert(0, _root_message(new, event, first=current is None))
     return Transition("applied", new, [m for m in out if m is not None])

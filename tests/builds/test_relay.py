@@ -175,7 +175,9 @@ def test_test_failure_details_reach_the_thread(
     (root,) = roots(slack, sha)
     assert "*FAILURE*" in root.text and "failed at `tests`" in root.text
     failure = replies(slack, root)[-1].text
-    assert failure.startswith(f"❌ build `{build_id[:8]}` failed at step `tests` after 5m 07s")
+    assert failure.startswith(
+        f"❌ build `{build_id[:8]}` failed at step `tests` after 5m 07s: staging is unchanged"
+    )
     assert "🧪 1 of 3 test notebooks failed:" in failure
     assert (
         f"• `notebooks/{IMAGE}/tests/03_text_pipeline.ipynb`, cell 4, line 2: `KeyError: 'missing'`"

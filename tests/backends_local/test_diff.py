@@ -210,10 +210,10 @@ def test_package_names_from_files_cannot_mention_anyone() -> None:
 
 
 @pytest.fixture
-def diff_runtime(local_config_file: Path, sqlite_url: str):  # type: ignore[no-untyped-def]
+def diff_runtime(local_config_file: Path, db_url: str):  # type: ignore[no-untyped-def]
     from bot.bootstrap import build_runtime
 
-    return build_runtime(str(local_config_file), sqlite_url)
+    return build_runtime(str(local_config_file), db_url)
 
 
 def test_nbenv_diff_defaults_to_production_against_staging(

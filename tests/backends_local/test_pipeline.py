@@ -118,6 +118,13 @@ def stack(local_config_file: Path, sqlite_url: str, tmp_path: Path) -> Iterator[
         yield running
 
 
+@pytest.fixture
+def stack_on_each_database(local_config_file: Path, db_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """SQLite and PostgreSQL: the relay's row locks and JSON reports behave alike."""
+    with running_stack(local_config_file, db_url, tmp_path / "home") as running:
+        yield running
+
+
 def assert_cloud_build_shaped(event: dict[str, Any]) -> None:
     """Cloud Build's own Build message parses it, refusing any field Cloud Build lacks."""
     parsed = cloudbuild.Build.from_json(json.dumps(event), ignore_unknown_fields=False)
@@ -125,8 +132,9 @@ def assert_cloud_build_shaped(event: dict[str, Any]) -> None:
 
 
 def test_a_passing_staging_commit_is_built_recorded_and_published(
-    stack: Stack, repo: ImageRepo
+    stack_on_each_database: Stack, repo: ImageRepo
 ) -> None:
+    stack = stack_on_each_database
     sha = repo.sha("upgrade")
 
     final = stack.build(sha)

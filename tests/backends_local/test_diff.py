@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.backends.local.git import GitSource
 from bot.config import Config, load_config
 from bot.domain.diff import (
     compare_manifests,
     declared_dependencies,
+    diff_image,
     dockerfile_bases,
     dockerfile_installs,
     requirements,
@@ -309,3 +312,31 @@ def test_versions_are_ordered_by_pep_440_not_as_text() -> None:
     )
 
     assert [(c.name, c.kind) for c in changes] == [("a", "upgraded"), ("b", "upgraded")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["Dockerfile", "requirements.txt", "dev-requirements.txt"]),
+        st.text(
+            alphabet=st.sampled_from(list("FROMRUNpipcondainstal =<>!~@:;&|\\\"'#-.\n\t${}a1")),
+            max_size=200,
+        ),
+    ),
+    st.lists(
+        st.fixed_dictionaries(
+            {"name": st.text(max_size=8), "version": st.text(max_size=8)},
+            optional={"source": st.sampled_from(["conda", "pip", None])},
+        ),
+        max_size=6,
+    ),
+)
+def test_odd_files_and_manifests_never_break_a_diff(
+    files: dict[str, str], packages: list[dict[str, Any]]
+) -> None:
+    # Whatever people commit or a manifest holds, the promote confirmation still renders.
+    data = Differ(None)(IMAGE, "a" * 40, "b" * 40, {"packages": []}, {"packages": packages})
+    assert data["text"].startswith(f"*Diff of {IMAGE}*")
+    diff = diff_image({}, files, None, None)
+    assert diff.declared is not None
+    assert all(change.kind == "added" and change.name for change in diff.declared)

@@ -318,6 +318,7 @@ class LocalPipeline:
                     self._checkout(repo, build, source)
                 elif step.id == "build":
                     self._run(step, ["docker", *step.args], log_file, deadline, cwd=workdir)
+                    build.image_digests = [_image_digest(tag) for tag in build.images]
                 else:
                     self._test(build, step, docker, source, report_path, log_file, deadline)
                 step.status, step.end = "SUCCESS", timestamp()
@@ -457,6 +458,17 @@ class LocalPipeline:
     def _log(log_file: IO[str], line: str) -> None:
         log_file.write(f"{timestamp()} {line}\n")
         log_file.flush()
+
+
+def _image_digest(tag: str) -> dict[str, str]:
+    """Cloud Build's results.images entry for an image built here."""
+    inspect = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", tag],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {"name": tag, "digest": inspect.stdout.strip()}
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

@@ -100,6 +100,7 @@ class Gcp(_Strict):
     mirror_legacy_environments: bool = False
     jobs_audience: str | None = None  # expected OIDC audience of the job push subscription
     jobs_service_account: str | None = None  # expected OIDC email of that subscription
+    instance_service_account: str | None = None  # what Workbench instances run as
 
 
 class Local(_Strict):

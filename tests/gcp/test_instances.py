@@ -191,3 +191,17 @@ def test_a_refused_create_leaves_no_instance_recorded(gcp_runtime, google) -> No
     with gcp_runtime.store.read() as tx:
         assert tx.instance("mine") is None
     assert google.instances == {}
+
+
+def test_instances_run_as_the_configured_service_account(google, tmp_path) -> None:
+    from bot.backends.gcp import GcpBackend
+    from bot.config import load_config
+
+    account = "nbenv-notebook@nbenv-test.iam.gserviceaccount.com"
+    path = write_config(tmp_path, f"  instance_service_account: {account}\n")
+    backend = GcpBackend(load_config(path))
+
+    backend.start_instance(_request())
+
+    (request,) = google.requests()
+    assert request.body["gceSetup"]["serviceAccounts"] == [{"email": account}]

@@ -122,6 +122,13 @@ class Workbench:
                     repository=self.registry.image_url(request.image), tag=request.sha
                 ),
                 boot_disk=notebooks_v2.BootDisk(disk_size_gb=settings.boot_disk_gb),
+                # Unset, Google runs the VM as the Compute Engine default account, which
+                # usually holds far more than reading the registry needs.
+                service_accounts=(
+                    [notebooks_v2.ServiceAccount(email=self.gcp.instance_service_account)]
+                    if self.gcp.instance_service_account
+                    else []
+                ),
                 # Labels must be lowercase and short; metadata keeps the exact values.
                 metadata=about,
             ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -614,9 +614,60 @@ class Nbenv:
                 f"{escape((operation or {}).get('error'))}. "
                 "nbenv finishes it at its next start or with `nbenv recover`."
             )
+        if plan.revoke:
+            self._tell_instance_owners(plan.image, plan.revoke, operation_id)
         return Reply(
             text, {**preview, "operation": operation_id, "applied": True, "synced": synced}
         )
+
+    def who_runs(self, image: str, shas: Iterable[str | None]) -> dict[str, list[str]]:
+        """SHA → the users running an instance of it (one entry per instance).
+
+        From the backend's own listing where it has one (gcp: Workbench instances by
+        label, so instances stopped or made outside nbenv count as they are), else from
+        the instances nbenv recorded. A backend that cannot answer leaves the record.
+        """
+        wanted = [sha for sha in dict.fromkeys(shas) if sha]
+        with self.store.read() as tx:
+            found = {
+                sha: [
+                    row["requested_by"] for row in tx.instances(image=image, sha=sha, active=True)
+                ]
+                for sha in wanted
+            }
+        listing = getattr(self.backend, "instances_by_label", None)
+        if listing is None or not wanted:
+            return found
+        try:
+            listed = listing(image)
+        except NbenvError as error:
+            log.warning("who runs %s: the backend's instance list is unavailable: %s", image, error)
+            return found
+        return {
+            sha: [
+                i.requested_by
+                for i in listed
+                if i.sha == sha and i.requested_by and i.state in ("starting", "running")
+            ]
+            for sha in wanted
+        }
+
+    def _tell_instance_owners(self, image: str, sha: str, operation_id: str) -> None:
+        """After a rollback (never before: it is the emergency exit), ask those still
+        running the revoked SHA to move, in its thread."""
+        users = self.who_runs(image, [sha])[sha]
+        if not users:
+            return
+        people = ", ".join(mention(user) for user in dict.fromkeys(users))
+        with self.store.write(audited=False) as tx:
+            self._announce(
+                tx,
+                image,
+                sha,
+                f"🖥 Still running `{short(sha)}`: {people} ({len(users)} instance(s)). "
+                f"Please recreate them from production: `/nbenv instance {image}`.",
+                key=f"op:{operation_id}:instance-owners",
+            )
 
     def _check_versions(self, plan: ops.Plan) -> None:
         """Refuse a plan that would point an environment at a version the registry lacks."""

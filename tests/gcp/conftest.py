@@ -72,6 +72,7 @@ def google(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGoogleApis]:
     with FakeGoogleApis(registry=REGISTRY) as fake:
         fake.add_trigger("nlp-staging", image=IMAGE)
         fake.add_trigger("nlp-production", image=IMAGE)
+        fake.heads.update(staging=sha_of("staging head"), **{"release-7": sha_of("release 7")})
         monkeypatch.setenv("NBENV_GCP_ENDPOINT", fake.url)
         yield fake
 

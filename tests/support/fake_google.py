@@ -180,6 +180,7 @@ class FakeGoogleApis:
         self._denied: set[str] = set()
         self.packages: dict[str, _Package] = {}
         self.triggers: dict[str, Json] = {}
+        self.heads: dict[str, str] = {}  # branch -> commit SHA of the connected repository
         self.builds: dict[str, Json] = {}
         self.instances: dict[str, Json] = {}
         self._server: ThreadingHTTPServer | None = None
@@ -343,6 +344,37 @@ class FakeGoogleApis:
         with self._lock:
             self.triggers[name] = {"id": trigger_id, "name": name, "image": image}
         return name
+
+    def advance_build(
+        self,
+        build_id: str,
+        status: str,
+        *,
+        steps: tuple[str, ...] = ("build", "push", "run-tests", "deliver-report", "tests"),
+    ) -> Json:
+        """Move a build on as Cloud Build would: WORKING (all but the last step done) or
+        a final status; the image is pushed as `{image}:{SHA}` once it is past `push`."""
+        with self._lock:
+            build = self.builds[build_id]
+            build["status"] = status
+            sha = build["substitutions"]["COMMIT_SHA"]
+            build.setdefault("startTime", self._now())
+            done = len(steps) - 1 if status == "WORKING" else len(steps)
+            build["steps"] = [
+                {
+                    "id": step,
+                    "name": "gcr.io/cloud-builders/docker",
+                    "status": "SUCCESS" if index < done else "WORKING",
+                    "timing": {"startTime": build["startTime"]},
+                }
+                for index, step in enumerate(steps)
+            ]
+            if status not in ("QUEUED", "WORKING"):
+                build["finishTime"] = self._now()
+            image = build["substitutions"].get("_IMAGE_NAME")
+            if image and (status == "SUCCESS" or (status == "WORKING" and done > 1)):
+                self.push(image, sha)
+            return dict(build)
 
     # -- inspection --------------------------------------------------------------------------
 
@@ -563,10 +595,13 @@ class FakeGoogleApis:
                 "_IMAGE_NAME": trigger.get("image") or "",
                 **(source.get("substitutions") or {}),
             }
+            # Cloud Build resolves the branch to its head commit when the build is made.
+            sha = source.get("commitSha") or self.heads.get(source.get("branchName", ""))
+            if sha is None:
+                raise _HttpError(400, f"could not resolve {source.get('branchName')!r}")
             if source.get("branchName"):
                 substitutions["BRANCH_NAME"] = source["branchName"]
-            if source.get("commitSha"):
-                substitutions["COMMIT_SHA"] = source["commitSha"]
+            substitutions.update(COMMIT_SHA=sha, SHORT_SHA=sha[:7], REVISION_ID=sha)
             location = segments[4]
             build = {
                 "id": build_id,

@@ -1,0 +1,119 @@
+"""DESIGN.md §2 end to end on the gcp backend, against the fake Google APIs and fake Slack:
+build (trigger) → relay → staging tag → approve → promote (tags moved, fallback kept) →
+instance from fallback pinned to its SHA → rollback (owners of instances told)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import IMAGE, OWNER, TESTER, USER, sha_of
+from tests.gcp.conftest import PASSED, REGISTRY
+from tests.support.fake_google import FakeGoogleApis
+from tests.support.slack_api import FakeSlackApi
+
+TOKEN = "xoxb-gcp-flow"
+CHANNEL = "C01NLP"
+
+
+@pytest.fixture
+def slack(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSlackApi]:
+    with FakeSlackApi(token=TOKEN) as fake:
+        monkeypatch.setenv("SLACK_API_URL", fake.base_url)
+        yield fake
+
+
+@pytest.fixture
+def relay(gcp_runtime, slack):  # type: ignore[no-untyped-def]
+    from bot.builds.relay import BuildRelay
+    from bot.slack.client import web_client
+    from bot.slack.outbox import OutboxSender
+
+    return BuildRelay(gcp_runtime.app, OutboxSender(gcp_runtime.store, web_client(TOKEN)))
+
+
+def _built(runtime: Any, relay: Any, google: FakeGoogleApis, label: str) -> str:
+    """`/nbenv build`, then Cloud Build's events for it reaching the relay."""
+    sha = sha_of(label)
+    google.heads["staging"] = sha  # a push to the staging branch
+    before = set(google.builds)
+    runtime.app.handle(OWNER, f"build {IMAGE}")
+    runtime.worker.run_until_idle()
+    (build_id,) = set(google.builds) - before
+    backend = runtime.app.backend
+    # What Pub/Sub would carry: the Build resource as Cloud Build's API returns it.
+    assert relay.handle_build(backend.get_build(build_id)) == "applied"
+    google.advance_build(build_id, "WORKING")
+    relay.handle_build(backend.get_build(build_id))
+    relay.handle_report(IMAGE, sha, PASSED, build_id)
+    google.advance_build(build_id, "SUCCESS")
+    relay.handle_build(backend.get_build(build_id))
+    return sha
+
+
+def _thread(slack: FakeSlackApi, sha: str) -> list[str]:
+    for message in slack.messages(CHANNEL).values():
+        if not message.is_reply and sha[:7] in message.text:
+            return [m.text for m in slack.thread(CHANNEL, message.ts)]
+    raise AssertionError(f"no thread for {sha[:7]}")
+
+
+def test_build_relay_approve_promote_instance_and_rollback_on_gcp(
+    gcp_runtime, relay, google, slack
+) -> None:
+    app = gcp_runtime.app
+
+    # A build of the staging branch: its success reaches staging, tag and all.
+    first = _built(gcp_runtime, relay, google, "first")
+    assert google.env_tags(IMAGE) == {"staging": first, "production": None, "fallback": None}
+    relay.deliver(IMAGE, first)
+    thread = _thread(slack, first)
+    assert any("is now in staging" in text for text in thread)
+
+    app.handle(TESTER, f"approve {IMAGE}")
+    app.handle(OWNER, f"promote {IMAGE}")
+    second = _built(gcp_runtime, relay, google, "second")
+    app.handle(TESTER, f"approve {IMAGE}")
+    preview = app.handle(OWNER, f"promote {IMAGE} --dry-run").data
+    assert [(c["env"], c["old"], c["new"]) for c in preview["changes"]] == [
+        ("fallback", None, first),
+        ("production", first, second),
+    ]
+    app.handle(OWNER, f"promote {IMAGE}")
+
+    # Tags moved, the old production kept as fallback.
+    assert google.env_tags(IMAGE) == {"staging": second, "production": second, "fallback": first}
+
+    # Production is broken: a user self-serves an instance from fallback, pinned to its SHA.
+    app.handle(USER, f"instance {IMAGE} --env fallback --name safe-one")
+    app.handle(USER, f"instance {IMAGE} --name broken-one")
+    gcp_runtime.worker.run_until_idle()
+    pinned = {
+        name.rsplit("/", 1)[-1]: (i["gceSetup"]["containerImage"], i["labels"]["nbenv-env"])
+        for name, i in google.instances.items()
+    }
+    assert pinned == {
+        "safe-one": ({"repository": f"{REGISTRY}/{IMAGE}", "tag": first}, "fallback"),
+        "broken-one": ({"repository": f"{REGISTRY}/{IMAGE}", "tag": second}, "production"),
+    }
+    assert app.who_runs(IMAGE, [first, second]) == {first: [USER], second: [USER]}
+
+    # The owner rolls back: production is the fallback again, in the store and the registry.
+    reply = app.handle(OWNER, f'rollback {IMAGE} --reason "login broken"')
+    assert reply.data["synced"] is True
+    assert google.env_tags(IMAGE) == {"staging": second, "production": first, "fallback": first}
+    with gcp_runtime.store.read() as tx:
+        assert tx.get_version(IMAGE, second).revoked
+
+    relay.sender.drain()
+    rolled_back = _thread(slack, second)
+    assert any("promoted `" + second[:7] in text for text in rolled_back)
+    assert any("was rolled back and revoked" in text for text in rolled_back)
+    assert any(
+        f"Still running `{second[:7]}`: <@{USER}> (1 instance(s))" in text for text in rolled_back
+    )
+    assert any("rolled back production" in text for text in _thread(slack, first))
+    check = app.verify_audit()
+    assert check.ok, check.describe()

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from bot.domain.errors import NbenvError
+from bot.domain.text import escape
 from bot.store import tables as t
 from bot.store.uow import Store, iso
 
@@ -53,13 +54,32 @@ class JobWorker:
             )
             return dict(row._mapping) if claimed.rowcount == 1 else None
 
-    def _finish(self, job_id: int, status: str, error: str | None = None) -> None:
+    def _finish(
+        self,
+        job_id: int,
+        status: str,
+        error: str | None = None,
+        *,
+        job: dict[str, Any] | None = None,
+    ) -> None:
         with self.store.write(audited=False) as tx:
             tx.connection.execute(
                 update(t.jobs)
                 .where(t.jobs.c.id == job_id)
                 .values(status=status, error=error, finished_at=tx.now)
             )
+            # Whoever asked is told when their slow work failed for good, not left waiting.
+            response_url = (job or {}).get("payload", {}).get("response_url")
+            if status == "failed" and response_url:
+                tx.enqueue_message(
+                    f"job-failed:{job_id}",
+                    "response_url",
+                    {
+                        "url": response_url,
+                        "text": f"⚠️ {job['kind']} failed: {escape(error)}",  # type: ignore[index]
+                        "response_type": "ephemeral",
+                    },
+                )
 
     def run_once(self) -> bool:
         """Run one due job; False when there was none."""
@@ -79,12 +99,12 @@ class JobWorker:
             handler(job["payload"])
         except NbenvError as error:
             log.warning("job %s (%s) refused: %s", job["id"], job["kind"], error.message)
-            self._finish(job["id"], "failed", error.message)
+            self._finish(job["id"], "failed", error.message, job=job)
             return "failed"
         except Exception as error:  # a crash in one job must not stop the worker
             log.exception("job %s (%s) failed", job["id"], job["kind"])
             status = "failed" if job["attempts"] + 1 >= MAX_ATTEMPTS else "queued"
-            self._finish(job["id"], status, repr(error))
+            self._finish(job["id"], status, repr(error), job=job)
             return status
         self._finish(job["id"], "done")
         return "done"

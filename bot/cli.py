@@ -19,6 +19,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bot.domain.errors import NbenvError
 
@@ -63,11 +64,36 @@ def _slash(args: argparse.Namespace, words: list[str]) -> int:
     command = parse(" ".join(_quote(w) for w in words))
     runtime = _runtime(args)
     reply = runtime.app.execute(user, command)
-    runtime.worker.run_until_idle()
     if command.json:
         print(json.dumps(reply.data, indent=2, default=str))
     else:
         print(plain(reply.text))
+    # The CLI has no worker of its own running: slow work it queued runs here, to the end.
+    runtime.worker.run_until_idle()
+    job_key = (reply.data or {}).get("job") if isinstance(reply.data, dict) else None
+    if job_key:
+        return _job_outcome(runtime, job_key, reply.data)
+    return 0
+
+
+def _job_outcome(runtime, job_key: str, data: dict[str, Any]) -> int:  # type: ignore[no-untyped-def]
+    with runtime.store.read() as tx:
+        job = tx.job(job_key)
+        instance = tx.instance(data["name"]) if "name" in data else None
+        status = runtime.app.image_status(tx, data["image"])
+    if job is None or job["status"] != "done":
+        reason = (job or {}).get("error") or "did not finish"
+        return _fail(f"{(job or {}).get('kind', 'job')} failed: {reason}", 1)
+    if instance is not None:
+        print(f"instance {instance['name']} is {instance['state']}: {instance['url']}")
+        note = (instance["details"] or {}).get("note")
+        if note:
+            print(note)
+    else:
+        staging = status["environments"]["staging"]
+        print(
+            f"build finished; staging of {data['image']} is {staging['short'] if staging else '—'}"
+        )
     return 0
 
 

@@ -959,7 +959,7 @@ class Nbenv:
             )
         return Reply(
             f"🖥 creating instance `{name}` of {image} from {env.value} (`{short(sha)}`)…",
-            {"image": image, "env": env.value, "sha": sha, "name": name},
+            {"image": image, "env": env.value, "sha": sha, "name": name, "job": job_key},
         )
 
     def create_instance(self, payload: dict[str, Any]) -> InstanceInfo:

@@ -398,6 +398,12 @@ class Tx:
             },
         )
 
+    def job(self, dedupe_key: str) -> dict[str, Any] | None:
+        row = self.connection.execute(
+            select(t.jobs).where(t.jobs.c.dedupe_key == dedupe_key[:255])
+        ).first()
+        return None if row is None else dict(row._mapping)
+
     def enqueue_job(self, dedupe_key: str, kind: str, payload: dict[str, Any]) -> bool:
         """Queue slow work for the worker; False when this key was queued before."""
         return self.insert_ignore(

@@ -6,6 +6,7 @@ Invalid config stops the program with the file, the key and what is wrong.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -101,6 +102,16 @@ class Gcp(_Strict):
     jobs_audience: str | None = None  # expected OIDC audience of the job push subscription
     jobs_service_account: str | None = None  # expected OIDC email of that subscription
     instance_service_account: str | None = None  # what Workbench instances run as
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str) -> str:
+        # Environment tags are Artifact Registry tags: Container Registry paths won't do.
+        if not re.fullmatch(r"[a-z0-9-]+-docker\.pkg\.dev(/[^/\s]+){2,}", value.strip()):
+            raise ValueError(
+                "expected LOCATION-docker.pkg.dev/PROJECT/REPOSITORY[/PATH] (Artifact Registry)"
+            )
+        return value.strip()
 
 
 class Local(_Strict):

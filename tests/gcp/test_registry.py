@@ -244,3 +244,19 @@ def test_a_nested_package_goes_over_the_wire_escaped(google, monkeypatch, tmp_pa
     # escaped in the URL.
     assert "/packages/team%2Fnlp.keras-batch/tags/" in request.path
     assert "/packages/team%252Fnlp.keras-batch/tags/" in request.raw_path
+
+
+def test_a_bad_registry_in_the_config_fails_at_start_naming_file_and_key(tmp_path) -> None:
+    from bot.config import load_config
+    from tests.gcp.conftest import write_config
+
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace(REGISTRY, "gcr.io/nbenv-test"))
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+
+    assert str(error.value) == (
+        f"{path}: gcp.registry: expected LOCATION-docker.pkg.dev/PROJECT/REPOSITORY[/PATH] "
+        "(Artifact Registry)"
+    )

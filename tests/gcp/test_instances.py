@@ -46,7 +46,10 @@ def test_an_instance_runs_the_sha_tag_with_the_images_defaults_and_labels(backen
     }
     assert info.name == "nlp-keras-batch-prod-1"
     assert info.state == "starting"
-    assert "nlp-keras-batch-prod-1" in (info.url or "")
+    assert info.url == (
+        "https://console.cloud.google.com/vertex-ai/workbench/instances/details/"
+        "us-central1-a/nlp-keras-batch-prod-1?project=nbenv-test"
+    )
     assert info.details["container"] == f"{REGISTRY}/{IMAGE}:{SHA}"
     assert info.details["location"] == "us-central1-a"
 

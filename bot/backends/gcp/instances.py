@@ -77,8 +77,8 @@ class Workbench:
 
     def console_url(self, location: str, name: str) -> str:
         return (
-            "https://console.cloud.google.com/vertex-ai/workbench/instances"
-            f"?project={quote(self.gcp.project)}&instance={quote(location)}/{quote(name)}"
+            "https://console.cloud.google.com/vertex-ai/workbench/instances/details/"
+            f"{quote(location)}/{quote(name)}?project={quote(self.gcp.project)}"
         )
 
     def _accelerators(self, image: str) -> list[Any]:

@@ -1,10 +1,11 @@
 """The Bolt app: `/nbenv`, the buttons, the reject dialog and the App Home.
 
 `process_before_response=True`: Slack's HTTP request is answered when the listener
-returns, so listeners do only what must be synchronous (parse, a few small SQL
-statements) and queue the rest (see bot.slack.interactions). The Web API calls that
-need Slack's short-lived trigger (opening a dialog) or that refresh a view run in Bolt's
-lazy listeners, after the ack.
+returns, so listeners do only what must be synchronous (parse; the few small writes
+that must be recorded before Slack hears back) and leave the rest to a small thread
+pool that runs right after the ack: answers posted to the response_url, the reject
+dialog (views.open with Slack's short-lived trigger), the App Home (views.publish).
+Durable work goes to the job queue (see bot.slack.interactions).
 """
 
 from __future__ import annotations
@@ -12,21 +13,52 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from slack_bolt import Ack, App, BoltContext
+from slack_bolt import Ack, App
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from slack_sdk.webhook import WebhookClient
 
 from bot.service.app import Nbenv
 from bot.slack import views
 from bot.slack.client import web_client
-from bot.slack.interactions import Interactions
+from bot.slack.interactions import Interactions, Later, Outcome
 
 log = logging.getLogger(__name__)
 
 SLASH = re.compile(r"^/nbenv[-_a-z0-9]*$")  # /nbenv, or /nbenv-dev for a second install
 PRESSES = re.compile(r"^nbenv_(approve|promote|rollback|confirm|cancel)$")
+AFTER_ACK_THREADS = 4
+
+# Where an answer given after the ack goes: (response_url, what to answer, replace?).
+Answers = Callable[[str, Later, bool], None]
+
+
+def post_answer(url: str, message: dict[str, Any], *, replace: bool = False) -> None:
+    """Post a private answer to a response_url, retrying rate limits and outages."""
+    if not url:
+        log.warning("no response_url to answer: %s", message.get("text"))
+        return
+    client = WebhookClient(
+        url,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=5),
+            ServerErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+    response = client.send_dict(
+        {**message, "response_type": "ephemeral", "replace_original": replace}
+    )
+    if response.status_code != 200:
+        log.warning("response_url answered %s: %s", response.status_code, response.body)
 
 
 def build_app(
@@ -36,13 +68,16 @@ def build_app(
     signing_secret: str | None,
     wake: Callable[[], None] = lambda: None,
     client: WebClient | None = None,
+    answers: Answers | None = None,
 ) -> App:
-    """The Bolt app over SERVICE. WAKE is called when something was queued.
+    """The Bolt app over SERVICE. WAKE is called when something was queued; ANSWERS
+    computes and posts the answers given after the ack (default: a thread pool here).
 
     SIGNING_SECRET None turns request verification off: only for Socket Mode, where
     requests arrive over the app's own authenticated connection.
     """
     interactions = Interactions(service)
+    after_ack = ThreadPoolExecutor(AFTER_ACK_THREADS, thread_name_prefix="nbenv-after-ack")
 
     def authorize(enterprise_id: str | None, team_id: str | None, user_id: str | None):  # type: ignore[no-untyped-def]
         # One workspace, one bot token: no auth.test round trip on the first request.
@@ -60,51 +95,69 @@ def build_app(
     finally:
         bolt_log.setLevel(level)
 
-    @app.command(SLASH)
-    def slash(ack: Ack, body: dict[str, Any]) -> None:
-        user = body.get("user_id", "")
-        outcome = interactions.slash(
-            user,
-            body.get("text") or "",
-            key=f"slash:{body.get('trigger_id') or body.get('command_ts') or ''}",
-            response_url=body.get("response_url"),
-        )
-        assert outcome.answer is not None
-        ack(response_type="ephemeral", **outcome.answer)
+    def after(work: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                work()
+            except Exception:  # a thread pool would swallow it silently
+                log.exception("work after the ack failed")
+
+        after_ack.submit(run)
+
+    def answer_here(response_url: str, later: Later, replace: bool) -> None:
+        after(lambda: post_answer(response_url, interactions.compute(later), replace=replace))
+
+    deliver = answers or answer_here
+
+    def follow_up(outcome: Outcome, response_url: str) -> None:
+        """What is left once Slack has its ack."""
         if outcome.queued:
             wake()
+        if outcome.later is not None:
+            deliver(response_url, outcome.later, outcome.replace)
+
+    @app.command(SLASH)
+    def slash(ack: Ack, body: dict[str, Any]) -> None:
+        response_url = body.get("response_url") or ""
+        outcome = interactions.slash(
+            body.get("user_id", ""),
+            body.get("text") or "",
+            key=f"slash:{body.get('trigger_id') or body.get('command_ts') or ''}",
+            response_url=response_url,
+        )
+        if outcome.answer is None:
+            ack()
+        else:
+            ack(response_type="ephemeral", **outcome.answer)
+        follow_up(outcome, response_url)
 
     @app.action(PRESSES)
     def press(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
-        user = body["user"]["id"]
+        response_url = body.get("response_url") or ""
         outcome = interactions.press(
-            user,
+            body["user"]["id"],
             action["action_id"],
             action.get("value"),
             key=_action_key(body, action),
-            response_url=body.get("response_url") or "",
+            response_url=response_url,
         )
-        if outcome.queued:
-            wake()
+        follow_up(outcome, response_url)
 
-    def just_ack(ack: Ack) -> None:
+    @app.action("nbenv_reject")
+    def reject(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
         ack()
+        response_url = body.get("response_url") or ""
 
-    def open_reject_dialog(body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
-        user = body["user"]["id"]
-        outcome = interactions.reject_dialog(
-            user,
-            action.get("value"),
-            key=_action_key(body, action),
-            response_url=body.get("response_url") or "",
-        )
-        if outcome.dialog is not None:
-            client.views_open(trigger_id=body["trigger_id"], view=outcome.dialog)
-        if outcome.queued:
-            wake()
+        def open_dialog() -> None:
+            outcome = interactions.reject_dialog(
+                body["user"]["id"], action.get("value"), response_url=response_url
+            )
+            if outcome.dialog is not None:
+                client.views_open(trigger_id=body["trigger_id"], view=outcome.dialog)
+            follow_up(outcome, response_url)
 
-    app.action("nbenv_reject")(ack=just_ack, lazy=[open_reject_dialog])
+        after(open_dialog)
 
     @app.view(views.REJECT_CALLBACK)
     def submit_reject(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -122,13 +175,14 @@ def build_app(
         ack()
         wake()
 
-    def publish_home(event: dict[str, Any], client: WebClient, context: BoltContext) -> None:
+    @app.event("app_home_opened")
+    def home(ack: Ack, event: dict[str, Any], client: WebClient) -> None:
+        ack()
         if event.get("tab", "home") != "home":
             return
         user = event["user"]
-        client.views_publish(user_id=user, view=interactions.home(user))
+        after(lambda: client.views_publish(user_id=user, view=interactions.home(user)))
 
-    app.event("app_home_opened")(ack=just_ack, lazy=[publish_home])
     return app
 
 

@@ -1,11 +1,19 @@
 """What people do in Slack — a slash command, a button, a dialog — turned into service calls.
 
-Slack and the console shell share this; each adapter only delivers the outcome (Bolt acks
-and opens dialogs, the shell prints). The rule for the ack path: only work that is a few
-small SQL statements runs while Slack waits. Anything that may be slow — a plan with its
-package diff (git), a confirmed promote or rollback (registry tags on gcp), `diff`,
-stopping an instance — is queued as a durable job of kind "slack" that answers through
-the response_url, via the outbox, so the answer survives a crash and Slack's rate limits.
+Slack and the console shell share this; each adapter only delivers the outcome (Bolt acks,
+opens dialogs and posts to response_urls, the shell prints). Every command takes one of
+three routes, chosen so that Slack's ack waits for as little as possible:
+
+* inline — answered in the ack: `help`, and the small writes (approve, reject, freeze,
+  unfreeze, queueing a build or an instance), which are recorded before Slack hears
+  back, under the request's idempotency key;
+* later — the ack is sent at once, the answer is computed right after it and posted to
+  the response_url: reads (status, versions, history, instances, diff, dry runs) and
+  the plans shown for confirmation. Nothing changes on this route, so a crash can only
+  cost an answer, which the person asks for again;
+* job — a durable job of kind "slack", for changes that may be slow (a confirmed
+  promote or rollback moves registry tags on gcp; stopping an instance): it answers
+  through the outbox, so the answer survives a crash and Slack's rate limits.
 """
 
 from __future__ import annotations
@@ -29,16 +37,31 @@ JOB_KIND = "slack"
 CONFIRMED = ("promote", "rollback")  # what a button press asks to confirm first
 
 
+@dataclass(frozen=True)
+class Later:
+    """An answer to give right after the ack: a message already made, or the answer to
+    COMMAND (its fields) as USER. Plain data, so another process can compute it."""
+
+    user: str
+    command: dict[str, Any] | None = None
+    shown: dict[str, Any] | None = None  # the thread button's SHA, to refuse a stale press
+    message: dict[str, Any] | None = None
+
+
 @dataclass
 class Outcome:
     """What an adapter must do after an interaction.
 
     answer: shown privately to the person now (the slash command's ack);
+    later: a message to compute off the ack path, for the response_url (privately);
+    replace: that message replaces the one whose button was pressed;
     dialog: a modal to open (needs the interaction's trigger_id);
     queued: something was queued (a job or a message): wake the background workers.
     """
 
     answer: dict[str, Any] | None = None
+    later: Later | None = None
+    replace: bool = False
     dialog: dict[str, Any] | None = None
     queued: bool = False
 
@@ -52,15 +75,19 @@ def render(reply: Reply, command: Command | None = None) -> dict[str, Any]:
     return views.message(reply.text, buttons or None)
 
 
-def deferred(command: Command) -> str | None:
-    """The job mode for COMMAND when it must not run on the ack path, else None."""
-    if command.name in CONFIRMED and not command.dry_run and not command.confirmed:
-        return "confirm"
-    if command.name in CONFIRMED or command.name == "diff":
-        return "run"
+LATER = frozenset({"status", "versions", "history", "instances", "diff"})
+SLOW = frozenset({"diff", *CONFIRMED})  # may take seconds (git): say it is coming
+
+
+def route(command: Command) -> str:
+    """inline | later | job (see the module's docstring)."""
+    if command.name in CONFIRMED:
+        return "later" if command.dry_run or not command.confirmed else "job"
     if command.name == "instances" and command.stop:
-        return "run"  # stopping asks the backend (a cloud call on gcp)
-    return None
+        return "job"  # stopping asks the backend (a cloud call on gcp)
+    if command.name in LATER:
+        return "later"
+    return "inline"
 
 
 def command_fields(command: Command) -> dict[str, Any]:
@@ -112,37 +139,52 @@ class Interactions:
         try:
             command = parse(text)
             self.app.check(user, command)
-            mode = deferred(command)
-            if mode is not None:
-                if not response_url:
-                    raise BadInput("this command answers later, and Slack sent no response_url")
-                self._queue(
-                    key,
-                    {
-                        "mode": mode,
-                        "actor": user,
-                        "command": command_fields(command),
-                        "key": key,
-                        "response_url": response_url,
-                    },
-                )
-                return Outcome(answer=views.message(_working(command, mode)), queued=True)
+            way = route(command)
+            if way != "inline" and not response_url:
+                raise BadInput("this command answers later, and Slack sent no response_url")
+            if way == "later":
+                hint = views.message(_working(command)) if command.name in SLOW else None
+                return Outcome(answer=hint, later=Later(user, command_fields(command)))
+            if way == "job":
+                payload = {"mode": "run", "actor": user, "command": command_fields(command)}
+                self._queue(key, {**payload, "key": key, "response_url": response_url})
+                return Outcome(answer=views.message(_working(command)), queued=True)
             reply = self.app.execute(user, command, key=key, reply_to=response_url)
         except NbenvError as error:
             return Outcome(answer=views.error(error.message))
         return Outcome(answer=render(reply, command), queued=not command.read_only)
+
+    def compute(self, later: Later) -> dict[str, Any]:
+        """The message a Later stands for."""
+        if later.message is not None:
+            return later.message
+        assert later.command is not None
+        fields_ = dict(later.command)
+        if fields_.get("env") is not None:
+            fields_["env"] = Env(fields_["env"])
+        return self._answer(later.user, Command(**fields_), later.shown)
+
+    def _answer(
+        self, user: str, command: Command, shown: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The later route: a read, or the plan of a promote / rollback to confirm."""
+        try:
+            if command.name in CONFIRMED and not command.dry_run:
+                return self._confirmation(user, command, shown)
+            return render(self.app.execute(user, command), command)
+        except NbenvError as error:
+            return views.error(error.message)
 
     # -- buttons ----------------------------------------------------------------------------
 
     def press(
         self, user: str, action_id: str, raw_value: str | None, *, key: str, response_url: str
     ) -> Outcome:
-        """A button pressed by USER; answers go privately to RESPONSE_URL, through the outbox."""
+        """A button pressed by USER; the answer goes privately to RESPONSE_URL."""
         try:
             return self._press(user, action_id, raw_value, key=key, response_url=response_url)
         except NbenvError as error:
-            self.answer(key, response_url, views.error(error.message))
-            return Outcome(queued=True)
+            return Outcome(later=Later(user, message=views.error(error.message)))
 
     def _press(
         self, user: str, action_id: str, raw_value: str | None, *, key: str, response_url: str
@@ -151,20 +193,17 @@ class Interactions:
         image = value["image"]
         if action_id == "nbenv_approve":
             command = Command("approve", image=image, sha=_sha(value))
-            reply = self.app.execute(user, command, key=key)
-            self.answer(key, response_url, render(reply))
-            return Outcome(queued=True)
+            message = render(self.app.execute(user, command, key=key))
+            return Outcome(later=Later(user, message=message), queued=True)
         if action_id in ("nbenv_promote", "nbenv_rollback"):
             name = "promote" if action_id == "nbenv_promote" else "rollback"
             command = Command(name, image=image)
             self.app.check(user, command)
-            job = {"mode": "confirm", "actor": user, "command": command_fields(command)}
             # The thread's button stands for one SHA: refuse it once that SHA has moved on.
-            job["shown"] = {"env": "staging" if name == "promote" else "production"}
+            shown: dict[str, Any] = {"env": "staging" if name == "promote" else "production"}
             if value.get("sha"):
-                job["shown"]["sha"] = _sha(value)
-            self._queue(key, {**job, "key": key, "response_url": response_url})
-            return Outcome(queued=True)
+                shown["sha"] = _sha(value)
+            return Outcome(later=Later(user, command_fields(command), shown))
         if action_id == views.CONFIRM:
             command = command_from(value.get("cmd"))
             if command.name not in CONFIRMED:
@@ -183,9 +222,8 @@ class Interactions:
             self._queue(key, {**job, "key": key, "response_url": response_url})
             return Outcome(queued=True)
         if action_id == views.CANCEL:
-            answer = views.message("Cancelled: nothing was changed.")
-            self.answer(key, response_url, answer, replace=True)
-            return Outcome(queued=True)
+            cancelled = views.message("Cancelled: nothing was changed.")
+            return Outcome(later=Later(user, message=cancelled), replace=True)
         raise BadInput(f"unknown button {action_id!r}")
 
     def answer(
@@ -206,17 +244,14 @@ class Interactions:
 
     # -- the reject dialog ------------------------------------------------------------------
 
-    def reject_dialog(
-        self, user: str, raw_value: str | None, *, key: str, response_url: str
-    ) -> Outcome:
+    def reject_dialog(self, user: str, raw_value: str | None, *, response_url: str) -> Outcome:
         """Reject pressed: the dialog asking why, or a private refusal (roles checked now)."""
         try:
             value = _value(raw_value)
             command = Command("reject", image=value["image"], sha=_sha(value))
             self.app.require(user, command, Role.TESTER)
         except NbenvError as error:
-            self.answer(key, response_url, views.error(error.message))
-            return Outcome(queued=True)
+            return Outcome(later=Later(user, message=views.error(error.message)))
         metadata = {"image": command.image, "sha": command.sha, "response_url": response_url}
         return Outcome(dialog=views.reject_dialog(str(command.image), str(command.sha), metadata))
 
@@ -259,12 +294,12 @@ class Interactions:
             tx.enqueue_job(f"slack:{key}", JOB_KIND, payload)
 
     def run(self, job: dict[str, Any]) -> None:
-        """A deferred interaction, run by the job worker; its answer goes to the response_url."""
+        """A job of kind "slack", run by the job worker; it answers through the outbox."""
         try:
             command = command_from(job.get("command"))
             actor = str(job["actor"])
             if job.get("mode") == "confirm":
-                message = self._confirmation(actor, command, job.get("shown"))
+                message = self._answer(actor, command, job.get("shown"))
             else:
                 if job.get("expect") is not None:
                     self._refuse_if_stale(command, job["expect"])
@@ -347,9 +382,9 @@ def _sha(value: dict[str, Any]) -> str | None:
     return check_sha_ref(sha)
 
 
-def _working(command: Command, mode: str) -> str:
+def _working(command: Command) -> str:
     image = f" {command.image}" if command.image else ""
-    if mode == "confirm":
+    if command.name in CONFIRMED and not command.dry_run and not command.confirmed:
         return f"⏳ preparing the plan for {command.name}{image}: it appears here in a moment…"
     return f"⏳ working on `{command.name}{image}`: the answer appears here in a moment…"
 

@@ -20,7 +20,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_background: Any = None  # this worker's Background, stopped by the worker_exit hook
+# This worker's background threads and answer process, stopped by the worker_exit hook.
+_background: Any = None
+_answers: Any = None
 
 
 def create_web_app(bolt: Any, push: Any, background: Any = None) -> Any:
@@ -57,14 +59,17 @@ def create_web_app(bolt: Any, push: Any, background: Any = None) -> Any:
 
 def build_worker_app(config_path: str | None, token: str, signing_secret: str) -> Any:
     """Everything one gunicorn worker serves (called in the worker, after the fork)."""
-    global _background
+    global _background, _answers
     from bot.bootstrap import build_runtime
+    from bot.slack.answers import AnswerProcess
     from bot.slack.app import build_app
     from bot.slack.background import Background, job_step
     from bot.slack.client import web_client
     from bot.slack.outbox import OutboxSender
     from bot.slack.pubsub import JobPush
 
+    # First, while this process has no thread and no database connection to inherit.
+    _answers = AnswerProcess(config_path)
     runtime = build_runtime(config_path, migrate=False)
     sender = OutboxSender(runtime.store, web_client(token))
     push = JobPush.from_runtime(runtime)
@@ -72,13 +77,54 @@ def build_worker_app(config_path: str | None, token: str, signing_secret: str) -
     # through /pubsub/jobs when a push subscription is configured: never both.
     jobs = job_step(runtime, pushed=push is not None)
     _background = Background(runtime, sender, jobs=jobs).start()
-    bolt = build_app(runtime.app, token=token, signing_secret=signing_secret, wake=_background.wake)
+    bolt = build_app(
+        runtime.app,
+        token=token,
+        signing_secret=signing_secret,
+        wake=_background.wake,
+        answers=_answers,
+    )
     return create_web_app(bolt, push, _background)
+
+
+def schema_is_current(engine: Any) -> bool:
+    """True when the database is at the newest migration, known without Alembic.
+
+    Importing Alembic costs a quarter of a second of cold start (Cloud Run starts
+    instances on demand); the migrations say their revision in a plain assignment, so
+    their heads are read from the files. Any doubt answers False, and Alembic decides.
+    """
+    import re
+
+    from sqlalchemy import text
+
+    from bot.store.database import MIGRATIONS
+
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("*.py"):
+        source = script.read_text(encoding="utf-8")
+        revision = re.search(r"^revision\b[^=]*=\s*[\"']([^\"']+)[\"']", source, re.M)
+        down = re.search(r"^down_revision\b[^=]*=(.*)$", source, re.M)
+        if revision is None or down is None:
+            return False
+        revisions.add(revision.group(1))
+        parents.update(re.findall(r"[\"']([^\"']+)[\"']", down.group(1)))
+    try:
+        with engine.connect() as connection:
+            current = set(
+                connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+            )
+    except Exception:  # no table yet, or no database: let Alembic create it
+        return False
+    return bool(revisions) and current == revisions - parents
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
     if _background is not None:
         _background.stop()
+    if _answers is not None:
+        _answers.stop()
 
 
 def _options(rest: list[str]) -> argparse.Namespace:
@@ -123,7 +169,8 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
 
     load_config(args.config)  # a bad config stops here, with the file and the key
     engine = make_engine()
-    upgrade(engine)
+    if not schema_is_current(engine):
+        upgrade(engine)
     engine.dispose()  # the workers open their own connections after the fork
 
     from gunicorn.app.base import BaseApplication

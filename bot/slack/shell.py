@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from bot.bootstrap import Runtime
-from bot.slack.interactions import Interactions
+from bot.slack.interactions import Interactions, Outcome
 from bot.slack.outbox import OutboxSender
 from bot.store.uow import Store
 
@@ -216,27 +216,41 @@ class Shell:
 
     def _slash(self, text: str) -> None:
         key = f"shell:{uuid.uuid4()}"
-        outcome = self.interactions.slash(
-            self.user, text, key=key, response_url=f"{CONSOLE_URL}{key}"
-        )
+        url = f"{CONSOLE_URL}{key}"
+        outcome = self.interactions.slash(self.user, text, key=key, response_url=url)
         if outcome.answer:
-            self.console.show("(only you) ", outcome.answer, f"{CONSOLE_URL}{key}")
+            self.console.show("(only you) ", outcome.answer, url)
+        self._follow_up(outcome, url)
+
+    def _follow_up(self, outcome: Outcome, url: str) -> None:
+        """What Slack would get from the response_url after the ack."""
+        if outcome.later is not None:
+            self.console.deliver(
+                "response_url",
+                {
+                    **self.interactions.compute(outcome.later),
+                    "url": url,
+                    "replace_original": outcome.replace,
+                },
+            )
 
     def _press(self, button: ShownButton) -> None:
         key = f"shell:{uuid.uuid4()}"
         response_url = button.response_url or f"{CONSOLE_URL}{key}"
         if button.action_id == "nbenv_reject":
             outcome = self.interactions.reject_dialog(
-                self.user, button.value, key=key, response_url=response_url
+                self.user, button.value, response_url=response_url
             )
             if outcome.dialog is not None:
                 self.dialog = outcome.dialog
                 self.console.show("(dialog) ", {"blocks": outcome.dialog["blocks"]})
                 self.console.say("(type the reason, or /cancel)")
+            self._follow_up(outcome, response_url)
             return
-        self.interactions.press(
+        outcome = self.interactions.press(
             self.user, button.action_id, button.value, key=key, response_url=response_url
         )
+        self._follow_up(outcome, response_url)
 
     def _dialog_input(self, line: str) -> None:
         assert self.dialog is not None

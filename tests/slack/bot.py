@@ -99,8 +99,8 @@ class Answer:
 
     @property
     def shown(self) -> str:
-        """What the person sees in the ack: the text of every block."""
-        return blocks_text(self.json)
+        """What the person sees in the ack: the text of every block ("" for an empty ack)."""
+        return blocks_text(self.json) if self.text else ""
 
 
 def blocks_text(payload: dict[str, Any]) -> str:
@@ -179,9 +179,9 @@ class BotServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"nbenv serve exited: {self.log.read_text()}")
             try:
-                if self.http.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if self.http.get(f"{self.url}/healthz", timeout=5).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"nbenv serve did not answer: {self.log.read_text()}")
@@ -407,3 +407,17 @@ def pointers(rt: Any, image: str) -> dict[str, str | None]:
     from bot.domain.names import Env
 
     return {env.value: state.sha(env) for env in Env}
+
+
+def ask(server: BotServer, slack: FakeSlackApi, user: str, text: str) -> str:
+    """`/nbenv TEXT` as USER: what they end up seeing — the ack's answer, or (after an
+    empty or "⏳" ack) the answer posted to the response_url."""
+    url = slack.response_url(f"ask-{uuid.uuid4().hex}")
+    answer = server.slash(user, text, response_url=url)
+    assert answer.status == 200
+    if answer.shown and not answer.shown.startswith("⏳"):
+        assert answer.json["response_type"] == "ephemeral"
+        return answer.shown
+    reply = wait_response(slack, url)
+    assert reply["response_type"] == "ephemeral"
+    return blocks_text(reply)

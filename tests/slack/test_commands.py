@@ -9,6 +9,7 @@ from bot.domain.commands import USAGE
 from tests.conftest import OWNER, TESTER, TESTER2, USER
 from tests.slack.bot import (
     BotServer,
+    ask,
     audit,
     blocks_text,
     buttons,
@@ -41,41 +42,47 @@ def test_help_lists_every_command(server: BotServer) -> None:
     assert server.slash(USER, "").shown == answer.shown  # bare /nbenv is help too
 
 
-def test_status_of_one_image_of_all_and_as_json(server: BotServer, rt, image: str) -> None:  # type: ignore[no-untyped-def]
+def test_status_of_one_image_of_all_and_as_json(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
     commit = published(rt, image)
 
-    one = server.slash(USER, f"status {image}")
-    assert f"staging: `{commit[:7]}`" in one.shown
-    assert "production: —" in one.shown
+    ack = server.slash(USER, f"status {image}")
+    assert (ack.status, ack.text) == (200, "")  # acked at once; the answer follows
+    one = ask(server, slack, USER, f"status {image}")
+    assert f"staging: `{commit[:7]}`" in one
+    assert "production: —" in one
 
-    everything = server.slash(USER, "status")
-    assert f"*{image}*" in everything.shown
-    assert "vision.pytorch-gpu" not in everything.shown  # not U06USER's team
+    everything = ask(server, slack, USER, "status")
+    assert f"*{image}*" in everything
+    assert "vision.pytorch-gpu" not in everything  # not U06USER's team
 
-    as_json = server.slash(USER, f"status {image} --json")
-    data = json.loads(as_json.shown.strip("`"))
+    as_json = ask(server, slack, USER, f"status {image} --json")
+    data = json.loads(as_json.strip("`"))
     assert data["image"] == image
     assert data["environments"]["staging"]["sha"] == commit
     assert data["environments"]["production"] is None
     assert data["frozen"] is False
 
 
-def test_versions_show_test_results(server: BotServer, rt, image: str) -> None:  # type: ignore[no-untyped-def]
+def test_versions_show_test_results(server: BotServer, rt, image: str, slack: FakeSlackApi) -> None:  # type: ignore[no-untyped-def]
     good = published(rt, image, "good")
     bad = published(rt, image, "bad", passed=False)
 
-    shown = server.slash(TESTER, f"versions {image}").shown
+    shown = ask(server, slack, TESTER, f"versions {image}")
 
     assert f"`{good[:7]}` [staging] tests passed" in shown
     assert f"`{bad[:7]}` TESTS FAILED" in shown
 
 
-def test_history_lists_what_happened(server: BotServer, rt, image: str) -> None:  # type: ignore[no-untyped-def]
+def test_history_lists_what_happened(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
     v1, v2 = in_production(rt, image, "v1", "v2")
 
-    shown = server.slash(USER, f"history {image}").shown
+    shown = ask(server, slack, USER, f"history {image}")
     assert shown.index("publish") < shown.index("approve") < shown.index("promote")
-    at_v1 = server.slash(USER, f"history {image} {v1[:9]}").shown
+    at_v1 = ask(server, slack, USER, f"history {image} {v1[:9]}")
     assert f"at `{v1[:7]}`" in at_v1
     assert v2[:7] not in at_v1
 
@@ -223,7 +230,9 @@ def test_instance_is_queued_with_the_response_url(server: BotServer, rt, image: 
     assert job["payload"]["sha"] == v1
 
 
-def test_instances_lists_the_running_ones(server: BotServer, rt, image: str) -> None:  # type: ignore[no-untyped-def]
+def test_instances_lists_the_running_ones(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
     (v1,) = in_production(rt, image, "v1")
     with rt.store.write() as tx:
         tx.add_instance(
@@ -238,7 +247,7 @@ def test_instances_lists_the_running_ones(server: BotServer, rt, image: str) -> 
             details={},
         )
 
-    shown = server.slash(USER, f"instances {image}").shown
+    shown = ask(server, slack, USER, f"instances {image}")
 
     assert f"`box-{image.replace('.', '-')}` {image} production `{v1[:7]}` running" in shown
 

@@ -11,12 +11,11 @@ from tests.conftest import OWNER, TESTER, TESTER2, USER, VISION_OWNER
 from tests.slack.bot import (
     STRANGER,
     BotServer,
+    ask,
     audit,
-    blocks_text,
     in_production,
     pointers,
     published,
-    wait_response,
 )
 from tests.support.slack_api import FakeSlackApi
 
@@ -29,7 +28,6 @@ class Action:
     text: str  # after /nbenv; {image} is filled in
     needs: str
     success: str  # what an allowed person sees
-    later: bool = False  # answered through the response_url
 
 
 ACTIONS = [
@@ -37,29 +35,17 @@ ACTIONS = [
     Action("versions {image}", "user", "Versions of {image}"),
     Action("history {image}", "user", "History of {image}"),
     Action("instances {image}", "user", "*Instances*"),
-    Action("diff {image}", "user", "{image}", later=True),
+    Action("diff {image}", "user", "{image}"),
     Action("instance {image}", "user", "creating instance"),
     Action("instance {image} --env staging", "tester", "creating instance"),
     Action("approve {image}", "tester", "approved"),
     Action("reject {image} not good enough", "tester", "rejected"),
     Action("build {image}", "owner", "queued"),
-    Action("promote {image} --yes", "owner", "promoted", later=True),
-    Action("rollback {image} --yes", "owner", "rolled back", later=True),
+    Action("promote {image} --yes", "owner", "promoted"),
+    Action("rollback {image} --yes", "owner", "rolled back"),
     Action("freeze {image} release week", "owner", "froze"),
     Action("unfreeze {image}", "owner", "unfroze"),
 ]
-
-
-def _ask(server: BotServer, slack: FakeSlackApi, user: str, text: str, later: bool) -> str:
-    url = slack.response_url(f"role-{user}-{abs(hash(text))}")
-    answer = server.slash(user, text, response_url=url)
-    assert answer.status == 200
-    assert answer.json["response_type"] == "ephemeral"
-    if later and not answer.shown.startswith("⚠️"):
-        reply = wait_response(slack, url)
-        assert reply["response_type"] == "ephemeral"
-        return blocks_text(reply)
-    return answer.shown
 
 
 def _arrange(rt, image: str) -> None:  # type: ignore[no-untyped-def]
@@ -83,7 +69,7 @@ def test_each_role_is_allowed_or_refused(
 
     for user in refused:
         entries = len(audit(rt, image))
-        shown = _ask(server, slack, user, text, action.later)
+        shown = ask(server, slack, user, text)
         assert shown.startswith("⚠️"), (user, shown)
         if user == STRANGER:
             assert f"unknown user {STRANGER}" in shown
@@ -99,6 +85,6 @@ def test_each_role_is_allowed_or_refused(
 
     # The least entitled first: an owner's success must not hide a user's refusal.
     for user in sorted(allowed, key=lambda u: RANK[PEOPLE[u] or "user"]):
-        shown = _ask(server, slack, user, text, action.later)
+        shown = ask(server, slack, user, text)
         assert not shown.startswith("⚠️"), (user, shown)
         assert action.success.format(image=image) in shown, (user, shown)

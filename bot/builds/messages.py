@@ -101,9 +101,13 @@ def failed(event: BuildEvent, tests: dict[str, Any] | None, *, effect: str | Non
     return text
 
 
-def test_failures(summary: dict[str, Any]) -> str:
+def test_failures(summary: dict[str, Any], *, standalone: bool = False) -> str:
+    """STANDALONE: a reply of its own (the report came after the failure), so it says
+    which build it is about."""
     failed = summary["total"] - summary["passed"]
-    lines = [f"🧪 {failed} of {summary['total']} test notebooks failed:"]
+    build = summary.get("build_id")
+    whose = f"build `{build[:8]}`: " if standalone and build else ""
+    lines = [f"🧪 {whose}{failed} of {summary['total']} test notebooks failed:"]
     for failure in summary["failures"]:
         lines.append(_failure_line(failure))
         if failure.get("traceback"):

@@ -20,9 +20,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from bot.builds import messages
+from bot.builds.delivery import Deliverer
 from bot.builds.events import BadEvent, NotOurs, decode_pubsub, parse_build
 from bot.builds.report import check_report, summarize
 from bot.builds.thread import (
@@ -48,18 +49,44 @@ from bot.store.uow import Tx, iso
 log = logging.getLogger(__name__)
 
 DELIVER_WAIT_S = 2.0
+
+# Built once: the relay runs these for every event.
+_WHERE_THREAD = (t.slack_threads.c.image == bindparam("b_image")) & (
+    t.slack_threads.c.sha == bindparam("b_sha")
+)
+_THREAD = select(t.slack_threads.c.state).where(_WHERE_THREAD)
+_THREAD_FOR_UPDATE = (
+    select(t.slack_threads.c.ts, t.slack_threads.c.state).where(_WHERE_THREAD).with_for_update()
+)
+_SAVE_THREAD = (
+    update(t.slack_threads)
+    .where(_WHERE_THREAD)
+    .values(
+        state=bindparam("state", type_=t.slack_threads.c.state.type),
+        status_rank=bindparam("rank"),
+        updated_at=bindparam("now"),
+    )
+)
 CONFLICT_RETRIES = 3
 
 
 class BuildRelay:
     def __init__(
-        self, app: Nbenv, sender: OutboxSender | None, *, deliver_wait_s: float = DELIVER_WAIT_S
+        self,
+        app: Nbenv,
+        sender: OutboxSender | None,
+        *,
+        background: bool = False,
+        deliver_wait_s: float = DELIVER_WAIT_S,
     ) -> None:
+        """SENDER None: messages stay in the outbox for the bot's sender. BACKGROUND: send
+        from a thread of this process (see bot.builds.delivery), not in the caller's."""
         self.app = app
         self.sender = sender
         self.store = app.store
         self.config = app.config
         self.deliver_wait_s = deliver_wait_s
+        self.deliverer = Deliverer(sender).start() if background and sender else None
 
     # -- entry points --------------------------------------------------------------------
 
@@ -167,11 +194,7 @@ class BuildRelay:
     # -- the thread row ------------------------------------------------------------------
 
     def _state(self, tx: Tx, image: str, sha: str) -> dict[str, Any]:
-        row = tx.connection.execute(
-            select(t.slack_threads.c.state).where(
-                t.slack_threads.c.image == image, t.slack_threads.c.sha == sha
-            )
-        ).first()
+        row = tx.connection.execute(_THREAD, {"b_image": image, "b_sha": sha}).first()
         return dict(row.state) if row is not None else {}
 
     def _lock(self, tx: Tx, image: str, sha: str, *, decide_root: bool = False) -> dict[str, Any]:
@@ -180,24 +203,24 @@ class BuildRelay:
         DECIDE_ROOT: settle whose message the root is, just before the relay would queue
         its own root message (in the same transaction).
         """
-        threads = t.slack_threads
-        tx.insert_ignore(
-            threads,
-            {
-                "image": image,
-                "sha": sha,
-                "channel": self.config.images[image].channel,
-                "ts": None,
-                "state": {},
-                "status_rank": 0,
-                "updated_at": tx.now,
-            },
-        )
-        row = tx.connection.execute(
-            select(threads.c.ts, threads.c.state)
-            .where(threads.c.image == image, threads.c.sha == sha)
-            .with_for_update()
-        ).one()
+        key = {"b_image": image, "b_sha": sha}
+        row = tx.connection.execute(_THREAD_FOR_UPDATE, key).first()
+        if row is None:
+            # Two instances may both get here: the insert of one waits for the other's
+            # commit and then does nothing, and both lock the one row.
+            tx.insert_ignore(
+                t.slack_threads,
+                {
+                    "image": image,
+                    "sha": sha,
+                    "channel": self.config.images[image].channel,
+                    "ts": None,
+                    "state": {},
+                    "status_rank": 0,
+                    "updated_at": tx.now,
+                },
+            )
+            row = tx.connection.execute(_THREAD_FOR_UPDATE, key).one()
         state = dict(row.state or {})
         if decide_root and state.get("root") is None:
             # Someone else's message opened this thread (a manual publish, an approval):
@@ -218,9 +241,8 @@ class BuildRelay:
         build = state.get("build") or {}
         rank = transition.state.get("progress", [0])[0] if build else 0
         tx.connection.execute(
-            update(t.slack_threads)
-            .where(t.slack_threads.c.image == image, t.slack_threads.c.sha == sha)
-            .values(state=state, status_rank=rank, updated_at=tx.now)
+            _SAVE_THREAD,
+            {"b_image": image, "b_sha": sha, "state": state, "rank": rank, "now": tx.now},
         )
         for message in transition.messages:
             self._enqueue(tx, image, sha, message)
@@ -323,6 +345,9 @@ class BuildRelay:
         Messages of a thread go out in order, so while another instance is sending the
         root, this one's updates and replies wait for it; once it is out they can go.
         """
+        if self.deliverer is not None:
+            self.deliverer.send(self.deliver_wait_s)
+            return
         if self.sender is None:
             return
         deadline = time.monotonic() + self.deliver_wait_s
@@ -371,4 +396,4 @@ def relay_from_env() -> BuildRelay:
         sender = OutboxSender(runtime.store, web_client())
     else:
         log.warning("relay: SLACK_BOT_TOKEN is not set: messages stay queued in the outbox")
-    return BuildRelay(runtime.app, sender)
+    return BuildRelay(runtime.app, sender, background=True)

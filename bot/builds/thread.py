@@ -141,7 +141,8 @@ def add_tests(
     if current is not None and current.build_id == build_id:
         untold = new.get("failure_tests") != build_id
         if current.status in FAILED and untold and summary["failures"]:
-            out.append(Outgoing("reply", f"{build_id}:tests", messages.test_failures(summary)))
+            text = messages.test_failures(summary, standalone=True)
+            out.append(Outgoing("reply", f"{build_id}:tests", text))
             new["failure_tests"] = build_id
         root = _root_message(new, current, first=False)
         if root is not None:

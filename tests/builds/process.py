@@ -62,6 +62,8 @@ class FunctionProcess:
         return f"http://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 60.0) -> Self:
+        if self.process is not None:  # `with FunctionProcess(...).start() as f` starts once
+            return self
         command = [
             *framework_command(),
             *("--target", self.target, "--source", str(self.source)),

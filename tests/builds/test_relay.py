@@ -202,7 +202,7 @@ def test_report_after_the_failure_adds_the_details(relay: Any, slack: FakeSlackA
     relay.handle_report(IMAGE, sha, failed, build_id)  # redelivered
 
     details = replies(slack, root)[-1].text
-    assert details.startswith("🧪 1 of 3 test notebooks failed:")
+    assert details.startswith(f"🧪 build `{build_id[:8]}`: 1 of 3 test notebooks failed:")
     assert "cell 3, line 1: `ImportError: no keras`" in details
     assert len([m for m in replies(slack, root) if m.text.startswith("🧪")]) == 1
     assert "tests: 2/3 notebooks passed" in roots(slack, sha)[0].text

@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
-from bot.domain.commands import Command, parse
+from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, Conflict, NbenvError
 from bot.domain.names import Env, check_sha_ref, short
 from bot.domain.policy import Role
@@ -138,6 +138,8 @@ class Interactions:
         """`/nbenv TEXT` by USER. KEY identifies the request (Slack retries carry the same)."""
         try:
             command = parse(text)
+            if command.name == "help":  # for anyone, even someone no team lists yet
+                return Outcome(answer=views.message(help_text()))
             self.app.check(user, command)
             way = route(command)
             if way != "inline" and not response_url:

@@ -8,6 +8,7 @@ import json
 from bot.domain.commands import USAGE
 from tests.conftest import OWNER, TESTER, TESTER2, USER
 from tests.slack.bot import (
+    STRANGER,
     BotServer,
     ask,
     audit,
@@ -40,6 +41,7 @@ def test_help_lists_every_command(server: BotServer) -> None:
     for usage in USAGE.values():
         assert f"/nbenv {usage}" in answer.shown
     assert server.slash(USER, "").shown == answer.shown  # bare /nbenv is help too
+    assert server.slash(STRANGER, "help").shown == answer.shown  # anyone may ask
 
 
 def test_status_of_one_image_of_all_and_as_json(

@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, func, select, update
 
 from bot.builds import messages
 from bot.builds.delivery import Deliverer
-from bot.builds.events import BadEvent, NotOurs, decode_pubsub, parse_build
+from bot.builds.events import BadEvent, BuildEvent, NotOurs, decode_pubsub, parse_build
 from bot.builds.report import check_report, summarize
 from bot.builds.thread import (
     ROOT_FOREIGN,
@@ -271,7 +271,18 @@ class BuildRelay:
             else:
                 outcome, text = self._promote(actor, image, sha, build_id)
         except NbenvError as error:
-            outcome, text = "refused", messages.refused(kind, build_id, sha, error.message)
+            if kind == "publish":
+                applied = self._in_staging(image, sha, actor)
+            else:
+                with self.store.read() as tx:
+                    applied = tx.claimed(f"promote:{image}:{sha}:{build_id}") is not None
+            if applied:
+                # The pointer moved with its claim; what failed was syncing the registry
+                # (a saga the core finishes on recovery), not the publication itself.
+                log.warning("relay: %s of %s `%s`: %s", kind, image, short(sha), error.message)
+                outcome, text = "done", None
+            else:
+                outcome, text = "refused", messages.refused(kind, build_id, sha, error.message)
         with self.store.write(audited=False) as tx:
             state = finish_action(self._lock(tx, image, sha), key, outcome)
             messages_out = [Outgoing("reply", f"{key}:{outcome}", text)] if text else []
@@ -279,12 +290,14 @@ class BuildRelay:
         log.info("relay: %s of %s `%s` by build %s: %s", kind, image, short(sha), build_id, outcome)
 
     def _publish(
-        self, actor: str, image: str, sha: str, build_id: str, build: Any
+        self, actor: str, image: str, sha: str, build_id: str, build: BuildEvent | None
     ) -> tuple[str, str | None]:
         with self.store.read() as tx:
             version = tx.get_version(image, sha)
         report = version.report if version is not None and version.build_id == build_id else None
-        for _attempt in range(CONFLICT_RETRIES):
+        staging_branch = self.config.images[image].source.staging_branch
+        base = f"publish:{image}:{sha}:{build_id}"
+        for attempt in range(CONFLICT_RETRIES):
             try:
                 self.app.publish(
                     actor,
@@ -292,15 +305,27 @@ class BuildRelay:
                     sha,
                     report=report,
                     subject=build.subject if build else None,
-                    branch=build.branch if build else None,
+                    branch=build.branch if build else staging_branch,
                     build_id=build_id,
-                    key=f"publish:{image}:{sha}:{build_id}",
+                    key=base if attempt == 0 else f"{base}:{attempt}",
                 )
-                # The core announces the new staging version in this thread itself.
-                return "done", None
             except Conflict:
                 continue
+            # The core claims the key when it records the version, before it moves the
+            # pointer: "already published" after a crash in between must be checked.
+            if self._in_staging(image, sha, actor):
+                # The core announces the new staging version in this thread itself.
+                return "done", None
         raise Conflict(f"staging of {image} kept changing while publishing `{short(sha)}`")
+
+    def _in_staging(self, image: str, sha: str, actor: str) -> bool:
+        with self.store.read() as tx:
+            if tx.image_state(image).sha(Env.STAGING) == sha:
+                return True
+            return any(
+                row["env"] == Env.STAGING.value and row["new_sha"] == sha and row["actor"] == actor
+                for row in tx.pointer_history(image)
+            )
 
     def _promote(self, actor: str, image: str, sha: str, build_id: str) -> tuple[str, str | None]:
         key = f"promote:{image}:{sha}:{build_id}"

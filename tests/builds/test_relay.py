@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -433,3 +435,81 @@ def test_promote_command_and_relay_agree_on_the_policy(relay: Any, runtime: Any)
     history = runtime.app.handle(OWNER, f"history {IMAGE}").data
     assert history[-1]["outcome"] == "refused"
     assert history[-1]["details"]["reason"] == str(by_hand.value)
+
+
+def test_a_burst_is_answered_at_once_and_still_reaches_every_thread(
+    slack: FakeSlackApi, runtime: Any
+) -> None:
+    """The function's own sender thread: acknowledge early under load, send everything."""
+    sender = OutboxSender(runtime.store, WebClient(token=TOKEN, base_url=slack.base_url))
+    relay = BuildRelay(runtime.app, sender, background=True)
+    commits = [sha_of(f"burst {i}") for i in range(6)]
+    streams = [build_events(new_build_id(), sha, branch="feature") for sha in commits]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            outcomes = list(pool.map(lambda events: feed(relay, events), streams))
+        assert outcomes == [["applied"] * 7] * 6
+        deadline = time.monotonic() + 30
+        while sender.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        assert relay.deliverer is not None
+        relay.deliverer.stop()
+
+    assert sender.pending() == 0
+    for sha in commits:
+        (root,) = roots(slack, sha)
+        assert "*SUCCESS*" in root.text
+        assert [m.text.split()[0] for m in replies(slack, root)] == ["▶️", "✅"]
+
+
+def _break_environment_writes(runtime: Any, broken: bool) -> None:
+    """A database fault at the wire: writes to the environment pointers fail."""
+    with runtime.store.engine.begin() as connection:
+        if connection.dialect.name == "sqlite":
+            if broken:
+                connection.exec_driver_sql(
+                    "CREATE TRIGGER fault BEFORE UPDATE ON environments "
+                    "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+                )
+            else:
+                connection.exec_driver_sql("DROP TRIGGER fault")
+        elif broken:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'disk I/O error'; END $$"
+            )
+            connection.exec_driver_sql(
+                "CREATE TRIGGER fault BEFORE UPDATE ON environments "
+                "FOR EACH ROW EXECUTE FUNCTION fault()"
+            )
+        else:
+            connection.exec_driver_sql("DROP TRIGGER fault ON environments")
+            connection.exec_driver_sql("DROP FUNCTION fault()")
+
+
+def test_a_publication_cut_short_is_finished_by_the_redelivery(
+    relay: Any, slack: FakeSlackApi, runtime: Any
+) -> None:
+    sha = sha_of("cut short")
+    events = build_events(new_build_id(), sha)
+    feed(relay, events[:-1])
+    _break_environment_writes(runtime, True)
+    try:
+        # The function fails (HTTP 500), so Pub/Sub will deliver the SUCCESS again.
+        with pytest.raises(Exception, match="disk I/O error"):
+            relay.handle_build(events[-1], attributes_of(events[-1]))
+    finally:
+        _break_environment_writes(runtime, False)
+    assert status(runtime)["environments"]["staging"] is None
+
+    assert relay.handle_build(events[-1], attributes_of(events[-1])) == "duplicate"
+
+    assert status(runtime)["environments"]["staging"]["sha"] == sha
+    (root,) = roots(slack, sha)
+    texts = [m.text for m in replies(slack, root)]
+    assert [t.split()[0] for t in texts] == ["▶️", "✅", "🧪"]
+    assert f"`{sha[:7]}` is now in staging" in texts[-1]
+    # Redelivered again: nothing more happens.
+    assert relay.handle_build(events[-1], attributes_of(events[-1])) == "duplicate"
+    assert len(replies(slack, root)) == 3

@@ -120,8 +120,8 @@ def advance(state: Mapping[str, Any], event: BuildEvent, branches: Branches) -> 
             text = messages.failed(event, tests, effect=effect)
             out.append(Outgoing("reply", f"{event.build_id}:failed", text))
             new["failure_tests"] = event.build_id if tests else None
-    out.insert(0, _root_message(new, event, first=current is None))
-    return Transition("applied", new, [m for m in out if m is not None])
+    root = _root_message(new, event, first=current is None)
+    return Transition("applied", new, ([root] if root else []) + out)
 
 
 def add_tests(

@@ -491,31 +491,37 @@ class Nbenv:
         self._check_image(image)
         sha = check_full_sha(sha)
         command = Command("publish", image=image, sha=sha)
+
+        def version_at(now: str) -> Version:
+            return Version(
+                image=image,
+                sha=sha,
+                tests_passed=report_passed(report),
+                created_at=now,
+                recorded_by=actor,
+                subject=subject,
+                branch=branch,
+                build_id=build_id,
+                report=report,
+            )
+
+        def record_and_plan(tx: Tx) -> ops.Plan:
+            # Recorded in the same transaction as the pointer move and the idempotency
+            # key: a crash between them can't leave a retry that "already published".
+            return ops.plan_publish(tx.image_state(image), tx.record_version(version_at(tx.now)))
+
         try:
             self._require(actor, image, Role.OWNER, "publish")
-            with self._write(key) as tx:
-                if tx is None:
-                    return Reply("already published (retried event)")
-                version = tx.record_version(
-                    Version(
-                        image=image,
-                        sha=sha,
-                        tests_passed=report_passed(report),
-                        created_at=tx.now,
-                        recorded_by=actor,
-                        subject=subject,
-                        branch=branch,
-                        build_id=build_id,
-                        report=report,
-                    )
-                )
-                plan = ops.plan_publish(tx.image_state(image), version)
+            with self.store.read() as tx:
+                plan = ops.plan_publish(tx.image_state(image), version_at(tx.now))
+            return self._apply(
+                actor, plan, key=key, expect=None, preview={"image": image}, replan=record_and_plan
+            )
         except (Refused, Conflict) as refusal:
             # The version itself stays recorded (a failed build is history too).
             self._record_failed_version(actor, image, sha, report, subject, branch, build_id)
             self._audit_refusal(actor, command, refusal)
             raise
-        return self._apply(actor, plan, key=None, expect=None, preview={"image": image})
 
     def record_version(
         self,
@@ -573,13 +579,21 @@ class Nbenv:
         key: str | None,
         expect: dict[str, int] | None,
         preview: dict[str, Any],
+        replan: Callable[[Tx], ops.Plan] | None = None,
     ) -> Reply:
-        """Commit PLAN with compare-and-swap, its audit entry and announcement, then sync."""
+        """Commit PLAN with compare-and-swap, its audit entry and announcement, then sync.
+
+        REPLAN, when given, makes the plan again inside the write transaction (after the
+        checks that must stay outside it, like the registry's), so what it records commits
+        together with the change.
+        """
         operation_id = str(uuid.uuid4())
         self._check_versions(plan)
         with self._write(key) as tx:
             if tx is None:
-                return Reply("already done (retried request)")
+                return Reply("already done (retried request)", {"retried": True})
+            if replan is not None:
+                plan = replan(tx)
             state = tx.image_state(plan.image)
             if expect is not None and state.generations() != {
                 env: expect.get(env, 0) for env in state.generations()

@@ -328,3 +328,13 @@ def test_idempotency_key_makes_a_retry_a_no_op(runtime):
     assert first.data["applied"] is True
     assert "retried" in again.text
     assert audit_count(runtime) == count
+
+
+def test_publish_retried_with_its_key_has_one_effect(runtime):
+    first = runtime.app.publish(OWNER, IMAGE, A, key="publish:build-1")
+    count = audit_count(runtime)
+    again = runtime.app.publish(OWNER, IMAGE, A, key="publish:build-1")
+    assert first.data["applied"] is True
+    assert again.data == {"retried": True}
+    assert audit_count(runtime) == count
+    assert envs(runtime)["staging"] == A

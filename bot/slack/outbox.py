@@ -19,7 +19,7 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 
 from bot.slack.blocks import message_blocks
 from bot.store import tables as t
@@ -79,32 +79,52 @@ class OutboxSender:
     # -- public ----------------------------------------------------------------------------
 
     def deliver_due(self, limit: int = 100) -> int:
-        """Send what is due, in order; returns how many messages were delivered."""
+        """Send what is due, in order; returns how many messages were delivered.
+
+        One read finds the unsent rows and their threads; each message then costs two
+        short transactions (claim, outcome), whatever the size of the queue.
+        """
         now = self.store.clock()
         with self.store.read() as tx:
             rows = list(
                 tx.connection.execute(
                     select(t.outbox)
-                    .where(
-                        t.outbox.c.status.in_(("pending", "sending")),
-                        t.outbox.c.next_attempt_at <= iso(now),
-                    )
+                    .where(t.outbox.c.status.in_(("pending", "sending")))
                     .order_by(t.outbox.c.id)
-                    .limit(limit)
+                    .limit(limit * 5)
                 )
             )
-        blocked: set[tuple[Any, ...]] = set()
-        delivered = 0
+            keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
+            threads = _threads(tx, keys)
+        lanes: dict[tuple[Any, ...], list[Any]] = {}
         for row in rows:
-            lane = _lane(row)
+            lanes.setdefault(_lane(row), []).append(row)
+        superseded = [
+            row.id
+            for lane_rows in lanes.values()
+            for index, row in enumerate(lane_rows)
+            if _is_superseded(row, lane_rows[index + 1 :])
+        ]
+        if superseded:
+            with self.store.write(audited=False) as tx:
+                tx.connection.execute(
+                    update(t.outbox)
+                    .where(t.outbox.c.id.in_(superseded), t.outbox.c.status == "pending")
+                    .values(status="superseded")
+                )
+        skip = set(superseded)
+        due = iso(now)
+        delivered = 0
+        for lane_rows in lanes.values():
             # Messages of one thread keep their order: nothing overtakes an unsent one.
-            if lane in blocked or self._behind_unsent(row):
-                continue
-            outcome = self._deliver(row, now)
-            if outcome:
+            for row in lane_rows:
+                if row.id in skip:
+                    continue
+                if row.next_attempt_at > due or delivered >= limit:
+                    break
+                if not self._deliver(row, now, threads):
+                    break
                 delivered += 1
-            else:
-                blocked.add(lane)
         return delivered
 
     def pending(self) -> int:
@@ -129,22 +149,6 @@ class OutboxSender:
 
     # -- one message -------------------------------------------------------------------------
 
-    def _behind_unsent(self, row: Any) -> bool:
-        if row.thread_image is None:
-            return False
-        with self.store.read() as tx:
-            earlier = tx.connection.execute(
-                select(t.outbox.c.id)
-                .where(
-                    t.outbox.c.status.in_(("pending", "sending")),
-                    t.outbox.c.id < row.id,
-                    t.outbox.c.thread_image == row.thread_image,
-                    t.outbox.c.thread_sha == row.thread_sha,
-                )
-                .limit(1)
-            ).first()
-        return earlier is not None
-
     def _claim(self, row: Any, now: datetime) -> bool:
         with self.store.write(audited=False) as tx:
             claimed = tx.connection.execute(
@@ -158,15 +162,12 @@ class OutboxSender:
             )
             return claimed.rowcount == 1
 
-    def _deliver(self, row: Any, now: datetime) -> bool:
-        if row.method == "chat.update" and self._superseded(row):
-            self._mark(row.id, status="superseded")
-            return True
+    def _deliver(self, row: Any, now: datetime, threads: dict[tuple[str, str], Any]) -> bool:
         crashed_mid_send = row.status == "sending"
         if not self._claim(row, now):
             return False
         try:
-            payload = self._prepare(row)
+            payload = self._prepare(row, threads)
             response: dict[str, Any] | None = None
             if crashed_mid_send and row.method == "chat.postMessage":
                 response = self._find_posted(row, payload)
@@ -194,28 +195,12 @@ class OutboxSender:
             log.error("outbox %s %s failed for good: %s", row.id, row.method, reason)
             self._mark(row.id, status="dead", attempts=row.attempts + 1, last_error=reason)
             return False
-        self._sent(row, payload, response)
+        root = self._sent(row, payload, response)
+        if root is not None:
+            threads[(row.thread_image, row.thread_sha)] = root
         return True
 
-    def _superseded(self, row: Any) -> bool:
-        """A root update is pointless when a newer one for the same thread is queued."""
-        if row.thread_image is None:
-            return False
-        with self.store.read() as tx:
-            newer = tx.connection.execute(
-                select(t.outbox.c.id)
-                .where(
-                    t.outbox.c.method == "chat.update",
-                    t.outbox.c.status == "pending",
-                    t.outbox.c.id > row.id,
-                    t.outbox.c.thread_image == row.thread_image,
-                    t.outbox.c.thread_sha == row.thread_sha,
-                )
-                .limit(1)
-            ).first()
-        return newer is not None
-
-    def _prepare(self, row: Any) -> dict[str, Any]:
+    def _prepare(self, row: Any, threads: dict[tuple[str, str], Any]) -> dict[str, Any]:
         payload = dict(row.payload)
         buttons = payload.pop("buttons", None)
         if buttons and "blocks" not in payload:
@@ -229,8 +214,7 @@ class OutboxSender:
             }
         if row.thread_image is None:
             return payload
-        with self.store.read() as tx:
-            thread = _thread(tx, row.thread_image, row.thread_sha)
+        thread = threads.get((row.thread_image, row.thread_sha))
         if row.method == "chat.update":
             if thread is None or thread.ts is None:
                 raise _Wait()
@@ -295,7 +279,8 @@ class OutboxSender:
                 return {"ok": True, "channel": payload["channel"], "ts": message["ts"]}
         return None
 
-    def _sent(self, row: Any, payload: dict[str, Any], response: dict[str, Any]) -> None:
+    def _sent(self, row: Any, payload: dict[str, Any], response: dict[str, Any]) -> Any:
+        """Record the delivery; the thread's root (channel, ts) when this message opened it."""
         with self.store.write(audited=False) as tx:
             tx.connection.execute(
                 update(t.outbox)
@@ -314,6 +299,8 @@ class OutboxSender:
                 and not payload.get("thread_ts")
             ):
                 _set_root(tx, row.thread_image, row.thread_sha, response, payload)
+                return _thread(tx, row.thread_image, row.thread_sha)
+        return None
 
     def _mark(self, row_id: int, **values: Any) -> None:
         with self.store.write(audited=False) as tx:
@@ -324,6 +311,27 @@ def _lane(row: Any) -> tuple[Any, ...]:
     if row.thread_image is not None:
         return ("thread", row.thread_image, row.thread_sha)
     return ("message", row.id)
+
+
+def _is_superseded(row: Any, later: list[Any]) -> bool:
+    """A root update is pointless when a newer one for the same thread is queued."""
+    return (
+        row.method == "chat.update"
+        and row.thread_image is not None
+        and row.status == "pending"
+        and any(other.method == "chat.update" for other in later)
+    )
+
+
+def _threads(tx: Tx, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    if not keys:
+        return {}
+    rows = tx.connection.execute(
+        select(t.slack_threads).where(
+            tuple_(t.slack_threads.c.image, t.slack_threads.c.sha).in_(sorted(keys))
+        )
+    )
+    return {(row.image, row.sha): row for row in rows}
 
 
 def _thread(tx: Tx, image: str, sha: str) -> Any:

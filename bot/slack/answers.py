@@ -17,13 +17,41 @@ import os
 import queue
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.slack.interactions import Later
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from slack_sdk.webhook import WebhookClient
+
+if TYPE_CHECKING:  # the worker forks this process before it imports the service
+    from bot.slack.interactions import Later
 
 log = logging.getLogger(__name__)
 
 POSTING_THREADS = 4  # posting waits on Slack; computing is quick
+
+
+def post_answer(url: str, message: dict[str, Any], *, replace: bool = False) -> None:
+    """Post a private answer to a response_url, retrying rate limits and outages."""
+    if not url:
+        log.warning("no response_url to answer: %s", message.get("text"))
+        return
+    client = WebhookClient(
+        url,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=5),
+            ServerErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+    response = client.send_dict(
+        {**message, "response_type": "ephemeral", "replace_original": replace}
+    )
+    if response.status_code != 200:
+        log.warning("response_url answered %s: %s", response.status_code, response.body)
 
 
 class AnswerProcess:
@@ -64,7 +92,6 @@ def _serve(tasks: Any, config_path: str | None, parent: int) -> None:
     # Ctrl-C reaches the whole process group: the parent decides when this one stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from bot.bootstrap import build_runtime
-    from bot.slack.app import post_answer
     from bot.slack.interactions import Interactions
 
     interactions = Interactions(build_runtime(config_path, migrate=False).app)

@@ -19,15 +19,10 @@ from typing import Any
 from slack_bolt import Ack, App
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
-from slack_sdk.webhook import WebhookClient
 
 from bot.service.app import Nbenv
 from bot.slack import views
+from bot.slack.answers import post_answer
 from bot.slack.client import web_client
 from bot.slack.interactions import Interactions, Later, Outcome
 
@@ -39,26 +34,6 @@ AFTER_ACK_THREADS = 4
 
 # Where an answer given after the ack goes: (response_url, what to answer, replace?).
 Answers = Callable[[str, Later, bool], None]
-
-
-def post_answer(url: str, message: dict[str, Any], *, replace: bool = False) -> None:
-    """Post a private answer to a response_url, retrying rate limits and outages."""
-    if not url:
-        log.warning("no response_url to answer: %s", message.get("text"))
-        return
-    client = WebhookClient(
-        url,
-        retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=2),
-            RateLimitErrorRetryHandler(max_retry_count=5),
-            ServerErrorRetryHandler(max_retry_count=3),
-        ],
-    )
-    response = client.send_dict(
-        {**message, "response_type": "ephemeral", "replace_original": replace}
-    )
-    if response.status_code != 200:
-        log.warning("response_url answered %s: %s", response.status_code, response.body)
 
 
 def build_app(

@@ -60,16 +60,19 @@ def create_web_app(bolt: Any, push: Any, background: Any = None) -> Any:
 def build_worker_app(config_path: str | None, token: str, signing_secret: str) -> Any:
     """Everything one gunicorn worker serves (called in the worker, after the fork)."""
     global _background, _answers
-    from bot.bootstrap import build_runtime
     from bot.slack.answers import AnswerProcess
+
+    # First, while this process has no thread and no database connection to inherit, and
+    # early: it builds its runtime on the other core while this one imports the rest.
+    _answers = AnswerProcess(config_path)
+
+    from bot.bootstrap import build_runtime
     from bot.slack.app import build_app
     from bot.slack.background import Background, job_step
     from bot.slack.client import web_client
     from bot.slack.outbox import OutboxSender
     from bot.slack.pubsub import JobPush
 
-    # First, while this process has no thread and no database connection to inherit.
-    _answers = AnswerProcess(config_path)
     runtime = build_runtime(config_path, migrate=False)
     sender = OutboxSender(runtime.store, web_client(token))
     push = JobPush.from_runtime(runtime)

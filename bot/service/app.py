@@ -365,15 +365,24 @@ class Nbenv:
         expect: dict[str, int] | None = None,
         **_: Any,
     ) -> Reply:
+        """promote and rollback: plan in a read, then apply with compare-and-swap."""
         image = command.image
         assert image
-        self._require(actor, image, Role.OWNER, "promote")
+        self._require(actor, image, Role.OWNER, command.name)
         with self.store.read() as tx:
-            plan, check = self._plan_promote(tx, actor, command)
-            preview = self._plan_data(tx, plan, check)
+            plan, preview = self._preview_in(tx, actor, command)
         if command.dry_run:
             return Reply(_plan_text(plan, preview, dry_run=True), preview)
         return self._apply(actor, plan, key=key, expect=expect, preview=preview)
+
+    _cmd_rollback = _cmd_promote
+
+    def _preview_in(self, tx: Tx, actor: str, command: Command) -> tuple[ops.Plan, dict[str, Any]]:
+        if command.name == "promote":
+            plan, check = self._plan_promote(tx, actor, command)
+            return plan, self._plan_data(tx, plan, check)
+        plan = self._plan_rollback(tx, command)
+        return plan, self._plan_data(tx, plan, None)
 
     def _plan_promote(self, tx: Tx, actor: str, command: Command) -> tuple[ops.Plan, PolicyCheck]:
         image = command.image
@@ -398,14 +407,9 @@ class Nbenv:
         assert command.image
         self._check_image(command.image)
         try:
+            self._require(actor, command.image, Role.OWNER, command.name)
             with self.store.read() as tx:
-                if command.name == "promote":
-                    self._require(actor, command.image, Role.OWNER, "promote")
-                    plan, check = self._plan_promote(tx, actor, command)
-                    return self._plan_data(tx, plan, check)
-                self._require(actor, command.image, Role.OWNER, "rollback")
-                plan = self._plan_rollback(tx, command)
-                return self._plan_data(tx, plan, None)
+                return self._preview_in(tx, actor, command)[1]
         except (Refused, Conflict) as refusal:
             self._audit_refusal(actor, command, refusal)
             raise
@@ -446,23 +450,6 @@ class Nbenv:
             except NbenvError as error:
                 data["diff"] = {"text": f"diff unavailable: {error.message}"}
         return data
-
-    def _cmd_rollback(
-        self,
-        actor: str,
-        command: Command,
-        *,
-        key: str | None = None,
-        expect: dict[str, int] | None = None,
-        **_: Any,
-    ) -> Reply:
-        image = command.image
-        assert image
-        self._require(actor, image, Role.OWNER, "rollback")
-        with self.store.read() as tx:
-            plan = self._plan_rollback(tx, command)
-            preview = self._plan_data(tx, plan, None)
-        return self._apply(actor, plan, key=key, expect=expect, preview=preview)
 
     def _plan_rollback(self, tx: Tx, command: Command) -> ops.Plan:
         image = command.image

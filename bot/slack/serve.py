@@ -90,6 +90,65 @@ def build_worker_app(config_path: str | None, token: str, signing_secret: str) -
     return create_web_app(bolt, push, _background)
 
 
+def _check_and_migrate(config_path: str | None) -> None:
+    from bot.config import load_config
+    from bot.store.database import make_engine, upgrade
+
+    load_config(config_path)  # a bad config stops here, with the file and the key
+    engine = make_engine()
+    if not schema_is_current(engine):
+        upgrade(engine)
+    engine.dispose()
+
+
+def _preload() -> None:
+    """What every worker imports: once, here, so the forked workers start ready."""
+    import flask  # noqa: F401
+    import slack_bolt.adapter.flask  # noqa: F401
+
+    import bot.bootstrap
+    import bot.slack.app
+    import bot.slack.background
+    import bot.slack.pubsub  # noqa: F401
+
+
+def _prepare(config_path: str | None) -> None:
+    """Check the config and bring the schema up to date before any worker starts.
+
+    Cold start matters on Cloud Run, so the two halves of the start run side by side: a
+    child process checks and migrates while this one imports what the workers need. A
+    problem ends the start with the child's one-line reason and exit status.
+    """
+    from bot.domain.errors import NbenvError
+
+    read_end, write_end = os.pipe()
+    child = os.fork()  # no thread runs yet in this process: forking is safe
+    if child == 0:
+        os.close(read_end)
+        code = 0
+        try:
+            _check_and_migrate(config_path)
+        except NbenvError as error:
+            os.write(write_end, error.message.encode())
+            code = error.exit_code
+        except Exception as error:  # the database is unreachable, say
+            os.write(write_end, f"cannot prepare the database: {error}".encode())
+            code = 1
+        os._exit(code)
+    os.close(write_end)
+    try:
+        _preload()
+    finally:
+        with os.fdopen(read_end, "rb") as reason:
+            message = reason.read().decode(errors="replace").strip()
+        _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        failure = NbenvError(message.splitlines()[0] if message else f"start-up failed ({code})")
+        failure.exit_code = code
+        raise failure
+
+
 def schema_is_current(engine: Any) -> bool:
     """True when the database is at the newest migration, known without Alembic.
 
@@ -167,14 +226,7 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    from bot.config import load_config
-    from bot.store.database import make_engine, upgrade
-
-    load_config(args.config)  # a bad config stops here, with the file and the key
-    engine = make_engine()
-    if not schema_is_current(engine):
-        upgrade(engine)
-    engine.dispose()  # the workers open their own connections after the fork
+    _prepare(args.config)
 
     from gunicorn.app.base import BaseApplication
 

@@ -351,16 +351,8 @@ class Interactions:
                     f"`{short(state.sha(Env.FALLBACK))}`). Nothing was changed."
                 )
         preview = self.app.preview(actor, command)
-        with self.store.read() as tx:
-            shas = {c["old"] for c in preview["changes"] if c["old"]}
-            shas |= {c["new"] for c in preview["changes"]}
-            instances = {
-                sha: [
-                    row["requested_by"]
-                    for row in tx.instances(image=command.image, sha=sha, active=True)
-                ]
-                for sha in shas
-            }
+        shas = [c["old"] for c in preview["changes"]] + [c["new"] for c in preview["changes"]]
+        instances = self.app.who_runs(command.image, shas)
         fields_ = command_fields(Command(**{**_plain(command), "confirmed": True}))
         value = {"image": command.image, "cmd": fields_, "expect": preview["expect"]}
         if not views.value_fits(value):

@@ -66,7 +66,7 @@ def build_worker_app(config_path: str | None, token: str, signing_secret: str) -
     # early: it builds its runtime on the other core while this one imports the rest.
     _answers = AnswerProcess(config_path)
 
-    from bot.bootstrap import build_runtime
+    from bot.bootstrap import build_runtime, recover_at_start
     from bot.slack.app import build_app
     from bot.slack.background import Background, job_step
     from bot.slack.client import web_client
@@ -74,6 +74,7 @@ def build_worker_app(config_path: str | None, token: str, signing_secret: str) -
     from bot.slack.pubsub import JobPush
 
     runtime = build_runtime(config_path, migrate=False)
+    recover_at_start(runtime)  # finish promotions a crash left half-synced (idempotent)
     sender = OutboxSender(runtime.store, web_client(token))
     push = JobPush.from_runtime(runtime)
     # Jobs run here from the store's queue, or travel through Pub/Sub and come back

@@ -43,13 +43,14 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
 
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-    from bot.bootstrap import build_runtime
+    from bot.bootstrap import build_runtime, recover_at_start
     from bot.slack.app import build_app
     from bot.slack.background import Background
     from bot.slack.client import web_client
     from bot.slack.outbox import OutboxSender
 
     runtime = build_runtime(args.config)
+    recover_at_start(runtime)
     background = Background(
         runtime,
         OutboxSender(runtime.store, web_client(token)),

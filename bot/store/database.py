@@ -9,6 +9,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.pool import QueuePool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+READ_ONLY = "nbenv_read_only"  # execution option of Store.read() connections
 _PG_MIGRATION_LOCK = 7_244_633  # any constant: serialises concurrent start-ups
 
 
@@ -51,7 +52,9 @@ def make_engine(url: str | None = None) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(connection) -> None:  # type: ignore[no-untyped-def]
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # Reads take a snapshot without the write lock: in WAL they never wait for it.
+            read_only = connection.get_execution_options().get(READ_ONLY)
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     # No pre-ping (a round trip per transaction): connections are recycled before Cloud

@@ -23,6 +23,7 @@ from bot.domain.names import Env, check_sha_ref, is_full_sha, short
 from bot.domain.operations import Plan
 from bot.domain.policy import Verdict
 from bot.store import tables as t
+from bot.store.database import READ_ONLY
 
 Clock = Callable[[], datetime]
 
@@ -46,6 +47,7 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Tx]:
         with self.engine.connect() as connection:
+            connection.execution_options(**{READ_ONLY: True})
             yield Tx(connection, self)
             connection.rollback()
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bot.config import Config, load_config
 from bot.domain.errors import Refused
 from bot.service.app import Nbenv
-from bot.service.diff import Differ
 from bot.service.jobs import Handler, JobWorker
 from bot.service.ports import Backend
 from bot.store.database import make_engine, upgrade
@@ -53,21 +54,43 @@ def make_backend(config: Config, app: Nbenv) -> Backend | None:
 
         return GcpBackend(config)
     from bot.backends.local import LocalBackend
-    from bot.builds.relay import BuildRelay
     from bot.store.database import nbenv_home
 
-    # No sender: the relay queues its messages in the outbox; the bot's sender delivers.
-    relay = BuildRelay(app, None)
+    relays: list[Any] = []
+
+    def relay() -> Any:
+        # Built on the first build (the relay is not needed to answer Slack). No sender:
+        # it queues its messages in the outbox, and the bot's sender delivers them.
+        if not relays:
+            from bot.builds.relay import BuildRelay
+
+            relays.append(BuildRelay(app, None))
+        return relays[0]
+
     return LocalBackend(
-        config, nbenv_home(), emit_build=relay.handle_build, emit_report=relay.handle_report
+        config,
+        nbenv_home(),
+        emit_build=lambda *args: relay().handle_build(*args),
+        emit_report=lambda *args: relay().handle_report(*args),
     )
 
 
-def make_differ(config: Config) -> Differ:
-    """`nbenv diff`: the image folders at both SHAs come from git when the repo is here."""
-    from bot.backends.local.git import GitSource
+def make_differ(config: Config) -> Callable[..., dict[str, Any]]:
+    """`nbenv diff`: the image folders at both SHAs come from git when the repo is here.
 
-    return Differ(GitSource(config))
+    Loaded on the first diff: answering Slack at start needs none of it.
+    """
+    loaded: list[Callable[..., dict[str, Any]]] = []
+
+    def differ(*args: Any) -> dict[str, Any]:
+        if not loaded:
+            from bot.backends.local.git import GitSource
+            from bot.service.diff import Differ
+
+            loaded.append(Differ(GitSource(config)))
+        return loaded[0](*args)
+
+    return differ
 
 
 @dataclass

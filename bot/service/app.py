@@ -25,6 +25,7 @@ from bot.domain.model import ImageState, Version
 from bot.domain.names import Env, check_full_sha, check_user_id, short
 from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
 from bot.domain.text import escape, mention
+from bot.service import render
 from bot.service.ports import Backend, InstanceInfo, InstanceRequest
 from bot.store.uow import Store, Tx
 
@@ -150,7 +151,7 @@ class Nbenv:
                 image=command.image,
                 sha=command.sha if command.sha and len(command.sha) == 40 else None,
                 outcome="refused",
-                details={"reason": refusal.message, "command": _command_details(command)},
+                details={"reason": refusal.message, "command": render.command_details(command)},
             )
 
     @contextmanager
@@ -179,10 +180,10 @@ class Nbenv:
             self._require(actor, command.image, Role.USER, "status")
             with self.store.read() as tx:
                 data: Any = self.image_status(tx, command.image)
-            return Reply(_status_text(data), data)
+            return Reply(render.status_text(data), data)
         with self.store.read() as tx:
             data = [self.image_status(tx, name) for name in self.visible_images(actor)]
-        return Reply("\n\n".join(_status_text(item) for item in data) or "no images", data)
+        return Reply("\n\n".join(render.status_text(item) for item in data) or "no images", data)
 
     def image_status(self, tx: Tx, image: str) -> dict[str, Any]:
         state = tx.image_state(image)
@@ -206,7 +207,7 @@ class Nbenv:
         approvals = None
         if staging_sha:
             check = self._policy(tx, image, staging_sha, promoter=None)
-            approvals = _policy_data(staging_sha, check)
+            approvals = render.policy_data(staging_sha, check)
         return {
             "image": image,
             "team": self.config.images[image].team,
@@ -232,7 +233,7 @@ class Nbenv:
             for version in tx.list_versions(image):
                 envs = [env.value for env in Env if state.sha(env) == version.sha]
                 verdicts = tx.verdicts(image, version.sha)
-                rows.append(_version_data(version, envs, verdicts))
+                rows.append(render.version_data(version, envs, verdicts))
         lines = [f"*Versions of {image}* (newest first)"]
         for row in rows:
             tests = "tests passed" if row["tests_passed"] else "TESTS FAILED"
@@ -253,9 +254,9 @@ class Nbenv:
         with self.store.read() as tx:
             sha = tx.resolve_sha(image, command.sha) if command.sha else None
             entries = tx.audit_entries(image=image, sha=sha)
-        data = [_audit_data(entry) for entry in entries]
+        data = [render.audit_data(entry) for entry in entries]
         title = f"*History of {image}*" + (f" at `{short(sha)}`" if sha else "")
-        lines = [title] + [_history_line(entry) for entry in data]
+        lines = [title] + [render.history_line(entry) for entry in data]
         if not data:
             lines.append("nothing recorded yet")
         return Reply("\n".join(lines), data)
@@ -333,7 +334,7 @@ class Nbenv:
                 action=action,
                 image=image,
                 sha=sha,
-                details={"reason": command.reason, "policy": _policy_data(sha, check)},
+                details={"reason": command.reason, "policy": render.policy_data(sha, check)},
             )
             if approved:
                 text = f"✅ {mention(actor)} approved `{short(sha)}` — {check.summary()}"
@@ -352,7 +353,7 @@ class Nbenv:
             self._announce(
                 tx, image, sha, text, key=f"{action}:{image}:{sha}:{tx.now}", buttons=buttons
             )
-        return Reply(text, {"image": image, "sha": sha, "policy": _policy_data(sha, check)})
+        return Reply(text, {"image": image, "sha": sha, "policy": render.policy_data(sha, check)})
 
     # -- environments ----------------------------------------------------------------------
 
@@ -372,7 +373,7 @@ class Nbenv:
         with self.store.read() as tx:
             plan, preview = self._preview_in(tx, actor, command)
         if command.dry_run:
-            return Reply(_plan_text(plan, preview, dry_run=True), preview)
+            return Reply(render.plan_text(plan, preview, dry_run=True), preview)
         return self._apply(actor, plan, key=key, expect=expect, preview=preview)
 
     _cmd_rollback = _cmd_promote
@@ -434,7 +435,7 @@ class Nbenv:
             "details": plan.details,
         }
         if check is not None:
-            data["approvals"] = _policy_data(plan.sha, check)
+            data["approvals"] = render.policy_data(plan.sha, check)
         if self.differ is not None and plan.action == "promote":
             old = plan.change(Env.PRODUCTION).old if plan.change(Env.PRODUCTION) else None
             old_version = tx.get_version(plan.image, old) if old else None
@@ -587,7 +588,7 @@ class Nbenv:
             }:
                 raise Conflict(
                     f"the environments of {plan.image} changed since this was shown: "
-                    f"{_pointers_text(state)}. Nothing was changed."
+                    f"{render.pointers_text(state)}. Nothing was changed."
                 )
             tx.apply(plan, actor=actor, operation_id=operation_id)
             steps = []
@@ -603,7 +604,7 @@ class Nbenv:
             tx.append_audit(
                 actor=actor, action=plan.action, image=plan.image, sha=plan.sha, details=details
             )
-            text = _announcement(actor, plan)
+            text = render.announcement(actor, plan)
             if plan.changes:
                 self._announce_plan(tx, plan, text, operation_id)
         synced = self.finish_operation(operation_id) if steps else True
@@ -943,7 +944,7 @@ class Nbenv:
             sha = tx.image_state(image).sha(env)
             if sha is None:
                 raise Refused(f"{image} has nothing in {env.value}: no instance to create")
-            name = command.instance_name or _instance_name(image, env.value, actor, sha)
+            name = command.instance_name or render.instance_name(image, env.value, actor, sha)
             if tx.instance(name) is not None:
                 raise Refused(f"an instance named {name} already exists")
             job_key = key or f"instance:{name}"
@@ -1067,162 +1068,3 @@ class Nbenv:
         with self.store.read() as tx:
             seq, digest = tx.audit_head()
             return verify_chain(tx.audit_entries(), seq, digest)
-
-
-# -- presentation helpers (plain mrkdwn; Slack adds blocks around them) -----------------------
-
-
-def _command_details(command: Command) -> dict[str, Any]:
-    fields = {
-        "sha": command.sha,
-        "to": command.to,
-        "env": command.env.value if command.env else None,
-        "reason": command.reason,
-        "force": command.force or None,
-        "dry_run": command.dry_run or None,
-        "ref": command.ref,
-    }
-    return {k: v for k, v in fields.items() if v is not None}
-
-
-def _policy_data(sha: str, check: PolicyCheck) -> dict[str, Any]:
-    return {
-        "sha": sha,
-        "required": check.required,
-        "approved_by": list(check.counted),
-        "not_counted": list(check.not_counted),
-        "rejected_by": [{"user": v.user, "reason": v.reason} for v in check.rejections],
-        "met": check.met,
-    }
-
-
-def _version_data(version: Version, envs: list[str], verdicts: list) -> dict[str, Any]:  # type: ignore[type-arg]
-    notebooks = (version.report or {}).get("notebooks") or []
-    return {
-        "sha": version.sha,
-        "short": short(version.sha),
-        "created_at": version.created_at,
-        "recorded_by": version.recorded_by,
-        "subject": version.subject,
-        "branch": version.branch,
-        "tests_passed": version.tests_passed,
-        "notebooks": {
-            "passed": sum(1 for n in notebooks if n.get("status") == "passed"),
-            "total": len(notebooks),
-        },
-        "environments": envs,
-        "approvals": sum(1 for v in verdicts if v.approved),
-        "rejections": [v.user for v in verdicts if not v.approved],
-        "revoked": version.revoked,
-        "revoked_reason": version.revoked_reason,
-    }
-
-
-def _audit_data(entry: Any) -> dict[str, Any]:
-    return {
-        "seq": entry.seq,
-        "at": entry.at,
-        "actor": entry.actor,
-        "action": entry.action,
-        "image": entry.image,
-        "sha": entry.sha,
-        "outcome": entry.outcome,
-        "details": entry.details,
-    }
-
-
-def _history_line(entry: dict[str, Any]) -> str:
-    sha = f" `{short(entry['sha'])}`" if entry["sha"] else ""
-    outcome = "" if entry["outcome"] == "ok" else f" ({entry['outcome'].upper()})"
-    detail = entry["details"].get("reason")
-    detail_text = f": {escape(str(detail))}" if detail else ""
-    return (
-        f"• {entry['at'][:19].replace('T', ' ')} {mention(entry['actor'])} "
-        f"{entry['action']}{sha}{outcome}{detail_text}"
-    )
-
-
-def _pointers_text(state: ImageState) -> str:
-    return ", ".join(f"{env.value} `{short(state.sha(env))}`" for env in Env)
-
-
-def _status_text(data: dict[str, Any]) -> str:
-    lines = [f"*{data['image']}*" + (" 🧊 frozen" if data["frozen"] else "")]
-    for env, pointer in data["environments"].items():
-        if pointer is None:
-            lines.append(f"• {env}: —")
-        else:
-            revoked = " (revoked)" if pointer["revoked"] else ""
-            lines.append(
-                f"• {env}: `{pointer['short']}`{revoked} since {pointer['updated_at'][:16]} "
-                f"by {mention(pointer['updated_by'] or '?')}"
-            )
-    if data["freeze"]:
-        lines.append(
-            f"Frozen by {mention(data['freeze']['by'])}: {escape(data['freeze']['reason'])}"
-        )
-    approvals = data["approvals"]
-    if approvals:
-        approved = len(approvals["approved_by"])
-        lines.append(
-            f"Staging approvals: {approved}/{approvals['required']}"
-            + (
-                "; rejected by " + ", ".join(mention(r["user"]) for r in approvals["rejected_by"])
-                if approvals["rejected_by"]
-                else ""
-            )
-        )
-    return "\n".join(lines)
-
-
-def _plan_text(plan: ops.Plan, preview: dict[str, Any], *, dry_run: bool) -> str:
-    head = "Dry run — would " if dry_run else ""
-    lines = [f"{head}{plan.action} {plan.image}: {plan.describe()}"]
-    if "approvals" in preview:
-        approvals = preview["approvals"]
-        lines.append(
-            f"Approvals: {len(approvals['approved_by'])}/{approvals['required']} "
-            + " ".join(mention(u) for u in approvals["approved_by"])
-        )
-    diff = preview.get("diff")
-    if diff and diff.get("text"):
-        lines.append(str(diff["text"]))
-    return "\n".join(lines)
-
-
-def _announcement(actor: str, plan: ops.Plan) -> str:
-    image = plan.image
-    who = mention(actor)
-    if plan.action == "publish":
-        if not plan.changes:
-            return f"`{short(plan.sha)}` already is in staging for {image}"
-        return f"🧪 `{short(plan.sha)}` is now in staging for {image} (published by {who})."
-    if plan.action == "promote":
-        lines = [f"🚀 {who} promoted `{short(plan.sha)}` to production of {image}"]
-        fallback = plan.change(Env.FALLBACK)
-        if fallback:
-            lines.append(f"fallback: `{short(fallback.old)}` → `{short(fallback.new)}`")
-        if plan.details.get("forced"):
-            lines.append(
-                f"forced over the rejection(s) of "
-                f"{', '.join(mention(u) for u in plan.details['overridden_rejections'])}: "
-                f"{escape(plan.details.get('reason'))}"
-            )
-        return "\n".join(lines)
-    production = plan.change(Env.PRODUCTION)
-    assert production is not None
-    reason = plan.details.get("reason")
-    return (
-        f"⏪ {who} rolled back production of {image}: `{short(production.old)}` → "
-        f"`{short(production.new)}`"
-        + (f" (revoked `{short(plan.revoke)}`)" if plan.revoke else "")
-        + (f": {escape(reason)}" if reason else "")
-    )
-
-
-def _instance_name(image: str, env: str, actor: str, sha: str) -> str:
-    base = image.replace(".", "-").replace("_", "-")
-    while "--" in base:
-        base = base.replace("--", "-")
-    suffix = f"-{env[:4]}-{sha[:7]}-{uuid.uuid4().hex[:4]}"
-    return (base[: 63 - len(suffix)].rstrip("-") + suffix).lower()

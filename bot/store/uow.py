@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.domain.audit import AuditEntry, entry_hash
 from bot.domain.errors import BadInput, Conflict
@@ -73,9 +72,14 @@ class Tx:
     def insert_ignore(self, table: t.Table, values: dict[str, Any]) -> bool:
         """Insert unless the key exists; True when this call inserted the row."""
         dialect = self.connection.dialect.name
+        # Imported here: each dialect's module is heavy and a process uses only one.
         if dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
             statement = postgresql.insert(table).values(**values).on_conflict_do_nothing()
         elif dialect == "sqlite":
+            from sqlalchemy.dialects import sqlite
+
             statement = sqlite.insert(table).values(**values).on_conflict_do_nothing()
         else:  # pragma: no cover - only the two supported databases
             raise RuntimeError(f"unsupported database {dialect}")

@@ -4,14 +4,16 @@ Jupyter servers on loopback for instances. No cloud account needed."""
 from __future__ import annotations
 
 import sys
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.backends.local.git import Repositories
-from bot.backends.local.instances import LocalInstances
-from bot.backends.local.pipeline import BUILD_TIMEOUT_S, EmitBuild, EmitReport, LocalPipeline
 from bot.config import Config
 from bot.service.ports import InstanceInfo, InstanceRequest
+
+if TYPE_CHECKING:
+    from bot.backends.local.instances import LocalInstances
+    from bot.backends.local.pipeline import EmitBuild, EmitReport, LocalPipeline
 
 
 class LocalBackend:
@@ -26,23 +28,53 @@ class LocalBackend:
         emit_report: EmitReport,
         use_docker: bool | None = None,
         python: str = sys.executable,
-        build_timeout_s: float = BUILD_TIMEOUT_S,
+        build_timeout_s: float | None = None,
     ) -> None:
         """EMIT_BUILD and EMIT_REPORT are the relay's entry points (BuildRelay.handle_build,
-        BuildRelay.handle_report); USE_DOCKER None means: use Docker when an engine answers."""
-        repositories = Repositories(config, home)
-        self.pipeline = LocalPipeline(
-            config,
-            home,
-            emit_build,
-            emit_report,
-            use_docker=use_docker,
-            python=python,
-            timeout_s=build_timeout_s,
-            repositories=repositories,
+        BuildRelay.handle_report); USE_DOCKER None means: use Docker when an engine answers.
+
+        The pipeline and the instance manager load on first use: a bot that only answers
+        Slack (the worker runs builds) starts without them.
+        """
+        self._config = config
+        self._home = home
+        self._emit_build = emit_build
+        self._emit_report = emit_report
+        self._use_docker = use_docker
+        self._python = python
+        self._build_timeout_s = build_timeout_s
+
+    @cached_property
+    def _repositories(self):  # type: ignore[no-untyped-def]
+        from bot.backends.local.git import Repositories
+
+        return Repositories(self._config, self._home)
+
+    @cached_property
+    def pipeline(self) -> LocalPipeline:
+        from bot.backends.local.pipeline import BUILD_TIMEOUT_S, LocalPipeline
+
+        return LocalPipeline(
+            self._config,
+            self._home,
+            self._emit_build,
+            self._emit_report,
+            use_docker=self._use_docker,
+            python=self._python,
+            timeout_s=self._build_timeout_s or BUILD_TIMEOUT_S,
+            repositories=self._repositories,
         )
-        self.instances = LocalInstances(
-            config, home, use_docker=use_docker, python=python, repositories=repositories
+
+    @cached_property
+    def instances(self) -> LocalInstances:
+        from bot.backends.local.instances import LocalInstances
+
+        return LocalInstances(
+            self._config,
+            self._home,
+            use_docker=self._use_docker,
+            python=self._python,
+            repositories=self._repositories,
         )
 
     def run_build(self, image: str, ref: str | None, requested_by: str) -> dict[str, Any]:

@@ -1,0 +1,173 @@
+"""What the service says: plain Slack mrkdwn text and JSON-able data for each answer.
+
+Slack adds blocks around these texts; the CLI turns the mrkdwn into plain text. User
+supplied parts are escaped here, once, so no entry point can forget to.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from bot.domain import operations as ops
+from bot.domain.commands import Command
+from bot.domain.model import ImageState, Version
+from bot.domain.names import Env, short
+from bot.domain.policy import PolicyCheck
+from bot.domain.text import escape, mention
+
+
+def command_details(command: Command) -> dict[str, Any]:
+    fields = {
+        "sha": command.sha,
+        "to": command.to,
+        "env": command.env.value if command.env else None,
+        "reason": command.reason,
+        "force": command.force or None,
+        "dry_run": command.dry_run or None,
+        "ref": command.ref,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def policy_data(sha: str, check: PolicyCheck) -> dict[str, Any]:
+    return {
+        "sha": sha,
+        "required": check.required,
+        "approved_by": list(check.counted),
+        "not_counted": list(check.not_counted),
+        "rejected_by": [{"user": v.user, "reason": v.reason} for v in check.rejections],
+        "met": check.met,
+    }
+
+
+def version_data(version: Version, envs: list[str], verdicts: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    notebooks = (version.report or {}).get("notebooks") or []
+    return {
+        "sha": version.sha,
+        "short": short(version.sha),
+        "created_at": version.created_at,
+        "recorded_by": version.recorded_by,
+        "subject": version.subject,
+        "branch": version.branch,
+        "tests_passed": version.tests_passed,
+        "notebooks": {
+            "passed": sum(1 for n in notebooks if n.get("status") == "passed"),
+            "total": len(notebooks),
+        },
+        "environments": envs,
+        "approvals": sum(1 for v in verdicts if v.approved),
+        "rejections": [v.user for v in verdicts if not v.approved],
+        "revoked": version.revoked,
+        "revoked_reason": version.revoked_reason,
+    }
+
+
+def audit_data(entry: Any) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "at": entry.at,
+        "actor": entry.actor,
+        "action": entry.action,
+        "image": entry.image,
+        "sha": entry.sha,
+        "outcome": entry.outcome,
+        "details": entry.details,
+    }
+
+
+def history_line(entry: dict[str, Any]) -> str:
+    sha = f" `{short(entry['sha'])}`" if entry["sha"] else ""
+    outcome = "" if entry["outcome"] == "ok" else f" ({entry['outcome'].upper()})"
+    detail = entry["details"].get("reason")
+    detail_text = f": {escape(str(detail))}" if detail else ""
+    return (
+        f"• {entry['at'][:19].replace('T', ' ')} {mention(entry['actor'])} "
+        f"{entry['action']}{sha}{outcome}{detail_text}"
+    )
+
+
+def pointers_text(state: ImageState) -> str:
+    return ", ".join(f"{env.value} `{short(state.sha(env))}`" for env in Env)
+
+
+def status_text(data: dict[str, Any]) -> str:
+    lines = [f"*{data['image']}*" + (" 🧊 frozen" if data["frozen"] else "")]
+    for env, pointer in data["environments"].items():
+        if pointer is None:
+            lines.append(f"• {env}: —")
+        else:
+            revoked = " (revoked)" if pointer["revoked"] else ""
+            lines.append(
+                f"• {env}: `{pointer['short']}`{revoked} since {pointer['updated_at'][:16]} "
+                f"by {mention(pointer['updated_by'] or '?')}"
+            )
+    if data["freeze"]:
+        lines.append(
+            f"Frozen by {mention(data['freeze']['by'])}: {escape(data['freeze']['reason'])}"
+        )
+    approvals = data["approvals"]
+    if approvals:
+        approved = len(approvals["approved_by"])
+        lines.append(
+            f"Staging approvals: {approved}/{approvals['required']}"
+            + (
+                "; rejected by " + ", ".join(mention(r["user"]) for r in approvals["rejected_by"])
+                if approvals["rejected_by"]
+                else ""
+            )
+        )
+    return "\n".join(lines)
+
+
+def plan_text(plan: ops.Plan, preview: dict[str, Any], *, dry_run: bool) -> str:
+    head = "Dry run — would " if dry_run else ""
+    lines = [f"{head}{plan.action} {plan.image}: {plan.describe()}"]
+    if "approvals" in preview:
+        approvals = preview["approvals"]
+        lines.append(
+            f"Approvals: {len(approvals['approved_by'])}/{approvals['required']} "
+            + " ".join(mention(u) for u in approvals["approved_by"])
+        )
+    diff = preview.get("diff")
+    if diff and diff.get("text"):
+        lines.append(str(diff["text"]))
+    return "\n".join(lines)
+
+
+def announcement(actor: str, plan: ops.Plan) -> str:
+    image = plan.image
+    who = mention(actor)
+    if plan.action == "publish":
+        if not plan.changes:
+            return f"`{short(plan.sha)}` already is in staging for {image}"
+        return f"🧪 `{short(plan.sha)}` is now in staging for {image} (published by {who})."
+    if plan.action == "promote":
+        lines = [f"🚀 {who} promoted `{short(plan.sha)}` to production of {image}"]
+        fallback = plan.change(Env.FALLBACK)
+        if fallback:
+            lines.append(f"fallback: `{short(fallback.old)}` → `{short(fallback.new)}`")
+        if plan.details.get("forced"):
+            lines.append(
+                f"forced over the rejection(s) of "
+                f"{', '.join(mention(u) for u in plan.details['overridden_rejections'])}: "
+                f"{escape(plan.details.get('reason'))}"
+            )
+        return "\n".join(lines)
+    production = plan.change(Env.PRODUCTION)
+    assert production is not None
+    reason = plan.details.get("reason")
+    return (
+        f"⏪ {who} rolled back production of {image}: `{short(production.old)}` → "
+        f"`{short(production.new)}`"
+        + (f" (revoked `{short(plan.revoke)}`)" if plan.revoke else "")
+        + (f": {escape(reason)}" if reason else "")
+    )
+
+
+def instance_name(image: str, env: str, actor: str, sha: str) -> str:
+    base = image.replace(".", "-").replace("_", "-")
+    while "--" in base:
+        base = base.replace("--", "-")
+    suffix = f"-{env[:4]}-{sha[:7]}-{uuid.uuid4().hex[:4]}"
+    return (base[: 63 - len(suffix)].rstrip("-") + suffix).lower()

@@ -31,6 +31,16 @@ LEASE = timedelta(seconds=60)
 MAX_BACKOFF_S = 300
 MAX_ATTEMPTS = 15
 METADATA_EVENT = "nbenv_outbox"
+_QUEUE_COLUMNS = (
+    "id",
+    "dedupe_key",
+    "method",
+    "thread_image",
+    "thread_sha",
+    "status",
+    "attempts",
+    "next_attempt_at",
+)
 # Errors that a retry cannot fix: the message is parked as `dead` with the reason.
 PERMANENT_ERRORS = {
     "channel_not_found",
@@ -88,7 +98,8 @@ class OutboxSender:
         with self.store.read() as tx:
             rows = list(
                 tx.connection.execute(
-                    select(t.outbox)
+                    # Payloads are read by the claim, only for the rows sent in this pass.
+                    select(*(t.outbox.c[name] for name in _QUEUE_COLUMNS))
                     .where(t.outbox.c.status.in_(("pending", "sending")))
                     .order_by(t.outbox.c.id)
                     .limit(limit * 5)
@@ -149,7 +160,8 @@ class OutboxSender:
 
     # -- one message -------------------------------------------------------------------------
 
-    def _claim(self, row: Any, now: datetime) -> bool:
+    def _claim(self, row: Any, now: datetime) -> dict[str, Any] | None:
+        """Take ROW for sending (its payload), or None when another sender has it."""
         with self.store.write(audited=False) as tx:
             claimed = tx.connection.execute(
                 update(t.outbox)
@@ -159,15 +171,17 @@ class OutboxSender:
                     t.outbox.c.next_attempt_at == row.next_attempt_at,
                 )
                 .values(status="sending", next_attempt_at=iso(now + LEASE))
-            )
-            return claimed.rowcount == 1
+                .returning(t.outbox.c.payload)
+            ).first()
+            return None if claimed is None else dict(claimed.payload)
 
     def _deliver(self, row: Any, now: datetime, threads: dict[tuple[str, str], Any]) -> bool:
         crashed_mid_send = row.status == "sending"
-        if not self._claim(row, now):
+        stored = self._claim(row, now)
+        if stored is None:
             return False
         try:
-            payload = self._prepare(row, threads)
+            payload = self._prepare(row, stored, threads)
             response: dict[str, Any] | None = None
             if crashed_mid_send and row.method == "chat.postMessage":
                 response = self._find_posted(row, payload)
@@ -200,8 +214,9 @@ class OutboxSender:
             threads[(row.thread_image, row.thread_sha)] = root
         return True
 
-    def _prepare(self, row: Any, threads: dict[tuple[str, str], Any]) -> dict[str, Any]:
-        payload = dict(row.payload)
+    def _prepare(
+        self, row: Any, payload: dict[str, Any], threads: dict[tuple[str, str], Any]
+    ) -> dict[str, Any]:
         buttons = payload.pop("buttons", None)
         if buttons and "blocks" not in payload:
             payload["blocks"] = message_blocks(payload.get("text", ""), buttons)

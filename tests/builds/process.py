@@ -13,8 +13,9 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
+
+from tests.support.lifecycle import Startable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE = REPO_ROOT / "functions" / "main.py"
@@ -36,7 +37,7 @@ def framework_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "functions_framework"]
 
 
-class FunctionProcess:
+class FunctionProcess(Startable):
     """`functions-framework --target TARGET --source SOURCE --signature-type cloudevent`."""
 
     def __init__(
@@ -104,17 +105,6 @@ class FunctionProcess:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- requests ------------------------------------------------------------------------
 

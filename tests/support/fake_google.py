@@ -40,9 +40,10 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .lifecycle import Startable
 
 __all__ = [
     "Drop",
@@ -158,7 +159,7 @@ class _Package:
     tags: dict[str, str] = field(default_factory=dict)  # tag -> digest
 
 
-class FakeGoogleApis:
+class FakeGoogleApis(Startable):
     """Cloud Build v1, Artifact Registry v1 and Notebooks v2 over HTTP/JSON."""
 
     def __init__(
@@ -209,17 +210,6 @@ class FakeGoogleApis:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
@@ -776,7 +766,7 @@ class _Handler(BaseHTTPRequestHandler):
 # -- Notebooks API v1 over gRPC ----------------------------------------------------------------
 
 
-class FakeLegacyNotebooks:
+class FakeLegacyNotebooks(Startable):
     """`google.cloud.notebooks.v1.NotebookService` environments, over insecure gRPC.
 
     Long-running operations complete at once (`done: true`), as a fast service would.
@@ -828,12 +818,6 @@ class FakeLegacyNotebooks:
         if self._server is not None:
             self._server.stop(grace=None)
             self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
@@ -944,7 +928,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class PubSubEmulator:
+class PubSubEmulator(Startable):
     """Runs the Pub/Sub emulator on a free loopback port; `host` is PUBSUB_EMULATOR_HOST."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -993,12 +977,6 @@ class PubSubEmulator:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
             self._log.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -32,8 +32,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NoReturn, Self
+
+from .lifecycle import Startable
 
 __all__ = [
     "INSTALL_HINT",
@@ -161,7 +162,7 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-class PostgresCluster:
+class PostgresCluster(Startable):
     """A private PostgreSQL server in a temporary directory, listening on 127.0.0.1.
 
     Attributes once started: `port`, `base_dir` (the temporary directory),
@@ -244,17 +245,6 @@ class PostgresCluster:
         """Stop the server at once (no checkpoint: the data is thrown away) and delete it."""
         with self._lock:
             self._teardown()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _stop_at_exit(self) -> None:
         # A forked child inherits the registration but does not own the server.

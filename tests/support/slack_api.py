@@ -34,9 +34,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from .lifecycle import Startable
 
 __all__ = ["Call", "FakeSlackApi", "Message"]
 
@@ -148,7 +149,7 @@ def _missing(name: str) -> Payload:
     )
 
 
-class FakeSlackApi:
+class FakeSlackApi(Startable):
     """A local HTTP server answering Slack Web API methods, recording every request.
 
     `token`: when given, only that token is accepted (others get "invalid_auth");
@@ -211,17 +212,6 @@ class FakeSlackApi:
         if thread is not None:
             thread.join(timeout=5)
         self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def root_url(self) -> str:

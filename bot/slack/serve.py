@@ -93,7 +93,7 @@ def build_worker_app(config_path: str | None, token: str, signing_secret: str) -
 
 def _check_and_migrate(config_path: str | None) -> None:
     from bot.config import load_config
-    from bot.store.database import make_engine, upgrade
+    from bot.store.database import make_engine, schema_is_current, upgrade
 
     load_config(config_path)  # a bad config stops here, with the file and the key
     engine = make_engine()
@@ -148,39 +148,6 @@ def _prepare(config_path: str | None) -> None:
         failure = NbenvError(message.splitlines()[0] if message else f"start-up failed ({code})")
         failure.exit_code = code
         raise failure
-
-
-def schema_is_current(engine: Any) -> bool:
-    """True when the database is at the newest migration, known without Alembic.
-
-    Importing Alembic costs a quarter of a second of cold start (Cloud Run starts
-    instances on demand); the migrations say their revision in a plain assignment, so
-    their heads are read from the files. Any doubt answers False, and Alembic decides.
-    """
-    import re
-
-    from sqlalchemy import text
-
-    from bot.store.database import MIGRATIONS
-
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for script in (MIGRATIONS / "versions").glob("*.py"):
-        source = script.read_text(encoding="utf-8")
-        revision = re.search(r"^revision\b[^=]*=\s*[\"']([^\"']+)[\"']", source, re.M)
-        down = re.search(r"^down_revision\b[^=]*=(.*)$", source, re.M)
-        if revision is None or down is None:
-            return False
-        revisions.add(revision.group(1))
-        parents.update(re.findall(r"[\"']([^\"']+)[\"']", down.group(1)))
-    try:
-        with engine.connect() as connection:
-            current = set(
-                connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
-            )
-    except Exception:  # no table yet, or no database: let Alembic create it
-        return False
-    return bool(revisions) and current == revisions - parents
 
 
 def _worker_exit(server: Any, worker: Any) -> None:

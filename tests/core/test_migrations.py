@@ -24,3 +24,12 @@ def test_db_upgrade_command(sqlite_url, monkeypatch, capsys):
     monkeypatch.setenv("NBENV_DATABASE_URL", sqlite_url)
     assert main(["db", "upgrade"]) == 0
     assert capsys.readouterr().out.strip() == "0001"
+
+
+def test_schema_is_current_knows_without_alembic(db_url):
+    from bot.store.database import schema_is_current
+
+    engine = make_engine(db_url)
+    assert schema_is_current(engine) is False  # an empty database needs its migrations
+    upgrade(engine)
+    assert schema_is_current(engine) is True

@@ -149,10 +149,30 @@ class Nbenv:
                 actor=actor,
                 action=command.name,
                 image=command.image,
-                sha=command.sha if command.sha and len(command.sha) == 40 else None,
+                sha=self._concerned_sha(tx, command),
                 outcome="refused",
                 details={"reason": refusal.message, "command": render.command_details(command)},
             )
+
+    def _concerned_sha(self, tx: Tx, command: Command) -> str | None:
+        """The SHA a refusal is filed under, so `history IMAGE SHA` shows it too."""
+        if command.sha and len(command.sha) == 40:
+            return command.sha
+        if command.image is None or command.image not in self.config.images:
+            return None
+        if command.sha or command.to:
+            try:
+                return tx.resolve_sha(command.image, command.sha or command.to or "")
+            except NbenvError:
+                return None
+        implied = {
+            "promote": Env.STAGING,
+            "approve": Env.STAGING,
+            "reject": Env.STAGING,
+            "rollback": Env.PRODUCTION,
+            "instance": command.env,
+        }.get(command.name)
+        return tx.image_state(command.image).sha(implied) if implied else None
 
     @contextmanager
     def _write(self, key: str | None) -> Iterator[Tx | None]:

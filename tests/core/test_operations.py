@@ -312,11 +312,15 @@ def test_history_lists_every_action_and_refusal_against_the_sha(runtime):
     history = runtime.app.handle(USER, f"history {IMAGE} {A[:8]}").data
     assert [(h["action"], h["outcome"]) for h in history] == [
         ("publish", "ok"),
+        ("promote", "refused"),
         ("approve", "ok"),
         ("promote", "ok"),
     ]
     everything = runtime.app.handle(USER, f"history {IMAGE}").data
     assert ("promote", "refused") in [(h["action"], h["outcome"]) for h in everything]
+    # A refusal is filed under the SHA it concerned: staging's, for a promotion.
+    refused = next(h for h in everything if h["outcome"] == "refused")
+    assert refused["sha"] == A
 
 
 def test_idempotency_key_makes_a_retry_a_no_op(runtime):

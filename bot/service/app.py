@@ -932,12 +932,7 @@ class Nbenv:
             if tx is None:
                 return Reply("build already queued (retried request)", {"retried": True})
             payload = {"image": image, "ref": ref, "actor": actor}
-            if reply_to:
-                payload["response_url"] = reply_to
-            tx.enqueue_job(job_key, "build", payload)
-            tx.append_audit(
-                actor=actor, action="build", image=image, sha=None, details={"ref": ref}
-            )
+            self._queue(tx, "build", job_key, payload, reply_to, sha=None, details={"ref": ref})
         return Reply(
             f"🏗 build of {image} at `{escape(ref)}` queued: progress will appear in "
             f"the image's channel, one thread per commit",
@@ -969,19 +964,30 @@ class Nbenv:
                 raise Refused(f"an instance named {name} already exists")
             job_key = key or f"instance:{name}"
             payload = {"image": image, "env": env.value, "sha": sha, "name": name, "actor": actor}
-            if reply_to:
-                payload["response_url"] = reply_to
-            tx.enqueue_job(job_key, "instance", payload)
-            tx.append_audit(
-                actor=actor,
-                action="instance",
-                image=image,
-                sha=sha,
-                details={"env": env.value, "name": name},
-            )
+            details = {"env": env.value, "name": name}
+            self._queue(tx, "instance", job_key, payload, reply_to, sha=sha, details=details)
         return Reply(
             f"🖥 creating instance `{name}` of {image} from {env.value} (`{short(sha)}`)…",
             {"image": image, "env": env.value, "sha": sha, "name": name, "job": job_key},
+        )
+
+    def _queue(
+        self,
+        tx: Tx,
+        kind: str,
+        job_key: str,
+        payload: dict[str, Any],
+        reply_to: str | None,
+        *,
+        sha: str | None,
+        details: dict[str, Any],
+    ) -> None:
+        """Queue slow work with its audit entry; REPLY_TO is where the worker answers."""
+        if reply_to:
+            payload = {**payload, "response_url": reply_to}
+        tx.enqueue_job(job_key, kind, payload)
+        tx.append_audit(
+            actor=payload["actor"], action=kind, image=payload["image"], sha=sha, details=details
         )
 
     def create_instance(self, payload: dict[str, Any]) -> InstanceInfo:

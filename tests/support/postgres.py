@@ -11,9 +11,9 @@ temporary directory rather than mocking it::
 The cluster is tuned for speed, not durability (fsync off, no WAL flushes), and is
 removed on `stop()` or, failing that, when the interpreter exits.
 
-Run as a script (`python tests/support/postgres.py`) it prints the server's bin
-directory, or exits 1 if there is none; `.ci/run` uses that to decide whether to
-install the server, so the lookup rules live in one place.
+Run as a module from the repository root (`python -m tests.support.postgres`) it
+prints the server's bin directory, or exits 1 if there is none; `.ci/run` uses that
+to decide whether to install the server, so the lookup rules live in one place.
 """
 
 from __future__ import annotations

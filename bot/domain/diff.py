@@ -231,16 +231,23 @@ def dockerfile_bases(dockerfile: str) -> tuple[str, ...]:
     return tuple(bases)
 
 
-def _pip_packages(words: list[str], source: str) -> list[Declared]:
-    found = []
+def _operands(words: list[str], value_options: frozenset[str]) -> list[str]:
+    """The words of an install command that are not options (nor an option's value)."""
+    operands = []
     skip = False
     for word in words:
         if skip:
             skip = False
-            continue
-        if word.startswith("-"):
-            skip = word in _PIP_VALUE_OPTIONS
-            continue
+        elif word.startswith("-"):
+            skip = word in value_options
+        else:
+            operands.append(word)
+    return operands
+
+
+def _pip_packages(words: list[str], source: str) -> list[Declared]:
+    found = []
+    for word in _operands(words, _PIP_VALUE_OPTIONS):
         if "/" in word or word.startswith(".") or word.endswith((".whl", ".tar.gz", ".zip")):
             continue  # a local path or URL: no name to compare by
         declared = _requirement(word, source)
@@ -251,14 +258,7 @@ def _pip_packages(words: list[str], source: str) -> list[Declared]:
 
 def _conda_packages(words: list[str], source: str) -> list[Declared]:
     found = []
-    skip = False
-    for word in words:
-        if skip:
-            skip = False
-            continue
-        if word.startswith("-"):
-            skip = word in _CONDA_VALUE_OPTIONS
-            continue
+    for word in _operands(words, _CONDA_VALUE_OPTIONS):
         match = _CONDA_SPEC.fullmatch(word.strip())
         if match:
             found.append(

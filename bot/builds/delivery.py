@@ -20,13 +20,19 @@ from bot.slack.outbox import OutboxSender
 log = logging.getLogger(__name__)
 
 BATCH = 100  # rows per pass (OutboxSender.deliver_due's limit)
-QUIET = 10  # a pass that sent at most this many rows: the outbox keeps up
+QUIET = 3  # a pass that sent at most one event's messages: the outbox keeps up
+# During a burst, passes start at most this often: the root updates queued meanwhile
+# collapse into the newest (fewer Slack calls, far below chat.update's rate limit).
+BUSY_INTERVAL_S = 0.1
 
 
 class Deliverer:
-    def __init__(self, sender: OutboxSender, *, poll_s: float = 0.5) -> None:
+    def __init__(
+        self, sender: OutboxSender, *, poll_s: float = 0.5, busy_interval_s: float = BUSY_INTERVAL_S
+    ) -> None:
         self.sender = sender
         self.poll_s = poll_s  # also retries what Slack refused for a while
+        self.busy_interval_s = busy_interval_s
         self._cond = threading.Condition()
         self._due = False
         self._running = False
@@ -72,6 +78,8 @@ class Deliverer:
     def _loop(self) -> None:
         while True:
             with self._cond:
+                if self._last_sent > QUIET:
+                    self._cond.wait_for(lambda: self._stopping, self.busy_interval_s)
                 self._cond.wait_for(lambda: self._due or self._stopping, self.poll_s)
                 if self._stopping:
                     return

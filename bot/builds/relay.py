@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 
 from bot.builds import messages
 from bot.builds.delivery import Deliverer
@@ -31,9 +31,9 @@ from bot.builds.thread import (
     ROOT_RELAY,
     Branches,
     Outgoing,
-    Transition,
     add_tests,
     advance,
+    coalesce,
     current_build,
     finish_action,
     pending_actions,
@@ -44,19 +44,37 @@ from bot.domain.names import Env, check_full_sha, short
 from bot.service.app import Nbenv
 from bot.slack.outbox import OutboxSender
 from bot.store import tables as t
+from bot.store.group_commit import GroupCommit
 from bot.store.uow import Tx, iso
 
 log = logging.getLogger(__name__)
 
 DELIVER_WAIT_S = 2.0
 
+ThreadKey = tuple[str, str]  # (image, sha)
+
 # Built once: the relay runs these for every event.
+_THREAD_KEY = tuple_(t.slack_threads.c.image, t.slack_threads.c.sha)
 _WHERE_THREAD = (t.slack_threads.c.image == bindparam("b_image")) & (
     t.slack_threads.c.sha == bindparam("b_sha")
 )
 _THREAD = select(t.slack_threads.c.state).where(_WHERE_THREAD)
-_THREAD_FOR_UPDATE = (
-    select(t.slack_threads.c.ts, t.slack_threads.c.state).where(_WHERE_THREAD).with_for_update()
+# Sorted, so that two instances locking several threads at once take them in one order.
+_THREADS_FOR_UPDATE = (
+    select(t.slack_threads.c.image, t.slack_threads.c.sha, t.slack_threads.c.ts)
+    .add_columns(t.slack_threads.c.state)
+    .where(_THREAD_KEY.in_(bindparam("b_keys", expanding=True)))
+    .order_by(t.slack_threads.c.image, t.slack_threads.c.sha)
+    .with_for_update()
+)
+_THREAD_MESSAGES = (
+    select(t.outbox.c.thread_image, t.outbox.c.thread_sha, func.count())
+    .where(
+        tuple_(t.outbox.c.thread_image, t.outbox.c.thread_sha).in_(
+            bindparam("b_keys", expanding=True)
+        )
+    )
+    .group_by(t.outbox.c.thread_image, t.outbox.c.thread_sha)
 )
 _SAVE_THREAD = (
     update(t.slack_threads)
@@ -87,6 +105,10 @@ class BuildRelay:
         self.config = app.config
         self.deliver_wait_s = deliver_wait_s
         self.deliverer = Deliverer(sender).start() if background and sender else None
+        # Events arriving together are applied in one transaction (see group_commit).
+        self.builds: GroupCommit[BuildEvent, tuple[str, list[str]]] = GroupCommit(
+            self._apply_builds
+        )
 
     # -- entry points --------------------------------------------------------------------
 
@@ -126,18 +148,11 @@ class BuildRelay:
         if settings is None:
             log.warning("relay: ignored build %s of unknown image %r", event.build_id, event.image)
             return "ignored"
-        branches = Branches(settings.source.staging_branch, settings.source.production_branch)
         image, sha = event.image, event.sha
-        with self.store.write(audited=False) as tx:
-            state = self._lock(tx, image, sha, decide_root=True)
-            transition = advance(state, event, branches)
-            if transition.applied:
-                self._commit(tx, image, sha, transition)
-                state = transition.state
-            actions = pending_actions(state)
+        outcome, actions = self.builds.submit(event)
         log.info(
             "relay: %s %s `%s` build %s %s",
-            transition.outcome,
+            outcome,
             image,
             short(sha),
             event.build_id,
@@ -146,7 +161,27 @@ class BuildRelay:
         for key in actions:
             self._run_action(image, sha, key)
         self.deliver(image, sha)
-        return transition.outcome
+        return outcome
+
+    def _apply_builds(self, events: Sequence[BuildEvent]) -> list[tuple[str, list[str]]]:
+        """Apply EVENTS in order, in one transaction: per event, its outcome and the
+        actions its thread has pending afterwards."""
+        with self.store.write(audited=False) as tx:
+            states = self._lock(tx, {(e.image, e.sha) for e in events}, decide_root=True)
+            changed: dict[ThreadKey, dict[str, Any]] = {}
+            outgoing: list[tuple[ThreadKey, Outgoing]] = []
+            results = []
+            for event in events:
+                key = (event.image, event.sha)
+                source = self.config.images[event.image].source
+                branches = Branches(source.staging_branch, source.production_branch)
+                transition = advance(states[key], event, branches)
+                if transition.applied:
+                    states[key] = changed[key] = transition.state
+                    outgoing.extend((key, message) for message in transition.messages)
+                results.append((transition.outcome, pending_actions(states[key])))
+            self._save(tx, changed, outgoing)
+        return results
 
     def handle_report(self, image: str, sha: str, report: Any, build_id: str | None = None) -> None:
         """Record a build's test report on its version and tell the thread about failures."""
@@ -178,9 +213,10 @@ class BuildRelay:
                 build_id=build_id,
             )
         with self.store.write(audited=False) as tx:
-            transition = add_tests(self._lock(tx, image, sha), image, sha, summary)
+            key = (image, sha)
+            transition = add_tests(self._lock(tx, {key})[key], image, sha, summary)
             if transition.applied:
-                self._commit(tx, image, sha, transition)
+                self._save(tx, {key: transition.state}, [(key, m) for m in transition.messages])
         log.info(
             "relay: test report for %s `%s` build %s: %s/%s passed",
             image,
@@ -197,65 +233,89 @@ class BuildRelay:
         row = tx.connection.execute(_THREAD, {"b_image": image, "b_sha": sha}).first()
         return dict(row.state) if row is not None else {}
 
-    def _lock(self, tx: Tx, image: str, sha: str, *, decide_root: bool = False) -> dict[str, Any]:
-        """The thread's state, locked until the transaction ends; created when new.
+    def _lock(
+        self, tx: Tx, keys: set[ThreadKey], *, decide_root: bool = False
+    ) -> dict[ThreadKey, dict[str, Any]]:
+        """The threads' states, locked until the transaction ends; created when new.
 
-        DECIDE_ROOT: settle whose message the root is, just before the relay would queue
+        DECIDE_ROOT: settle whose message each root is, just before the relay would queue
         its own root message (in the same transaction).
         """
-        key = {"b_image": image, "b_sha": sha}
-        row = tx.connection.execute(_THREAD_FOR_UPDATE, key).first()
-        if row is None:
+        rows = {
+            (row.image, row.sha): row
+            for row in tx.connection.execute(_THREADS_FOR_UPDATE, {"b_keys": sorted(keys)})
+        }
+        missing = sorted(keys - rows.keys())
+        if missing:
             # Two instances may both get here: the insert of one waits for the other's
             # commit and then does nothing, and both lock the one row.
-            tx.insert_ignore(
+            tx.insert_ignore_many(
                 t.slack_threads,
-                {
-                    "image": image,
-                    "sha": sha,
-                    "channel": self.config.images[image].channel,
-                    "ts": None,
-                    "state": {},
-                    "status_rank": 0,
-                    "updated_at": tx.now,
-                },
+                [
+                    {
+                        "image": image,
+                        "sha": sha,
+                        "channel": self.config.images[image].channel,
+                        "ts": None,
+                        "state": {},
+                        "status_rank": 0,
+                        "updated_at": tx.now,
+                    }
+                    for image, sha in missing
+                ],
             )
-            row = tx.connection.execute(_THREAD_FOR_UPDATE, key).one()
-        state = dict(row.state or {})
-        if decide_root and state.get("root") is None:
-            # Someone else's message opened this thread (a manual publish, an approval):
-            # the relay then reports by replies and leaves that root alone.
-            foreign = row.ts is not None or self._thread_messages(tx, image, sha) > 0
-            state["root"] = ROOT_FOREIGN if foreign else ROOT_RELAY
-        return state
+            for row in tx.connection.execute(_THREADS_FOR_UPDATE, {"b_keys": missing}):
+                rows[(row.image, row.sha)] = row
+        states = {key: dict(row.state or {}) for key, row in rows.items()}
+        undecided = sorted(key for key in keys if states[key].get("root") is None)
+        if decide_root and undecided:
+            # Someone else's message opened a thread (a manual publish, an approval): the
+            # relay then reports by replies and leaves that root alone.
+            counts = {
+                (image, sha): count
+                for image, sha, count in tx.connection.execute(
+                    _THREAD_MESSAGES, {"b_keys": undecided}
+                )
+            }
+            for key in undecided:
+                foreign = rows[key].ts is not None or counts.get(key, 0) > 0
+                states[key]["root"] = ROOT_FOREIGN if foreign else ROOT_RELAY
+        return states
 
-    def _thread_messages(self, tx: Tx, image: str, sha: str) -> int:
-        return tx.connection.execute(
-            select(func.count())
-            .select_from(t.outbox)
-            .where(t.outbox.c.thread_image == image, t.outbox.c.thread_sha == sha)
-        ).scalar_one()
+    def _save(
+        self,
+        tx: Tx,
+        states: Mapping[ThreadKey, dict[str, Any]],
+        outgoing: Sequence[tuple[ThreadKey, Outgoing]],
+    ) -> None:
+        """Store the threads' new states and queue their messages, in a round trip each."""
+        if states:
+            tx.connection.execute(
+                _SAVE_THREAD,
+                [
+                    {
+                        "b_image": image,
+                        "b_sha": sha,
+                        "state": state,
+                        "rank": state.get("progress", [0])[0] if state.get("build") else 0,
+                        "now": tx.now,
+                    }
+                    for (image, sha), state in states.items()
+                ],
+            )
+        tx.enqueue_messages([self._message(key, message) for key, message in coalesce(outgoing)])
 
-    def _commit(self, tx: Tx, image: str, sha: str, transition: Transition) -> None:
-        state = transition.state
-        build = state.get("build") or {}
-        rank = transition.state.get("progress", [0])[0] if build else 0
-        tx.connection.execute(
-            _SAVE_THREAD,
-            {"b_image": image, "b_sha": sha, "state": state, "rank": rank, "now": tx.now},
-        )
-        for message in transition.messages:
-            self._enqueue(tx, image, sha, message)
-
-    def _enqueue(self, tx: Tx, image: str, sha: str, message: Outgoing) -> None:
-        channel = self.config.images[image].channel
-        key = f"build:{image}:{sha}:{message.key}"
+    def _message(
+        self, key: ThreadKey, message: Outgoing
+    ) -> tuple[str, str, dict[str, Any], ThreadKey]:
+        image, sha = key
+        dedupe_key = f"build:{image}:{sha}:{message.key}"
         if message.kind == "update":
             # The sender fills in the root's channel and ts when it sends the update.
-            tx.enqueue_message(key, "chat.update", {"text": message.text}, thread=(image, sha))
-            return
+            return dedupe_key, "chat.update", {"text": message.text}, key
+        channel = self.config.images[image].channel
         payload = {"channel": channel, "text": message.text, "unfurl_links": False}
-        tx.enqueue_message(key, "chat.postMessage", payload, thread=(image, sha))
+        return dedupe_key, "chat.postMessage", payload, key
 
     # -- what a SUCCESS triggers -----------------------------------------------------------
 
@@ -284,9 +344,10 @@ class BuildRelay:
             else:
                 outcome, text = "refused", messages.refused(kind, build_id, sha, error.message)
         with self.store.write(audited=False) as tx:
-            state = finish_action(self._lock(tx, image, sha), key, outcome)
-            messages_out = [Outgoing("reply", f"{key}:{outcome}", text)] if text else []
-            self._commit(tx, image, sha, Transition("applied", state, messages_out))
+            thread = (image, sha)
+            state = finish_action(self._lock(tx, {thread})[thread], key, outcome)
+            reply = [(thread, Outgoing("reply", f"{key}:{outcome}", text))] if text else []
+            self._save(tx, {thread: state}, reply)
         log.info("relay: %s of %s `%s` by build %s: %s", kind, image, short(sha), build_id, outcome)
 
     def _publish(

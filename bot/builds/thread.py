@@ -17,9 +17,9 @@ else is a duplicate or stale and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.builds import messages
 from bot.builds.events import FAILED, BuildEvent
@@ -29,6 +29,8 @@ ROOT_FOREIGN = "foreign"
 MAX_TESTS = 3
 MAX_ACTIONS = 8
 PENDING = "pending"
+
+K = TypeVar("K", bound=Hashable)  # whose thread a message is for
 
 
 @dataclass(frozen=True)
@@ -195,3 +197,23 @@ def _root_message(state: Mapping[str, Any], event: BuildEvent, *, first: bool) -
     if first:
         return Outgoing("root", "root", text)
     return Outgoing("update", f"update:{messages.digest(text)}", text)
+
+
+def coalesce(outgoing: Sequence[tuple[K, Outgoing]]) -> list[tuple[K, Outgoing]]:
+    """Messages of several events applied together, minus root updates that a later one
+    in the same group replaces: only the newest text of each root is worth sending (a
+    root queued in the group is posted with it)."""
+    newest: dict[K, int] = {}
+    for index, (key, message) in enumerate(outgoing):
+        if message.kind in ("root", "update"):
+            newest[key] = index
+    kept: list[tuple[K, Outgoing]] = []
+    for index, (key, message) in enumerate(outgoing):
+        if message.kind == "update" and newest[key] != index:
+            continue
+        if message.kind == "root" and newest[key] != index:
+            message = replace(message, text=outgoing[newest[key]][1].text)
+        elif message.kind == "update" and any(k == key and m.kind == "root" for k, m in kept):
+            continue  # the root queued above already carries this text
+        kept.append((key, message))
+    return kept

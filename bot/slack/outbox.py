@@ -10,16 +10,18 @@ up in Slack by its metadata key before it is sent again, so a crash cannot doubl
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import bindparam, select, tuple_, update
 
 from bot.slack.blocks import message_blocks
 from bot.store import tables as t
@@ -91,22 +93,14 @@ class OutboxSender:
     def deliver_due(self, limit: int = 100) -> int:
         """Send what is due, in order; returns how many messages were delivered.
 
-        One read finds the unsent rows and their threads; each message then costs two
-        short transactions (claim, outcome), whatever the size of the queue.
+        Three short transactions a pass, whatever it sends: one read finds the unsent rows
+        and their threads, one claims the due ones, one records the outcomes. A response_url
+        answer, which Slack cannot be asked about after a crash, is recorded as soon as it
+        is sent; a Web API message posted but not yet recorded when the process dies is
+        found in Slack by its key before it is sent again.
         """
         now = self.store.clock()
-        with self.store.read() as tx:
-            rows = list(
-                tx.connection.execute(
-                    # Payloads are read by the claim, only for the rows sent in this pass.
-                    select(*(t.outbox.c[name] for name in _QUEUE_COLUMNS))
-                    .where(t.outbox.c.status.in_(("pending", "sending")))
-                    .order_by(t.outbox.c.id)
-                    .limit(limit * 5)
-                )
-            )
-            keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
-            threads = _threads(tx, keys)
+        rows, threads = self._queue(limit)
         lanes: dict[tuple[Any, ...], list[Any]] = {}
         for row in rows:
             lanes.setdefault(_lane(row), []).append(row)
@@ -116,26 +110,51 @@ class OutboxSender:
             for index, row in enumerate(lane_rows)
             if _is_superseded(row, lane_rows[index + 1 :])
         ]
-        if superseded:
-            with self.store.write(audited=False) as tx:
-                tx.connection.execute(
-                    update(t.outbox)
-                    .where(t.outbox.c.id.in_(superseded), t.outbox.c.status == "pending")
-                    .values(status="superseded")
-                )
         skip = set(superseded)
         due = iso(now)
-        delivered = 0
+        chosen: list[list[Any]] = []
         for lane_rows in lanes.values():
             # Messages of one thread keep their order: nothing overtakes an unsent one.
+            lane: list[Any] = []
             for row in lane_rows:
                 if row.id in skip:
                     continue
-                if row.next_attempt_at > due or delivered >= limit:
+                if row.next_attempt_at > due or sum(map(len, chosen)) + len(lane) >= limit:
                     break
-                if not self._deliver(row, now, threads):
-                    break
+                lane.append(row)
+            if lane:
+                chosen.append(lane)
+        payloads = self._claim([row for lane in chosen for row in lane], superseded, now)
+        outcomes: list[tuple[Any, dict[str, Any]]] = []
+        roots: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
+        delivered = 0
+        for lane in chosen:
+            stopped = False
+            for row in lane:
+                payload = payloads.get(row.id)
+                if stopped or payload is None:
+                    # Another sender has it, or an earlier message of its thread failed.
+                    stopped = True
+                    if payload is not None:  # give it back as it was
+                        values = {"status": row.status, "next_attempt_at": row.next_attempt_at}
+                        outcomes.append((row, values))
+                    continue
+                outcome = self._send(row, payload, threads, now)
+                outcomes.append((row, outcome.values))
+                if outcome.response is None:
+                    stopped = True
+                    continue
                 delivered += 1
+                if _opens_thread(row, outcome.payload):
+                    roots.append((row, outcome.payload, outcome.response))
+                    threads[(row.thread_image, row.thread_sha)] = _Root(
+                        outcome.response.get("channel") or outcome.payload["channel"],
+                        outcome.response["ts"],
+                    )
+                if row.method == "response_url":
+                    self._record(outcomes, roots)
+                    outcomes, roots = [], []
+        self._record(outcomes, roots)
         return delivered
 
     def pending(self) -> int:
@@ -158,28 +177,61 @@ class OutboxSender:
                 return left
             time.sleep(poll_s)
 
-    # -- one message -------------------------------------------------------------------------
+    # -- one pass ------------------------------------------------------------------------
 
-    def _claim(self, row: Any, now: datetime) -> dict[str, Any] | None:
-        """Take ROW for sending (its payload), or None when another sender has it."""
+    def _queue(self, limit: int) -> tuple[list[Any], dict[tuple[str, str], _Root]]:
+        """The unsent rows (without payloads), and the roots of their threads."""
+        with self.store.read() as tx:
+            rows = list(
+                tx.connection.execute(
+                    # Payloads are read by the claim, only for the rows sent in this pass.
+                    select(*(t.outbox.c[name] for name in _QUEUE_COLUMNS))
+                    .where(t.outbox.c.status.in_(("pending", "sending")))
+                    .order_by(t.outbox.c.id)
+                    .limit(limit * 5)
+                )
+            )
+            keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
+            return rows, _threads(tx, keys)
+
+    def _claim(
+        self, rows: list[Any], superseded: list[int], now: datetime
+    ) -> dict[int, dict[str, Any]]:
+        """Take ROWS for sending (their payloads by id); rows another sender took since
+        they were read are left out. Root updates made pointless are retired meanwhile."""
+        if not rows and not superseded:
+            return {}
         with self.store.write(audited=False) as tx:
+            if superseded:
+                tx.connection.execute(
+                    update(t.outbox)
+                    .where(t.outbox.c.id.in_(superseded), t.outbox.c.status == "pending")
+                    .values(status="superseded")
+                )
+            if not rows:
+                return {}
             claimed = tx.connection.execute(
                 update(t.outbox)
                 .where(
-                    t.outbox.c.id == row.id,
-                    t.outbox.c.status == row.status,
-                    t.outbox.c.next_attempt_at == row.next_attempt_at,
+                    tuple_(t.outbox.c.id, t.outbox.c.status, t.outbox.c.next_attempt_at).in_(
+                        [(row.id, row.status, row.next_attempt_at) for row in rows]
+                    )
                 )
                 .values(status="sending", next_attempt_at=iso(now + LEASE))
-                .returning(t.outbox.c.payload)
-            ).first()
-            return None if claimed is None else dict(claimed.payload)
+                .returning(t.outbox.c.id, t.outbox.c.payload)
+            )
+            return {row.id: dict(row.payload) for row in claimed}
 
-    def _deliver(self, row: Any, now: datetime, threads: dict[tuple[str, str], Any]) -> bool:
+    def _send(
+        self,
+        row: Any,
+        stored: dict[str, Any],
+        threads: dict[tuple[str, str], _Root],
+        now: datetime,
+    ) -> _Outcome:
+        """Send one claimed row; what to record of it."""
         crashed_mid_send = row.status == "sending"
-        stored = self._claim(row, now)
-        if stored is None:
-            return False
+        payload = stored
         try:
             payload = self._prepare(row, stored, threads)
             response: dict[str, Any] | None = None
@@ -188,34 +240,55 @@ class OutboxSender:
             if response is None:
                 response = self._call(row.method, payload)
         except _Wait:
-            self._mark(row.id, status="pending", next_attempt_at=iso(now + timedelta(seconds=1)))
-            return False
+            wait = {"status": "pending", "next_attempt_at": iso(now + timedelta(seconds=1))}
+            return _Outcome(wait, payload)
         except _Retry as retry:
             attempts = row.attempts + (1 if retry.counts else 0)
-            status = "dead" if attempts >= MAX_ATTEMPTS else "pending"
             log.warning(
                 "outbox %s %s: %s (retry in %.1fs)", row.id, row.method, retry.reason, retry.delay_s
             )
-            self._mark(
-                row.id,
-                status=status,
-                attempts=attempts,
-                last_error=retry.reason,
-                next_attempt_at=iso(self.store.clock() + timedelta(seconds=retry.delay_s)),
-            )
-            return False
+            later = self.store.clock() + timedelta(seconds=retry.delay_s)
+            retry_values = {
+                "status": "dead" if attempts >= MAX_ATTEMPTS else "pending",
+                "attempts": attempts,
+                "last_error": retry.reason,
+                "next_attempt_at": iso(later),
+            }
+            return _Outcome(retry_values, payload)
         except SlackApiError as error:
             reason = str(error.response.get("error") or error)
             log.error("outbox %s %s failed for good: %s", row.id, row.method, reason)
-            self._mark(row.id, status="dead", attempts=row.attempts + 1, last_error=reason)
-            return False
-        root = self._sent(row, payload, response)
-        if root is not None:
-            threads[(row.thread_image, row.thread_sha)] = root
-        return True
+            dead = {"status": "dead", "attempts": row.attempts + 1, "last_error": reason}
+            return _Outcome(dead, payload)
+        sent = {
+            "status": "sent",
+            "attempts": row.attempts + 1,
+            "sent_at": self.store.now(),
+            "last_error": None,
+            "response": {k: response.get(k) for k in ("channel", "ts") if k in response},
+        }
+        return _Outcome(sent, payload, response)
+
+    def _record(
+        self,
+        outcomes: list[tuple[Any, dict[str, Any]]],
+        roots: list[tuple[Any, dict[str, Any], dict[str, Any]]],
+    ) -> None:
+        """Write the outcomes of sent rows, and the roots they opened, in one transaction."""
+        if not outcomes:
+            return
+        # One statement per shape of outcome (sent, retry, wait...), each run for all rows.
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row, values in outcomes:
+            shapes.setdefault(tuple(sorted(values)), []).append({"b_id": row.id, **values})
+        with self.store.write(audited=False) as tx:
+            for columns, parameters in shapes.items():
+                tx.connection.execute(_outcome_statement(columns), parameters)
+            for row, payload, response in roots:
+                _set_root(tx, row.thread_image, row.thread_sha, response, payload)
 
     def _prepare(
-        self, row: Any, payload: dict[str, Any], threads: dict[tuple[str, str], Any]
+        self, row: Any, payload: dict[str, Any], threads: dict[tuple[str, str], _Root]
     ) -> dict[str, Any]:
         buttons = payload.pop("buttons", None)
         if buttons and "blocks" not in payload:
@@ -294,33 +367,6 @@ class OutboxSender:
                 return {"ok": True, "channel": payload["channel"], "ts": message["ts"]}
         return None
 
-    def _sent(self, row: Any, payload: dict[str, Any], response: dict[str, Any]) -> Any:
-        """Record the delivery; the thread's root (channel, ts) when this message opened it."""
-        with self.store.write(audited=False) as tx:
-            tx.connection.execute(
-                update(t.outbox)
-                .where(t.outbox.c.id == row.id)
-                .values(
-                    status="sent",
-                    attempts=row.attempts + 1,
-                    sent_at=tx.now,
-                    last_error=None,
-                    response={k: response.get(k) for k in ("channel", "ts") if k in response},
-                )
-            )
-            if (
-                row.method == "chat.postMessage"
-                and row.thread_image
-                and not payload.get("thread_ts")
-            ):
-                _set_root(tx, row.thread_image, row.thread_sha, response, payload)
-                return _thread(tx, row.thread_image, row.thread_sha)
-        return None
-
-    def _mark(self, row_id: int, **values: Any) -> None:
-        with self.store.write(audited=False) as tx:
-            tx.connection.execute(update(t.outbox).where(t.outbox.c.id == row_id).values(**values))
-
 
 def _lane(row: Any) -> tuple[Any, ...]:
     if row.thread_image is not None:
@@ -338,15 +384,48 @@ def _is_superseded(row: Any, later: list[Any]) -> bool:
     )
 
 
-def _threads(tx: Tx, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+@dataclass(frozen=True)
+class _Outcome:
+    """A send attempt: the row's new values; Slack's RESPONSE when it was delivered."""
+
+    values: dict[str, Any]
+    payload: dict[str, Any]
+    response: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class _Root:
+    """Where a thread's root message is, once it is delivered."""
+
+    channel: str
+    ts: str | None
+
+
+def _opens_thread(row: Any, payload: dict[str, Any]) -> bool:
+    """The first message delivered for (image, sha) is its thread's root."""
+    return bool(
+        row.method == "chat.postMessage" and row.thread_image and not payload.get("thread_ts")
+    )
+
+
+@functools.cache
+def _outcome_statement(columns: tuple[str, ...]) -> Any:
+    return (
+        update(t.outbox)
+        .where(t.outbox.c.id == bindparam("b_id"))
+        .values({column: bindparam(column) for column in columns})
+    )
+
+
+def _threads(tx: Tx, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Root]:
     if not keys:
         return {}
     rows = tx.connection.execute(
-        select(t.slack_threads).where(
-            tuple_(t.slack_threads.c.image, t.slack_threads.c.sha).in_(sorted(keys))
-        )
+        select(t.slack_threads.c.image, t.slack_threads.c.sha)
+        .add_columns(t.slack_threads.c.channel, t.slack_threads.c.ts)
+        .where(tuple_(t.slack_threads.c.image, t.slack_threads.c.sha).in_(sorted(keys)))
     )
-    return {(row.image, row.sha): row for row in rows}
+    return {(row.image, row.sha): _Root(row.channel, row.ts) for row in rows}
 
 
 def _thread(tx: Tx, image: str, sha: str) -> Any:
@@ -360,7 +439,6 @@ def _thread(tx: Tx, image: str, sha: str) -> Any:
 def _set_root(
     tx: Tx, image: str, sha: str, response: dict[str, Any], payload: dict[str, Any]
 ) -> None:
-    """The first message delivered for (image, sha) is its thread's root."""
     channel = response.get("channel") or payload["channel"]
     existing = _thread(tx, image, sha)
     if existing is None:

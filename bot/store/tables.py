@@ -166,6 +166,7 @@ outbox = Table(
     Column("sent_at", TIME),
     Column("response", JSON),
     Index("ix_outbox_pending", "status", "next_attempt_at"),
+    Index("ix_outbox_thread", "thread_image", "thread_sha"),
 )
 
 jobs = Table(

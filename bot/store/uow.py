@@ -7,6 +7,7 @@ deadlock with the environment rows it updates later).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -71,21 +72,14 @@ class Tx:
 
     def insert_ignore(self, table: t.Table, values: dict[str, Any]) -> bool:
         """Insert unless the key exists; True when this call inserted the row."""
-        dialect = self.connection.dialect.name
-        # Imported here: each dialect's module is heavy and a process uses only one.
-        if dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            statement = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects import sqlite
-
-            statement = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-        else:  # pragma: no cover - only the two supported databases
-            raise RuntimeError(f"unsupported database {dialect}")
         # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT DO NOTHING.
-        key = next(iter(table.primary_key.columns))
-        return self.connection.execute(statement.returning(key)).first() is not None
+        statement = _insert_ignore(self.connection.dialect.name, table, returning=True)
+        return self.connection.execute(statement, values).first() is not None
+
+    def insert_ignore_many(self, table: t.Table, rows: list[dict[str, Any]]) -> None:
+        """Insert each row unless its key exists, in one round trip (insertmanyvalues)."""
+        if rows:
+            self.connection.execute(_insert_ignore(self.connection.dialect.name, table), rows)
 
     def claim(self, key: str, result: dict[str, Any] | None = None) -> bool:
         """Record that input KEY was handled; False when it already was (a retry)."""
@@ -389,20 +383,33 @@ class Tx:
 
         False when a message with this key was queued before (a retried input).
         """
-        return self.insert_ignore(
-            t.outbox,
-            {
-                "dedupe_key": dedupe_key[:255],
-                "method": method,
-                "payload": payload,
-                "thread_image": thread[0] if thread else None,
-                "thread_sha": thread[1] if thread else None,
-                "status": "pending",
-                "attempts": 0,
-                "next_attempt_at": self.now,
-                "created_at": self.now,
-            },
-        )
+        return self.insert_ignore(t.outbox, self._message_row(dedupe_key, method, payload, thread))
+
+    def enqueue_messages(
+        self, messages: list[tuple[str, str, dict[str, Any], tuple[str, str] | None]]
+    ) -> None:
+        """Queue several (dedupe_key, method, payload, thread) calls in one round trip;
+        those whose key was queued before are left out."""
+        self.insert_ignore_many(t.outbox, [self._message_row(*message) for message in messages])
+
+    def _message_row(
+        self,
+        dedupe_key: str,
+        method: str,
+        payload: dict[str, Any],
+        thread: tuple[str, str] | None,
+    ) -> dict[str, Any]:
+        return {
+            "dedupe_key": dedupe_key[:255],
+            "method": method,
+            "payload": payload,
+            "thread_image": thread[0] if thread else None,
+            "thread_sha": thread[1] if thread else None,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": self.now,
+            "created_at": self.now,
+        }
 
     def job(self, dedupe_key: str) -> dict[str, Any] | None:
         row = self.connection.execute(
@@ -533,3 +540,23 @@ class Tx:
         self.connection.execute(
             update(t.instances).where(t.instances.c.name == name).values(**values)
         )
+
+
+@functools.cache
+def _insert_ignore(dialect: str, table: t.Table, *, returning: bool = False) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING, built once per table: values come as parameters.
+
+    RETURNING the key tells whether the row was inserted (psycopg reports rowcount -1).
+    """
+    # Imported here: each dialect's module is heavy and a process uses only one.
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        statement = postgresql.insert(table).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        statement = sqlite.insert(table).on_conflict_do_nothing()
+    else:  # pragma: no cover - only the two supported databases
+        raise RuntimeError(f"unsupported database {dialect}")
+    return statement.returning(next(iter(table.primary_key.columns))) if returning else statement

@@ -101,60 +101,41 @@ class OutboxSender:
         """
         now = self.store.clock()
         rows, threads = self._queue(limit)
-        lanes: dict[tuple[Any, ...], list[Any]] = {}
-        for row in rows:
-            lanes.setdefault(_lane(row), []).append(row)
-        superseded = [
-            row.id
-            for lane_rows in lanes.values()
-            for index, row in enumerate(lane_rows)
-            if _is_superseded(row, lane_rows[index + 1 :])
-        ]
-        skip = set(superseded)
-        due = iso(now)
-        chosen: list[list[Any]] = []
-        for lane_rows in lanes.values():
-            # Messages of one thread keep their order: nothing overtakes an unsent one.
-            lane: list[Any] = []
-            for row in lane_rows:
-                if row.id in skip:
-                    continue
-                if row.next_attempt_at > due or sum(map(len, chosen)) + len(lane) >= limit:
-                    break
-                lane.append(row)
-            if lane:
-                chosen.append(lane)
-        payloads = self._claim([row for lane in chosen for row in lane], superseded, now)
+        lanes, superseded = _plan(rows, iso(now), limit)
+        payloads = self._claim([row for lane in lanes for row in lane], superseded, now)
         outcomes: list[tuple[Any, dict[str, Any]]] = []
         roots: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
         delivered = 0
-        for lane in chosen:
-            stopped = False
-            for row in lane:
-                payload = payloads.get(row.id)
-                if stopped or payload is None:
-                    # Another sender has it, or an earlier message of its thread failed.
-                    stopped = True
-                    if payload is not None:  # give it back as it was
-                        values = {"status": row.status, "next_attempt_at": row.next_attempt_at}
-                        outcomes.append((row, values))
-                    continue
-                outcome = self._send(row, payload, threads, now)
-                outcomes.append((row, outcome.values))
-                if outcome.response is None:
-                    stopped = True
-                    continue
-                delivered += 1
-                if _opens_thread(row, outcome.payload):
-                    roots.append((row, outcome.payload, outcome.response))
-                    threads[(row.thread_image, row.thread_sha)] = _Root(
-                        outcome.response.get("channel") or outcome.payload["channel"],
-                        outcome.response["ts"],
-                    )
-                if row.method == "response_url":
-                    self._record(outcomes, roots)
-                    outcomes, roots = [], []
-        self._record(outcomes, roots)
+        try:
+            for lane in lanes:
+                stopped = False
+                for row in lane:
+                    payload = payloads.get(row.id)
+                    if stopped or payload is None:
+                        # Another sender has it, or an earlier message of its thread failed.
+                        stopped = True
+                        if payload is not None:  # give it back as it was
+                            values = {"status": row.status, "next_attempt_at": row.next_attempt_at}
+                            outcomes.append((row, values))
+                        continue
+                    outcome = self._send(row, payload, threads, now)
+                    outcomes.append((row, outcome.values))
+                    if outcome.response is None:
+                        stopped = True
+                        continue
+                    delivered += 1
+                    if _opens_thread(row, outcome.payload):
+                        roots.append((row, outcome.payload, outcome.response))
+                        threads[(row.thread_image, row.thread_sha)] = _Root(
+                            outcome.response.get("channel") or outcome.payload["channel"],
+                            outcome.response["ts"],
+                        )
+                    if row.method == "response_url":
+                        self._record(outcomes, roots)
+                        outcomes, roots = [], []
+        finally:
+            # Even when the pass is cut short, what reached Slack is on record.
+            self._record(outcomes, roots)
         return delivered
 
     def pending(self) -> int:
@@ -366,6 +347,36 @@ class OutboxSender:
             ):
                 return {"ok": True, "channel": payload["channel"], "ts": message["ts"]}
         return None
+
+
+def _plan(rows: list[Any], due: str, limit: int) -> tuple[list[list[Any]], list[int]]:
+    """What a pass sends, by thread in order (at most LIMIT rows), and the root updates
+    that a newer one queued for the same thread makes pointless."""
+    lanes: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        lanes.setdefault(_lane(row), []).append(row)
+    superseded = [
+        row.id
+        for lane_rows in lanes.values()
+        for index, row in enumerate(lane_rows)
+        if _is_superseded(row, lane_rows[index + 1 :])
+    ]
+    skip = set(superseded)
+    chosen: list[list[Any]] = []
+    count = 0
+    for lane_rows in lanes.values():
+        # Messages of one thread keep their order: nothing overtakes an unsent one.
+        lane: list[Any] = []
+        for row in lane_rows:
+            if row.id in skip:
+                continue
+            if row.next_attempt_at > due or count >= limit:
+                break
+            lane.append(row)
+            count += 1
+        if lane:
+            chosen.append(lane)
+    return chosen, superseded
 
 
 def _lane(row: Any) -> tuple[Any, ...]:

@@ -1,5 +1,7 @@
 """Build relay throughput: events per second and p99 per event, side by side with a bare
-functions-framework function that only decodes the event.
+functions-framework function that only decodes the event, and with the floor of any relay
+that stores an event before acknowledging it (benchmarks/floor_function.py: decode, parse,
+commit one row per event, writes grouped as the relay groups them).
 
 Both run as Cloud Functions run them (functions-framework, gunicorn), fed the same
 Pub/Sub CloudEvents over HTTP by CLIENTS concurrent senders; each sender posts the events
@@ -191,6 +193,9 @@ def run(args: argparse.Namespace, folder: Path, config: Path, database: str) -> 
         bare_source = REPO_ROOT / "benchmarks" / "bare_function.py"
         with FunctionProcess(env, source=bare_source, target="bare") as bare:
             baseline = measure(bare, workload(args.commits, "feature"), args.clients, None)
+        floor_source = REPO_ROOT / "benchmarks" / "floor_function.py"
+        with FunctionProcess(env, source=floor_source, target="floor") as floor:
+            stored = measure(floor, workload(args.commits, "feature"), args.clients, None)
         for label, branch in (
             ("relay, build events", "feature"),
             ("relay, staging builds", "staging"),
@@ -215,6 +220,11 @@ def run(args: argparse.Namespace, folder: Path, config: Path, database: str) -> 
     print(
         f"{'bare function':22} {baseline['rate']:9.0f} {baseline['p50']:7.2f} "
         f"{baseline['p99']:7.2f} {baseline['rate']:12.0f} {'-':>18} {'1.00x':>13} {'1.00x':>12}"
+    )
+    print(
+        f"{'store write only':22} {stored['rate']:9.0f} {stored['p50']:7.2f} "
+        f"{stored['p99']:7.2f} {'-':>12} {'-':>18} {baseline['rate'] / stored['rate']:12.2f}x "
+        f"{stored['p99'] / baseline['p99']:11.2f}x"
     )
     verdict = []
     for label, figures in rows:

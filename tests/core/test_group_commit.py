@@ -45,6 +45,21 @@ def submit_all(group: GroupCommit[str, str], items: list[str]) -> dict[str, obje
     return answers
 
 
+def behind_a_running_group(items: list[str]) -> tuple[Recorder, GroupCommit[str, str], dict]:
+    """Submit "first", and ITEMS while its group runs; every answer once all are done."""
+    apply = Recorder()
+    group = GroupCommit(apply)
+    first = submit_all(group, ["first"])
+    assert apply.first_started.wait(10)
+    rest = submit_all(group, items)
+    while len(group._queue) < len(items):  # all of them queued behind the running group
+        threading.Event().wait(0.005)
+    apply.release.set()
+    for thread in [*first.pop("_threads"), *rest.pop("_threads")]:  # type: ignore[attr-defined]
+        thread.join(10)
+    return apply, group, {**first, **rest}
+
+
 def test_a_caller_alone_is_applied_at_once() -> None:
     apply = Recorder()
     apply.release.set()
@@ -55,37 +70,19 @@ def test_a_caller_alone_is_applied_at_once() -> None:
 
 
 def test_callers_arriving_during_a_group_share_the_next_one() -> None:
-    apply = Recorder()
-    group = GroupCommit(apply)
-    first = submit_all(group, ["first"])
-    assert apply.first_started.wait(10)
-    rest = submit_all(group, ["b", "c", "d"])
-    while len(group._queue) < 3:  # all three queued behind the running group
-        threading.Event().wait(0.005)
-    apply.release.set()
-    for thread in [*first.pop("_threads"), *rest.pop("_threads")]:  # type: ignore[attr-defined]
-        thread.join(10)
+    apply, group, answers = behind_a_running_group(["b", "c", "d"])
 
-    assert {**first, **rest} == {"first": "FIRST", "b": "B", "c": "C", "d": "D"}
+    assert answers == {"first": "FIRST", "b": "B", "c": "C", "d": "D"}
     assert apply.groups[0] == ["first"]
     assert sorted(apply.groups[1]) == ["b", "c", "d"]  # one transaction for the three
     assert (group.groups, group.items) == (2, 4)
 
 
 def test_a_bad_input_fails_only_its_own_caller() -> None:
-    apply = Recorder()
-    group = GroupCommit(apply)
-    first = submit_all(group, ["first"])
-    assert apply.first_started.wait(10)
-    rest = submit_all(group, ["b", "bad", "d"])
-    while len(group._queue) < 3:
-        threading.Event().wait(0.005)
-    apply.release.set()
-    for thread in [*first.pop("_threads"), *rest.pop("_threads")]:  # type: ignore[attr-defined]
-        thread.join(10)
+    apply, _, answers = behind_a_running_group(["b", "bad", "d"])
 
-    assert rest["b"] == "B" and rest["d"] == "D"
-    assert isinstance(rest["bad"], ValueError)
+    assert answers["b"] == "B" and answers["d"] == "D"
+    assert isinstance(answers["bad"], ValueError)
     # The group failed as a whole, then each input was applied on its own.
     assert sorted(apply.groups[1]) == ["b", "bad", "d"]
     assert sorted(map(tuple, apply.groups[2:])) == [("b",), ("bad",), ("d",)]

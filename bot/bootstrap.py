@@ -102,9 +102,15 @@ class Runtime:
 
 
 def build_runtime(
-    config_path: str | None = None, database_url: str | None = None, *, migrate: bool = True
+    config_path: str | None = None,
+    database_url: str | None = None,
+    *,
+    migrate: bool = True,
+    config: Config | None = None,
 ) -> Runtime:
-    config = load_config(config_path or os.environ.get("NBENV_CONFIG"))
+    """CONFIG: already loaded from CONFIG_PATH (then it is not read again)."""
+    if config is None:
+        config = load_config(config_path or os.environ.get("NBENV_CONFIG"))
     engine = make_engine(database_url)
     if migrate:
         upgrade(engine)

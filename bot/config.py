@@ -13,11 +13,11 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot.config_access import config_file
 from bot.domain.errors import ConfigError, NbenvError
 from bot.domain.names import check_user_id, image_name_problem
 from bot.domain.policy import Role, TeamRoles
 
-DEFAULT_CONFIG_PATH = "config/nbenv.yaml"
 EVERYONE = "*"
 
 
@@ -174,7 +174,7 @@ def _describe(error: ValidationError) -> str:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read and validate the config; ConfigError names the file, the key and the problem."""
-    file = Path(path or os.environ.get("NBENV_CONFIG") or DEFAULT_CONFIG_PATH)
+    file = config_file(path)
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except FileNotFoundError:

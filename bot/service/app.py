@@ -22,21 +22,15 @@ from bot.domain.audit import ChainCheck, verify_chain
 from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.model import ImageState, Version
-from bot.domain.names import Env, check_full_sha, check_user_id, short
+from bot.domain.names import Env, check_full_sha, short
 from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
 from bot.domain.text import escape, mention
-from bot.service import render
+from bot.service import access, render
+from bot.service.access import is_pipeline
 from bot.service.ports import Backend, InstanceInfo, InstanceRequest
 from bot.store.uow import Store, Tx
 
 log = logging.getLogger(__name__)
-
-PIPELINE_PREFIX = "build:"
-
-
-def is_pipeline(actor: str) -> bool:
-    """Builds act under their own name: `build:<build id>`."""
-    return actor.startswith(PIPELINE_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -106,9 +100,7 @@ class Nbenv:
 
     def check(self, actor: str, command: Command) -> None:
         """What every command passes first: a known user and a known image (config only)."""
-        self._check_actor(actor)
-        if command.image is not None:
-            self._check_image(command.image)
+        access.check(self.config, actor, command)
 
     def require(self, actor: str, command: Command, needed: Role) -> Role:
         """ACTOR's role when it is at least NEEDED for COMMAND; a refusal is audited.
@@ -124,16 +116,10 @@ class Nbenv:
             raise
 
     def _check_actor(self, actor: str) -> None:
-        if is_pipeline(actor):
-            return
-        check_user_id(actor)
-        if not self.config.knows_user(actor):
-            raise BadInput(f"unknown user {actor}: not an owner, tester or user of any team")
+        access.check_actor(self.config, actor)
 
     def _check_image(self, image: str) -> None:
-        if image not in self.config.images:
-            known = ", ".join(sorted(self.config.images))
-            raise BadInput(f"unknown image {image!r}; known images: {known}")
+        access.check_image(self.config, image)
 
     def _require(self, actor: str, image: str, needed: Role, action: str) -> Role:
         if is_pipeline(actor):

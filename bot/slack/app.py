@@ -14,17 +14,19 @@ import logging
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
 
-from bot.service.app import Nbenv
 from bot.slack import views
 from bot.slack.answers import post_answer
 from bot.slack.client import web_client
 from bot.slack.interactions import Interactions, Later, Outcome
+
+if TYPE_CHECKING:  # `nbenv serve` builds this app before its worker loads the service
+    from bot.service.app import Nbenv
 
 log = logging.getLogger(__name__)
 

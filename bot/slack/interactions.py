@@ -21,15 +21,18 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, Conflict, NbenvError
 from bot.domain.names import Env, check_sha_ref, short
 from bot.domain.policy import Role
 from bot.domain.text import escape
-from bot.service.app import Nbenv, Reply
 from bot.slack import views
+
+if TYPE_CHECKING:  # `nbenv serve` acks with this module before its worker loads the service
+    from bot.service.app import Nbenv, Reply
+    from bot.store.uow import Store
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,11 @@ def _value(raw: str | None) -> dict[str, Any]:
 class Interactions:
     def __init__(self, app: Nbenv) -> None:
         self.app = app
-        self.store = app.store
+
+    @property
+    def store(self) -> Store:
+        # Looked up when used: in `nbenv serve`, APP has no store until its worker is warm.
+        return self.app.store
 
     # -- the slash command ------------------------------------------------------------------
 

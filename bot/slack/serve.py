@@ -4,10 +4,18 @@ Routes: POST /slack/events (slash commands, interactivity, events), GET /healthz
 POST /pubsub/jobs (the job queue's push subscription, OIDC-verified; enabled when the
 config sets gcp.jobs_audience). Listens on $PORT (default 8080).
 
-The master checks the config and migrates the database before forking, so a mistake
-stops the start with a one-line reason. Each worker builds the runtime, starts the
-outbox delivery thread (and, on the local backend, the job worker thread) and stops
-them cleanly on exit.
+Cold start matters on Cloud Run (an instance starts when a request is waiting), so the
+start uses both cores:
+
+* the master forks the first worker's answer process (bot.slack.answers) before it
+  imports anything heavy; that process checks the config and migrates the database,
+  reports to the master (a mistake stops the start with a one-line reason), then loads
+  the service and the store, while the master loads Flask and Bolt;
+* a worker serves as soon as Flask and Bolt are up: acking a slash command needs only
+  the config's teams and images (bot.config_access, no pydantic), and answers are
+  computed in the answer process. Its runtime (pydantic, SQLAlchemy,
+  the service, the outbox delivery thread and, on the local backend, the job worker
+  thread) loads on a thread of its own; whatever needs it waits until it is there.
 """
 
 from __future__ import annotations
@@ -15,17 +23,131 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from typing import Any
+import threading
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.bootstrap import Runtime
+    from bot.config import Config
+    from bot.config_access import Access
+    from bot.domain.commands import Command
+    from bot.slack.answers import AnswerProcess
+    from bot.slack.background import Background
+    from bot.slack.pubsub import JobPush
 
 log = logging.getLogger(__name__)
 
-# This worker's background threads and answer process, stopped by the worker_exit hook.
-_background: Any = None
-_answers: Any = None
+WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master halts the server
+
+# Started by the master for the first worker, which adopts it (see _post_fork).
+_first_answers: AnswerProcess | None = None
+_first_worker = False
+# This worker's runtime and answer process, stopped by the worker_exit hook.
+_worker: WorkerRuntime | None = None
+_answers: AnswerProcess | None = None
 
 
-def create_web_app(bolt: Any, push: Any, background: Any = None) -> Any:
+class WorkerRuntime:
+    """A worker's runtime, outbox delivery and job step, built on a thread of their own
+    (loading SQLAlchemy and the service is most of a worker's start); `wait` for them.
+
+    The first answers wait for the answer process, not for this: the thread lets that
+    process have the CPU until it is ready (PATIENCE_S at most), unless a request needs
+    the runtime sooner.
+    """
+
+    PATIENCE_S = 2.0
+
+    def __init__(self, config_path: str | None, token: str, answers: AnswerProcess) -> None:
+        self.runtime: Runtime | None = None
+        self.background: Background | None = None
+        self.push: JobPush | None = None
+        self._needed = threading.Event()
+        self._stopping = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._build,
+            args=(config_path, token, answers),
+            name="nbenv-start",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _build(self, config_path: str | None, token: str, answers: AnswerProcess) -> None:
+        deadline = time.monotonic() + self.PATIENCE_S
+        while not answers.ready() and time.monotonic() < deadline:
+            if self._needed.wait(0.005):
+                break
+        if self._stopping:
+            self._ready.set()
+            return
+        try:
+            from bot.bootstrap import build_runtime, recover_at_start
+            from bot.slack.background import Background, job_step
+            from bot.slack.client import web_client
+            from bot.slack.outbox import OutboxSender
+            from bot.slack.pubsub import JobPush
+
+            runtime = build_runtime(config_path, migrate=False)
+            recover_at_start(runtime)  # finish promotions a crash left half-synced (idempotent)
+            sender = OutboxSender(runtime.store, web_client(token))
+            push = JobPush.from_runtime(runtime)
+            # Jobs run here from the store's queue, or travel through Pub/Sub and come back
+            # through /pubsub/jobs when a push subscription is configured: never both.
+            jobs = job_step(runtime, pushed=push is not None)
+            self.background = Background(runtime, sender, jobs=jobs).start()
+            self.runtime, self.push = runtime, push
+        except BaseException:
+            # As a failure in gunicorn's load() would: the worker did not boot, and the
+            # master stops the server rather than restart workers that cannot start.
+            log.exception("the worker could not start")
+            logging.shutdown()
+            os._exit(WORKER_BOOT_ERROR)
+        self._ready.set()
+
+    def wait(self) -> WorkerRuntime:
+        self._needed.set()
+        self._ready.wait()
+        return self
+
+    def wake(self) -> None:
+        if self.background is not None:  # before it starts, its first pass finds everything
+            self.background.wake()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping = True  # not started yet: it never will
+        self._needed.set()
+        self._ready.wait(timeout_s)
+        if self.background is not None:
+            self.background.stop()
+
+
+class WarmingService:
+    """The worker's Nbenv as Bolt sees it: the check every command passes first is answered
+    from the config's teams and images at once, so that `/nbenv status` is acked and handed
+    to the answer process while the runtime still loads; anything else waits for the real
+    service."""
+
+    def __init__(self, access: Access, worker: WorkerRuntime) -> None:
+        self._access = access
+        self._worker = worker
+
+    def check(self, actor: str, command: Command) -> None:
+        from bot.service.access import check
+
+        check(self._access, actor, command)
+
+    def __getattr__(self, name: str) -> Any:
+        runtime = self._worker.wait().runtime
+        assert runtime is not None
+        return getattr(runtime.app, name)
+
+
+def create_web_app(bolt: Any, worker: WorkerRuntime) -> Any:
     """The Flask app: Bolt behind /slack/events, the health check, the job push endpoint."""
     from flask import Flask, request
     from slack_bolt.adapter.flask import SlackRequestHandler
@@ -42,11 +164,13 @@ def create_web_app(bolt: Any, push: Any, background: Any = None) -> Any:
 
     @web.get("/healthz")
     def healthz() -> Any:
+        background = worker.wait().background
         background_ok = background is None or background.running
         return {"ok": background_ok, "background": background_ok}, 200 if background_ok else 503
 
     @web.post("/pubsub/jobs")
     def pubsub_jobs() -> Any:
+        push = worker.wait().push
         if push is None:
             return "the job push endpoint is off: set gcp.jobs_audience in the config\n", 404
         result = push.handle(request.get_data(), request.headers.get("Authorization"))
@@ -59,100 +183,121 @@ def create_web_app(bolt: Any, push: Any, background: Any = None) -> Any:
 
 def build_worker_app(config_path: str | None, token: str, signing_secret: str) -> Any:
     """Everything one gunicorn worker serves (called in the worker, after the fork)."""
-    global _background, _answers
+    global _worker, _answers
     from bot.slack.answers import AnswerProcess
 
-    # First, while this process has no thread and no database connection to inherit, and
-    # early: it builds its runtime on the other core while this one imports the rest.
-    _answers = AnswerProcess(config_path)
+    if _first_worker and _first_answers is not None:
+        _answers = _first_answers.adopt()  # started by the master: warm by now, or nearly
+    else:
+        # First, while this process has no thread and no database connection to inherit.
+        _answers = AnswerProcess(config_path)
 
-    from bot.bootstrap import build_runtime, recover_at_start
+    from bot.config_access import read_access
     from bot.slack.app import build_app
-    from bot.slack.background import Background, job_step
-    from bot.slack.client import web_client
-    from bot.slack.outbox import OutboxSender
-    from bot.slack.pubsub import JobPush
 
-    runtime = build_runtime(config_path, migrate=False)
-    recover_at_start(runtime)  # finish promotions a crash left half-synced (idempotent)
-    sender = OutboxSender(runtime.store, web_client(token))
-    push = JobPush.from_runtime(runtime)
-    # Jobs run here from the store's queue, or travel through Pub/Sub and come back
-    # through /pubsub/jobs when a push subscription is configured: never both.
-    jobs = job_step(runtime, pushed=push is not None)
-    _background = Background(runtime, sender, jobs=jobs).start()
+    _worker = WorkerRuntime(config_path, token, _answers)
     bolt = build_app(
-        runtime.app,
+        WarmingService(read_access(config_path), _worker),  # type: ignore[arg-type]
         token=token,
         signing_secret=signing_secret,
-        wake=_background.wake,
+        wake=_worker.wake,
         answers=_answers,
     )
-    return create_web_app(bolt, push, _background)
+    return create_web_app(bolt, _worker)
 
 
-def _check_and_migrate(config_path: str | None) -> None:
+def _check_in_answer_process(config_path: str | None, report_read: int, report: int) -> Config:
+    """FIRST of the master's answer process: check the config, then bring the schema up to
+    date, and tell the master "CODE\nREASON" through REPORT (0: go on)."""
     from bot.config import load_config
-    from bot.store.database import make_engine, schema_is_current, upgrade
+    from bot.domain.errors import NbenvError
 
-    load_config(config_path)  # a bad config stops here, with the file and the key
-    engine = make_engine()
-    if not schema_is_current(engine):
-        upgrade(engine)
-    engine.dispose()
+    os.close(report_read)
+    code, reason, config = 0, "", None
+    try:
+        config = load_config(config_path)  # a bad config stops here, with the file and key
+        from bot.store.database import make_engine, schema_is_current, upgrade
+
+        engine = make_engine()
+        if not schema_is_current(engine):
+            upgrade(engine)
+        engine.dispose()
+    except NbenvError as error:
+        code, reason = error.exit_code, error.message
+    except Exception as error:  # the database is unreachable, say
+        code, reason = 1, f"cannot prepare the database: {error}"
+    with os.fdopen(report, "wb") as out:
+        out.write(f"{code}\n{reason}".encode())
+    if config is None or code != 0:
+        os._exit(code or 1)
+    return config
 
 
 def _preload() -> None:
-    """What every worker imports: once, here, so the forked workers start ready."""
+    """What every worker needs to serve: once, here, so the forked workers start ready.
+    Not the service and the store: a worker loads them while it already serves."""
     import flask  # noqa: F401
+    import gunicorn.app.base  # noqa: F401
     import slack_bolt.adapter.flask  # noqa: F401
 
-    import bot.bootstrap
-    import bot.slack.app
-    import bot.slack.background
-    import bot.slack.pubsub  # noqa: F401
+    import bot.config_access
+    import bot.service.access
+    import bot.slack.app  # noqa: F401
 
 
-def _prepare(config_path: str | None) -> None:
+def _prepare(config_path: str | None) -> AnswerProcess:
     """Check the config and bring the schema up to date before any worker starts.
 
-    Cold start matters on Cloud Run, so the two halves of the start run side by side: a
-    child process checks and migrates while this one imports what the workers need. A
-    problem ends the start with the child's one-line reason and exit status.
+    What both halves of the start need (Slack's SDK, YAML) is loaded first, once; then the
+    first worker's answer process is started: it checks the config (pydantic), migrates,
+    and loads the service and the store, while this process imports what workers need.
+    A problem ends the start with a one-line reason and exit status.
     """
-    from bot.domain.errors import NbenvError
+    # Loaded once, before the fork: both processes need them.
+    import slack_sdk  # noqa: F401
+    import yaml  # noqa: F401
 
-    read_end, write_end = os.pipe()
-    child = os.fork()  # no thread runs yet in this process: forking is safe
-    if child == 0:
-        os.close(read_end)
-        code = 0
-        try:
-            _check_and_migrate(config_path)
-        except NbenvError as error:
-            os.write(write_end, error.message.encode())
-            code = error.exit_code
-        except Exception as error:  # the database is unreachable, say
-            os.write(write_end, f"cannot prepare the database: {error}".encode())
-            code = 1
-        os._exit(code)
-    os.close(write_end)
+    import bot.config_access  # noqa: F401
+    from bot.domain.errors import NbenvError
+    from bot.slack.answers import AnswerProcess
+
+    report_read, report_write = os.pipe()
+    # No thread runs yet in this process: forking is safe.
+    answers = AnswerProcess(
+        config_path, first=partial(_check_in_answer_process, config_path, report_read, report_write)
+    )
+    os.close(report_write)
     try:
         _preload()
-    finally:
-        with os.fdopen(read_end, "rb") as reason:
-            message = reason.read().decode(errors="replace").strip()
-        _, status = os.waitpid(child, 0)
-    code = os.waitstatus_to_exitcode(status)
+    except BaseException:
+        os.close(report_read)
+        os.kill(answers.pid, signal.SIGTERM)  # nobody will ask it anything
+        os.waitpid(answers.pid, 0)
+        raise
+    with os.fdopen(report_read, "rb") as report:
+        outcome = report.read().decode(errors="replace")
+    code_text, _, reason = outcome.partition("\n")
+    code = int(code_text) if code_text.isdigit() else -1
     if code != 0:
-        failure = NbenvError(message.splitlines()[0] if message else f"start-up failed ({code})")
+        _, status = os.waitpid(answers.pid, 0)
+        if code == -1:  # it ended before it could say why
+            code = os.waitstatus_to_exitcode(status) or 1
+        failure = NbenvError(
+            reason.splitlines()[0] if reason.strip() else f"start-up failed ({code})"
+        )
         failure.exit_code = code
         raise failure
+    return answers
+
+
+def _post_fork(server: Any, worker: Any) -> None:
+    global _first_worker
+    _first_worker = worker.age == 1  # the first worker gunicorn forks
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
-    if _background is not None:
-        _background.stop()
+    if _worker is not None:
+        _worker.stop()
     if _answers is not None:
         _answers.stop()
 
@@ -194,7 +339,8 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    _prepare(args.config)
+    global _first_answers
+    _first_answers = _prepare(args.config)
 
     from gunicorn.app.base import BaseApplication
 
@@ -208,6 +354,7 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
                 "timeout": 120,
                 "graceful_timeout": 10,
                 "keepalive": 75,  # longer than the load balancer's idle timeout
+                "post_fork": _post_fork,
                 "worker_exit": _worker_exit,
                 "loglevel": "warning",
                 "accesslog": None,

@@ -1,0 +1,52 @@
+"""Who may ask about what, from the config alone: the check every command passes first.
+
+Kept apart from `bot.service.app` (and so from SQLAlchemy and pydantic) because
+`nbenv serve` acks slash commands with it, from a `bot.config_access.Access`, while the
+rest of its worker is still loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Protocol
+
+from bot.domain.commands import Command
+from bot.domain.errors import BadInput
+from bot.domain.names import check_user_id
+
+PIPELINE_PREFIX = "build:"
+
+
+class Known(Protocol):
+    """The config (`bot.config.Config`), or its teams and images alone."""
+
+    @property
+    def images(self) -> Collection[str]: ...
+
+    def knows_user(self, user: str) -> bool: ...
+
+
+def is_pipeline(actor: str) -> bool:
+    """Builds act under their own name: `build:<build id>`."""
+    return actor.startswith(PIPELINE_PREFIX)
+
+
+def check_actor(config: Known, actor: str) -> None:
+    if is_pipeline(actor):
+        return
+    check_user_id(actor)
+    if not config.knows_user(actor):
+        raise BadInput(f"unknown user {actor}: not an owner, tester or user of any team")
+
+
+def check_image(config: Known, image: str) -> None:
+    if image not in config.images:
+        known = ", ".join(sorted(config.images))
+        raise BadInput(f"unknown image {image!r}; known images: {known}")
+
+
+def check(config: Known, actor: str, command: Command) -> None:
+    """A known user and a known image."""
+    check_actor(config, actor)
+    if command.image is not None:
+        check_image(config, command.image)

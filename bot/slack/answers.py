@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bot import processes
+
 if TYPE_CHECKING:  # this process is forked before the service is imported
     from bot.config import Config
     from bot.slack.interactions import Later
@@ -132,7 +134,7 @@ class AnswerProcess:
             except ChildProcessError:
                 return False
             return done == 0
-        return _exists(self._pid)  # the master reaps it: a zombie lives a moment at most
+        return processes.alive(self._pid)  # the master reaps it: a zombie lives a moment at most
 
     def __call__(self, response_url: str, later: Later, replace: bool) -> None:
         if not self.alive():
@@ -156,16 +158,6 @@ class AnswerProcess:
                 return False
             time.sleep(0.01)
         return True
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _serve(
@@ -197,7 +189,7 @@ def _serve(
     def owner_gone() -> bool:
         if os.getppid() != parent:  # whoever started this process is gone
             return True
-        return owner != parent and not _exists(owner)
+        return owner != parent and not processes.alive(owner)
 
     with ThreadPoolExecutor(POSTING_THREADS, thread_name_prefix="nbenv-answer") as pool:
         while True:

@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bot import processes
 from bot.backends.local.git import Repositories
 from bot.backends.local.pipeline import LOCAL_IMAGE_REPOSITORY, docker_available
 from bot.config import Config
@@ -72,21 +73,6 @@ def server_answers(port: int, token: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        # Reap it when it is our child, or it would linger as a zombie that kill(0) sees.
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_ours(pid: int, checkout: str) -> bool:
@@ -234,14 +220,14 @@ class LocalInstances:
 
     def _stop_process(self, name: str, pid: int, checkout: str) -> None:
         child = self._children.pop(name, None)
-        if not _alive(pid) or not _is_ours(pid, checkout):
+        if not processes.alive(pid) or not _is_ours(pid, checkout):
             return
         self._kill_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
             if child is not None and child.poll() is not None:
                 return
-            if child is None and not _alive(pid):
+            if child is None and not processes.alive(pid):
                 return
             time.sleep(0.1)
         self._kill_group(pid, signal.SIGKILL)

@@ -6,8 +6,9 @@ a build's events are seconds apart) the request waits for the pass that sends it
 messages, so the function has posted to Slack before Pub/Sub gets its ack. During a
 burst the request is acknowledged as soon as it is stored; the thread keeps sending,
 a pass every BUSY_INTERVAL_S at most, and a root update that a later one replaced by
-then is never sent at all (the sender skips superseded updates). Whatever is still queued when the instance stops
-is sent by the next instance or by the bot's own sender: nothing is lost.
+then is never sent at all (the sender skips superseded updates). Whatever is still
+queued when the instance stops is sent by the next instance or by the bot's own sender:
+nothing is lost.
 """
 
 from __future__ import annotations

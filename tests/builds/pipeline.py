@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -112,8 +113,12 @@ def workspace(tmp: Path, image: str, notebooks: dict[str, list[str]]) -> Path:
         write_notebook(root / "notebooks" / image / "tests" / name, *cells)
     bin_dir = tmp / "bin"  # `python` in the step is the image's; here it is ours
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python").unlink(missing_ok=True)
-    (bin_dir / "python").symlink_to(sys.executable)
+    # A wrapper, not a symlink: Python started through a symlink outside the venv finds no
+    # pyvenv.cfg beside it and runs the base interpreter, without our packages.
+    wrapper = bin_dir / "python"
+    wrapper.unlink(missing_ok=True)
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n', encoding="utf-8")
+    wrapper.chmod(0o755)
     return root
 
 

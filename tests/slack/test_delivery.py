@@ -4,6 +4,9 @@ lose or duplicate them, and what is queued when the bot stops goes out after a r
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import yaml
 
 from tests.conftest import OWNER, TESTER
 from tests.slack.bot import (
@@ -16,6 +19,8 @@ from tests.slack.bot import (
     wait_until,
 )
 from tests.support.slack_api import FakeSlackApi
+
+MANIFEST = Path(__file__).resolve().parents[2] / "config" / "slack-manifest.yaml"
 
 
 def _texts(slack: FakeSlackApi, *needles: str) -> list[str]:
@@ -102,3 +107,7 @@ def test_an_answer_whose_response_url_expired_reaches_the_person_as_a_dm(
     assert dm.thread_ts is None
     assert [c.status for c in slack.failed_calls(f"response_url:/response/{name}")] == [404]
     assert slack.calls(f"response_url:/response/{name}") == []
+    # The app's Messages tab, where that DM shows, is on (read-only) in the manifest.
+    manifest = yaml.safe_load(MANIFEST.read_text("utf-8"))
+    app_home = manifest["features"]["app_home"]
+    assert app_home["messages_tab_enabled"] and app_home["messages_tab_read_only_enabled"]

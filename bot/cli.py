@@ -402,19 +402,26 @@ class _LogFileInHome(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self._file: RotatingFileHandler | None = None
+        self._file: logging.Handler | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._file is None:
-            from bot.store.database import nbenv_home
-
-            home = nbenv_home()
-            home.mkdir(parents=True, exist_ok=True)
-            self._file = RotatingFileHandler(
-                home / LOG_FILE, maxBytes=LOG_FILE_BYTES, backupCount=1, encoding="utf-8"
-            )
+            self._file = self._open()
             self._file.setFormatter(self.formatter)
         self._file.emit(record)
+
+    @staticmethod
+    def _open() -> logging.Handler:
+        from bot.store.database import nbenv_home
+
+        home = nbenv_home()
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            return RotatingFileHandler(
+                home / LOG_FILE, maxBytes=LOG_FILE_BYTES, backupCount=1, encoding="utf-8"
+            )
+        except OSError:  # a home nbenv may not write to: better on stderr than lost
+            return logging.StreamHandler(sys.stderr)
 
     def close(self) -> None:
         if self._file is not None:
@@ -432,7 +439,6 @@ def _configure_logging(program: str | None, verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format=LOG_FORMAT,
         handlers=handlers,
-        force=True,
     )
 
 

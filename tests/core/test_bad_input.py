@@ -78,6 +78,56 @@ def test_unknown_and_malformed_users(cli):
     assert code == 2 and "not a Slack user ID" in err
 
 
+@pytest.fixture
+def cli_on_both(config_file: Path, db_url: str, monkeypatch: pytest.MonkeyPatch, capsys):
+    """`cli` on SQLite and on PostgreSQL."""
+    monkeypatch.setenv("NBENV_DATABASE_URL", db_url)
+    monkeypatch.setenv("NBENV_CONFIG", str(config_file))
+    monkeypatch.delenv("NBENV_USER", raising=False)
+
+    def run(*words: str) -> tuple[int, str, str]:
+        code = main(list(words))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def test_no_one_acts_as_the_pipeline_with_as_or_nbenv_user(cli_on_both, monkeypatch):
+    cli = cli_on_both
+    assert cli("--as", OWNER, "publish", IMAGE, sha_of("a"))[0] == 0
+    before = (_status(cli), _audit_size(cli))
+    for words in (
+        ["--as", "build:evil", "freeze", IMAGE, "takeover"],
+        ["--as", "build:x", "approve", IMAGE],
+        ["--as", "build:evil", "promote", IMAGE, "--yes"],
+        ["--as", "build:evil", "publish", IMAGE, sha_of("b")],
+    ):
+        code, out, err = cli(*words)
+        assert (code, out) == (2, "")
+        assert err == f"nbenv: --as: {words[1]!r} is not a Slack user ID (like U01ABCDEF)\n"
+    monkeypatch.setenv("NBENV_USER", "build:evil")
+    code, _, err = cli("freeze", IMAGE, "takeover")
+    assert code == 2
+    assert err == "nbenv: NBENV_USER: 'build:evil' is not a Slack user ID (like U01ABCDEF)\n"
+    assert (_status(cli), _audit_size(cli)) == before
+
+
+def test_the_pipeline_publishes_through_publish_build_id(cli_on_both):
+    cli = cli_on_both
+    code, _, err = cli("publish", IMAGE, sha_of("a"), "--build-id", "b-123")
+    assert code == 0, err
+    staging = _status(cli)["environments"]["staging"]
+    assert (staging["sha"], staging["updated_by"]) == (sha_of("a"), "build:b-123")
+    before = (_status(cli), _audit_size(cli))
+    code, _, err = cli("--as", OWNER, "publish", IMAGE, sha_of("b"), "--build-id", "b-124")
+    assert code == 2 and "not both" in err
+    code, _, err = cli("publish", IMAGE, sha_of("b"), "--build-id", "b 124; rm")
+    assert code == 2 and "is not a build ID" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (_status(cli), _audit_size(cli)) == before
+
+
 def test_missing_user_is_explained(cli, monkeypatch):
     monkeypatch.delenv("NBENV_USER", raising=False)
     code, _, err = cli("status")

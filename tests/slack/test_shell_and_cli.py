@@ -111,6 +111,21 @@ def test_the_shell_runs_a_whole_approval_and_promotion_from_stdin(
     assert json.loads(status.stdout)["environments"]["production"]["sha"] == commit
 
 
+def test_the_shell_refuses_an_identity_that_is_no_slack_user(tmp_path: Path, config: Path) -> None:
+    env = _env(tmp_path, config, NBENV_USER="build:evil")
+    takeover = f"/nbenv freeze {IMAGE} takeover\n/nbenv status {IMAGE}\n"
+
+    by_option = _run(["--as", "build:evil", "shell"], env, stdin=takeover)
+    by_env = _run(["shell"], env, stdin=takeover)
+
+    assert by_option.returncode == by_env.returncode == 2
+    assert by_option.stderr == "nbenv: --as: 'build:evil' is not a Slack user ID (like U01ABCDEF)\n"
+    assert (
+        by_env.stderr == "nbenv: NBENV_USER: 'build:evil' is not a Slack user ID (like U01ABCDEF)\n"
+    )
+    assert by_option.stdout == by_env.stdout == ""
+
+
 def test_serve_refuses_to_start_without_its_secrets(tmp_path: Path, config: Path) -> None:
     no_secret = _run(["serve"], _env(tmp_path, config, SLACK_BOT_TOKEN="xoxb-test"))
     no_token = _run(["serve"], _env(tmp_path, config, SLACK_SIGNING_SECRET=SECRET))

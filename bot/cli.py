@@ -58,17 +58,15 @@ def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def person(args: argparse.Namespace) -> Person | None:
     """Who runs the command: --as USER or $NBENV_USER, a Slack user ID (never the pipeline)."""
-    from bot.domain.names import user_id_problem
-
     source, user = (
         ("--as", args.as_user) if args.as_user else ("NBENV_USER", os.environ.get("NBENV_USER"))
     )
     if not user:
         return None
-    problem = user_id_problem(user)
-    if problem:
-        raise BadInput(f"{source}: {problem}")
-    return Person(user)
+    try:
+        return Person(user)
+    except BadInput as error:
+        raise BadInput(f"{source}: {error.message}") from None
 
 
 def _slash(args: argparse.Namespace, words: list[str]) -> int:

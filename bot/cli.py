@@ -2,7 +2,7 @@
 
 nbenv [--as USER] TEXT…           what would follow /nbenv, as Slack user USER
 nbenv serve | socket | shell | demo
-nbenv publish IMAGE SHA [--report FILE]
+nbenv publish IMAGE SHA [--report FILE] [--build-id ID]
 nbenv audit verify | export [--format csv|jsonl] [--output FILE]
 nbenv test-notebooks DIR [--report FILE] [--jobs N] [--timeout S]
 nbenv db upgrade | current
@@ -29,7 +29,8 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.domain.errors import NbenvError
+from bot.domain.errors import BadInput, NbenvError
+from bot.domain.names import Person, Pipeline
 
 # The programs beside the slash commands, with what `nbenv --help` says of each.
 PROGRAMS = {
@@ -88,10 +89,23 @@ def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return build_runtime(args.config)
 
 
+def person(args: argparse.Namespace) -> Person | None:
+    """Who runs the command: --as USER or $NBENV_USER, a Slack user ID (never the pipeline)."""
+    source, user = (
+        ("--as", args.as_user) if args.as_user else ("NBENV_USER", os.environ.get("NBENV_USER"))
+    )
+    if not user:
+        return None
+    try:
+        return Person(user)
+    except BadInput as error:
+        raise BadInput(f"{source}: {error.message}") from None
+
+
 def _slash(args: argparse.Namespace, words: list[str]) -> int:
     from bot.domain.commands import parse
 
-    user = args.as_user or os.environ.get("NBENV_USER")
+    user = person(args)
     if not user:
         return _fail("say who you are: --as USER (a Slack user ID) or NBENV_USER", 2)
     command = parse(" ".join(_quote(w) for w in words))
@@ -143,8 +157,13 @@ def _publish(args: argparse.Namespace, rest: list[str]) -> int:
     parser.add_argument("--report", type=Path, help="test report JSON of the notebook runner")
     parser.add_argument("--subject", help="commit subject")
     parser.add_argument("--branch")
+    parser.add_argument(
+        "--build-id", help="publish as the pipeline, for this build (instead of --as USER)"
+    )
     options = parser.parse_args(rest)
-    user = args.as_user or os.environ.get("NBENV_USER")
+    if options.build_id and args.as_user:
+        return _fail("publish as --as USER or as the pipeline with --build-id, not both", 2)
+    user = Pipeline(options.build_id) if options.build_id else person(args)
     if not user:
         return _fail("say who you are: --as USER (a Slack user ID) or NBENV_USER", 2)
     report = None
@@ -161,6 +180,7 @@ def _publish(args: argparse.Namespace, rest: list[str]) -> int:
         report=report,
         subject=options.subject,
         branch=options.branch,
+        build_id=options.build_id,
     )
     print(plain(reply.text))
     return 0

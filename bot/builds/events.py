@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.domain.errors import BadInput
-from bot.domain.names import image_name_problem, is_full_sha
+from bot.domain.names import BUILD_ID, image_name_problem, is_full_sha
 
 # Cloud Build's Build.Status, in the order a build moves through them. All terminal
 # statuses share the top rank: a build reaches exactly one of them.
@@ -39,7 +39,6 @@ STEP_FAILED = frozenset({"FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "E
 KIND_ATTRIBUTE = "nbenv"
 REPORT_KIND = "test-report"
 
-_BUILD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 MAX_TEXT = 500
 
 
@@ -200,7 +199,7 @@ def parse_build(build: Any, attributes: Mapping[str, str] | None = None) -> Buil
     if not isinstance(build, Mapping):
         raise BadEvent("the build is not a JSON object")
     build_id = build.get("id") or attributes.get("buildId")
-    if not isinstance(build_id, str) or not _BUILD_ID.fullmatch(build_id):
+    if not isinstance(build_id, str) or not BUILD_ID.fullmatch(build_id):
         raise BadEvent(f"build id {build_id!r} is missing or malformed")
     status = build.get("status") or attributes.get("status")
     if status not in RANKS:

@@ -22,11 +22,11 @@ from bot.domain.audit import ChainCheck, verify_chain
 from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.model import ImageState, Version
-from bot.domain.names import Env, check_full_sha, short
+from bot.domain.names import Actor, Env, check_full_sha, short
 from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
 from bot.domain.text import escape, mention
 from bot.service import access, render
-from bot.service.access import is_pipeline
+from bot.service.access import as_actor, is_pipeline
 from bot.service.ports import Backend, InstanceInfo, InstanceRequest
 from bot.store.uow import Store, Tx
 
@@ -72,13 +72,13 @@ class Nbenv:
 
     # -- entry -----------------------------------------------------------------------------
 
-    def handle(self, actor: str, text: str, *, key: str | None = None) -> Reply:
+    def handle(self, actor: Actor | str, text: str, *, key: str | None = None) -> Reply:
         """Run TEXT exactly as it would follow `/nbenv`, as ACTOR."""
         return self.execute(actor, parse(text), key=key)
 
     def execute(
         self,
-        actor: str,
+        actor: Actor | str,
         command: Command,
         *,
         key: str | None = None,
@@ -102,11 +102,11 @@ class Nbenv:
             self._audit_refusal(actor, command, refusal)
             raise
 
-    def check(self, actor: str, command: Command) -> None:
+    def check(self, actor: Actor | str, command: Command) -> None:
         """What every command passes first: a known user and a known image (config only)."""
         access.check(self.config, actor, command)
 
-    def require(self, actor: str, command: Command, needed: Role) -> Role:
+    def require(self, actor: Actor | str, command: Command, needed: Role) -> Role:
         """ACTOR's role when it is at least NEEDED for COMMAND; a refusal is audited.
 
         For adapters that must check a role before asking for more input (a dialog).
@@ -178,7 +178,8 @@ class Nbenv:
     def _cmd_help(self, actor: str, command: Command, **_: Any) -> Reply:
         return Reply(help_text())
 
-    def visible_images(self, actor: str) -> list[str]:
+    def visible_images(self, actor: Actor | str) -> list[str]:
+        actor = as_actor(actor)
         if is_pipeline(actor):
             return sorted(self.config.images)
         return sorted(
@@ -417,7 +418,7 @@ class Nbenv:
         assert check is not None
         return plan, check
 
-    def preview(self, actor: str, command: Command) -> dict[str, Any]:
+    def preview(self, actor: Actor | str, command: Command) -> dict[str, Any]:
         """The plan a destructive command would carry out, for a confirmation dialog."""
         self._check_actor(actor)
         assert command.image
@@ -479,7 +480,7 @@ class Nbenv:
 
     def publish(
         self,
-        actor: str,
+        actor: Actor | str,
         image: str,
         sha: str,
         *,

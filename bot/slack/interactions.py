@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, NbenvError
-from bot.domain.names import Env, check_sha_ref, short
+from bot.domain.names import Env, Person, check_sha_ref, short
 from bot.domain.operations import Seen
 from bot.domain.policy import Role
 from bot.domain.text import escape
@@ -142,7 +142,7 @@ class Interactions:
 
     # -- the slash command ------------------------------------------------------------------
 
-    def slash(self, user: str, text: str, *, key: str, response_url: str | None) -> Outcome:
+    def slash(self, user: Person, text: str, *, key: str, response_url: str | None) -> Outcome:
         """`/nbenv TEXT` by USER. KEY identifies the request (Slack retries carry the same)."""
         try:
             command = parse(text)
@@ -191,7 +191,7 @@ class Interactions:
     # -- buttons ----------------------------------------------------------------------------
 
     def press(
-        self, user: str, action_id: str, raw_value: str | None, *, key: str, response_url: str
+        self, user: Person, action_id: str, raw_value: str | None, *, key: str, response_url: str
     ) -> Outcome:
         """A button pressed by USER; the answer goes privately to RESPONSE_URL."""
         try:
@@ -200,7 +200,7 @@ class Interactions:
             return Outcome(later=Later(user, message=views.error(error.message)))
 
     def _press(
-        self, user: str, action_id: str, raw_value: str | None, *, key: str, response_url: str
+        self, user: Person, action_id: str, raw_value: str | None, *, key: str, response_url: str
     ) -> Outcome:
         value = _value(raw_value)
         image = value["image"]
@@ -266,7 +266,7 @@ class Interactions:
 
     # -- the reject dialog ------------------------------------------------------------------
 
-    def reject_dialog(self, user: str, raw_value: str | None, *, response_url: str) -> Outcome:
+    def reject_dialog(self, user: Person, raw_value: str | None, *, response_url: str) -> Outcome:
         """Reject pressed: the dialog asking why, or a private refusal (roles checked now)."""
         try:
             value = _value(raw_value)
@@ -278,7 +278,7 @@ class Interactions:
         return Outcome(dialog=views.reject_dialog(str(command.image), str(command.sha), metadata))
 
     def submit_reject(
-        self, user: str, raw_metadata: str | None, reason: str | None, *, key: str
+        self, user: Person, raw_metadata: str | None, reason: str | None, *, key: str
     ) -> str | None:
         """The dialog submitted: None when the rejection is recorded, else what to fix."""
         reason = (reason or "").strip()
@@ -301,7 +301,7 @@ class Interactions:
 
     # -- the App Home -----------------------------------------------------------------------
 
-    def home(self, user: str) -> dict[str, Any]:
+    def home(self, user: Person) -> dict[str, Any]:
         from bot.slack.home import home_view
 
         images = self.app.visible_images(user)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import uuid
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from bot.bootstrap import Runtime
+from bot.domain.names import Person
 from bot.slack.interactions import Interactions, Outcome
 from bot.slack.outbox import OutboxSender
 from bot.store.uow import Store
@@ -158,7 +158,7 @@ class Shell:
         self.console = Console(out)
         self.sender = ConsoleSender(runtime.store, self.console)
         self.interactions = Interactions(runtime.app)
-        self.user = user
+        self.user = Person(user)
         self.dialog: dict[str, Any] | None = None
         self.echo = False
 
@@ -216,10 +216,9 @@ class Shell:
 
     def _switch(self, user: str) -> None:
         from bot.domain.errors import NbenvError
-        from bot.domain.names import check_user_id
 
         try:
-            self.user = check_user_id(user)
+            self.user = Person(user)
         except NbenvError as error:
             self.console.say(f"⚠️ {error.message}")
             return
@@ -306,9 +305,11 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="nbenv shell", description=HELP)
     parser.parse_args(rest)
     from bot.bootstrap import build_runtime
+    from bot.cli import person
 
+    chosen = person(args)  # a malformed --as stops here, before the database is opened
     runtime = build_runtime(args.config)
-    user = args.as_user or os.environ.get("NBENV_USER") or _first_owner(runtime)
+    user = chosen or _first_owner(runtime)
     if user is None:  # pragma: no cover - config requires an owner per team
         print("nbenv shell: say who you are with --as USER", file=sys.stderr)
         return 2

@@ -307,7 +307,7 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     parser.parse_args(rest)
     from bot.bootstrap import build_runtime
 
-    runtime = build_runtime(args.config)
+    runtime = build_runtime(args.config, run_by_operator=True)  # the console is the operator's
     user = args.as_user or os.environ.get("NBENV_USER") or _first_owner(runtime)
     if user is None:  # pragma: no cover - config requires an owner per team
         print("nbenv shell: say who you are with --as USER", file=sys.stderr)

@@ -86,7 +86,8 @@ def _fail(message: str, code: int) -> int:
 def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from bot.bootstrap import build_runtime
 
-    return build_runtime(args.config)
+    # The person at this terminal runs nbenv: an instance that shares its OS user is theirs.
+    return build_runtime(args.config, run_by_operator=True)
 
 
 def person(args: argparse.Namespace) -> Person | None:

@@ -154,6 +154,9 @@ class Gcp(_Strict):
 
 class Local(_Strict):
     instances_port_range: tuple[int, int] = (8890, 8990)
+    # Without a container, an instance runs as nbenv's OS user and can reach its store and
+    # files: people asking through Slack get one only when the operator says so here.
+    shared_instances: bool = False
 
 
 class Config(_Strict):

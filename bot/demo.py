@@ -178,7 +178,7 @@ def run_demo(home: Path, out: TextIO) -> int:
     story = Transcript(out)
     repo = make_repo(home / "repo")
     (home / "nbenv.yaml").write_text(CONFIG, encoding="utf-8")
-    runtime = build_runtime(str(home / "nbenv.yaml"))
+    runtime = build_runtime(str(home / "nbenv.yaml"), run_by_operator=True)
     shell = Shell(runtime, out, OWNER)
     shell.echo = True
 

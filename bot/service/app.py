@@ -64,11 +64,17 @@ class Nbenv:
         store: Store,
         backend: Backend | None = None,
         differ: Callable[..., dict[str, Any]] | None = None,
+        *,
+        run_by_operator: bool = False,
     ) -> None:
+        """RUN_BY_OPERATOR: this entry point is used by the person who runs nbenv (CLI,
+        console), not by people through Slack; instances they ask for may share the bot's
+        OS user on the local backend (see `local.shared_instances`)."""
         self.config = config
         self.store = store
         self.backend = backend
         self.differ = differ
+        self.run_by_operator = run_by_operator
 
     # -- entry -----------------------------------------------------------------------------
 
@@ -954,6 +960,8 @@ class Nbenv:
                 raise Refused(f"an instance named {name} already exists")
             job_key = key or f"instance:{name}"
             payload = {"image": image, "env": env.value, "sha": sha, "name": name, "actor": actor}
+            if self.run_by_operator:
+                payload["operator"] = True
             details = {"env": env.value, "name": name}
             self._queue(tx, "instance", job_key, payload, reply_to, sha=sha, details=details)
         return Reply(
@@ -990,6 +998,7 @@ class Nbenv:
             env=payload["env"],
             sha=payload["sha"],
             requested_by=payload["actor"],
+            for_operator=payload.get("operator") is True,
         )
         with self.store.read() as tx:
             existing = tx.instance(request.name)
@@ -997,7 +1006,19 @@ class Nbenv:
             return InstanceInfo(
                 existing["name"], existing["url"], existing["state"], existing["details"]
             )
-        info = self.backend.start_instance(request)
+        try:
+            info = self.backend.start_instance(request)
+        except Refused as refusal:  # e.g. not offered to this person (local.shared_instances)
+            with self.store.write() as tx:
+                tx.append_audit(
+                    actor=request.requested_by,
+                    action="instance",
+                    image=request.image,
+                    sha=request.sha,
+                    outcome="refused",
+                    details={"name": request.name, "reason": refusal.message},
+                )
+            raise
         with self.store.write() as tx:
             tx.add_instance(
                 name=request.name,
@@ -1015,12 +1036,9 @@ class Nbenv:
                 action="instance-ready",
                 image=request.image,
                 sha=request.sha,
-                details={
-                    "name": request.name,
-                    "env": request.env,
-                    "url": info.url,
-                    "state": info.state,
-                },
+                # No link: history is readable by every user of the image, and the link
+                # opens the requester's notebook.
+                details={"name": request.name, "env": request.env, "state": info.state},
             )
             response_url = payload.get("response_url")
             text = (
@@ -1050,14 +1068,11 @@ class Nbenv:
             return self._stop_instance(actor, command.stop)
         with self.store.read() as tx:
             rows = [row for image in images for row in tx.instances(image=image)]
-        lines = ["*Instances*"] + [
-            f"• `{r['name']}` {r['image']} {r['env']} `{short(r['sha'])}` {r['state']} "
-            f"by {mention(r['requested_by'])} {r['url'] or ''}".rstrip()
-            for r in rows
-        ]
+        shown = [render.instance_listing(row, actor) for row in rows]
+        lines = ["*Instances*"] + [render.instance_line(item) for item in shown]
         if not rows:
             lines.append("none")
-        return Reply("\n".join(lines), rows)
+        return Reply("\n".join(lines), shown)
 
     def _stop_instance(self, actor: str, name: str) -> Reply:
         with self.store.read() as tx:

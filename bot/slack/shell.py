@@ -308,7 +308,7 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     from bot.cli import person
 
     chosen = person(args)  # a malformed --as stops here, before the database is opened
-    runtime = build_runtime(args.config)
+    runtime = build_runtime(args.config, run_by_operator=True)  # the console is the operator's
     user = chosen or _first_owner(runtime)
     if user is None:  # pragma: no cover - config requires an owner per team
         print("nbenv shell: say who you are with --as USER", file=sys.stderr)

@@ -29,6 +29,14 @@ class AuditEntry:
     prev_hash: str = GENESIS
     hash: str = ""
 
+    def concerned_shas(self) -> set[str]:
+        """Every SHA this entry is about: the one it is filed under, and those it moved an
+        environment from or to, or revoked (a rollback is filed under its target)."""
+        shas = shas_in_details(self.details)
+        if self.sha:
+            shas.add(self.sha)
+        return shas
+
     def computed_hash(self) -> str:
         return entry_hash(
             prev_hash=self.prev_hash,
@@ -41,6 +49,26 @@ class AuditEntry:
             outcome=self.outcome,
             details=self.details,
         )
+
+
+# The keys of an entry's details that name SHAs, as the service layer writes them.
+_SHA_KEYS = ("revoked", "to", "production", "fallback")
+
+
+def shas_in_details(details: Any) -> set[str]:
+    """The SHAs named in DETAILS: under _SHA_KEYS (a SHA or a list of them) and in the
+    old/new of each pointer change."""
+    if not isinstance(details, dict):
+        return set()
+    found: list[Any] = []
+    for key in _SHA_KEYS:
+        value = details.get(key)
+        found.extend(value if isinstance(value, list) else [value])
+    changes = details.get("changes")
+    for change in changes if isinstance(changes, list) else []:
+        if isinstance(change, dict):
+            found += [change.get("old"), change.get("new")]
+    return {value for value in found if isinstance(value, str) and value}
 
 
 def canonical_json(value: Any) -> str:

@@ -24,7 +24,7 @@ from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.model import ImageState, Version
 from bot.domain.names import Env, check_full_sha, short
 from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
-from bot.domain.text import escape, mention
+from bot.domain.text import escape, mention, to_plain
 from bot.service import access, render
 from bot.service.access import is_pipeline
 from bot.service.ports import Backend, InstanceInfo, InstanceRequest
@@ -95,6 +95,13 @@ class Nbenv:
         try:
             return handler(actor, command, key=key, expect=expect, reply_to=reply_to)
         except (Refused, Conflict) as refusal:
+            if command.dry_run:
+                # Said as a dry run, like the plan it would have shown: nothing was tried.
+                dry = type(refusal)(
+                    f"Dry run — {command.name} {command.image} would be refused: {refusal.message}"
+                )
+                self._audit_refusal(actor, command, dry)
+                raise dry from refusal
             self._audit_refusal(actor, command, refusal)
             raise
 
@@ -131,13 +138,24 @@ class Nbenv:
 
     def _audit_refusal(self, actor: str, command: Command, refusal: NbenvError) -> None:
         with self.store.write() as tx:
+            image, sha = command.image, self._concerned_sha(tx, command)
+            if command.stop:
+                # `instances --stop NAME` names no image: file it under the instance's.
+                instance = tx.instance(command.stop)
+                if instance is not None:
+                    image, sha = instance["image"], instance["sha"]
+            details = {
+                # Plain text, as every other entry: history renders its mentions.
+                "reason": to_plain(refusal.message),
+                "command": render.command_details(command),
+            }
             tx.append_audit(
                 actor=actor,
                 action=command.name,
-                image=command.image,
-                sha=self._concerned_sha(tx, command),
+                image=image,
+                sha=sha,
                 outcome="refused",
-                details={"reason": refusal.message, "command": render.command_details(command)},
+                details=details,
             )
 
     def _concerned_sha(self, tx: Tx, command: Command) -> str | None:
@@ -334,14 +352,19 @@ class Nbenv:
             if current is not None and current.approved and approved:
                 return Reply(f"you already approved `{short(sha)}` of {image}")
             tx.add_verdict(image, sha, actor, approved=approved, reason=command.reason)
+            details: dict[str, Any] = {"reason": command.reason}
+            if approved and version.revoked:
+                # A fresh approval is what a revoked version was waiting for: every view
+                # stops calling it revoked; the log keeps the revocation it ends.
+                tx.clear_revocation(image, sha)
+                details["ends_revocation"] = {
+                    "at": version.revoked_at,
+                    "by": version.revoked_by,
+                    "reason": version.revoked_reason,
+                }
             check = self._policy(tx, image, sha, promoter=None)
-            tx.append_audit(
-                actor=actor,
-                action=action,
-                image=image,
-                sha=sha,
-                details={"reason": command.reason, "policy": render.policy_data(sha, check)},
-            )
+            details["policy"] = render.policy_data(sha, check)
+            tx.append_audit(actor=actor, action=action, image=image, sha=sha, details=details)
             if approved:
                 text = f"✅ {mention(actor)} approved `{short(sha)}` — {check.summary()}"
             else:

@@ -6,6 +6,7 @@ supplied parts are escaped here, once, so no entry point can forget to.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -26,6 +27,7 @@ def command_details(command: Command) -> dict[str, Any]:
         "force": command.force or None,
         "dry_run": command.dry_run or None,
         "ref": command.ref,
+        "stop": command.stop,
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -76,14 +78,31 @@ def audit_data(entry: Any) -> dict[str, Any]:
     }
 
 
+# A user mention as the log keeps it: `@U02TESTER` (plain, what nbenv records of its own
+# messages) or `<@U02TESTER>` (entries written before that, escaped on the way out).
+_RECORDED_MENTION = re.compile(r"&lt;@([UW][A-Z0-9]+)&gt;|(?<![\w@])@([UW][A-Z0-9]+)\b")
+
+
+def recorded_text(text: str) -> str:
+    """Text from the log for Slack: escaped, with user mentions shown as mentions (the
+    same way as the entry's actor) however they were recorded."""
+    return _RECORDED_MENTION.sub(lambda m: mention(m.group(1) or m.group(2)), escape(text))
+
+
 def history_line(entry: dict[str, Any]) -> str:
+    details = entry["details"] if isinstance(entry["details"], dict) else {}
     sha = f" `{short(entry['sha'])}`" if entry["sha"] else ""
-    outcome = "" if entry["outcome"] == "ok" else f" ({entry['outcome'].upper()})"
-    detail = entry["details"].get("reason")
-    detail_text = f": {escape(str(detail))}" if detail else ""
+    revoked = f" revoked `{short(details['revoked'])}`" if details.get("revoked") else ""
+    outcome = ""
+    if entry["outcome"] != "ok":
+        command = details.get("command")
+        dry_run = isinstance(command, dict) and command.get("dry_run")
+        outcome = f" ({entry['outcome'].upper()}{', dry run' if dry_run else ''})"
+    detail = details.get("reason") or details.get("error")
+    detail_text = f": {recorded_text(str(detail))}" if detail else ""
     return (
         f"• {entry['at'][:19].replace('T', ' ')} {mention(entry['actor'])} "
-        f"{entry['action']}{sha}{outcome}{detail_text}"
+        f"{entry['action']}{sha}{revoked}{outcome}{detail_text}"
     )
 
 

@@ -75,7 +75,8 @@ verdicts = Table(
     Column("approved", Boolean, nullable=False),
     Column("reason", Text),
     Column("at", TIME, nullable=False),
-    # Set when the version is revoked: approvals given before that no longer count.
+    # Set when the version is revoked: approvals given before that no longer count, nor
+    # rejections their author had withdrawn (bot.domain.policy.kept_by_revocation).
     Column("void", Boolean, nullable=False, default=False),
     Index("ix_verdicts_image_sha", "image", "sha"),
 )

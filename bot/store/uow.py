@@ -14,14 +14,14 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, Text, and_, cast, func, insert, or_, select, update
 
 from bot.domain.audit import AuditEntry, entry_hash
 from bot.domain.errors import BadInput, Conflict
 from bot.domain.model import Freeze, ImageState, Pointer, Version
 from bot.domain.names import Env, check_sha_ref, is_full_sha, short
 from bot.domain.operations import Plan
-from bot.domain.policy import Verdict
+from bot.domain.policy import Verdict, kept_by_revocation, standing_verdicts
 from bot.store import tables as t
 from bot.store.database import READ_ONLY
 
@@ -156,20 +156,26 @@ class Tx:
         return self.get_version(version.image, version.sha)  # type: ignore[return-value]
 
     def revoke(self, image: str, sha: str, *, by: str, reason: str | None) -> None:
-        """Mark SHA revoked; the approvals it had no longer count."""
+        """Mark SHA revoked; the approvals it had no longer count (see kept_by_revocation)."""
         self.connection.execute(
             update(t.versions)
             .where(t.versions.c.image == image, t.versions.c.sha == sha)
             .values(revoked_at=self.now, revoked_by=by, revoked_reason=reason or "rolled back")
         )
-        self.connection.execute(
-            update(t.verdicts)
-            .where(
-                t.verdicts.c.image == image,
-                t.verdicts.c.sha == sha,
-                t.verdicts.c.approved.is_(True),
+        ids, history = self._verdict_history(image, sha)
+        kept = kept_by_revocation(history)
+        voided = [row_id for row_id, stays in zip(ids, kept, strict=True) if not stays]
+        if voided:
+            self.connection.execute(
+                update(t.verdicts).where(t.verdicts.c.id.in_(voided)).values(void=True)
             )
-            .values(void=True)
+
+    def clear_revocation(self, image: str, sha: str) -> None:
+        """SHA is approved afresh: it is no longer shown as revoked (the log keeps that it was)."""
+        self.connection.execute(
+            update(t.versions)
+            .where(t.versions.c.image == image, t.versions.c.sha == sha)
+            .values(revoked_at=None, revoked_by=None, revoked_reason=None)
         )
 
     # -- environments --------------------------------------------------------------------
@@ -247,7 +253,11 @@ class Tx:
     # -- verdicts ------------------------------------------------------------------------
 
     def verdicts(self, image: str, sha: str) -> list[Verdict]:
-        """The latest standing verdict of each person on SHA (voided approvals ignored)."""
+        """The latest standing verdict of each person on SHA (voided ones ignored)."""
+        return standing_verdicts(self._verdict_history(image, sha)[1])
+
+    def _verdict_history(self, image: str, sha: str) -> tuple[list[int], list[Verdict]]:
+        """The row IDs and verdicts on SHA that are not void, oldest first."""
         rows = self.connection.execute(
             select(t.verdicts)
             .where(
@@ -256,11 +266,10 @@ class Tx:
                 t.verdicts.c.void.is_(False),
             )
             .order_by(t.verdicts.c.id)
-        )
-        latest: dict[str, Verdict] = {}
-        for row in rows:
-            latest[row.user_id] = Verdict(row.user_id, row.approved, row.reason, row.at)
-        return list(latest.values())
+        ).all()
+        return [row.id for row in rows], [
+            Verdict(row.user_id, row.approved, row.reason, row.at) for row in rows
+        ]
 
     def add_verdict(
         self, image: str, sha: str, user: str, *, approved: bool, reason: str | None
@@ -346,10 +355,14 @@ class Tx:
         conditions = []
         if image is not None:
             conditions.append(t.audit_log.c.image == image)
-        if sha is not None:
+        if sha is not None and is_full_sha(sha):
+            # Filed under SHA, or naming it in its details (a rollback that revoked it is
+            # filed under its target): the text match only narrows, concerned_shas decides.
             conditions.append(
-                t.audit_log.c.sha == sha if is_full_sha(sha) else t.audit_log.c.sha.like(sha + "%")
+                or_(t.audit_log.c.sha == sha, cast(t.audit_log.c.details, Text).contains(sha))
             )
+        elif sha is not None:
+            conditions.append(t.audit_log.c.sha.like(sha + "%"))
         if conditions:
             statement = statement.where(and_(*conditions))
         if limit:
@@ -358,7 +371,10 @@ class Tx:
             rows = sorted(self.connection.execute(statement), key=lambda r: r.seq)
         else:
             rows = list(self.connection.execute(statement.order_by(t.audit_log.c.seq)))
-        return [AuditEntry(**row._mapping) for row in rows]
+        entries = [AuditEntry(**row._mapping) for row in rows]
+        if sha is not None and is_full_sha(sha):
+            entries = [entry for entry in entries if sha in entry.concerned_shas()]
+        return entries
 
     def audit_head(self) -> tuple[int, str]:
         row = self.connection.execute(

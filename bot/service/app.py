@@ -22,7 +22,7 @@ from bot.domain.audit import ChainCheck, verify_chain
 from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.model import ImageState, Version
-from bot.domain.names import Env, check_full_sha, short
+from bot.domain.names import Env, check_full_sha, is_full_sha, short
 from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
 from bot.domain.text import escape, mention, to_plain
 from bot.service import access, render
@@ -31,6 +31,10 @@ from bot.service.ports import Backend, InstanceInfo, InstanceRequest
 from bot.store.uow import Store, Tx
 
 log = logging.getLogger(__name__)
+
+# Cloud Build's statuses of a build that ran and did not succeed.
+FAILED_BUILD_STATUSES = {"FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
+MAX_AUDITED_REASON = 2000  # a failure's reason kept in the log (tracebacks can be long)
 
 
 @dataclass(frozen=True)
@@ -980,6 +984,53 @@ class Nbenv:
             {"image": image, "env": env.value, "sha": sha, "name": name, "job": job_key},
         )
 
+    def run_build(self, payload: dict[str, Any]) -> None:
+        """Job handler: run the build a `build` command queued.
+
+        A build that could not start (no such branch, the backend refused) or that ran
+        and failed is audited as failed, with the reason, and fails its job, so whoever
+        asked hears why.
+        """
+        image, ref, actor = payload["image"], payload["ref"], payload["actor"]
+        if self.backend is None:
+            raise Refused("no backend is configured to run builds")
+        try:
+            build = self.backend.run_build(image, ref, actor)
+        except NbenvError as error:
+            self._audit_failure(actor, "build", image, None, error.message, {"ref": ref})
+            raise
+        status = build.get("status")
+        if status not in FAILED_BUILD_STATUSES:
+            return
+        failure = build.get("failureInfo")
+        detail = failure.get("detail") if isinstance(failure, dict) else None
+        substitutions = build.get("substitutions")
+        sha = substitutions.get("COMMIT_SHA") if isinstance(substitutions, dict) else None
+        sha = sha if isinstance(sha, str) and is_full_sha(sha) else None
+        reason = f"{image} at {short(sha) if sha else ref}: {detail or status}"
+        details = {"ref": ref, "build_id": build.get("id"), "status": status}
+        self._audit_failure(actor, "build", image, sha, reason, details)
+        raise Refused(reason)
+
+    def _audit_failure(
+        self,
+        actor: str,
+        action: str,
+        image: str,
+        sha: str | None,
+        reason: str,
+        details: dict[str, Any],
+    ) -> None:
+        with self.store.write() as tx:
+            tx.append_audit(
+                actor=actor,
+                action=action,
+                image=image,
+                sha=sha,
+                outcome="failed",
+                details={**details, "reason": to_plain(reason)[:MAX_AUDITED_REASON]},
+            )
+
     def _queue(
         self,
         tx: Tx,
@@ -1016,7 +1067,14 @@ class Nbenv:
             return InstanceInfo(
                 existing["name"], existing["url"], existing["state"], existing["details"]
             )
-        info = self.backend.start_instance(request)
+        try:
+            info = self.backend.start_instance(request)
+        except NbenvError as error:
+            details = {"name": request.name, "env": request.env}
+            self._audit_failure(
+                request.requested_by, "instance", request.image, request.sha, error.message, details
+            )
+            raise
         with self.store.write() as tx:
             tx.add_instance(
                 name=request.name,
@@ -1034,6 +1092,7 @@ class Nbenv:
                 action="instance-ready",
                 image=request.image,
                 sha=request.sha,
+                outcome="failed" if info.state == "failed" else "ok",
                 details={
                     "name": request.name,
                     "env": request.env,

@@ -416,3 +416,15 @@ def test_history_renders_mentions_the_same_way_everywhere(
     out = capsys.readouterr().out.splitlines()[-1]
     assert "@U01OWNER promote" in out and "rejected by @U02TESTER (hangs & <!channel>)" in out
     assert "<@" not in out
+
+
+def test_an_instance_that_fails_to_start_is_on_record_as_failed(runtime):
+    in_production(runtime, A)
+    runtime.app.handle(USER, f"instance {IMAGE} --name nlp-broken")
+    runtime.worker.run_until_idle()  # A is no commit of any repository: it cannot start
+    history = runtime.app.handle(USER, f"history {IMAGE} {A}").data
+    assert [(h["action"], h["outcome"]) for h in history][-2:] == [
+        ("instance", "ok"),  # requested
+        ("instance", "failed"),
+    ]
+    assert history[-1]["details"]["name"] == "nlp-broken" and history[-1]["details"]["reason"]

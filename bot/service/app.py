@@ -284,7 +284,7 @@ class Nbenv:
             entries = tx.audit_entries(image=image, sha=sha)
         data = [render.audit_data(entry) for entry in entries]
         title = f"*History of {image}*" + (f" at `{short(sha)}`" if sha else "")
-        lines = [title] + [render.history_line(entry) for entry in data]
+        lines = [title] + [render.history_line(entry, about=sha) for entry in data]
         if not data:
             lines.append("nothing recorded yet")
         return Reply("\n".join(lines), data)

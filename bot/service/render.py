@@ -89,10 +89,24 @@ def recorded_text(text: str) -> str:
     return _RECORDED_MENTION.sub(lambda m: mention(m.group(1) or m.group(2)), escape(text))
 
 
-def history_line(entry: dict[str, Any]) -> str:
+def _code_sha(value: Any) -> str:
+    return f"`{short(value)}`" if isinstance(value, str) and value else "—"
+
+
+def history_line(entry: dict[str, Any], about: str | None = None) -> str:
+    """One entry of `history`; ABOUT: the SHA whose history this is, so an entry filed
+    under another SHA says how it concerns ABOUT (the environments it moved it in or out of)."""
     details = entry["details"] if isinstance(entry["details"], dict) else {}
     sha = f" `{short(entry['sha'])}`" if entry["sha"] else ""
-    revoked = f" revoked `{short(details['revoked'])}`" if details.get("revoked") else ""
+    revoked = f" revoked {_code_sha(details['revoked'])}" if details.get("revoked") else ""
+    changes = details.get("changes") if isinstance(details.get("changes"), list) else []
+    if about and entry["sha"] != about:
+        moved = [
+            f"{escape(str(c.get('env')))} {_code_sha(c.get('old'))} → {_code_sha(c.get('new'))}"
+            for c in changes
+            if isinstance(c, dict) and about in (c.get("old"), c.get("new"))
+        ]
+        revoked += f" ({', '.join(moved)})" if moved else ""
     outcome = ""
     if entry["outcome"] != "ok":
         command = details.get("command")

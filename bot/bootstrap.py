@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import Config, load_config
+from bot.domain.audit import AuditKey
 from bot.service.app import Nbenv
 from bot.service.jobs import Handler, JobWorker
 from bot.service.ports import Backend
@@ -80,6 +81,13 @@ def make_differ(config: Config) -> Callable[..., dict[str, Any]]:
     return differ
 
 
+def audit_key() -> AuditKey | None:
+    """NBENV_AUDIT_KEY, when set: every process that writes the audit log (bot, relay,
+    CLI, worker) seals its entries with it (an HMAC chain)."""
+    text = os.environ.get("NBENV_AUDIT_KEY", "")
+    return AuditKey.from_text(text) if text else None
+
+
 @dataclass
 class Runtime:
     config: Config
@@ -101,7 +109,7 @@ def build_runtime(
     engine = make_engine(database_url)
     if migrate:
         upgrade(engine)
-    store = Store(engine)
+    store = Store(engine, audit_key=audit_key())
     app = Nbenv(config, store, differ=make_differ(config))
     app.backend = make_backend(config, app)
     worker = JobWorker(store, job_handlers(app))

@@ -1160,5 +1160,4 @@ class Nbenv:
 
     def verify_audit(self) -> ChainCheck:
         with self.store.read() as tx:
-            seq, digest = tx.audit_head()
-            return verify_chain(tx.audit_entries(), seq, digest)
+            return verify_chain(tx.audit_chain(), tx.audit_head(), self.store.audit_key)

@@ -118,6 +118,8 @@ audit_log = Table(
     Column("details", JSON, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # The ID of the audit key whose HMAC `hash` is; NULL: a plain SHA-256 entry.
+    Column("key_id", String(16)),
     Index("ix_audit_image_sha", "image", "sha"),
 )
 

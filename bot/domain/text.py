@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 _USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)>")
 _LINK = re.compile(r"<(https?://[^|>]+)\|([^>]+)>")
@@ -30,3 +31,20 @@ def to_plain(text: str) -> str:
     text = _USER_MENTION.sub(r"@\1", text)
     text = _LINK.sub(r"\2 (\1)", text)
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def age(moment: str | None, now: datetime | None = None) -> str:
+    """'3d ago', '5h ago', '12m ago', 'just now' since an ISO time; '' when unknown."""
+    if not moment:
+        return ""
+    try:
+        then = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    seconds = ((now or datetime.now(UTC)) - then).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return "just now"

@@ -24,7 +24,7 @@ from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.model import ImageState, Version
 from bot.domain.names import Env, check_full_sha, is_full_sha, short
 from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
-from bot.domain.text import escape, mention, to_plain
+from bot.domain.text import age, escape, mention, to_plain
 from bot.service import access, render
 from bot.service.access import is_pipeline
 from bot.service.ports import Backend, InstanceInfo, InstanceRequest
@@ -215,6 +215,7 @@ class Nbenv:
 
     def image_status(self, tx: Tx, image: str) -> dict[str, Any]:
         state = tx.image_state(image)
+        now = self.store.clock()
         environments: dict[str, Any] = {}
         for env in Env:
             pointer = state.pointer(env)
@@ -227,6 +228,7 @@ class Nbenv:
                 "short": short(pointer.sha),
                 "generation": pointer.generation,
                 "updated_at": pointer.updated_at,
+                "age": age(pointer.updated_at, now),
                 "updated_by": pointer.updated_by,
                 "subject": version.subject if version else None,
                 "revoked": bool(version and version.revoked),

@@ -131,8 +131,10 @@ def status_text(data: dict[str, Any]) -> str:
             lines.append(f"• {env}: —")
         else:
             revoked = " (revoked)" if pointer["revoked"] else ""
+            since = str(pointer["updated_at"] or "")[:16].replace("T", " ")
+            ago = f" ({pointer['age']})" if pointer.get("age") else ""
             lines.append(
-                f"• {env}: `{pointer['short']}`{revoked} since {pointer['updated_at'][:16]} "
+                f"• {env}: `{pointer['short']}`{revoked} since {since} UTC{ago} "
                 f"by {mention(pointer['updated_by'] or '?')}"
             )
     if data["freeze"]:

@@ -428,3 +428,22 @@ def test_an_instance_that_fails_to_start_is_on_record_as_failed(runtime):
         ("instance", "failed"),
     ]
     assert history[-1]["details"]["name"] == "nlp-broken" and history[-1]["details"]["reason"]
+
+
+def test_status_says_how_long_ago_each_environment_moved(runtime):
+    from datetime import timedelta
+
+    from bot.service.app import Nbenv
+    from bot.store.uow import Store, utcnow
+
+    in_production(runtime, A)
+    now = runtime.app.handle(USER, f"status {IMAGE}")
+    assert "UTC (just now) by <@U01OWNER>" in now.text
+    assert now.data["environments"]["production"]["age"] == "just now"
+    later = Store(runtime.store.engine, clock=lambda: utcnow() + timedelta(hours=2, minutes=5))
+    status = Nbenv(runtime.config, later).handle(USER, f"status {IMAGE}")
+    line = next(line for line in status.text.splitlines() if "production" in line)
+    moved = status.data["environments"]["production"]["updated_at"]
+    assert line == (
+        f"• production: `{A[:7]}` since {moved[:10]} {moved[11:16]} UTC (2h ago) by <@U01OWNER>"
+    )

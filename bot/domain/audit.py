@@ -37,7 +37,7 @@ class AuditEntry:
     action: str
     image: str | None
     sha: str | None
-    outcome: str  # ok | refused | error
+    outcome: str  # ok | refused | failed
     details: dict[str, Any] = field(default_factory=dict)
     prev_hash: str = GENESIS
     hash: str = ""

@@ -201,6 +201,10 @@ def verify_chain(
     count = 0
     sealed: tuple[int, int] | None = None
     last_key: str | None = None
+    # Entries sealed with a key not given: the first one, how many, and their key IDs.
+    unverified_from: int | None = None
+    unverified = 0
+    unverified_keys: set[str] = set()
 
     def broken(seq: int, problem: str) -> ChainCheck:
         return ChainCheck("broken", count, seq, problem)
@@ -228,25 +232,20 @@ def verify_chain(
                 "by a process without NBENV_AUDIT_KEY, or rewritten by someone without it",
             )
         if entry.key_id is not None and (key is None or key.key_id != entry.key_id):
-            given = (
-                "NBENV_AUDIT_KEY is not set"
-                if key is None
-                else (f"NBENV_AUDIT_KEY is key {key.key_id}")
-            )
-            return ChainCheck(
-                "unverifiable",
-                count,
-                entry.seq,
-                f"it is sealed with audit key {entry.key_id}, but {given}: "
-                "verify with the key it was written with",
-            )
-        try:
-            digest = entry.computed_hash(key)
-        except (TypeError, ValueError, RecursionError):
-            return broken(entry.seq, "its contents cannot be hashed: the row was edited")
-        if not hmac.compare_digest(digest, entry.hash):
-            seal = "seal" if entry.key_id else "hash"
-            return broken(entry.seq, f"its contents do not match its {seal}: the row was edited")
+            # Not ours to check: its links and seq still are, and the rest of the chain.
+            unverified_from = unverified_from or entry.seq
+            unverified += 1
+            unverified_keys.add(entry.key_id)
+        else:
+            try:
+                digest = entry.computed_hash(key)
+            except (TypeError, ValueError, RecursionError):
+                return broken(entry.seq, "its contents cannot be hashed: the row was edited")
+            if not hmac.compare_digest(digest, entry.hash):
+                seal = "seal" if entry.key_id else "hash"
+                return broken(
+                    entry.seq, f"its contents do not match its {seal}: the row was edited"
+                )
         if entry.key_id is not None:
             sealed = (sealed[0] if sealed else entry.seq, entry.seq)
         last_key = entry.key_id
@@ -266,6 +265,19 @@ def verify_chain(
             bad,
             f"the log ends at entry {last} but {head_seq} were written: "
             "rows were deleted from the end",
+        )
+    if unverified_from is not None:
+        given = (
+            "NBENV_AUDIT_KEY is not set" if key is None else f"NBENV_AUDIT_KEY is key {key.key_id}"
+        )
+        return ChainCheck(
+            "unverifiable",
+            count,
+            unverified_from,
+            f"it is sealed with audit key {', '.join(sorted(unverified_keys))} "
+            f"({unverified} entries from entry {unverified_from} on), but {given}: verify with "
+            "the key they were written with (the links between all entries, and the other "
+            "entries, are intact)",
         )
     if key is not None and last and last_key is None:
         return ChainCheck(

@@ -299,9 +299,29 @@ def test_a_missing_or_wrong_key_is_said_plainly(
     assert code == 1
     key_id = AuditKey.from_text(KEY).key_id
     assert out.startswith(
-        f"audit log not verified from entry 1: it is sealed with audit key {key_id}, but {problem}"
+        f"audit log not verified from entry 1: it is sealed with audit key {key_id} "
+        f"(5 entries from entry 1 on), but {problem}: verify with the key"
     )
     assert "broken" not in out
+
+
+def test_an_entry_claiming_another_key_is_not_passed_as_verified(
+    config_file, db_url, monkeypatch, capsys
+):
+    runtime = _runtime_with_key(config_file, db_url, monkeypatch, KEY)
+    _five_entries(runtime)
+    with runtime.store.engine.begin() as connection:
+        connection.execute(
+            update(t.audit_log)
+            .where(t.audit_log.c.seq == 3)
+            .values(actor=TESTER2, key_id="deadbeefdeadbeef")
+        )
+    code, out = _verify(config_file, db_url, monkeypatch, capsys, KEY)
+    assert code == 1
+    assert out.startswith(
+        "audit log not verified from entry 3: it is sealed with audit key deadbeefdeadbeef "
+        "(1 entries from entry 3 on)"
+    )
 
 
 def test_a_short_key_is_a_one_line_error(config_file, db_url, monkeypatch, capsys):

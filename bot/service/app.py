@@ -12,7 +12,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1161,5 +1161,5 @@ class Nbenv:
     # -- audit -----------------------------------------------------------------------------
 
     def verify_audit(self) -> ChainCheck:
-        with self.store.read() as tx:
-            return verify_chain(tx.audit_chain(), tx.audit_head(), self.store.audit_key)
+        with self.store.read() as tx, closing(tx.audit_chain()) as entries:
+            return verify_chain(entries, tx.audit_head(), self.store.audit_key)

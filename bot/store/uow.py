@@ -402,8 +402,12 @@ class Tx:
         """Every entry, oldest first, as written (for `audit verify`): streamed, and a row
         that cannot be read is reported as such, not raised."""
         statement = _audit_rows().order_by(t.audit_log.c.seq).execution_options(yield_per=500)
-        for row in self.connection.execute(statement):
-            yield _audit_entry(row)
+        result = self.connection.execute(statement)
+        try:
+            for row in result:
+                yield _audit_entry(row)
+        finally:  # a check that stops early closes the (server-side) cursor here
+            result.close()
 
     def audit_head(self) -> tuple[int, str] | None:
         """The last seq and hash written; None when the head row was deleted."""

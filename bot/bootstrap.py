@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import Config, load_config
-from bot.domain.errors import Refused
+from bot.domain.audit import AuditKey
 from bot.service.app import Nbenv
 from bot.service.jobs import Handler, JobWorker
 from bot.service.ports import Backend
 from bot.store.database import make_engine, upgrade
 from bot.store.uow import Store
-
-FAILED_BUILD_STATUSES = {"FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
 
 
 def job_handlers(app: Nbenv) -> dict[str, Handler]:
@@ -31,17 +29,7 @@ def job_handlers(app: Nbenv) -> dict[str, Handler]:
 
     handlers["slack"] = slack_job
     if app.backend is not None:
-        backend = app.backend
-
-        def build_job(job: dict) -> None:  # type: ignore[type-arg]
-            build = backend.run_build(job["image"], job["ref"], job["actor"])
-            # A build that ran and failed is a failed job: whoever asked hears why.
-            if build.get("status") in FAILED_BUILD_STATUSES:
-                detail = (build.get("failureInfo") or {}).get("detail") or build["status"]
-                sha = (build.get("substitutions") or {}).get("COMMIT_SHA", "")
-                raise Refused(f"{job['image']} at {sha[:7] or job['ref']}: {detail}")
-
-        handlers["build"] = build_job
+        handlers["build"] = app.run_build
     return handlers
 
 
@@ -93,6 +81,13 @@ def make_differ(config: Config) -> Callable[..., dict[str, Any]]:
     return differ
 
 
+def audit_key() -> AuditKey | None:
+    """NBENV_AUDIT_KEY, when set: every process that writes the audit log (bot, relay,
+    CLI, worker) seals its entries with it (an HMAC chain)."""
+    text = os.environ.get("NBENV_AUDIT_KEY", "")
+    return AuditKey.from_text(text) if text else None
+
+
 @dataclass
 class Runtime:
     config: Config
@@ -118,7 +113,7 @@ def build_runtime(
     engine = make_engine(database_url)
     if migrate:
         upgrade(engine)
-    store = Store(engine)
+    store = Store(engine, audit_key=audit_key())
     app = Nbenv(config, store, differ=make_differ(config), run_by_operator=run_by_operator)
     app.backend = make_backend(config, app)
     worker = JobWorker(store, job_handlers(app))

@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -73,9 +72,9 @@ HELP_FLAGS = frozenset({"-h", "--help"})
 
 def plain(text: str) -> str:
     """Slack mrkdwn → terminal text."""
-    text = re.sub(r"<@([UW][A-Z0-9]+)>", r"@\1", text)
-    text = re.sub(r"<(https?://[^|>]+)\|([^>]+)>", r"\2 (\1)", text)
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    from bot.domain.text import to_plain
+
+    return to_plain(text)
 
 
 def _fail(message: str, code: int) -> int:

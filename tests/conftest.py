@@ -15,7 +15,13 @@ import pytest
 os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
 os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 os.environ["NO_GCE_CHECK"] = "True"
-for _name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "NBENV_DATABASE_URL"):
+for _name in (
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+    "NBENV_DATABASE_URL",
+    "NBENV_AUDIT_KEY",
+):
     os.environ.pop(_name, None)
 
 OWNER = "U01OWNER"

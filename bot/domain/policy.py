@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -48,6 +48,30 @@ class Verdict:
     approved: bool
     reason: str | None
     at: str
+
+
+def standing_verdicts(history: Iterable[Verdict]) -> list[Verdict]:
+    """Each person's latest word on a version, from its verdicts oldest first."""
+    latest: dict[str, Verdict] = {}
+    for verdict in history:
+        latest[verdict.user] = verdict
+    return list(latest.values())
+
+
+def kept_by_revocation(history: Sequence[Verdict]) -> list[bool]:
+    """For each verdict of HISTORY (oldest first), whether it still stands once the
+    version is revoked.
+
+    A revocation voids approvals: the version needs fresh ones. A rejection that is a
+    person's latest word stays open (rolling back does not answer it), but one that the
+    same person withdrew by approving later stays withdrawn: voiding that approval must
+    not bring it back.
+    """
+    latest = {verdict.user: index for index, verdict in enumerate(history)}
+    return [
+        index == latest[verdict.user] and not verdict.approved
+        for index, verdict in enumerate(history)
+    ]
 
 
 @dataclass(frozen=True)

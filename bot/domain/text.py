@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+
+_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)>")
+_LINK = re.compile(r"<(https?://[^|>]+)\|([^>]+)>")
+
 
 def escape(text: str | None) -> str:
     """Escape &, < and > as Slack asks, so `<!channel>` or `<http://x|y>` stay plain text."""
@@ -15,3 +21,30 @@ def mention(user: str) -> str:
     if user.startswith(("U", "W")) and user.isalnum():
         return f"<@{user}>"
     return escape(user)
+
+
+def to_plain(text: str) -> str:
+    """Slack mrkdwn → plain text: `<@U1>` → `@U1`, links → `label (url)`, entities undone.
+
+    For terminals, and for what the audit log keeps of a message nbenv wrote.
+    """
+    text = _USER_MENTION.sub(r"@\1", text)
+    text = _LINK.sub(r"\2 (\1)", text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def age(moment: str | None, now: datetime | None = None) -> str:
+    """'3d ago', '5h ago', '12m ago', 'just now' since an ISO time; '' when unknown."""
+    if not moment:
+        return ""
+    try:
+        then = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    seconds = ((now or datetime.now(UTC)) - then).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return "just now"

@@ -12,7 +12,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +22,19 @@ from bot.domain.audit import ChainCheck, verify_chain
 from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.model import ImageState, Version
-from bot.domain.names import Actor, Env, check_full_sha, short
+from bot.domain.names import Actor, Env, check_full_sha, is_full_sha, short
 from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
-from bot.domain.text import escape, mention
+from bot.domain.text import age, escape, mention, to_plain
 from bot.service import access, render
 from bot.service.access import as_actor, is_pipeline
 from bot.service.ports import Backend, InstanceInfo, InstanceRequest
 from bot.store.uow import Store, Tx
 
 log = logging.getLogger(__name__)
+
+# Cloud Build's statuses of a build that ran and did not succeed.
+FAILED_BUILD_STATUSES = {"FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
+MAX_AUDITED_REASON = 2000  # a failure's reason kept in the log (tracebacks can be long)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,13 @@ class Nbenv:
         try:
             return handler(actor, command, key=key, expect=expect, reply_to=reply_to)
         except (Refused, Conflict) as refusal:
+            if command.dry_run:
+                # Said as a dry run, like the plan it would have shown: nothing was tried.
+                dry = type(refusal)(
+                    f"Dry run — {command.name} {command.image} would be refused: {refusal.message}"
+                )
+                self._audit_refusal(actor, command, dry)
+                raise dry from refusal
             self._audit_refusal(actor, command, refusal)
             raise
 
@@ -141,13 +152,24 @@ class Nbenv:
 
     def _audit_refusal(self, actor: str, command: Command, refusal: NbenvError) -> None:
         with self.store.write() as tx:
+            image, sha = command.image, self._concerned_sha(tx, command)
+            if command.stop:
+                # `instances --stop NAME` names no image: file it under the instance's.
+                instance = tx.instance(command.stop)
+                if instance is not None:
+                    image, sha = instance["image"], instance["sha"]
+            details = {
+                # Plain text, as every other entry: history renders its mentions.
+                "reason": to_plain(refusal.message),
+                "command": render.command_details(command),
+            }
             tx.append_audit(
                 actor=actor,
                 action=command.name,
-                image=command.image,
-                sha=self._concerned_sha(tx, command),
+                image=image,
+                sha=sha,
                 outcome="refused",
-                details={"reason": refusal.message, "command": render.command_details(command)},
+                details=details,
             )
 
     def _concerned_sha(self, tx: Tx, command: Command) -> str | None:
@@ -204,6 +226,7 @@ class Nbenv:
 
     def image_status(self, tx: Tx, image: str) -> dict[str, Any]:
         state = tx.image_state(image)
+        now = self.store.clock()
         environments: dict[str, Any] = {}
         for env in Env:
             pointer = state.pointer(env)
@@ -216,6 +239,7 @@ class Nbenv:
                 "short": short(pointer.sha),
                 "generation": pointer.generation,
                 "updated_at": pointer.updated_at,
+                "age": age(pointer.updated_at, now),
                 "updated_by": pointer.updated_by,
                 "subject": version.subject if version else None,
                 "revoked": bool(version and version.revoked),
@@ -273,7 +297,7 @@ class Nbenv:
             entries = tx.audit_entries(image=image, sha=sha)
         data = [render.audit_data(entry) for entry in entries]
         title = f"*History of {image}*" + (f" at `{short(sha)}`" if sha else "")
-        lines = [title] + [render.history_line(entry) for entry in data]
+        lines = [title] + [render.history_line(entry, about=sha) for entry in data]
         if not data:
             lines.append("nothing recorded yet")
         return Reply("\n".join(lines), data)
@@ -345,14 +369,19 @@ class Nbenv:
             if current is not None and current.approved and approved:
                 return Reply(f"you already approved `{short(sha)}` of {image}")
             tx.add_verdict(image, sha, actor, approved=approved, reason=command.reason)
+            details: dict[str, Any] = {"reason": command.reason}
+            if approved and version.revoked:
+                # A fresh approval is what a revoked version was waiting for: every view
+                # stops calling it revoked; the log keeps the revocation it ends.
+                tx.clear_revocation(image, sha)
+                details["ends_revocation"] = {
+                    "at": version.revoked_at,
+                    "by": version.revoked_by,
+                    "reason": version.revoked_reason,
+                }
             check = self._policy(tx, image, sha, promoter=None)
-            tx.append_audit(
-                actor=actor,
-                action=action,
-                image=image,
-                sha=sha,
-                details={"reason": command.reason, "policy": render.policy_data(sha, check)},
-            )
+            details["policy"] = render.policy_data(sha, check)
+            tx.append_audit(actor=actor, action=action, image=image, sha=sha, details=details)
             if approved:
                 text = f"✅ {mention(actor)} approved `{short(sha)}` — {check.summary()}"
             else:
@@ -969,6 +998,53 @@ class Nbenv:
             {"image": image, "env": env.value, "sha": sha, "name": name, "job": job_key},
         )
 
+    def run_build(self, payload: dict[str, Any]) -> None:
+        """Job handler: run the build a `build` command queued.
+
+        A build that could not start (no such branch, the backend refused) or that ran
+        and failed is audited as failed, with the reason, and fails its job, so whoever
+        asked hears why.
+        """
+        image, ref, actor = payload["image"], payload["ref"], payload["actor"]
+        if self.backend is None:
+            raise Refused("no backend is configured to run builds")
+        try:
+            build = self.backend.run_build(image, ref, actor)
+        except NbenvError as error:
+            self._audit_failure(actor, "build", image, None, error.message, {"ref": ref})
+            raise
+        status = build.get("status")
+        if status not in FAILED_BUILD_STATUSES:
+            return
+        failure = build.get("failureInfo")
+        detail = failure.get("detail") if isinstance(failure, dict) else None
+        substitutions = build.get("substitutions")
+        sha = substitutions.get("COMMIT_SHA") if isinstance(substitutions, dict) else None
+        sha = sha if isinstance(sha, str) and is_full_sha(sha) else None
+        reason = f"{image} at {short(sha) if sha else ref}: {detail or status}"
+        details = {"ref": ref, "build_id": build.get("id"), "status": status}
+        self._audit_failure(actor, "build", image, sha, reason, details)
+        raise Refused(reason)
+
+    def _audit_failure(
+        self,
+        actor: str,
+        action: str,
+        image: str,
+        sha: str | None,
+        reason: str,
+        details: dict[str, Any],
+    ) -> None:
+        with self.store.write() as tx:
+            tx.append_audit(
+                actor=actor,
+                action=action,
+                image=image,
+                sha=sha,
+                outcome="failed",
+                details={**details, "reason": to_plain(reason)[:MAX_AUDITED_REASON]},
+            )
+
     def _queue(
         self,
         tx: Tx,
@@ -1019,6 +1095,12 @@ class Nbenv:
                     details={"name": request.name, "reason": refusal.message},
                 )
             raise
+        except NbenvError as error:  # the backend could not start it
+            details = {"name": request.name, "env": request.env}
+            self._audit_failure(
+                request.requested_by, "instance", request.image, request.sha, error.message, details
+            )
+            raise
         with self.store.write() as tx:
             tx.add_instance(
                 name=request.name,
@@ -1036,6 +1118,7 @@ class Nbenv:
                 action="instance-ready",
                 image=request.image,
                 sha=request.sha,
+                outcome="failed" if info.state == "failed" else "ok",
                 # No link: history is readable by every user of the image, and the link
                 # opens the requester's notebook.
                 details={"name": request.name, "env": request.env, "state": info.state},
@@ -1101,6 +1184,5 @@ class Nbenv:
     # -- audit -----------------------------------------------------------------------------
 
     def verify_audit(self) -> ChainCheck:
-        with self.store.read() as tx:
-            seq, digest = tx.audit_head()
-            return verify_chain(tx.audit_entries(), seq, digest)
+        with self.store.read() as tx, closing(tx.audit_chain()) as entries:
+            return verify_chain(entries, tx.audit_head(), self.store.audit_key)

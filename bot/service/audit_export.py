@@ -10,7 +10,19 @@ from typing import TextIO
 
 from bot.domain.audit import AuditEntry
 
-FIELDS = ["seq", "at", "actor", "action", "image", "sha", "outcome", "details", "prev_hash", "hash"]
+FIELDS = [
+    "seq",
+    "at",
+    "actor",
+    "action",
+    "image",
+    "sha",
+    "outcome",
+    "details",
+    "prev_hash",
+    "hash",
+    "key_id",
+]
 
 
 def export(entries: Iterable[AuditEntry], fmt: str, out: TextIO) -> int:

@@ -6,6 +6,7 @@ supplied parts are escaped here, once, so no entry point can forget to.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -26,6 +27,7 @@ def command_details(command: Command) -> dict[str, Any]:
         "force": command.force or None,
         "dry_run": command.dry_run or None,
         "ref": command.ref,
+        "stop": command.stop,
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -81,14 +83,45 @@ def audit_data(entry: Any) -> dict[str, Any]:
     }
 
 
-def history_line(entry: dict[str, Any]) -> str:
+# A user mention as the log keeps it: `@U02TESTER` (plain, what nbenv records of its own
+# messages) or `<@U02TESTER>` (entries written before that, escaped on the way out).
+_RECORDED_MENTION = re.compile(r"&lt;@([UW][A-Z0-9]+)&gt;|(?<![\w@])@([UW][A-Z0-9]+)\b")
+
+
+def recorded_text(text: str) -> str:
+    """Text from the log for Slack: escaped, with user mentions shown as mentions (the
+    same way as the entry's actor) however they were recorded."""
+    return _RECORDED_MENTION.sub(lambda m: mention(m.group(1) or m.group(2)), escape(text))
+
+
+def _code_sha(value: Any) -> str:
+    return f"`{short(value)}`" if isinstance(value, str) and value else "—"
+
+
+def history_line(entry: dict[str, Any], about: str | None = None) -> str:
+    """One entry of `history`; ABOUT: the SHA whose history this is, so an entry filed
+    under another SHA says how it concerns ABOUT (the environments it moved it in or out of)."""
+    details = entry["details"] if isinstance(entry["details"], dict) else {}
     sha = f" `{short(entry['sha'])}`" if entry["sha"] else ""
-    outcome = "" if entry["outcome"] == "ok" else f" ({entry['outcome'].upper()})"
-    detail = entry["details"].get("reason")
-    detail_text = f": {escape(str(detail))}" if detail else ""
+    revoked = f" revoked {_code_sha(details['revoked'])}" if details.get("revoked") else ""
+    changes = details.get("changes") if isinstance(details.get("changes"), list) else []
+    if about and entry["sha"] != about:
+        moved = [
+            f"{escape(str(c.get('env')))} {_code_sha(c.get('old'))} → {_code_sha(c.get('new'))}"
+            for c in changes
+            if isinstance(c, dict) and about in (c.get("old"), c.get("new"))
+        ]
+        revoked += f" ({', '.join(moved)})" if moved else ""
+    outcome = ""
+    if entry["outcome"] != "ok":
+        command = details.get("command")
+        dry_run = isinstance(command, dict) and command.get("dry_run")
+        outcome = f" ({entry['outcome'].upper()}{', dry run' if dry_run else ''})"
+    detail = details.get("reason") or details.get("error")
+    detail_text = f": {recorded_text(str(detail))}" if detail else ""
     return (
         f"• {entry['at'][:19].replace('T', ' ')} {mention(entry['actor'])} "
-        f"{entry['action']}{sha}{outcome}{detail_text}"
+        f"{entry['action']}{sha}{revoked}{outcome}{detail_text}"
     )
 
 
@@ -103,8 +136,10 @@ def status_text(data: dict[str, Any]) -> str:
             lines.append(f"• {env}: —")
         else:
             revoked = " (revoked)" if pointer["revoked"] else ""
+            since = str(pointer["updated_at"] or "")[:16].replace("T", " ")
+            ago = f" ({pointer['age']})" if pointer.get("age") else ""
             lines.append(
-                f"• {env}: `{pointer['short']}`{revoked} since {pointer['updated_at'][:16]} "
+                f"• {env}: `{pointer['short']}`{revoked} since {since} UTC{ago} "
                 f"by {mention(pointer['updated_by'] or '?')}"
             )
     if data["freeze"]:

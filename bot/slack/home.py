@@ -10,8 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.domain.names import Env
-from bot.domain.text import escape, mention
-from bot.slack.views import age
+from bot.domain.text import age, escape, mention
 
 MAX_HOME_BLOCKS = 100  # Slack's limit for a Home tab view
 BLOCKS_PER_IMAGE = 4

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from bot.domain.names import short
@@ -235,23 +234,3 @@ def reject_dialog(image: str, sha: str, metadata: dict[str, Any]) -> dict[str, A
             },
         ],
     }
-
-
-# -- small helpers shared with the App Home -----------------------------------------------------
-
-
-def age(moment: str | None, now: datetime | None = None) -> str:
-    """'3d', '5h', '12m', 'just now' since an ISO time; '' when unknown."""
-    if not moment:
-        return ""
-    try:
-        then = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-    except ValueError:
-        return ""
-    seconds = ((now or datetime.now(UTC)) - then).total_seconds()
-    if seconds < 60:
-        return "just now"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return "just now"  # pragma: no cover - the loop always returns for seconds >= 60

@@ -75,7 +75,8 @@ verdicts = Table(
     Column("approved", Boolean, nullable=False),
     Column("reason", Text),
     Column("at", TIME, nullable=False),
-    # Set when the version is revoked: approvals given before that no longer count.
+    # Set when the version is revoked: approvals given before that no longer count, nor
+    # rejections their author had withdrawn (bot.domain.policy.kept_by_revocation).
     Column("void", Boolean, nullable=False, default=False),
     Index("ix_verdicts_image_sha", "image", "sha"),
 )
@@ -117,6 +118,8 @@ audit_log = Table(
     Column("details", JSON, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # The ID of the audit key whose HMAC `hash` is; NULL: a plain SHA-256 entry.
+    Column("key_id", String(16)),
     Index("ix_audit_image_sha", "image", "sha"),
 )
 

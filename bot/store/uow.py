@@ -8,20 +8,21 @@ deadlock with the environment rows it updates later).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, Text, and_, cast, func, insert, or_, select, update
 
-from bot.domain.audit import AuditEntry, entry_hash
-from bot.domain.errors import BadInput, Conflict
+from bot.domain.audit import AuditEntry, AuditKey, UnreadableEntry, entry_hash
+from bot.domain.errors import BadInput, Conflict, NbenvError
 from bot.domain.model import Freeze, ImageState, Pointer, Version
 from bot.domain.names import Env, check_sha_ref, is_full_sha, short
 from bot.domain.operations import Plan
-from bot.domain.policy import Verdict
+from bot.domain.policy import Verdict, kept_by_revocation, standing_verdicts
 from bot.store import tables as t
 from bot.store.database import READ_ONLY
 
@@ -37,9 +38,13 @@ def iso(moment: datetime) -> str:
 
 
 class Store:
-    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, engine: Engine, clock: Clock = utcnow, *, audit_key: AuditKey | None = None
+    ) -> None:
+        """AUDIT_KEY: seals every audit entry written here (HMAC); None: plain SHA-256."""
         self.engine = engine
         self.clock = clock
+        self.audit_key = audit_key
 
     def now(self) -> str:
         return iso(self.clock())
@@ -156,20 +161,26 @@ class Tx:
         return self.get_version(version.image, version.sha)  # type: ignore[return-value]
 
     def revoke(self, image: str, sha: str, *, by: str, reason: str | None) -> None:
-        """Mark SHA revoked; the approvals it had no longer count."""
+        """Mark SHA revoked; the approvals it had no longer count (see kept_by_revocation)."""
         self.connection.execute(
             update(t.versions)
             .where(t.versions.c.image == image, t.versions.c.sha == sha)
             .values(revoked_at=self.now, revoked_by=by, revoked_reason=reason or "rolled back")
         )
-        self.connection.execute(
-            update(t.verdicts)
-            .where(
-                t.verdicts.c.image == image,
-                t.verdicts.c.sha == sha,
-                t.verdicts.c.approved.is_(True),
+        ids, history = self._verdict_history(image, sha)
+        kept = kept_by_revocation(history)
+        voided = [row_id for row_id, stays in zip(ids, kept, strict=True) if not stays]
+        if voided:
+            self.connection.execute(
+                update(t.verdicts).where(t.verdicts.c.id.in_(voided)).values(void=True)
             )
-            .values(void=True)
+
+    def clear_revocation(self, image: str, sha: str) -> None:
+        """SHA is approved afresh: it is no longer shown as revoked (the log keeps that it was)."""
+        self.connection.execute(
+            update(t.versions)
+            .where(t.versions.c.image == image, t.versions.c.sha == sha)
+            .values(revoked_at=None, revoked_by=None, revoked_reason=None)
         )
 
     # -- environments --------------------------------------------------------------------
@@ -247,7 +258,11 @@ class Tx:
     # -- verdicts ------------------------------------------------------------------------
 
     def verdicts(self, image: str, sha: str) -> list[Verdict]:
-        """The latest standing verdict of each person on SHA (voided approvals ignored)."""
+        """The latest standing verdict of each person on SHA (voided ones ignored)."""
+        return standing_verdicts(self._verdict_history(image, sha)[1])
+
+    def _verdict_history(self, image: str, sha: str) -> tuple[list[int], list[Verdict]]:
+        """The row IDs and verdicts on SHA that are not void, oldest first."""
         rows = self.connection.execute(
             select(t.verdicts)
             .where(
@@ -256,11 +271,10 @@ class Tx:
                 t.verdicts.c.void.is_(False),
             )
             .order_by(t.verdicts.c.id)
-        )
-        latest: dict[str, Verdict] = {}
-        for row in rows:
-            latest[row.user_id] = Verdict(row.user_id, row.approved, row.reason, row.at)
-        return list(latest.values())
+        ).all()
+        return [row.id for row in rows], [
+            Verdict(row.user_id, row.approved, row.reason, row.at) for row in rows
+        ]
 
     def add_verdict(
         self, image: str, sha: str, user: str, *, approved: bool, reason: str | None
@@ -297,7 +311,14 @@ class Tx:
         statement = select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
         if self.connection.dialect.name == "postgresql":
             statement = statement.with_for_update()
-        row = self.connection.execute(statement).one()
+        row = self.connection.execute(statement).first()
+        if row is None:
+            # Someone deleted it: appending would start a second chain. Nothing is recorded
+            # (so nothing changes) until an operator has looked.
+            raise NbenvError(
+                "the audit log's head row is missing, so nothing can be recorded: "
+                "run `nbenv audit verify` and restore the database"
+            )
         return row.seq, row.hash
 
     def append_audit(
@@ -311,6 +332,7 @@ class Tx:
         details: dict[str, Any] | None = None,
     ) -> AuditEntry:
         seq, prev_hash = self.lock_audit_head()
+        key = self.store.audit_key
         entry = AuditEntry(
             seq=seq + 1,
             at=self.now,
@@ -321,6 +343,7 @@ class Tx:
             outcome=outcome,
             details=details or {},
             prev_hash=prev_hash,
+            key_id=key.key_id if key else None,
         )
         digest = entry_hash(
             prev_hash=prev_hash,
@@ -332,6 +355,7 @@ class Tx:
             sha=sha,
             outcome=outcome,
             details=entry.details,
+            key=key,
         )
         self.connection.execute(insert(t.audit_log).values(**{**asdict(entry), "hash": digest}))
         self.connection.execute(
@@ -342,29 +366,55 @@ class Tx:
     def audit_entries(
         self, *, image: str | None = None, sha: str | None = None, limit: int | None = None
     ) -> list[AuditEntry]:
-        statement = select(t.audit_log)
+        """Entries of IMAGE (and concerning SHA), oldest first; an entry whose details
+        cannot be read shows that instead of failing the whole answer."""
+        statement = _audit_rows()
         conditions = []
         if image is not None:
             conditions.append(t.audit_log.c.image == image)
-        if sha is not None:
+        if sha is not None and is_full_sha(sha):
+            # Filed under SHA, or naming it in its details (a rollback that revoked it is
+            # filed under its target): the text match only narrows, concerned_shas decides.
             conditions.append(
-                t.audit_log.c.sha == sha if is_full_sha(sha) else t.audit_log.c.sha.like(sha + "%")
+                or_(t.audit_log.c.sha == sha, cast(t.audit_log.c.details, Text).contains(sha))
             )
+        elif sha is not None:
+            conditions.append(t.audit_log.c.sha.like(sha + "%"))
         if conditions:
             statement = statement.where(and_(*conditions))
         if limit:
             inner = statement.order_by(t.audit_log.c.seq.desc()).limit(limit).subquery()
-            statement = select(inner)
-            rows = sorted(self.connection.execute(statement), key=lambda r: r.seq)
+            rows = sorted(self.connection.execute(select(inner)), key=lambda r: r.seq)
         else:
             rows = list(self.connection.execute(statement.order_by(t.audit_log.c.seq)))
-        return [AuditEntry(**row._mapping) for row in rows]
+        entries = []
+        for row in rows:
+            entry = _audit_entry(row)
+            if isinstance(entry, UnreadableEntry):
+                values = {**row._mapping, "details": {"unreadable": entry.problem}}
+                entry = AuditEntry(**values)
+            entries.append(entry)
+        if sha is not None and is_full_sha(sha):
+            entries = [entry for entry in entries if sha in entry.concerned_shas()]
+        return entries
 
-    def audit_head(self) -> tuple[int, str]:
+    def audit_chain(self) -> Iterator[AuditEntry | UnreadableEntry]:
+        """Every entry, oldest first, as written (for `audit verify`): streamed, and a row
+        that cannot be read is reported as such, not raised."""
+        statement = _audit_rows().order_by(t.audit_log.c.seq).execution_options(yield_per=500)
+        result = self.connection.execute(statement)
+        try:
+            for row in result:
+                yield _audit_entry(row)
+        finally:  # a check that stops early closes the (server-side) cursor here
+            result.close()
+
+    def audit_head(self) -> tuple[int, str] | None:
+        """The last seq and hash written; None when the head row was deleted."""
         row = self.connection.execute(
             select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
-        ).one()
-        return row.seq, row.hash
+        ).first()
+        return None if row is None else (row.seq, row.hash)
 
     def audit_count(self) -> int:
         return self.connection.execute(select(func.count()).select_from(t.audit_log)).scalar_one()
@@ -540,6 +590,22 @@ class Tx:
         self.connection.execute(
             update(t.instances).where(t.instances.c.name == name).values(**values)
         )
+
+
+def _audit_rows() -> Any:
+    """The audit log with its details as the text stored, parsed by _audit_entry: a row
+    edited to hold invalid JSON must not fail the read."""
+    columns = [c for c in t.audit_log.c if c.name != "details"]
+    return select(*columns, cast(t.audit_log.c.details, Text).label("details"))
+
+
+def _audit_entry(row: Any) -> AuditEntry | UnreadableEntry:
+    values = dict(row._mapping)
+    try:
+        values["details"] = json.loads(values["details"])
+    except (TypeError, ValueError, RecursionError):
+        return UnreadableEntry(row.seq, "its details are not valid JSON: the row was edited")
+    return AuditEntry(**values)
 
 
 @functools.cache

@@ -419,3 +419,31 @@ def test_a_repository_given_by_url_is_mirrored_and_fetched_before_each_build(
         assert stack.staging()["sha"] == fix
     mirrors = list((home / "repos").iterdir())
     assert len(mirrors) == 1 and mirrors[0].name.endswith(".git")
+
+
+def test_a_build_that_cannot_start_or_fails_is_on_record_as_failed(
+    stack_on_each_database: Stack, repo: ImageRepo
+) -> None:
+    stack = stack_on_each_database
+    repo.git("checkout", "--quiet", "main")
+    repo.git("branch", "--quiet", "-D", "staging")
+
+    stack.app.handle(OWNER, f"build {IMAGE}")
+    stack.worker.run_until_idle()
+
+    history = stack.app.handle(USER, f"history {IMAGE}")
+    assert [(h["action"], h["outcome"]) for h in history.data] == [
+        ("build", "ok"),  # queued
+        ("build", "failed"),
+    ]
+    assert "no branch, tag or commit 'staging'" in history.data[-1]["details"]["reason"]
+    assert "build (FAILED): no branch, tag or commit 'staging'" in history.text
+
+    # A build that starts and then fails is on record under its commit, with the reason.
+    repo.git("checkout", "--quiet", "-b", "moved", repo.sha("upgrade"))
+    repo.git("mv", repo.folder, "notebooks/elsewhere")
+    sha = repo.commit("moved", "Move the folder", {})
+    stack.build(sha)
+    failed = stack.app.handle(USER, f"history {IMAGE}").data[-1]
+    assert (failed["action"], failed["outcome"], failed["sha"]) == ("build", "failed", sha)
+    assert f"no folder notebooks/{IMAGE} in commit {sha[:7]}" in failed["details"]["reason"]

@@ -35,7 +35,7 @@ SECRETS = {
     "SLACK_BOT_TOKEN": "xoxb-secret-bot-token-4242",
     "SLACK_SIGNING_SECRET": "secret-signing-4242",
     "SLACK_APP_TOKEN": "xapp-secret-app-token-4242",
-    "NBENV_AUDIT_KEY": "secret-audit-key-4242",
+    "NBENV_AUDIT_KEY": "secret-audit-key-4242-0123456789abcdef",
     "GOOGLE_APPLICATION_CREDENTIALS": "/secret/adc-4242.json",
     "SOME_VENDOR_API_KEY": "secret-vendor-key-4242",
 }

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from bot.builds.relay import BuildRelay
 from bot.domain.commands import Command
+from bot.domain.text import to_plain
 from bot.service.app import Nbenv
 from bot.slack.outbox import OutboxSender
 from bot.store import tables as t
@@ -434,7 +435,8 @@ def test_promote_command_and_relay_agree_on_the_policy(relay: Any, runtime: Any)
     assert status(runtime)["environments"]["production"] is None
     history = runtime.app.handle(OWNER, f"history {IMAGE}").data
     assert history[-1]["outcome"] == "refused"
-    assert history[-1]["details"]["reason"] == str(by_hand.value)
+    # The record keeps refusals as plain text (`@U01OWNER`, not Slack's `<@U01OWNER>`).
+    assert history[-1]["details"]["reason"] == to_plain(str(by_hand.value))
 
 
 def test_a_burst_is_answered_at_once_and_still_reaches_every_thread(

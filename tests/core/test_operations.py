@@ -368,3 +368,112 @@ def test_publish_retried_with_its_key_has_one_effect(runtime):
     assert again.data == {"retried": True}
     assert audit_count(runtime) == count
     assert envs(runtime)["staging"] == A
+
+
+def _running_instance(runtime, name: str, owner: str, sha: str) -> None:
+    with runtime.store.write(audited=False) as tx:
+        tx.add_instance(
+            name=name,
+            image=IMAGE,
+            env="production",
+            sha=sha,
+            requested_by=owner,
+            backend="local",
+            url=None,
+            state="running",
+            details={},
+        )
+
+
+@pytest.mark.parametrize("where", ["", f"{IMAGE} "])
+def test_a_refused_stop_of_someone_elses_instance_is_on_the_images_record(runtime, where):
+    in_production(runtime, A)
+    _running_instance(runtime, "nlp-work", USER, A)
+    with pytest.raises(Refused, match="only they or an owner"):
+        runtime.app.handle(TESTER2, f"instances {where}--stop nlp-work")
+    for history in (
+        runtime.app.handle(OWNER, f"history {IMAGE}"),
+        runtime.app.handle(OWNER, f"history {IMAGE} {A}"),
+    ):
+        refused = [h for h in history.data if h["outcome"] == "refused"]
+        assert [(h["actor"], h["action"], h["sha"]) for h in refused] == [(TESTER2, "instances", A)]
+        assert refused[0]["details"]["command"]["stop"] == "nlp-work"
+        line = history.text.splitlines()[-1]
+        assert "(REFUSED)" in line and "belongs to <@U06USER>" in line
+    with runtime.store.read() as tx:
+        assert tx.instance("nlp-work")["state"] == "running"
+
+
+@pytest.mark.parametrize("who", [OWNER, TESTER])
+def test_a_refused_dry_run_is_audited_and_said_as_a_dry_run(runtime, who):
+    runtime.app.publish(OWNER, IMAGE, A)
+    before = audit_count(runtime)
+    with pytest.raises(Refused) as refusal:
+        runtime.app.handle(who, f"promote {IMAGE} --dry-run")
+    assert refusal.value.message.startswith(f"Dry run — promote {IMAGE} would be refused: ")
+    assert audit_count(runtime) == before + 1
+    entry = last_audit(runtime)
+    assert (entry.actor, entry.action, entry.outcome) == (who, "promote", "refused")
+    assert entry.details["command"] == {"dry_run": True}
+    assert entry.details["reason"].startswith("Dry run")
+    line = runtime.app.handle(USER, f"history {IMAGE}").text.splitlines()[-1]
+    assert "(REFUSED, dry run)" in line
+    assert envs(runtime)["production"] is None
+
+
+def test_history_renders_mentions_the_same_way_everywhere(
+    runtime, config_file, db_url, monkeypatch, capsys
+):
+    from bot.cli import main
+
+    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.app.handle(TESTER, f"reject {IMAGE} hangs & <!channel>")
+    with pytest.raises(Refused, match="rejected by"):
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    text = runtime.app.handle(USER, f"history {IMAGE}").text
+    refused = text.splitlines()[-1]
+    # In Slack: the person rejecting is a mention, as actors are; their words stay text.
+    assert refused.startswith("• ") and "<@U01OWNER> promote" in refused
+    assert "rejected by <@U02TESTER> (hangs &amp; &lt;!channel&gt;)" in refused
+    assert "&lt;@" not in text and "&amp;amp;" not in text
+    # In the terminal: every mention the same way, @ID.
+    monkeypatch.setenv("NBENV_DATABASE_URL", db_url)
+    assert main(["--config", str(config_file), "--as", USER, "history", IMAGE]) == 0
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert "@U01OWNER promote" in out and "rejected by @U02TESTER (hangs & <!channel>)" in out
+    assert "<@" not in out
+
+
+def test_an_instance_that_fails_to_start_is_on_record_as_failed(db_url, config_file):
+    from bot.bootstrap import build_runtime
+
+    # As the operator: an unshared local instance reaches the backend, which fails it.
+    runtime = build_runtime(str(config_file), db_url, run_by_operator=True)
+    in_production(runtime, A)
+    runtime.app.handle(USER, f"instance {IMAGE} --name nlp-broken")
+    runtime.worker.run_until_idle()  # A is no commit of any repository: it cannot start
+    history = runtime.app.handle(USER, f"history {IMAGE} {A}").data
+    assert [(h["action"], h["outcome"]) for h in history][-2:] == [
+        ("instance", "ok"),  # requested
+        ("instance", "failed"),
+    ]
+    assert history[-1]["details"]["name"] == "nlp-broken" and history[-1]["details"]["reason"]
+
+
+def test_status_says_how_long_ago_each_environment_moved(runtime):
+    from datetime import timedelta
+
+    from bot.service.app import Nbenv
+    from bot.store.uow import Store, utcnow
+
+    in_production(runtime, A)
+    now = runtime.app.handle(USER, f"status {IMAGE}")
+    assert "UTC (just now) by <@U01OWNER>" in now.text
+    assert now.data["environments"]["production"]["age"] == "just now"
+    later = Store(runtime.store.engine, clock=lambda: utcnow() + timedelta(hours=2, minutes=5))
+    status = Nbenv(runtime.config, later).handle(USER, f"status {IMAGE}")
+    line = next(line for line in status.text.splitlines() if "production" in line)
+    moved = status.data["environments"]["production"]["updated_at"]
+    assert line == (
+        f"• production: `{A[:7]}` since {moved[:10]} {moved[11:16]} UTC (2h ago) by <@U01OWNER>"
+    )

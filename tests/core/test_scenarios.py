@@ -149,3 +149,94 @@ def test_freeze_then_unfreeze(runtime):
         ("unfreeze", "ok"),
         ("promote", "ok"),
     ]
+
+
+def _revoked_in_staging(runtime) -> None:
+    """V1 in production, V2 promoted then rolled back: V2 revoked, still in staging."""
+    for sha in (V1, V2):
+        runtime.app.publish(PIPELINE, IMAGE, sha)
+        runtime.app.handle(TESTER, f"approve {IMAGE}")
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.app.handle(OWNER, f"rollback {IMAGE} --reason 'GPU kernels crash'")
+    assert pointers(runtime) == (V2, V1, V1)
+
+
+def _shown_revoked(runtime) -> tuple[bool, bool, bool]:
+    """Whether V2 is shown revoked by status (text and data) and by versions."""
+    status = runtime.app.handle(USER, f"status {IMAGE}")
+    versions = runtime.app.handle(USER, f"versions {IMAGE}")
+    row = next(line for line in versions.text.splitlines() if f"`{V2[:7]}`" in line)
+    return (
+        "(revoked)" in status.text,
+        status.data["environments"]["staging"]["revoked"],
+        "REVOKED" in row,
+    )
+
+
+def test_a_fresh_approval_clears_the_revocation_in_every_view(runtime):
+    _revoked_in_staging(runtime)
+    assert _shown_revoked(runtime) == (True, True, True)
+    runtime.app.handle(TESTER2, f"approve {IMAGE}")
+    assert _shown_revoked(runtime) == (False, False, False)
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert pointers(runtime) == (V2, V2, V1)
+    status = runtime.app.handle(USER, f"status {IMAGE}").text
+    assert "revoked" not in status
+    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data}
+    assert versions[V2]["revoked"] is False
+    # The record keeps the revocation the approval ended.
+    approval = runtime.app.handle(USER, f"history {IMAGE} {V2} --json").data
+    ended = [h for h in approval if h["details"].get("ends_revocation")]
+    assert [h["actor"] for h in ended] == [TESTER2]
+    assert ended[0]["details"]["ends_revocation"]["reason"] == "GPU kernels crash"
+
+
+def test_revocation_does_not_bring_back_a_withdrawn_rejection(runtime):
+    runtime.app.publish(PIPELINE, IMAGE, V1)
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.app.publish(PIPELINE, IMAGE, V2)
+    runtime.app.handle(TESTER, f"reject {IMAGE} tokenizer download hangs")
+    runtime.app.handle(TESTER, f"approve {IMAGE}")  # withdrawn: fixed upstream
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.app.handle(OWNER, f"rollback {IMAGE} --reason 'GPU kernels crash'")
+    status = runtime.app.handle(USER, f"status {IMAGE}")
+    assert "rejected" not in status.text
+    assert status.data["approvals"]["rejected_by"] == []
+    with pytest.raises(Refused) as refusal:
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert "needs fresh approvals" in refusal.value.message
+    assert "rejected" not in refusal.value.message
+    # Approved afresh, it goes back to production without --force.
+    runtime.app.handle(TESTER2, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert pointers(runtime) == (V2, V2, V1)
+
+
+def test_an_open_rejection_survives_revocation(runtime):
+    _revoked_in_staging(runtime)
+    runtime.app.handle(TESTER2, f"reject {IMAGE} still crashes")
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE} --force --reason 'hotfix needed'")
+    runtime.app.handle(OWNER, f"rollback {IMAGE} --reason 'crashes again'")
+    status = runtime.app.handle(USER, f"status {IMAGE}").data
+    assert [r["user"] for r in status["approvals"]["rejected_by"]] == [TESTER2]
+    assert status["approvals"]["approved_by"] == []
+
+
+def test_history_of_a_sha_shows_every_event_concerning_it(runtime):
+    _revoked_in_staging(runtime)
+    history = runtime.app.handle(USER, f"history {IMAGE} {V2}")
+    actions = [(h["action"], h["sha"]) for h in history.data]
+    # The rollback that revoked V2 is filed under its target V1, and shown for V2 too.
+    assert actions == [
+        ("publish", V2),
+        ("approve", V2),
+        ("promote", V2),
+        ("rollback", V1),
+    ]
+    rollback_line = history.text.splitlines()[-1]
+    assert f"revoked `{V2[:7]}`" in rollback_line and "GPU kernels crash" in rollback_line
+    # V1 was moved to fallback by V2's promotion: that concerns V1 as well.
+    v1 = [(h["action"], h["sha"]) for h in runtime.app.handle(USER, f"history {IMAGE} {V1}").data]
+    assert ("promote", V2) in v1 and ("rollback", V1) in v1

@@ -86,7 +86,10 @@ def test_history_lists_what_happened(
     assert shown.index("publish") < shown.index("approve") < shown.index("promote")
     at_v1 = ask(server, slack, USER, f"history {image} {v1[:9]}")
     assert f"at `{v1[:7]}`" in at_v1
-    assert v2[:7] not in at_v1
+    # v2 appears only where it moved v1: out of staging, then out of production.
+    assert f"approve `{v2[:7]}`" not in at_v1
+    assert f"publish `{v2[:7]}` (staging `{v1[:7]}` → `{v2[:7]}`)" in at_v1
+    assert f"(fallback — → `{v1[:7]}`, production `{v1[:7]}` → `{v2[:7]}`)" in at_v1
 
 
 def test_build_is_queued_with_the_response_url(server: BotServer, rt, image: str, slack) -> None:  # type: ignore[no-untyped-def]

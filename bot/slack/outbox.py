@@ -6,6 +6,13 @@ that caused it. The sender claims due rows with a lease, calls the Web API and r
 the outcome. Messages of one thread go out in order: a reply waits for its root's `ts`.
 A row whose lease expired while it was being sent (the process died mid-call) is looked
 up in Slack by its metadata key before it is sent again, so a crash cannot double-post.
+
+A message Slack refuses for good is parked as `dead` and never holds its thread up: the
+messages behind it go out, and a root update whose root never made it is posted as the
+thread's new root. Messages refused because the bot is not in the channel
+(`not_in_channel`) are sent again once it is: on Slack's `member_joined_channel` event
+and, should that event be missed, every REVIVE_EVERY (see `revive_missing_channel`).
+Every payload is cut to Slack's limits on the way out (`bot.slack.blocks.fit_message`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient
 from sqlalchemy import bindparam, select, tuple_, update
 
-from bot.slack.blocks import message_blocks
+from bot.slack.blocks import fit_message, message_blocks
 from bot.store import tables as t
 from bot.store.uow import Store, Tx, iso
 
@@ -62,6 +69,10 @@ PERMANENT_ERRORS = {
     "not_authed",
     "invalid_arguments",
 }
+# Refusals that end once the bot is invited to the channel: sent again when it joins.
+MISSING_FROM_CHANNEL = ("not_in_channel", "channel_not_found")
+REVIVE_WITHIN = timedelta(days=7)  # older messages are history: not posted after the fact
+REVIVE_EVERY = timedelta(minutes=10)
 
 
 class _Retry(Exception):
@@ -70,10 +81,6 @@ class _Retry(Exception):
         self.delay_s = delay_s
         self.reason = reason
         self.counts = counts
-
-
-class _Wait(Exception):
-    """Not sendable yet (its thread root is not delivered): try again shortly."""
 
 
 class OutboxSender:
@@ -124,7 +131,7 @@ class OutboxSender:
                         stopped = True
                         continue
                     delivered += 1
-                    if _opens_thread(row, outcome.payload):
+                    if _opens_thread(row, outcome.method, outcome.payload):
                         roots.append((row, outcome.payload, outcome.response))
                         threads[(row.thread_image, row.thread_sha)] = _Root(
                             outcome.response.get("channel") or outcome.payload["channel"],
@@ -213,16 +220,14 @@ class OutboxSender:
         """Send one claimed row; what to record of it."""
         crashed_mid_send = row.status == "sending"
         payload = stored
+        method = row.method
         try:
-            payload = self._prepare(row, stored, threads)
+            method, payload = self._prepare(row, stored, threads)
             response: dict[str, Any] | None = None
-            if crashed_mid_send and row.method == "chat.postMessage":
+            if crashed_mid_send and method == "chat.postMessage":
                 response = self._find_posted(row, payload)
             if response is None:
-                response = self._call(row.method, payload)
-        except _Wait:
-            wait = {"status": "pending", "next_attempt_at": iso(now + timedelta(seconds=1))}
-            return _Outcome(wait, payload)
+                response = self._call(method, payload)
         except _Retry as retry:
             attempts = row.attempts + (1 if retry.counts else 0)
             log.warning(
@@ -235,12 +240,18 @@ class OutboxSender:
                 "last_error": retry.reason,
                 "next_attempt_at": iso(later),
             }
-            return _Outcome(retry_values, payload)
+            return _Outcome(retry_values, payload, method)
         except SlackApiError as error:
             reason = str(error.response.get("error") or error)
-            log.error("outbox %s %s failed for good: %s", row.id, row.method, reason)
+            log.error("outbox %s %s failed for good: %s", row.id, method, reason)
+            if reason in MISSING_FROM_CHANNEL:
+                log.error(
+                    "outbox: the bot is not in channel %s: invite it there (/invite @nbenv); "
+                    "its messages are sent once it joins",
+                    payload.get("channel"),
+                )
             dead = {"status": "dead", "attempts": row.attempts + 1, "last_error": reason}
-            return _Outcome(dead, payload)
+            return _Outcome(dead, payload, method)
         sent = {
             "status": "sent",
             "attempts": row.attempts + 1,
@@ -248,7 +259,7 @@ class OutboxSender:
             "last_error": None,
             "response": {k: response.get(k) for k in ("channel", "ts") if k in response},
         }
-        return _Outcome(sent, payload, response)
+        return _Outcome(sent, payload, method, response)
 
     def _record(
         self,
@@ -270,29 +281,36 @@ class OutboxSender:
 
     def _prepare(
         self, row: Any, payload: dict[str, Any], threads: dict[tuple[str, str], _Root]
-    ) -> dict[str, Any]:
+    ) -> tuple[str, dict[str, Any]]:
+        """The Web API method and payload that send ROW now, cut to Slack's limits."""
         buttons = payload.pop("buttons", None)
         if buttons and "blocks" not in payload:
             payload["blocks"] = message_blocks(payload.get("text", ""), buttons)
-        if row.method == "response_url":
-            return payload
-        if row.method == "chat.postMessage":
+        method = row.method
+        thread = threads.get((row.thread_image, row.thread_sha)) if row.thread_image else None
+        if method == "chat.update":
+            if thread is None:
+                raise SlackApiError(
+                    "no thread to update", {"ok": False, "error": "thread_not_found"}
+                )
+            if thread.ts is None:
+                # Nothing ahead of it in its thread is still to be sent, so the root failed
+                # for good: this update, the thread's newest state, opens it instead.
+                log.info("outbox %s: the thread's root was never posted: posting it now", row.id)
+                method = "chat.postMessage"
+                payload = {**payload, "channel": thread.channel, "unfurl_links": False}
+            else:
+                payload["channel"] = thread.channel
+                payload["ts"] = thread.ts
+        elif method == "chat.postMessage" and thread is not None and thread.ts is not None:
+            payload["thread_ts"] = thread.ts
+            payload["channel"] = thread.channel
+        if method == "chat.postMessage":
             payload["metadata"] = {
                 "event_type": METADATA_EVENT,
                 "event_payload": {"key": row.dedupe_key},
             }
-        if row.thread_image is None:
-            return payload
-        thread = threads.get((row.thread_image, row.thread_sha))
-        if row.method == "chat.update":
-            if thread is None or thread.ts is None:
-                raise _Wait()
-            payload["channel"] = thread.channel
-            payload["ts"] = thread.ts
-        elif row.method == "chat.postMessage" and thread is not None and thread.ts is not None:
-            payload["thread_ts"] = thread.ts
-            payload["channel"] = thread.channel
-        return payload
+        return method, fit_message(payload)
 
     def _call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -401,6 +419,7 @@ class _Outcome:
 
     values: dict[str, Any]
     payload: dict[str, Any]
+    method: str
     response: dict[str, Any] | None = None
 
 
@@ -412,11 +431,9 @@ class _Root:
     ts: str | None
 
 
-def _opens_thread(row: Any, payload: dict[str, Any]) -> bool:
+def _opens_thread(row: Any, method: str, payload: dict[str, Any]) -> bool:
     """The first message delivered for (image, sha) is its thread's root."""
-    return bool(
-        row.method == "chat.postMessage" and row.thread_image and not payload.get("thread_ts")
-    )
+    return bool(method == "chat.postMessage" and row.thread_image and not payload.get("thread_ts"))
 
 
 @functools.cache

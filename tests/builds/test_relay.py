@@ -513,3 +513,61 @@ def test_a_publication_cut_short_is_finished_by_the_redelivery(
     # Redelivered again: nothing more happens.
     assert relay.handle_build(events[-1], attributes_of(events[-1])) == "duplicate"
     assert len(replies(slack, root)) == 3
+
+
+def test_a_thread_whose_root_could_not_be_posted_goes_on_once_the_bot_is_invited(
+    relay: Any, slack: FakeSlackApi, runtime: Any
+) -> None:
+    """The bot is not yet in the image's channel when the build starts: its root and first
+    reply fail for good. Once it is invited, the rest of the thread must not wait behind
+    them: the current status opens a new root, and the testers get their buttons."""
+    sha = sha_of("not in channel")
+    build_id = new_build_id()
+    events = build_events(build_id, sha, subject="Pin keras")
+    slack.keep_bot_out_of(CHANNEL)
+    feed(relay, events[:-1])  # the root, "started" and the root's updates are refused
+    refusals = {c.response["error"] for c in slack.calls("chat.postMessage")}
+    assert refusals == {"not_in_channel"} and slack.messages(CHANNEL) == {}
+
+    slack.invite_bot(CHANNEL)  # before the build succeeds
+    feed(relay, events[-1:])
+
+    (root,) = roots(slack, sha)
+    assert "*SUCCESS*" in root.text
+    thread = replies(slack, root)
+    assert thread[0].text.startswith(f"✅ build `{build_id[:8]}` succeeded")
+    announcement = thread[-1]
+    assert f"`{sha[:7]}` is now in staging for {IMAGE}" in announcement.text
+    buttons = [e for b in announcement.blocks or [] for e in b.get("elements", [])]
+    assert [b["action_id"] for b in buttons] == ["nbenv_approve", "nbenv_reject"]
+    assert relay.sender.pending() == 0
+
+
+def test_every_message_fits_in_slack_whatever_the_build_says(
+    relay: Any, slack: FakeSlackApi, runtime: Any
+) -> None:
+    """A 1 MB logUrl, a 100 KB commit subject and failure detail, a huge traceback: each
+    message is cut to Slack's limits with a visible marker, none is refused."""
+    sha = sha_of("huge texts")
+    build_id = new_build_id()
+    events = build_events(
+        build_id, sha, outcome="FAILURE", fail_at="tests", subject="s" * 100_000
+    )
+    for event in events:
+        event["logUrl"] = "https://console.cloud.google.com/logs?" + "x" * 1_000_000
+        if "failureInfo" in event:
+            event["failureInfo"]["detail"] = "d" * 100_000
+    feed(relay, events[:-1])
+    failed = report(("03_text_pipeline.ipynb", 4, 2, "KeyError", "'" + "k" * 100_000 + "'"))
+    failed["notebooks"][-1]["failure"]["traceback"] = "frame\n" * 200_000
+    relay.handle_report(IMAGE, sha, failed, build_id)
+    feed(relay, events[-1:])
+
+    assert relay.sender.pending() == 0
+    refused = [c for c in slack.calls() if c.response and not c.response.get("ok")]
+    assert refused == [] and slack.failed_calls() == []
+    (root,) = roots(slack, sha)
+    assert "*FAILURE*" in root.text and "…" in root.text
+    texts = [root.text, *(m.text for m in replies(slack, root))]
+    assert all(len(text) <= 4000 for text in texts)
+    assert "KeyError" in texts[-1] and "…" in texts[-1]

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SLASH = re.compile(r"^/nbenv[-_a-z0-9]*$")  # /nbenv, or /nbenv-dev for a second install
 PRESSES = re.compile(r"^nbenv_(approve|promote|rollback|confirm|cancel)$")
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
 AFTER_ACK_THREADS = 4
 
 # Where an answer given after the ack goes: (response_url, what to answer, replace?).
@@ -159,6 +160,20 @@ def build_app(
             return
         user = event["user"]
         after(lambda: client.views_publish(user_id=user, view=interactions.home(user)))
+
+    @app.event("member_joined_channel")
+    def joined(ack: Ack, event: dict[str, Any]) -> None:
+        ack()
+        channel = event.get("channel")
+        if not isinstance(channel, str) or not CHANNEL_ID.fullmatch(channel):
+            log.warning("member_joined_channel without a channel ID: ignored")
+            return
+
+        def revive() -> None:
+            if interactions.bot_joined(channel):
+                wake()
+
+        after(revive)
 
     return app
 

@@ -128,7 +128,9 @@ class OutboxSender:
                     outcome = self._send(row, payload, threads, now)
                     outcomes.append((row, outcome.values))
                     if outcome.response is None:
-                        stopped = True
+                        # A message refused for good does not hold up the rest of its
+                        # thread; one that will be retried keeps its place in the order.
+                        stopped = outcome.values["status"] != "dead"
                         continue
                     delivered += 1
                     if _opens_thread(row, outcome.method, outcome.payload):
@@ -144,6 +146,10 @@ class OutboxSender:
             # Even when the pass is cut short, what reached Slack is on record.
             self._record(outcomes, roots)
         return delivered
+
+    def revive_missing_channel(self, channel: str | None = None) -> int:
+        """See `revive_missing_channel`; also what REVIVE_EVERY does, CHANNEL None."""
+        return revive_missing_channel(self.store, channel)
 
     def pending(self) -> int:
         with self.store.read() as tx:
@@ -365,6 +371,114 @@ class OutboxSender:
             ):
                 return {"ok": True, "channel": payload["channel"], "ts": message["ts"]}
         return None
+
+
+def revive_missing_channel(store: Store, channel: str | None = None) -> int:
+    """Queue again the messages Slack refused because the bot was not in CHANNEL (in any
+    channel when None), now that it may be; how many were queued again.
+
+    In a thread that got a root meanwhile (an update opened it), root texts older than the
+    newest one are retired instead: the root already shows what they said, and posting
+    them would only repeat a stale status. Replies, announcements and their buttons go
+    out, in their thread. Messages older than REVIVE_WITHIN are left as they are.
+    """
+    since = iso(store.clock() - REVIVE_WITHIN)
+    with store.write(audited=False) as tx:
+        rows = list(
+            tx.connection.execute(
+                select(*(t.outbox.c[name] for name in _REVIVE_COLUMNS)).where(
+                    t.outbox.c.status == "dead",
+                    t.outbox.c.last_error.in_(MISSING_FROM_CHANNEL),
+                    t.outbox.c.created_at >= since,
+                )
+            )
+        )
+        keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
+        threads = _threads(tx, keys)
+        newest_root_text = _newest_root_texts(tx, keys)
+        revive: list[int] = []
+        retire: list[int] = []
+        for row in rows:
+            thread = threads.get((row.thread_image, row.thread_sha))
+            where = (row.payload or {}).get("channel") or (thread.channel if thread else None)
+            if channel is not None and where != channel:
+                continue
+            stale = (
+                thread is not None
+                and thread.ts is not None
+                and _is_root_text(row.method, row.dedupe_key)
+                and newest_root_text.get((row.thread_image, row.thread_sha)) != row.id
+            )
+            (retire if stale else revive).append(row.id)
+        if retire:
+            tx.connection.execute(
+                update(t.outbox).where(t.outbox.c.id.in_(retire)).values(status="superseded")
+            )
+        if revive:
+            tx.connection.execute(
+                update(t.outbox)
+                .where(t.outbox.c.id.in_(revive), t.outbox.c.status == "dead")
+                .values(status="pending", attempts=0, last_error=None, next_attempt_at=tx.now)
+            )
+    if revive:
+        log.info("outbox: %d messages refused for a missing channel queued again", len(revive))
+    return len(revive)
+
+
+def missing_channels(store: Store) -> dict[str, int]:
+    """Channels the bot is not in, by how many messages wait for it there (REVIVE_WITHIN)."""
+    since = iso(store.clock() - REVIVE_WITHIN)
+    with store.read() as tx:
+        rows = list(
+            tx.connection.execute(
+                select(t.outbox.c.payload, t.slack_threads.c.channel)
+                .select_from(
+                    t.outbox.outerjoin(
+                        t.slack_threads,
+                        (t.slack_threads.c.image == t.outbox.c.thread_image)
+                        & (t.slack_threads.c.sha == t.outbox.c.thread_sha),
+                    )
+                )
+                .where(
+                    t.outbox.c.status == "dead",
+                    t.outbox.c.last_error.in_(MISSING_FROM_CHANNEL),
+                    t.outbox.c.created_at >= since,
+                )
+            )
+        )
+    counts: dict[str, int] = {}
+    for payload, thread_channel in rows:
+        channel = (payload or {}).get("channel") or thread_channel
+        if isinstance(channel, str):
+            counts[channel] = counts.get(channel, 0) + 1
+    return counts
+
+
+_REVIVE_COLUMNS = ("id", "dedupe_key", "method", "payload", "thread_image", "thread_sha")
+
+
+def _is_root_text(method: str, dedupe_key: str) -> bool:
+    """A thread root's text: the relay's root message (key `build:IMAGE:SHA:root`, see
+    bot.builds.relay) or one of its updates."""
+    return method == "chat.update" or (
+        dedupe_key.startswith("build:") and dedupe_key.endswith(":root")
+    )
+
+
+def _newest_root_texts(tx: Tx, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    if not keys:
+        return {}
+    rows = tx.connection.execute(
+        select(t.outbox.c.id, t.outbox.c.method, t.outbox.c.dedupe_key)
+        .add_columns(t.outbox.c.thread_image, t.outbox.c.thread_sha)
+        .where(tuple_(t.outbox.c.thread_image, t.outbox.c.thread_sha).in_(sorted(keys)))
+        .order_by(t.outbox.c.id)
+    )
+    newest: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if _is_root_text(row.method, row.dedupe_key):
+            newest[(row.thread_image, row.thread_sha)] = row.id
+    return newest
 
 
 def _plan(rows: list[Any], due: str, limit: int) -> tuple[list[list[Any]], list[int]]:

@@ -550,9 +550,7 @@ def test_every_message_fits_in_slack_whatever_the_build_says(
     message is cut to Slack's limits with a visible marker, none is refused."""
     sha = sha_of("huge texts")
     build_id = new_build_id()
-    events = build_events(
-        build_id, sha, outcome="FAILURE", fail_at="tests", subject="s" * 100_000
-    )
+    events = build_events(build_id, sha, outcome="FAILURE", fail_at="tests", subject="s" * 100_000)
     for event in events:
         event["logUrl"] = "https://console.cloud.google.com/logs?" + "x" * 1_000_000
         if "failureInfo" in event:
@@ -571,3 +569,51 @@ def test_every_message_fits_in_slack_whatever_the_build_says(
     texts = [root.text, *(m.text for m in replies(slack, root))]
     assert all(len(text) <= 4000 for text in texts)
     assert "KeyError" in texts[-1] and "…" in texts[-1]
+
+
+def test_what_was_refused_for_a_missing_channel_is_sent_again_in_order(
+    relay: Any, slack: FakeSlackApi, runtime: Any
+) -> None:
+    """The bot is invited only after the build: the whole thread, buttons included, goes
+    out when it joins, once, in order, with the root showing the final status."""
+    sha = sha_of("invited late")
+    build_id = new_build_id()
+    slack.keep_bot_out_of(CHANNEL)
+    feed(relay, build_events(build_id, sha))
+    assert slack.messages(CHANNEL) == {} and relay.sender.pending() == 0
+
+    slack.invite_bot(CHANNEL)
+    assert relay.sender.revive_missing_channel("C0OTHER") == 0
+    assert relay.sender.revive_missing_channel(CHANNEL) > 0
+    relay.sender.drain(timeout_s=10)
+
+    (root,) = roots(slack, sha)
+    assert "*SUCCESS*" in root.text
+    texts = [m.text for m in replies(slack, root)]
+    assert len(texts) == 3
+    assert texts[0].startswith("▶️") and texts[1].startswith("✅")
+    assert f"`{sha[:7]}` is now in staging for {IMAGE}" in texts[2]
+    assert relay.sender.revive_missing_channel() == 0  # nothing is left to send
+
+
+def test_a_late_retry_does_not_repeat_a_root_already_replaced(
+    relay: Any, slack: FakeSlackApi, runtime: Any
+) -> None:
+    """The root was refused, an update opened the thread later: sending the refused
+    messages again adds the missing reply, not a stale copy of the root."""
+    sha = sha_of("replaced root")
+    build_id = new_build_id()
+    events = build_events(build_id, sha)
+    slack.keep_bot_out_of(CHANNEL)
+    feed(relay, events[:2])
+    slack.invite_bot(CHANNEL)
+    feed(relay, events[2:])
+
+    relay.sender.revive_missing_channel()
+    relay.sender.drain(timeout_s=10)
+
+    (root,) = roots(slack, sha)
+    thread = replies(slack, root)
+    assert [m.text for m in thread if m.text.startswith("▶️")]  # "started" is not lost
+    assert not [m for m in thread if f"*{IMAGE}* `{sha[:7]}`" in m.text]
+    assert "*SUCCESS*" in root.text

@@ -695,8 +695,10 @@ def blocks_problem(blocks: Any, max_blocks: int) -> str | None:
 
 
 def _text_fits(text: Any, limit: int) -> bool:
-    return isinstance(text, dict) and isinstance(text.get("text"), str) and (
-        len(text["text"]) <= limit
+    return (
+        isinstance(text, dict)
+        and isinstance(text.get("text"), str)
+        and (len(text["text"]) <= limit)
     )
 
 

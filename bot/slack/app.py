@@ -22,6 +22,7 @@ from slack_sdk import WebClient
 
 from bot.slack import views
 from bot.slack.answers import post_answer
+from bot.slack.blocks import fit_message
 from bot.slack.client import web_client
 from bot.slack.interactions import Interactions, Later, Outcome
 
@@ -106,7 +107,7 @@ def build_app(
         if outcome.answer is None:
             ack()
         else:
-            ack(response_type="ephemeral", **outcome.answer)
+            ack(response_type="ephemeral", **fit_message(outcome.answer))
         follow_up(outcome, response_url)
 
     @app.action(PRESSES)

@@ -12,9 +12,9 @@ from typing import Any
 
 from bot.domain.names import Env
 from bot.domain.text import escape, mention
+from bot.slack.blocks import MAX_HOME_BLOCKS, fit_blocks
 from bot.slack.views import age
 
-MAX_HOME_BLOCKS = 100  # Slack's limit for a Home tab view
 BLOCKS_PER_IMAGE = 4
 
 
@@ -67,7 +67,7 @@ def home_view(
                 ],
             },
         ]
-    return {"type": "home", "blocks": blocks}
+    return {"type": "home", "blocks": fit_blocks(blocks, MAX_HOME_BLOCKS)}
 
 
 def _missing_warning(statuses: list[dict[str, Any]], missing: dict[str, int]) -> str | None:

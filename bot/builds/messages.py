@@ -15,6 +15,7 @@ from typing import Any
 from bot.builds.events import FAILED, BuildEvent, Step
 from bot.domain.names import short
 from bot.domain.text import cut, cut_mrkdwn, escape
+from bot.runner.notebook_tests import cell_position
 
 EMOJI = {
     "PENDING": "⏸️",
@@ -204,10 +205,9 @@ def _failure_word(status: str) -> str:
 
 def _failure_line(failure: dict[str, Any]) -> str:
     where = [f"`{escape(cut(str(failure['path']), MAX_PATH, '…'))}`"]
-    if failure.get("cell") is not None:
-        where.append(f"cell {failure['cell']}")
-    if failure.get("line") is not None:
-        where.append(f"line {failure['line']}")
+    position = cell_position(failure)  # `cell 4 (In [2]), line 3`, as the CLI says it
+    if position:
+        where.append(position)
     status = failure.get("status")
     if failure.get("ename"):
         error = failure["ename"]

@@ -182,7 +182,8 @@ def test_test_failure_details_reach_the_thread(
     )
     assert "🧪 1 of 3 test notebooks failed:" in failure
     assert (
-        f"• `notebooks/{IMAGE}/tests/03_text_pipeline.ipynb`, cell 4, line 2: `KeyError: 'missing'`"
+        f"• `notebooks/{IMAGE}/tests/03_text_pipeline.ipynb`, cell 4 (In [3]), line 2: "
+        "`KeyError: 'missing'`"
     ) in failure
     assert "```" in failure and "----&gt; 2 tokens['missing']" in failure
     assert "\x1b" not in failure
@@ -205,7 +206,7 @@ def test_report_after_the_failure_adds_the_details(relay: Any, slack: FakeSlackA
 
     details = replies(slack, root)[-1].text
     assert details.startswith(f"🧪 build `{build_id[:8]}`: 1 of 3 test notebooks failed:")
-    assert "cell 3, line 1: `ImportError: no keras`" in details
+    assert "cell 3 (In [2]), line 1: `ImportError: no keras`" in details
     assert len([m for m in replies(slack, root) if m.text.startswith("🧪")]) == 1
     assert "tests: 2/3 notebooks passed" in roots(slack, sha)[0].text
 
@@ -414,7 +415,7 @@ def test_pubsub_envelope_carries_builds_and_reports(
     assert relay.handle_pubsub(event_data(events[-1], attributes_of(events[-1]))) == "applied"
 
     (root,) = roots(slack, sha)
-    assert "cell 2, line 5: `ValueError: bad shape`" in replies(slack, root)[-1].text
+    assert "cell 2 (In [1]), line 5: `ValueError: bad shape`" in replies(slack, root)[-1].text
     with runtime.store.read() as tx:
         version = tx.get_version(IMAGE, sha)
     assert version is not None and not version.tests_passed

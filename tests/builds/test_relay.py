@@ -517,7 +517,7 @@ def test_a_publication_cut_short_is_finished_by_the_redelivery(
 
 
 def test_a_thread_whose_root_could_not_be_posted_goes_on_once_the_bot_is_invited(
-    relay: Any, slack: FakeSlackApi, runtime: Any
+    relay: Any, slack: FakeSlackApi, runtime: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The bot is not yet in the image's channel when the build starts: its root and first
     reply fail for good. Once it is invited, the rest of the thread must not wait behind
@@ -529,6 +529,9 @@ def test_a_thread_whose_root_could_not_be_posted_goes_on_once_the_bot_is_invited
     feed(relay, events[:-1])  # the root, "started" and the root's updates are refused
     refusals = {c.response["error"] for c in slack.calls("chat.postMessage")}
     assert refusals == {"not_in_channel"} and slack.messages(CHANNEL) == {}
+    # The operator learns why, and what to do.
+    hints = [r.getMessage() for r in caplog.records if "/invite @nbenv" in r.getMessage()]
+    assert hints and CHANNEL in hints[0]
 
     slack.invite_bot(CHANNEL)  # before the build succeeds
     feed(relay, events[-1:])

@@ -126,3 +126,29 @@ def test_messages_refused_before_the_bot_was_invited_go_out_when_it_joins(
     announcement = wait_message(slack, f"`{commit[:7]}` is now in staging for {image}")
     assert {"Approve", "Reject"} <= set(buttons({"blocks": announcement.blocks}))
     assert "is not in" not in _home_text(server, slack, TESTER)
+
+
+def test_a_missed_join_event_is_made_up_for_by_the_periodic_retry(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    """The bot was invited while nobody listened (the event was lost, or the bot was
+    down): the retry that runs when the bot starts, then every 10 minutes, sends it all."""
+    slack.keep_bot_out_of(CHANNEL)
+    try:
+        commit = published(rt, image)
+        wait_until(
+            lambda: [
+                c
+                for c in slack.calls("chat.postMessage")
+                if commit[:7] in c.args.get("text", "")
+                and c.response.get("error") == "not_in_channel"
+            ],
+            what="the announcement refused",
+        )
+        server.stop()
+    finally:
+        slack.invite_bot(CHANNEL)
+    server.start()
+
+    announcement = wait_message(slack, f"`{commit[:7]}` is now in staging for {image}")
+    assert {"Approve", "Reject"} <= set(buttons({"blocks": announcement.blocks}))

@@ -252,9 +252,11 @@ class OutboxSender:
             log.error("outbox %s %s failed for good: %s", row.id, method, reason)
             if reason in MISSING_FROM_CHANNEL:
                 log.error(
-                    "outbox: the bot is not in channel %s: invite it there (/invite @nbenv); "
-                    "its messages are sent once it joins",
+                    "outbox: the bot is not in channel %s (%s): invite it there "
+                    "(/invite @nbenv), or correct the channel ID in the config; its messages "
+                    "are sent once it joins",
                     payload.get("channel"),
+                    reason,
                 )
             dead = {"status": "dead", "attempts": row.attempts + 1, "last_error": reason}
             return _Outcome(dead, payload, method)

@@ -15,7 +15,6 @@ servers; nothing needs a network or an account. Takes about a minute.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import subprocess
@@ -262,9 +261,6 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
         "--keep", metavar="DIR", type=Path, help="work in DIR and keep it (default: a temp dir)"
     )
     options = parser.parse_args(rest)
-    if not args.verbose:
-        # A failing build is part of the story: the transcript tells it, not a log line.
-        logging.getLogger("bot").setLevel(logging.ERROR)
     if shutil.which("git") is None:
         print("nbenv demo: needs the git program on PATH", file=sys.stderr)
         return 2

@@ -82,10 +82,14 @@ class Nbenv:
         command: Command,
         *,
         key: str | None = None,
-        expect: dict[str, int] | None = None,
+        expect: dict[str, int] | ops.Seen | None = None,
         reply_to: str | None = None,
     ) -> Reply:
-        """REPLY_TO: a Slack response_url where slow work (build, instance) answers when done."""
+        """REPLY_TO: a Slack response_url where slow work (build, instance) answers when done.
+
+        EXPECT: the environments as whoever decided saw them (their generations, or a
+        Seen); a promote or rollback is refused, and the refusal audited, if they moved.
+        """
         self.check(actor, command)
         if key is not None and not command.read_only:
             with self.store.read() as tx:
@@ -369,18 +373,23 @@ class Nbenv:
         command: Command,
         *,
         key: str | None = None,
-        expect: dict[str, int] | None = None,
+        expect: dict[str, int] | ops.Seen | None = None,
         **_: Any,
     ) -> Reply:
         """promote and rollback: plan in a read, then apply with compare-and-swap."""
         image = command.image
         assert image
         self._require(actor, image, Role.OWNER, command.name)
+        seen = ops.Seen(expect) if isinstance(expect, dict) else expect
         with self.store.read() as tx:
+            if seen is not None:
+                # Checked before planning, so the owner hears what moved rather than why
+                # today's plan would fail; checked again when writing (races).
+                seen.refuse_if_moved(tx.image_state(image), command.name)
             plan, preview = self._preview_in(tx, actor, command)
         if command.dry_run:
             return Reply(render.plan_text(plan, preview, dry_run=True), preview)
-        return self._apply(actor, plan, key=key, expect=expect, preview=preview)
+        return self._apply(actor, plan, key=key, expect=seen, preview=preview)
 
     _cmd_rollback = _cmd_promote
 
@@ -571,7 +580,7 @@ class Nbenv:
         plan: ops.Plan,
         *,
         key: str | None,
-        expect: dict[str, int] | None,
+        expect: ops.Seen | None,
         preview: dict[str, Any],
         replan: Callable[[Tx], ops.Plan] | None = None,
     ) -> Reply:
@@ -588,14 +597,8 @@ class Nbenv:
                 return Reply("already done (retried request)", {"retried": True})
             if replan is not None:
                 plan = replan(tx)
-            state = tx.image_state(plan.image)
-            if expect is not None and state.generations() != {
-                env: expect.get(env, 0) for env in state.generations()
-            }:
-                raise Conflict(
-                    f"the environments of {plan.image} changed since this was shown: "
-                    f"{render.pointers_text(state)}. Nothing was changed."
-                )
+            if expect is not None:
+                expect.refuse_if_moved(tx.image_state(plan.image), plan.action)
             tx.apply(plan, actor=actor, operation_id=operation_id)
             steps = []
             if plan.changes and self.backend is not None and self.backend.mirrors_pointers():
@@ -1029,7 +1032,12 @@ class Nbenv:
                 tx.enqueue_message(
                     f"instance-ready:{request.name}",
                     "response_url",
-                    {"url": response_url, "text": text, "response_type": "ephemeral"},
+                    {
+                        "url": response_url,
+                        "text": text,
+                        "response_type": "ephemeral",
+                        "user": request.requested_by,  # told directly if the URL expired
+                    },
                 )
         return info
 

@@ -28,6 +28,7 @@ from bot.slack.outbox import OutboxSender
 from bot.store.uow import Store
 
 CONSOLE_URL = "console:"
+MAX_LABEL = 75  # characters of a button's text in Slack
 
 HELP = """\
 /nbenv TEXT      run a command as in Slack (e.g. /nbenv status, /nbenv help)
@@ -190,16 +191,28 @@ class Shell:
         elif line == "/home":
             self.console.show("(App Home) ", self.interactions.home(self.user))
         elif line == "/buttons":
-            labels = " ".join(f"[{b.label}]" for b in self.console.buttons.values())
-            self.console.say(labels or "no buttons shown yet")
+            self.console.say(self._shown_labels() or "no buttons shown yet")
         elif line.startswith("/nbenv"):
             self._slash(line[len("/nbenv") :].strip())
         elif line.lower() in self.console.buttons:
             self._press(self.console.buttons[line.lower()])
-        else:
+        elif line.startswith("/"):
             self.console.say(f"not understood: {line!r} (type /help)")
+        else:  # every other line is the label of a button to press
+            self.console.say(self._not_shown(line))
         self.settle()
         return True
+
+    def _shown_labels(self) -> str:
+        return " ".join(f"[{b.label}]" for b in self.console.buttons.values())
+
+    def _not_shown(self, label: str) -> str:
+        if len(label) > MAX_LABEL:  # Slack's limit: anything longer is no button's label
+            label = label[: MAX_LABEL - 1] + "…"
+        shown = self._shown_labels()
+        if not shown:
+            return f"no {label!r} button is shown yet: no buttons so far (type /help)"
+        return f"no {label!r} button is shown yet; buttons shown: {shown}"
 
     def _switch(self, user: str) -> None:
         from bot.domain.errors import NbenvError

@@ -102,13 +102,30 @@ def test_the_shell_runs_a_whole_approval_and_promotion_from_stdin(
     assert "History of" in out and "@U01OWNER promote" in out
     assert "(App Home) nbenv — notebook images" in out
     assert "⚠️ unknown command 'frobnicate'" in out
-    assert "not understood: 'Frobnicate'" in out
+    assert "no 'Frobnicate' button is shown yet; buttons shown: [Approve] [Reject]" in out
+    assert "not understood" not in out
     assert "⚠️ 'not-a-user' is not a Slack user ID" in out
     assert "has nothing in production to roll back" not in out
     assert f"{IMAGE} has no fallback" in out
 
     status = _run(["--as", USER, "status", IMAGE, "--json"], env)
     assert json.loads(status.stdout)["environments"]["production"]["sha"] == commit
+
+
+def test_a_button_not_shown_yet_is_named_as_such(tmp_path: Path, config: Path) -> None:
+    env = _env(tmp_path, config)
+    before = _run(["--as", OWNER, "shell"], env, "Approve\n/frobnicate\n")
+    published = _run(["--as", OWNER, "publish", IMAGE, sha(IMAGE, "v1")], env)
+    assert published.returncode == 0, published.stderr
+
+    after = _run(["--as", OWNER, "shell"], env, "Promote\n")
+
+    assert (before.returncode, after.returncode) == (0, 0), before.stderr + after.stderr
+    assert "no 'Approve' button is shown yet: no buttons so far (type /help)" in before.stdout
+    assert "not understood: '/frobnicate' (type /help)" in before.stdout
+    # The version published shows its Approve and Reject buttons in the channel.
+    assert "no 'Promote' button is shown yet; buttons shown: [Approve] [Reject]" in after.stdout
+    assert "not understood" not in after.stdout
 
 
 def test_serve_refuses_to_start_without_its_secrets(tmp_path: Path, config: Path) -> None:

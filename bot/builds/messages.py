@@ -15,7 +15,6 @@ from typing import Any
 from bot.builds.events import FAILED, BuildEvent, Step
 from bot.domain.names import short
 from bot.domain.text import cut, cut_mrkdwn, escape
-from bot.runner.notebook_tests import cell_position
 
 EMOJI = {
     "PENDING": "⏸️",
@@ -204,6 +203,9 @@ def _failure_word(status: str) -> str:
 
 
 def _failure_line(failure: dict[str, Any]) -> str:
+    # The runner's own wording (imported here: the relay's cold start does not need it).
+    from bot.runner.notebook_tests import cell_position
+
     where = [f"`{escape(cut(str(failure['path']), MAX_PATH, '…'))}`"]
     position = cell_position(failure)  # `cell 4 (In [2]), line 3`, as the CLI says it
     if position:

@@ -1,7 +1,9 @@
 """The text of a build thread: the root (updated in place) and the replies.
 
 Pure: no I/O. Every piece that comes from a commit, a build config or a notebook is
-escaped, so a commit subject or an exception message cannot mention `@channel` or link.
+escaped, so a commit subject or an exception message cannot mention `@channel` or link,
+and cut to a sensible length with a visible marker, so that a message stays readable and
+within Slack's limits whatever a build says (the outbox cuts again to the hard limits).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from bot.builds.events import FAILED, BuildEvent, Step
 from bot.domain.names import short
-from bot.domain.text import escape
+from bot.domain.text import cut, cut_mrkdwn, escape
 
 EMOJI = {
     "PENDING": "⏸️",
@@ -25,6 +27,13 @@ EMOJI = {
     "CANCELLED": "🚫",
     "EXPIRED": "⌛",
 }
+# What one thread message quotes at most, in characters (Slack shows 4,000 in one message).
+MAX_MESSAGE = 3900
+MAX_SUBJECT = 150
+MAX_BRANCH = 100
+MAX_DETAIL = 500
+MAX_LINK = 1000  # a Cloud Build log link is ~150 characters: longer is not one to show
+MAX_PATH = 200
 STEP_MARK = {"SUCCESS": "✓", "WORKING": "…", None: "·", "QUEUED": "·", "PENDING": "·"}
 
 
@@ -39,10 +48,10 @@ def build_ref(event: BuildEvent) -> str:
 def root(event: BuildEvent, tests: dict[str, Any] | None, *, retry_of: str | None) -> str:
     head = f"{EMOJI[event.status]} *{event.image}* `{short(event.sha)}`"
     if event.subject:
-        head += f" {escape(event.subject)}"
+        head += f" {escape(cut(event.subject, MAX_SUBJECT, '…'))}"
     facts = [f"*{event.status}*"]
     if event.branch:
-        facts.append(f"branch `{escape(event.branch)}`")
+        facts.append(f"branch `{_branch(event)}`")
     facts.append(build_ref(event) + (" (retry)" if retry_of else ""))
     position = _position(event)
     if position:
@@ -51,19 +60,19 @@ def root(event: BuildEvent, tests: dict[str, Any] | None, *, retry_of: str | Non
     if took:
         facts.append(took)
     if event.log_url:
-        facts.append(f"<{event.log_url}|logs>")
+        facts.append(_log_link(event.log_url))
     lines = [head, " · ".join(facts)]
     if event.steps:
         lines.append(" · ".join(_step(step) for step in event.steps))
     if tests:
         lines.append(_tests_line(tests))
-    return "\n".join(lines)
+    return cut_mrkdwn("\n".join(lines), MAX_MESSAGE)
 
 
 def started(event: BuildEvent, retry_of: str | None) -> str:
     again = f" again (replaces build `{retry_of[:8]}`)" if retry_of else ""
-    branch = f" from `{escape(event.branch)}`" if event.branch else ""
-    return f"▶️ {build_ref(event)}{branch} started{again}" + _logs(event)
+    branch = f" from `{_branch(event)}`" if event.branch else ""
+    return cut_mrkdwn(f"▶️ {build_ref(event)}{branch} started{again}" + _logs(event), MAX_MESSAGE)
 
 
 def succeeded(event: BuildEvent, tests: dict[str, Any] | None, action: str | None) -> str:
@@ -77,7 +86,7 @@ def succeeded(event: BuildEvent, tests: dict[str, Any] | None, action: str | Non
         text += "\nPublishing it to staging…"
     elif action == "promote":
         text += "\nA production-branch build: promoting it under the approval policy…"
-    return text
+    return cut_mrkdwn(text, MAX_MESSAGE)
 
 
 def failed(event: BuildEvent, tests: dict[str, Any] | None, *, effect: str | None = None) -> str:
@@ -93,12 +102,12 @@ def failed(event: BuildEvent, tests: dict[str, Any] | None, *, effect: str | Non
     text += _logs(event)
     if tests and tests.get("failures"):
         # The notebooks say more than Cloud Build's "step exited with non-zero status".
-        return text + "\n" + test_failures(tests)
+        return cut_mrkdwn(text + "\n" + test_failures(tests), MAX_MESSAGE)
     if event.failure_detail:
-        text += f"\n> {escape(event.failure_detail)}"
+        text += f"\n> {escape(cut(event.failure_detail, MAX_DETAIL))}"
     if tests:
         text += f"\n{_tests_line(tests)}"
-    return text
+    return cut_mrkdwn(text, MAX_MESSAGE)
 
 
 def test_failures(summary: dict[str, Any], *, standalone: bool = False) -> str:
@@ -116,13 +125,14 @@ def test_failures(summary: dict[str, Any], *, standalone: bool = False) -> str:
             lines.append(f"```{body}```")
     if summary.get("more"):
         lines.append(f"…and {summary['more']} more")
-    return "\n".join(lines)
+    return cut_mrkdwn("\n".join(lines), MAX_MESSAGE)
 
 
 def refused(action: str, event_build: str, sha: str, reason: str) -> str:
     what = "published to staging" if action == "publish" else "promoted to production"
     # REASON comes from the service, which escapes what users wrote.
-    return f"🚫 `{short(sha)}` was not {what} (build `{event_build[:8]}`): {reason}"
+    text = f"🚫 `{short(sha)}` was not {what} (build `{event_build[:8]}`): {reason}"
+    return cut_mrkdwn(text, MAX_MESSAGE)
 
 
 def not_staging(sha: str, staging: str | None, production_branch: str) -> str:
@@ -193,11 +203,13 @@ def _failure_word(status: str) -> str:
 
 
 def _failure_line(failure: dict[str, Any]) -> str:
-    where = [f"`{escape(failure['path'])}`"]
-    if failure.get("cell") is not None:
-        where.append(f"cell {failure['cell']}")
-    if failure.get("line") is not None:
-        where.append(f"line {failure['line']}")
+    # The runner's own wording (imported here: the relay's cold start does not need it).
+    from bot.runner.notebook_tests import cell_position
+
+    where = [f"`{escape(cut(str(failure['path']), MAX_PATH, '…'))}`"]
+    position = cell_position(failure)  # `cell 4 (In [2]), line 3`, as the CLI says it
+    if position:
+        where.append(position)
     status = failure.get("status")
     if failure.get("ename"):
         error = failure["ename"]
@@ -212,4 +224,13 @@ def _failure_line(failure: dict[str, Any]) -> str:
 
 
 def _logs(event: BuildEvent) -> str:
-    return f" · <{event.log_url}|logs>" if event.log_url else ""
+    return f" · {_log_link(event.log_url)}" if event.log_url else ""
+
+
+def _log_link(url: str) -> str:
+    # A link cut short would lead nowhere: a huge one is named, not shown.
+    return f"<{url}|logs>" if len(url) <= MAX_LINK else "logs (link too long to show)"
+
+
+def _branch(event: BuildEvent) -> str:
+    return escape(cut(event.branch or "", MAX_BRANCH, "…")).replace("`", "'")

@@ -62,6 +62,7 @@ def _failure(item: Mapping[str, Any]) -> dict[str, Any]:
         "path": str(item.get("path")),
         "status": item.get("status"),
         "cell": _int(failure.get("cell")),
+        "execution_count": _int(failure.get("execution_count")),
         "line": _int(failure.get("line")),
         "ename": _short(failure.get("ename"), 120),
         "evalue": _short(failure.get("evalue"), 300),

@@ -48,3 +48,32 @@ def age(moment: str | None, now: datetime | None = None) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit} ago"
     return "just now"
+
+
+TRUNCATED = "… (truncated)"
+
+
+def cut(text: str, limit: int, marker: str = TRUNCATED) -> str:
+    """TEXT if it fits in LIMIT characters, else its start and MARKER, LIMIT in all."""
+    if len(text) <= limit:
+        return text
+    if limit <= len(marker):
+        return text[:limit]
+    return text[: limit - len(marker)] + marker
+
+
+def cut_start(text: str, limit: int, marker: str = TRUNCATED) -> str:
+    """TEXT if it fits, else MARKER and its end: for tracebacks, whose end says most."""
+    if len(text) <= limit:
+        return text
+    if limit <= len(marker):
+        return text[len(text) - limit :]
+    return marker + text[len(text) - (limit - len(marker)) :]
+
+
+def cut_mrkdwn(text: str, limit: int) -> str:
+    """TEXT cut like `cut`, with a code block the cut left open closed again."""
+    if len(text) <= limit:
+        return text
+    shortened = cut(text, limit - 3)
+    return shortened + "```" if shortened.count("```") % 2 else shortened

@@ -16,8 +16,9 @@ Report (``--report FILE``, see DESIGN.md §5)::
     {"python": "3.10.13",
      "packages": [{"name": "numpy", "version": "1.26.4"}, ...],
      "notebooks": [{"path": "tests/2.ipynb", "status": "failed", "duration_s": 1.92,
-                    "failure": {"cell": 3, "line": 2, "ename": "KeyError",
-                                "evalue": "'x'", "traceback": "..."}}]}
+                    "failure": {"cell": 3, "execution_count": 2, "line": 2,
+                                "ename": "KeyError", "evalue": "'x'",
+                                "traceback": "..."}}]}
 
 Conventions:
 
@@ -31,7 +32,10 @@ Conventions:
 * ``failure.cell`` is the 1-based position of the failing cell among all cells of the
   notebook, markdown included; ``failure.line`` the 1-based line within that cell, taken
   from IPython's traceback. Either is ``null`` when it does not exist (an unreadable
-  notebook has no cell; a dead kernel leaves no traceback).
+  notebook has no cell; a dead kernel leaves no traceback). ``failure.execution_count``
+  is the ``In [N]`` Jupyter shows beside that cell once the notebook is run from the top
+  (code cells in order, empty ones skipped), ``null`` when no cell ran. A failure reads
+  ``cell 3 (In [2]), line 2``: the position to count to, and the label to look for.
 * Executed notebooks, with their outputs up to the failing cell, are written to
   ``REPORT_DIR/executed/NAME.ipynb``; their metadata ``nbenv_runner`` holds the status
   and the seconds spent starting the kernel, executing and shutting down. Without
@@ -201,9 +205,11 @@ def _failure(
     ename: str,
     evalue: str,
     traceback: list[str] | str = "",
+    execution_count: int | None = None,
 ) -> dict[str, Any]:
     return {
         "cell": cell,
+        "execution_count": execution_count,
         "line": line,
         "ename": ename,
         "evalue": evalue,
@@ -218,8 +224,11 @@ def _error_output(cell: NotebookNode) -> dict[str, Any] | None:
     return None
 
 
-def _cell_failure(cell: NotebookNode, index: int, exc: BaseException | None) -> dict[str, Any]:
-    """Failure of the cell at 0-based ``index`` from its error output (or the exception)."""
+def _cell_failure(
+    cell: NotebookNode, index: int, exc: BaseException | None, count: int
+) -> dict[str, Any]:
+    """Failure of the cell at 0-based ``index``, run as ``In [count]``, from its error
+    output (or the exception)."""
     output = _error_output(cell)
     if output is not None:
         ename = output.get("ename", "")
@@ -234,7 +243,7 @@ def _cell_failure(cell: NotebookNode, index: int, exc: BaseException | None) -> 
     line = error_line(traceback, cell.get("execution_count"))
     if line is None and len(cell.source.splitlines()) == 1:
         line = 1
-    return _failure(index + 1, line, ename, evalue, traceback)
+    return _failure(index + 1, line, ename, evalue, traceback, count)
 
 
 # ---------------------------------------------------------------------------
@@ -297,9 +306,8 @@ async def _run_cell(
     """Run one cell; return None if it passed, else ``{"status", "failure"}``."""
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
-    task = asyncio.ensure_future(
-        client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
-    )
+    count = client.code_cells_executed + 1  # the In [N] this cell runs as
+    task = asyncio.ensure_future(client.async_execute_cell(cell, index, execution_count=count))
     done, _ = await asyncio.wait({task}, timeout=timeout)
     if not done:
         # nbclient's own timeout would re-interrupt forever a kernel that ignores SIGINT,
@@ -323,13 +331,14 @@ async def _run_cell(
                 "TimeoutError",
                 f"Cell execution timed out after {timeout:g} s",
                 traceback,
+                count,
             ),
         }
     exc = task.exception()
     if exc is None:
         return None
     if isinstance(exc, CellExecutionError):
-        return {"status": "failed", "failure": _cell_failure(cell, index, exc)}
+        return {"status": "failed", "failure": _cell_failure(cell, index, exc, count)}
     if isinstance(exc, DeadKernelError):
         return {
             "status": "failed",
@@ -338,11 +347,12 @@ async def _run_cell(
                 None,
                 "DeadKernelError",
                 "The kernel died while running this cell (crash, os._exit or out of memory)",
+                execution_count=count,
             ),
         }
     return {
         "status": "error",
-        "failure": _failure(index + 1, None, type(exc).__name__, str(exc), _format_exc(exc)),
+        "failure": _failure(index + 1, None, type(exc).__name__, str(exc), _format_exc(exc), count),
     }
 
 
@@ -684,16 +694,34 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # Command line
 
 
+def cell_position(failure: dict[str, Any]) -> str:
+    """``cell 3 (In [2]), line 2`` as far as FAILURE knows it; "" when it names no cell.
+
+    Both numbers, because a person finds a cell either way: counting cells (markdown
+    included), or by the ``In [N]`` label Jupyter shows once the notebook has run. The
+    build thread, the CLI and the demo all say it this way (bot.builds.report too).
+    """
+    cell, count, line = (failure.get(key) for key in ("cell", "execution_count", "line"))
+    if not _is_count(cell):
+        return ""
+    where = f"cell {cell}" + (f" (In [{count}])" if _is_count(count) else "")
+    return where + (f", line {line}" if _is_count(line) else "")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def format_failure(entry: dict[str, Any]) -> str | None:
-    """``tests/2.ipynb cell 3 line 2: KeyError: 'x'``, or None for a passed notebook."""
+    """``tests/2.ipynb cell 3 (In [2]), line 2: KeyError: 'x'``, or None for a passed
+    notebook."""
     failure = entry.get("failure")
     if entry.get("status") == "passed" or not failure:
         return None
     where = entry["path"]
-    if failure.get("cell") is not None:
-        where += f" cell {failure['cell']}"
-        if failure.get("line") is not None:
-            where += f" line {failure['line']}"
+    position = cell_position(failure)
+    if position:
+        where += f" {position}"
     evalue = str(failure.get("evalue") or "").strip()
     evalue = evalue.splitlines()[0] if evalue else ""
     if len(evalue) > 200:

@@ -56,6 +56,8 @@ def post_answer(url: str, message: dict[str, Any], *, replace: bool = False) -> 
     )
     from slack_sdk.webhook import WebhookClient
 
+    from bot.slack.blocks import fit_message
+
     client = WebhookClient(
         url,
         retry_handlers=[
@@ -65,7 +67,7 @@ def post_answer(url: str, message: dict[str, Any], *, replace: bool = False) -> 
         ],
     )
     response = client.send_dict(
-        {**message, "response_type": "ephemeral", "replace_original": replace}
+        fit_message({**message, "response_type": "ephemeral", "replace_original": replace})
     )
     if response.status_code != 200:
         log.warning("response_url answered %s: %s", response.status_code, response.body)

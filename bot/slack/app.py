@@ -23,6 +23,7 @@ from slack_sdk import WebClient
 from bot.domain.names import Person, user_id_problem
 from bot.slack import views
 from bot.slack.answers import post_answer
+from bot.slack.blocks import fit_message
 from bot.slack.client import web_client
 from bot.slack.interactions import Interactions, Later, Outcome
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SLASH = re.compile(r"^/nbenv[-_a-z0-9]*$")  # /nbenv, or /nbenv-dev for a second install
 PRESSES = re.compile(r"^nbenv_(approve|promote|rollback|confirm|cancel)$")
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
 AFTER_ACK_THREADS = 4
 
 # Where an answer given after the ack goes: (response_url, what to answer, replace?).
@@ -117,7 +119,7 @@ def build_app(
         if outcome.answer is None:
             ack()
         else:
-            ack(response_type="ephemeral", **outcome.answer)
+            ack(response_type="ephemeral", **fit_message(outcome.answer))
         follow_up(outcome, response_url)
 
     @app.action(PRESSES)
@@ -171,6 +173,20 @@ def build_app(
             return
         user = Person(event["user"])
         after(lambda: client.views_publish(user_id=user, view=interactions.home(user)))
+
+    @app.event("member_joined_channel")
+    def joined(ack: Ack, event: dict[str, Any]) -> None:
+        ack()
+        channel = event.get("channel")
+        if not isinstance(channel, str) or not CHANNEL_ID.fullmatch(channel):
+            log.warning("member_joined_channel without a channel ID: ignored")
+            return
+
+        def revive() -> None:
+            if interactions.bot_joined(channel):
+                wake()
+
+        after(revive)
 
     return app
 

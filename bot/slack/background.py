@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from bot.bootstrap import Runtime
-from bot.slack.outbox import OutboxSender
+from bot.slack.outbox import REVIVE_EVERY, OutboxSender
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class Background:
         self._jobs_due = threading.Event()
         self._outbox_due = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Messages refused because the bot was not in their channel are tried again now
+        # and then, in case Slack's member_joined_channel event never reached us.
+        self._next_revive = time.monotonic()
 
     def start(self) -> Background:
         loops: list[tuple[str, Callable[[], bool], threading.Event]] = []
@@ -79,6 +83,9 @@ class Background:
 
     def _deliver(self) -> bool:
         assert self.sender is not None
+        if time.monotonic() >= self._next_revive:
+            self._next_revive = time.monotonic() + REVIVE_EVERY.total_seconds()
+            self.sender.revive_missing_channel()
         return self.sender.deliver_due() > 0
 
     def _job(self) -> bool:

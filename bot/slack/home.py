@@ -1,7 +1,8 @@
 """The App Home tab: a dashboard of every image the person may see.
 
 Per image: its three environments (short SHA, age, who moved it last), what waits for
-approval in staging, and a freeze if there is one. Built from `Nbenv.image_status`.
+approval in staging, a freeze if there is one, and a warning when the bot is missing from
+the image's channel (messages wait for it there). Built from `Nbenv.image_status`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,21 @@ from typing import Any
 
 from bot.domain.names import Env
 from bot.domain.text import age, escape, mention
+from bot.slack.blocks import MAX_HOME_BLOCKS, fit_blocks
 
-MAX_HOME_BLOCKS = 100  # Slack's limit for a Home tab view
 BLOCKS_PER_IMAGE = 4
 
 
-def home_view(user: str, statuses: list[dict[str, Any]], now: datetime | None = None) -> dict:  # type: ignore[type-arg]
+def home_view(
+    user: str,
+    statuses: list[dict[str, Any]],
+    now: datetime | None = None,
+    *,
+    missing: dict[str, int] | None = None,
+) -> dict:  # type: ignore[type-arg]
+    """MISSING: channels the bot is not in, by how many messages Slack refused there."""
     now = now or datetime.now(UTC)
+    missing = missing or {}
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": "nbenv — notebook images"}},
         {
@@ -37,6 +46,9 @@ def home_view(user: str, statuses: list[dict[str, Any]], now: datetime | None = 
                 "image owner to add your Slack ID to the nbenv config."
             )
         )
+    warning = _missing_warning(statuses, missing)
+    if warning:
+        blocks.append(_text(warning))
     active = [s for s in statuses if s["frozen"] or any(s["environments"].values())]
     idle = [s["image"] for s in statuses if s not in active]
     room = (MAX_HOME_BLOCKS - len(blocks) - 2) // BLOCKS_PER_IMAGE
@@ -54,7 +66,23 @@ def home_view(user: str, statuses: list[dict[str, Any]], now: datetime | None = 
                 ],
             },
         ]
-    return {"type": "home", "blocks": blocks}
+    return {"type": "home", "blocks": fit_blocks(blocks, MAX_HOME_BLOCKS)}
+
+
+def _missing_warning(statuses: list[dict[str, Any]], missing: dict[str, int]) -> str | None:
+    """What the people of an image must do when the bot is not in its channel."""
+    channels = sorted({s["channel"] for s in statuses if missing.get(s["channel"])})
+    if not channels:
+        return None
+    where = ", ".join(
+        f"{_channel(c)} ({missing[c]} message{'s' if missing[c] != 1 else ''})"
+        for c in channels[:20]
+    )
+    return (
+        f"⚠️ *nbenv is not in {where}*: build threads and Approve/Reject buttons could not "
+        "be posted there. Invite it (`/invite @nbenv` in the channel): what waits is sent "
+        "as soon as it joins."
+    )
 
 
 def _text(text: str) -> dict[str, Any]:

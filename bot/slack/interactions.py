@@ -303,11 +303,19 @@ class Interactions:
 
     def home(self, user: Person) -> dict[str, Any]:
         from bot.slack.home import home_view
+        from bot.slack.outbox import missing_channels
 
         images = self.app.visible_images(user)
         with self.store.read() as tx:
             statuses = [self.app.image_status(tx, image) for image in images]
-        return home_view(user, statuses)
+        return home_view(user, statuses, missing=missing_channels(self.store))
+
+    def bot_joined(self, channel: str) -> int:
+        """Someone (the bot, when it is invited) joined CHANNEL: Slack sends this event only
+        for channels the bot is in, so what it refused there for that reason goes out now."""
+        from bot.slack.outbox import revive_missing_channel
+
+        return revive_missing_channel(self.store, channel)
 
     # -- jobs -------------------------------------------------------------------------------
 

@@ -6,6 +6,13 @@ that caused it. The sender claims due rows with a lease, calls the Web API and r
 the outcome. Messages of one thread go out in order: a reply waits for its root's `ts`.
 A row whose lease expired while it was being sent (the process died mid-call) is looked
 up in Slack by its metadata key before it is sent again, so a crash cannot double-post.
+
+A message Slack refuses for good is parked as `dead` and never holds its thread up: the
+messages behind it go out, and a root update whose root never made it is posted as the
+thread's new root. Messages refused because the bot is not in the channel
+(`not_in_channel`) are sent again once it is: on Slack's `member_joined_channel` event
+and, should that event be missed, every REVIVE_EVERY (see `revive_missing_channel`).
+Every payload is cut to Slack's limits on the way out (`bot.slack.blocks.fit_message`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient
 from sqlalchemy import bindparam, select, tuple_, update
 
-from bot.slack.blocks import message_blocks
+from bot.slack.blocks import fit_message, message_blocks
 from bot.store import tables as t
 from bot.store.uow import Store, Tx, iso
 
@@ -62,6 +69,10 @@ PERMANENT_ERRORS = {
     "not_authed",
     "invalid_arguments",
 }
+# Refusals that end once the bot is invited to the channel: sent again when it joins.
+MISSING_FROM_CHANNEL = ("not_in_channel", "channel_not_found")
+REVIVE_WITHIN = timedelta(days=7)  # older messages are history: not posted after the fact
+REVIVE_EVERY = timedelta(minutes=10)
 
 
 class _Retry(Exception):
@@ -70,10 +81,6 @@ class _Retry(Exception):
         self.delay_s = delay_s
         self.reason = reason
         self.counts = counts
-
-
-class _Wait(Exception):
-    """Not sendable yet (its thread root is not delivered): try again shortly."""
 
 
 class OutboxSender:
@@ -121,10 +128,12 @@ class OutboxSender:
                     outcome = self._send(row, payload, threads, now)
                     outcomes.append((row, outcome.values))
                     if outcome.response is None:
-                        stopped = True
+                        # A message refused for good does not hold up the rest of its
+                        # thread; one that will be retried keeps its place in the order.
+                        stopped = outcome.values["status"] != "dead"
                         continue
                     delivered += 1
-                    if _opens_thread(row, outcome.payload):
+                    if _opens_thread(row, outcome.method, outcome.payload):
                         roots.append((row, outcome.payload, outcome.response))
                         threads[(row.thread_image, row.thread_sha)] = _Root(
                             outcome.response.get("channel") or outcome.payload["channel"],
@@ -137,6 +146,10 @@ class OutboxSender:
             # Even when the pass is cut short, what reached Slack is on record.
             self._record(outcomes, roots)
         return delivered
+
+    def revive_missing_channel(self, channel: str | None = None) -> int:
+        """See `revive_missing_channel`; also what REVIVE_EVERY does, CHANNEL None."""
+        return revive_missing_channel(self.store, channel)
 
     def pending(self) -> int:
         with self.store.read() as tx:
@@ -213,16 +226,14 @@ class OutboxSender:
         """Send one claimed row; what to record of it."""
         crashed_mid_send = row.status == "sending"
         payload = stored
+        method = row.method
         try:
-            payload = self._prepare(row, stored, threads)
+            method, payload = self._prepare(row, stored, threads)
             response: dict[str, Any] | None = None
-            if crashed_mid_send and row.method == "chat.postMessage":
+            if crashed_mid_send and method == "chat.postMessage":
                 response = self._find_posted(row, payload)
             if response is None:
-                response = self._call(row.method, payload)
-        except _Wait:
-            wait = {"status": "pending", "next_attempt_at": iso(now + timedelta(seconds=1))}
-            return _Outcome(wait, payload)
+                response = self._call(method, payload)
         except _Retry as retry:
             attempts = row.attempts + (1 if retry.counts else 0)
             log.warning(
@@ -235,12 +246,20 @@ class OutboxSender:
                 "last_error": retry.reason,
                 "next_attempt_at": iso(later),
             }
-            return _Outcome(retry_values, payload)
+            return _Outcome(retry_values, payload, method)
         except SlackApiError as error:
             reason = str(error.response.get("error") or error)
-            log.error("outbox %s %s failed for good: %s", row.id, row.method, reason)
+            log.error("outbox %s %s failed for good: %s", row.id, method, reason)
+            if reason in MISSING_FROM_CHANNEL:
+                log.error(
+                    "outbox: the bot is not in channel %s (%s): invite it there "
+                    "(/invite @nbenv), or correct the channel ID in the config; its messages "
+                    "are sent once it joins",
+                    payload.get("channel"),
+                    reason,
+                )
             dead = {"status": "dead", "attempts": row.attempts + 1, "last_error": reason}
-            return _Outcome(dead, payload)
+            return _Outcome(dead, payload, method)
         sent = {
             "status": "sent",
             "attempts": row.attempts + 1,
@@ -248,7 +267,7 @@ class OutboxSender:
             "last_error": None,
             "response": {k: response.get(k) for k in ("channel", "ts") if k in response},
         }
-        return _Outcome(sent, payload, response)
+        return _Outcome(sent, payload, method, response)
 
     def _record(
         self,
@@ -270,29 +289,36 @@ class OutboxSender:
 
     def _prepare(
         self, row: Any, payload: dict[str, Any], threads: dict[tuple[str, str], _Root]
-    ) -> dict[str, Any]:
+    ) -> tuple[str, dict[str, Any]]:
+        """The Web API method and payload that send ROW now, cut to Slack's limits."""
         buttons = payload.pop("buttons", None)
         if buttons and "blocks" not in payload:
             payload["blocks"] = message_blocks(payload.get("text", ""), buttons)
-        if row.method == "response_url":
-            return payload
-        if row.method == "chat.postMessage":
+        method = row.method
+        thread = threads.get((row.thread_image, row.thread_sha)) if row.thread_image else None
+        if method == "chat.update":
+            if thread is None:
+                raise SlackApiError(
+                    "no thread to update", {"ok": False, "error": "thread_not_found"}
+                )
+            if thread.ts is None:
+                # Nothing ahead of it in its thread is still to be sent, so the root failed
+                # for good: this update, the thread's newest state, opens it instead.
+                log.info("outbox %s: the thread's root was never posted: posting it now", row.id)
+                method = "chat.postMessage"
+                payload = {**payload, "channel": thread.channel, "unfurl_links": False}
+            else:
+                payload["channel"] = thread.channel
+                payload["ts"] = thread.ts
+        elif method == "chat.postMessage" and thread is not None and thread.ts is not None:
+            payload["thread_ts"] = thread.ts
+            payload["channel"] = thread.channel
+        if method == "chat.postMessage":
             payload["metadata"] = {
                 "event_type": METADATA_EVENT,
                 "event_payload": {"key": row.dedupe_key},
             }
-        if row.thread_image is None:
-            return payload
-        thread = threads.get((row.thread_image, row.thread_sha))
-        if row.method == "chat.update":
-            if thread is None or thread.ts is None:
-                raise _Wait()
-            payload["channel"] = thread.channel
-            payload["ts"] = thread.ts
-        elif row.method == "chat.postMessage" and thread is not None and thread.ts is not None:
-            payload["thread_ts"] = thread.ts
-            payload["channel"] = thread.channel
-        return payload
+        return method, fit_message(payload)
 
     def _call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -358,6 +384,114 @@ class OutboxSender:
         return None
 
 
+def revive_missing_channel(store: Store, channel: str | None = None) -> int:
+    """Queue again the messages Slack refused because the bot was not in CHANNEL (in any
+    channel when None), now that it may be; how many were queued again.
+
+    In a thread that got a root meanwhile (an update opened it), root texts older than the
+    newest one are retired instead: the root already shows what they said, and posting
+    them would only repeat a stale status. Replies, announcements and their buttons go
+    out, in their thread. Messages older than REVIVE_WITHIN are left as they are.
+    """
+    since = iso(store.clock() - REVIVE_WITHIN)
+    with store.write(audited=False) as tx:
+        rows = list(
+            tx.connection.execute(
+                select(*(t.outbox.c[name] for name in _REVIVE_COLUMNS)).where(
+                    t.outbox.c.status == "dead",
+                    t.outbox.c.last_error.in_(MISSING_FROM_CHANNEL),
+                    t.outbox.c.created_at >= since,
+                )
+            )
+        )
+        keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
+        threads = _threads(tx, keys)
+        newest_root_text = _newest_root_texts(tx, keys)
+        revive: list[int] = []
+        retire: list[int] = []
+        for row in rows:
+            thread = threads.get((row.thread_image, row.thread_sha))
+            where = (row.payload or {}).get("channel") or (thread.channel if thread else None)
+            if channel is not None and where != channel:
+                continue
+            stale = (
+                thread is not None
+                and thread.ts is not None
+                and _is_root_text(row.method, row.dedupe_key)
+                and newest_root_text.get((row.thread_image, row.thread_sha)) != row.id
+            )
+            (retire if stale else revive).append(row.id)
+        if retire:
+            tx.connection.execute(
+                update(t.outbox).where(t.outbox.c.id.in_(retire)).values(status="superseded")
+            )
+        if revive:
+            tx.connection.execute(
+                update(t.outbox)
+                .where(t.outbox.c.id.in_(revive), t.outbox.c.status == "dead")
+                .values(status="pending", attempts=0, last_error=None, next_attempt_at=tx.now)
+            )
+    if revive:
+        log.info("outbox: %d messages refused for a missing channel queued again", len(revive))
+    return len(revive)
+
+
+def missing_channels(store: Store) -> dict[str, int]:
+    """Channels the bot is not in, by how many messages wait for it there (REVIVE_WITHIN)."""
+    since = iso(store.clock() - REVIVE_WITHIN)
+    with store.read() as tx:
+        rows = list(
+            tx.connection.execute(
+                select(t.outbox.c.payload, t.slack_threads.c.channel)
+                .select_from(
+                    t.outbox.outerjoin(
+                        t.slack_threads,
+                        (t.slack_threads.c.image == t.outbox.c.thread_image)
+                        & (t.slack_threads.c.sha == t.outbox.c.thread_sha),
+                    )
+                )
+                .where(
+                    t.outbox.c.status == "dead",
+                    t.outbox.c.last_error.in_(MISSING_FROM_CHANNEL),
+                    t.outbox.c.created_at >= since,
+                )
+            )
+        )
+    counts: dict[str, int] = {}
+    for payload, thread_channel in rows:
+        channel = (payload or {}).get("channel") or thread_channel
+        if isinstance(channel, str):
+            counts[channel] = counts.get(channel, 0) + 1
+    return counts
+
+
+_REVIVE_COLUMNS = ("id", "dedupe_key", "method", "payload", "thread_image", "thread_sha")
+
+
+def _is_root_text(method: str, dedupe_key: str) -> bool:
+    """A thread root's text: the relay's root message (key `build:IMAGE:SHA:root`, see
+    bot.builds.relay) or one of its updates."""
+    return method == "chat.update" or (
+        dedupe_key.startswith("build:") and dedupe_key.endswith(":root")
+    )
+
+
+def _newest_root_texts(tx: Tx, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    if not keys:
+        return {}
+    rows = tx.connection.execute(
+        select(t.outbox.c.id, t.outbox.c.method, t.outbox.c.dedupe_key)
+        .add_columns(t.outbox.c.thread_image, t.outbox.c.thread_sha)
+        .where(tuple_(t.outbox.c.thread_image, t.outbox.c.thread_sha).in_(sorted(keys)))
+        .order_by(t.outbox.c.id)
+    )
+    newest: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if _is_root_text(row.method, row.dedupe_key):
+            newest[(row.thread_image, row.thread_sha)] = row.id
+    return newest
+
+
 def _plan(rows: list[Any], due: str, limit: int) -> tuple[list[list[Any]], list[int]]:
     """What a pass sends, by thread in order (at most LIMIT rows), and the root updates
     that a newer one queued for the same thread makes pointless."""
@@ -410,6 +544,7 @@ class _Outcome:
 
     values: dict[str, Any]
     payload: dict[str, Any]
+    method: str
     response: dict[str, Any] | None = None
 
 
@@ -421,11 +556,9 @@ class _Root:
     ts: str | None
 
 
-def _opens_thread(row: Any, payload: dict[str, Any]) -> bool:
+def _opens_thread(row: Any, method: str, payload: dict[str, Any]) -> bool:
     """The first message delivered for (image, sha) is its thread's root."""
-    return bool(
-        row.method == "chat.postMessage" and row.thread_image and not payload.get("thread_ts")
-    )
+    return bool(method == "chat.postMessage" and row.thread_image and not payload.get("thread_ts"))
 
 
 @functools.cache

@@ -34,9 +34,8 @@ from bot.store.uow import Store
 from tests.backends_local.conftest import CHANNEL, local_config_text
 from tests.conftest import IMAGE, OWNER, USER
 from tests.support.gitrepo import (
-    BROKEN_CELL,
-    BROKEN_LINE,
     BROKEN_NOTEBOOK,
+    BROKEN_WHERE,
     NOTEBOOK_TEXT_OK,
     ImageRepo,
     notebook,
@@ -215,7 +214,7 @@ def test_a_failing_commit_leaves_staging_untouched_and_names_notebook_cell_and_l
     assert [e["status"] for e in stack.events] == ["QUEUED", "WORKING", "WORKING", "FAILURE"]
     for event in stack.events:
         assert_cloud_build_shaped(event)
-    where = f"notebooks/{IMAGE}/{BROKEN_NOTEBOOK} cell {BROKEN_CELL} line {BROKEN_LINE}"
+    where = f"notebooks/{IMAGE}/{BROKEN_NOTEBOOK} {BROKEN_WHERE}"
     assert final["failureInfo"] == {
         "type": "USER_BUILD_STEP",
         "detail": f"{where}: AssertionError: expected four words, got 3",
@@ -233,8 +232,7 @@ def test_a_failing_commit_leaves_staging_untouched_and_names_notebook_cell_and_l
     failure = next(text for text in texts[1:] if "failed" in text)
     line = next(line for line in failure.splitlines() if BROKEN_NOTEBOOK in line)
     assert f"notebooks/{IMAGE}/{BROKEN_NOTEBOOK}" in line
-    assert f"cell {BROKEN_CELL}" in line
-    assert f"line {BROKEN_LINE}" in line
+    assert BROKEN_WHERE in line  # as the CLI prints it
     assert "AssertionError: expected four words, got 3" in line
     assert not any("now in staging" in text for text in texts)
 

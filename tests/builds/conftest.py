@@ -167,7 +167,8 @@ def attributes_of(build: dict[str, Any]) -> dict[str, str]:
 
 def report(*failures: tuple[str, int, int, str, str], passed: int = 2) -> dict[str, Any]:
     """A test report (DESIGN.md §5): PASSED passing notebooks and the FAILURES given as
-    (notebook, cell, line, ename, evalue)."""
+    (notebook, cell, line, ename, evalue); each notebook starts with a markdown cell, so
+    the failing cell is `In [cell - 1]` in Jupyter."""
     notebooks: list[dict[str, Any]] = [
         {
             "path": f"notebooks/{IMAGE}/tests/{i:02d}_ok.ipynb",
@@ -185,13 +186,14 @@ def report(*failures: tuple[str, int, int, str, str], passed: int = 2) -> dict[s
                 "duration_s": 2.25,
                 "failure": {
                     "cell": cell,
+                    "execution_count": cell - 1,
                     "line": line,
                     "ename": ename,
                     "evalue": evalue,
                     "traceback": (
                         "\x1b[0;31m---------------------------------------------------------\x1b[0m\n"
                         f"\x1b[0;31m{ename}\x1b[0m  Traceback (most recent call last)\n"
-                        f"Cell \x1b[0;32mIn[{cell}], line {line}\x1b[0m\n"
+                        f"Cell \x1b[0;32mIn[{cell - 1}], line {line}\x1b[0m\n"
                         f"----> {line} tokens['missing']\n"
                         f"\x1b[0;31m{ename}\x1b[0m: {evalue}"
                     ),

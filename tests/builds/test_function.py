@@ -126,7 +126,8 @@ def test_each_delivery_mode_builds_one_thread(
     assert "*FAILURE*" in root.text and "tests: 2/3 notebooks passed" in root.text
     failure = replies(slack, root)[-1].text
     assert "failed at step `tests`" in failure
-    assert "`notebooks/nlp.keras-batch/tests/03_text_pipeline.ipynb`, cell 4, line 2" in failure
+    notebook = "`notebooks/nlp.keras-batch/tests/03_text_pipeline.ipynb`"
+    assert f"{notebook}, cell 4 (In [3]), line 2" in failure
     assert "`KeyError: 'missing'`" in failure
     with state.runtime.store.read() as tx:
         version = tx.get_version(IMAGE, sha)

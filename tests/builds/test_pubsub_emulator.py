@@ -91,7 +91,7 @@ def test_cloud_builds_and_reports_topics_reach_one_thread(
                 if not found or "*FAILURE*" not in found[0].text:
                     return None
                 thread = " ".join(m.text for m in replies(slack, found[0]))
-                return found if "cell 4, line 2" in thread else None
+                return found if "cell 4 (In [3]), line 2" in thread else None
 
             (root,) = wait_until(finished, timeout=60)
 

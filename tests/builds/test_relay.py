@@ -183,7 +183,8 @@ def test_test_failure_details_reach_the_thread(
     )
     assert "🧪 1 of 3 test notebooks failed:" in failure
     assert (
-        f"• `notebooks/{IMAGE}/tests/03_text_pipeline.ipynb`, cell 4, line 2: `KeyError: 'missing'`"
+        f"• `notebooks/{IMAGE}/tests/03_text_pipeline.ipynb`, cell 4 (In [3]), line 2: "
+        "`KeyError: 'missing'`"
     ) in failure
     assert "```" in failure and "----&gt; 2 tokens['missing']" in failure
     assert "\x1b" not in failure
@@ -206,7 +207,7 @@ def test_report_after_the_failure_adds_the_details(relay: Any, slack: FakeSlackA
 
     details = replies(slack, root)[-1].text
     assert details.startswith(f"🧪 build `{build_id[:8]}`: 1 of 3 test notebooks failed:")
-    assert "cell 3, line 1: `ImportError: no keras`" in details
+    assert "cell 3 (In [2]), line 1: `ImportError: no keras`" in details
     assert len([m for m in replies(slack, root) if m.text.startswith("🧪")]) == 1
     assert "tests: 2/3 notebooks passed" in roots(slack, sha)[0].text
 
@@ -415,7 +416,7 @@ def test_pubsub_envelope_carries_builds_and_reports(
     assert relay.handle_pubsub(event_data(events[-1], attributes_of(events[-1]))) == "applied"
 
     (root,) = roots(slack, sha)
-    assert "cell 2, line 5: `ValueError: bad shape`" in replies(slack, root)[-1].text
+    assert "cell 2 (In [1]), line 5: `ValueError: bad shape`" in replies(slack, root)[-1].text
     with runtime.store.read() as tx:
         version = tx.get_version(IMAGE, sha)
     assert version is not None and not version.tests_passed
@@ -515,3 +516,110 @@ def test_a_publication_cut_short_is_finished_by_the_redelivery(
     # Redelivered again: nothing more happens.
     assert relay.handle_build(events[-1], attributes_of(events[-1])) == "duplicate"
     assert len(replies(slack, root)) == 3
+
+
+def test_a_thread_whose_root_could_not_be_posted_goes_on_once_the_bot_is_invited(
+    relay: Any, slack: FakeSlackApi, runtime: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bot is not yet in the image's channel when the build starts: its root and first
+    reply fail for good. Once it is invited, the rest of the thread must not wait behind
+    them: the current status opens a new root, and the testers get their buttons."""
+    sha = sha_of("not in channel")
+    build_id = new_build_id()
+    events = build_events(build_id, sha, subject="Pin keras")
+    slack.keep_bot_out_of(CHANNEL)
+    feed(relay, events[:-1])  # the root, "started" and the root's updates are refused
+    refusals = {c.response["error"] for c in slack.calls("chat.postMessage")}
+    assert refusals == {"not_in_channel"} and slack.messages(CHANNEL) == {}
+    # The operator learns why, and what to do.
+    hints = [r.getMessage() for r in caplog.records if "/invite @nbenv" in r.getMessage()]
+    assert hints and CHANNEL in hints[0]
+
+    slack.invite_bot(CHANNEL)  # before the build succeeds
+    feed(relay, events[-1:])
+
+    (root,) = roots(slack, sha)
+    assert "*SUCCESS*" in root.text
+    thread = replies(slack, root)
+    assert thread[0].text.startswith(f"✅ build `{build_id[:8]}` succeeded")
+    announcement = thread[-1]
+    assert f"`{sha[:7]}` is now in staging for {IMAGE}" in announcement.text
+    buttons = [e for b in announcement.blocks or [] for e in b.get("elements", [])]
+    assert [b["action_id"] for b in buttons] == ["nbenv_approve", "nbenv_reject"]
+    assert relay.sender.pending() == 0
+
+
+def test_every_message_fits_in_slack_whatever_the_build_says(
+    relay: Any, slack: FakeSlackApi, runtime: Any
+) -> None:
+    """A 1 MB logUrl, a 100 KB commit subject and failure detail, a huge traceback: each
+    message is cut to Slack's limits with a visible marker, none is refused."""
+    sha = sha_of("huge texts")
+    build_id = new_build_id()
+    events = build_events(build_id, sha, outcome="FAILURE", fail_at="tests", subject="s" * 100_000)
+    for event in events:
+        event["logUrl"] = "https://console.cloud.google.com/logs?" + "x" * 1_000_000
+        if "failureInfo" in event:
+            event["failureInfo"]["detail"] = "d" * 100_000
+    feed(relay, events[:-1])
+    failed = report(("03_text_pipeline.ipynb", 4, 2, "KeyError", "'" + "k" * 100_000 + "'"))
+    failed["notebooks"][-1]["failure"]["traceback"] = "frame\n" * 200_000
+    relay.handle_report(IMAGE, sha, failed, build_id)
+    feed(relay, events[-1:])
+
+    assert relay.sender.pending() == 0
+    refused = [c for c in slack.calls() if c.response and not c.response.get("ok")]
+    assert refused == [] and slack.failed_calls() == []
+    (root,) = roots(slack, sha)
+    assert "*FAILURE*" in root.text and "…" in root.text
+    texts = [root.text, *(m.text for m in replies(slack, root))]
+    assert all(len(text) <= 4000 for text in texts)
+    assert "KeyError" in texts[-1] and "…" in texts[-1]
+
+
+def test_what_was_refused_for_a_missing_channel_is_sent_again_in_order(
+    relay: Any, slack: FakeSlackApi, runtime: Any
+) -> None:
+    """The bot is invited only after the build: the whole thread, buttons included, goes
+    out when it joins, once, in order, with the root showing the final status."""
+    sha = sha_of("invited late")
+    build_id = new_build_id()
+    slack.keep_bot_out_of(CHANNEL)
+    feed(relay, build_events(build_id, sha))
+    assert slack.messages(CHANNEL) == {} and relay.sender.pending() == 0
+
+    slack.invite_bot(CHANNEL)
+    assert relay.sender.revive_missing_channel("C0OTHER") == 0
+    assert relay.sender.revive_missing_channel(CHANNEL) > 0
+    relay.sender.drain(timeout_s=10)
+
+    (root,) = roots(slack, sha)
+    assert "*SUCCESS*" in root.text
+    texts = [m.text for m in replies(slack, root)]
+    assert len(texts) == 3
+    assert texts[0].startswith("▶️") and texts[1].startswith("✅")
+    assert f"`{sha[:7]}` is now in staging for {IMAGE}" in texts[2]
+    assert relay.sender.revive_missing_channel() == 0  # nothing is left to send
+
+
+def test_a_late_retry_does_not_repeat_a_root_already_replaced(
+    relay: Any, slack: FakeSlackApi, runtime: Any
+) -> None:
+    """The root was refused, an update opened the thread later: sending the refused
+    messages again adds the missing reply, not a stale copy of the root."""
+    sha = sha_of("replaced root")
+    build_id = new_build_id()
+    events = build_events(build_id, sha)
+    slack.keep_bot_out_of(CHANNEL)
+    feed(relay, events[:2])
+    slack.invite_bot(CHANNEL)
+    feed(relay, events[2:])
+
+    relay.sender.revive_missing_channel()
+    relay.sender.drain(timeout_s=10)
+
+    (root,) = roots(slack, sha)
+    thread = replies(slack, root)
+    assert [m.text for m in thread if m.text.startswith("▶️")]  # "started" is not lost
+    assert not [m for m in thread if f"*{IMAGE}* `{sha[:7]}`" in m.text]
+    assert "*SUCCESS*" in root.text

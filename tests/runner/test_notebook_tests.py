@@ -120,7 +120,15 @@ def test_report_has_exactly_the_contract_schema(mixed: Run) -> None:
         if entry["status"] == "passed":
             assert entry["failure"] is None
         else:
-            assert set(entry["failure"]) == {"cell", "line", "ename", "evalue", "traceback"}
+            # The contract's keys, plus the In [N] a person finds the cell by in Jupyter.
+            assert set(entry["failure"]) == {
+                "cell",
+                "execution_count",
+                "line",
+                "ename",
+                "evalue",
+                "traceback",
+            }
 
 
 def test_manifest_lists_installed_packages_normalised_and_sorted(mixed: Run) -> None:
@@ -163,6 +171,8 @@ def test_failure_names_cell_counting_markdown_and_line_in_cell(mixed: Run) -> No
         "KeyError",
         "'x'",
     )
+    # Jupyter labels it In [2]: the markdown cell before it has no execution count.
+    assert failure["execution_count"] == 2
     assert "\x1b" not in failure["traceback"], "ANSI colours are stripped"
     assert "----> 2 d['x']" in failure["traceback"]
     assert failure["traceback"].splitlines()[-1] == "KeyError: 'x'"
@@ -214,14 +224,15 @@ def test_kernel_death_fails_the_cell_that_killed_it(mixed: Run) -> None:
 
 def test_prints_one_line_per_failure_then_a_summary(mixed: Run) -> None:
     assert mixed.stdout.splitlines() == [
-        "tests/2_fail.ipynb cell 3 line 2: KeyError: 'x'",
-        "tests/3_nested.ipynb cell 3 line 2: ZeroDivisionError: division by zero",
-        f"tests/4_timeout.ipynb cell 3 line 2: TimeoutError: Cell execution timed out after "
+        "tests/2_fail.ipynb cell 3 (In [2]), line 2: KeyError: 'x'",
+        "tests/3_nested.ipynb cell 3 (In [2]), line 2: ZeroDivisionError: division by zero",
+        f"tests/4_timeout.ipynb cell 3 (In [2]), line 2: TimeoutError: Cell execution timed "
+        f"out after {TIMEOUT_S} s",
+        f"tests/5_stuck.ipynb cell 1 (In [1]): TimeoutError: Cell execution timed out after "
         f"{TIMEOUT_S} s",
-        f"tests/5_stuck.ipynb cell 1: TimeoutError: Cell execution timed out after {TIMEOUT_S} s",
         "tests/6_malformed.ipynb: NotebookReadError: "
         + mixed.entry("6_malformed.ipynb")["failure"]["evalue"],
-        "tests/7_dies.ipynb cell 2: DeadKernelError: "
+        "tests/7_dies.ipynb cell 2 (In [1]): DeadKernelError: "
         + mixed.entry("7_dies.ipynb")["failure"]["evalue"],
         mixed.stdout.splitlines()[-1],
     ]
@@ -296,7 +307,9 @@ def test_single_file_runs_alone_outside_the_package(
         timeout=60,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert proc.stdout.splitlines()[0] == "tests/bad.ipynb cell 3 line 1: ValueError: nope"
+    assert (
+        proc.stdout.splitlines()[0] == "tests/bad.ipynb cell 3 (In [1]), line 1: ValueError: nope"
+    )
     report = json.loads((isolated / "report.json").read_text())
     assert [(e["path"], e["status"]) for e in report["notebooks"]] == [
         ("tests/bad.ipynb", "failed"),
@@ -424,9 +437,16 @@ def test_a_failure_is_always_printed_on_one_line(ename: str, evalue: str) -> Non
         "path": "tests/2.ipynb",
         "status": "failed",
         "duration_s": 1.0,
-        "failure": {"cell": 3, "line": 2, "ename": ename, "evalue": evalue, "traceback": ""},
+        "failure": {
+            "cell": 3,
+            "execution_count": 2,
+            "line": 2,
+            "ename": ename,
+            "evalue": evalue,
+            "traceback": "",
+        },
     }
     printed = format_failure(entry)
     assert printed is not None
     assert len(printed.splitlines()) == 1
-    assert printed.startswith("tests/2.ipynb cell 3 line 2: ")
+    assert printed.startswith("tests/2.ipynb cell 3 (In [2]), line 2: ")

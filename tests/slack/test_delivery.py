@@ -10,15 +10,17 @@ import yaml
 
 from tests.conftest import OWNER, TESTER
 from tests.slack.bot import (
+    CHANNEL,
     BotServer,
     blocks_text,
+    buttons,
     channel_messages,
     published,
     wait_message,
     wait_response,
     wait_until,
 )
-from tests.support.slack_api import FakeSlackApi
+from tests.support.slack_api import BOT_USER_ID, FakeSlackApi
 
 MANIFEST = Path(__file__).resolve().parents[2] / "config" / "slack-manifest.yaml"
 
@@ -86,6 +88,75 @@ def test_messages_queued_when_the_bot_stops_go_out_after_a_restart(
     wait_message(slack, f"`{commit[:7]}` is now in staging for {image}", timeout=20)
     time.sleep(1.0)
     assert len(channel_messages(slack, f"`{commit[:7]}` is now in staging")) == 1
+
+
+def _home_text(server: BotServer, slack: FakeSlackApi, user: str) -> str:
+    before = len(slack.calls("views.publish"))
+    event = {"type": "app_home_opened", "user": user, "tab": "home", "event_ts": "1.0"}
+    assert server.event(event).status == 200
+    slack.wait_for("views.publish", before + 1)
+    return blocks_text(slack.home_view(user) or {})
+
+
+def test_messages_refused_before_the_bot_was_invited_go_out_when_it_joins(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    slack.keep_bot_out_of(CHANNEL)
+    try:
+        commit = published(rt, image)
+        wait_until(
+            lambda: [
+                c
+                for c in slack.calls("chat.postMessage")
+                if commit[:7] in c.args.get("text", "")
+                and c.response.get("error") == "not_in_channel"
+            ],
+            what="the announcement refused",
+        )
+        # The testers and owners learn why nothing arrives, and what to do.
+        home = _home_text(server, slack, TESTER)
+        assert f"nbenv is not in <#{CHANNEL}>" in home and "/invite @nbenv" in home
+    finally:
+        slack.invite_bot(CHANNEL)
+    joined = {
+        "type": "member_joined_channel",
+        "user": BOT_USER_ID,
+        "channel": CHANNEL,
+        "channel_type": "C",
+        "team": "T0NBENV01",
+        "event_ts": f"{time.time():.6f}",
+    }
+    assert server.event(joined).status == 200
+
+    announcement = wait_message(slack, f"`{commit[:7]}` is now in staging for {image}")
+    assert {"Approve", "Reject"} <= set(buttons({"blocks": announcement.blocks}))
+    assert "is not in" not in _home_text(server, slack, TESTER)
+
+
+def test_a_missed_join_event_is_made_up_for_by_the_periodic_retry(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    """The bot was invited while nobody listened (the event was lost, or the bot was
+    down): the retry that runs when the bot starts, then every 10 minutes, sends it all."""
+    slack.keep_bot_out_of(CHANNEL)
+    try:
+        commit = published(rt, image)
+        wait_until(
+            lambda: [
+                c
+                for c in slack.calls("chat.postMessage")
+                if commit[:7] in c.args.get("text", "")
+                and c.response.get("error") == "not_in_channel"
+            ],
+            what="the announcement refused",
+        )
+        server.stop()
+    finally:
+        slack.invite_bot(CHANNEL)
+    server.start()
+
+    announcement = wait_message(slack, f"`{commit[:7]}` is now in staging for {image}")
+    assert {"Approve", "Reject"} <= set(buttons({"blocks": announcement.blocks}))
 
 
 def test_an_answer_whose_response_url_expired_reaches_the_person_as_a_dm(

@@ -42,7 +42,8 @@ def test_the_demo_runs_to_the_end_and_shows_every_stage(tmp_path: Path) -> None:
 
     broken = sections[stages[1]][: out.index(stages[2]) - positions[1]]
     assert "❌" in broken and "FAILURE" in broken
-    assert "tests/02_text.ipynb`, cell 3, line 2: `AssertionError: expected 4 tokens" in broken
+    where = "tests/02_text.ipynb`, cell 3 (In [2]), line 2"  # as Jupyter shows it
+    assert f"{where}: `AssertionError: expected 4 tokens" in broken
     assert "staging is unchanged" in broken
 
     fix = sections[stages[2]][: out.index(stages[3]) - positions[2]]

@@ -252,7 +252,7 @@ def test_the_slack_manifest_points_everything_at_the_bot() -> None:
     assert manifest["settings"]["interactivity"] == {"is_enabled": True, "request_url": events_url}
     assert manifest["settings"]["event_subscriptions"] == {
         "request_url": events_url,
-        "bot_events": ["app_home_opened"],
+        "bot_events": ["app_home_opened", "member_joined_channel"],
     }
     assert manifest["features"]["app_home"]["home_tab_enabled"] is True
     assert {

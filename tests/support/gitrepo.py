@@ -23,10 +23,13 @@ PRODUCTION = "main"
 BASE_OLD = "us-docker.pkg.dev/deeplearning-platform-release/gcr.io/tf2-cpu.2-14.py310"
 BASE_NEW = "us-docker.pkg.dev/deeplearning-platform-release/gcr.io/tf2-cpu.2-15.py310"
 
-# Where the "break" commit makes tests/02_text.ipynb fail: its 3rd cell, 2nd line.
+# Where the "break" commit makes tests/02_text.ipynb fail: its 3rd cell (In [2] in
+# Jupyter, after a markdown cell), 2nd line.
 BROKEN_NOTEBOOK = "tests/02_text.ipynb"
 BROKEN_CELL = 3
+BROKEN_IN = 2
 BROKEN_LINE = 2
+BROKEN_WHERE = f"cell {BROKEN_CELL} (In [{BROKEN_IN}]), line {BROKEN_LINE}"
 
 
 def notebook(*cells: str) -> str:
@@ -166,7 +169,7 @@ def image_repo(root: Path, image: str = IMAGE) -> ImageRepo:
       sentencepiece==0.1.99, regex>=2023.1; two passing test notebooks.
     * [upgrade] on `staging`: FROM tf2-cpu.2-15; nltk==3.9.1; sentencepiece removed;
       rich==13.7.1 added; a `pip install pyyaml==6.0.1` line in the Dockerfile.
-    * [break] on `staging` (its tip): tests/02_text.ipynb fails in cell 3, line 2
+    * [break] on `staging` (its tip): tests/02_text.ipynb fails in cell 3 (In [2]), line 2
       with an AssertionError; nothing else changes.
     """
     repo = ImageRepo.create(root)

@@ -59,6 +59,19 @@ _JSON_ARGS = frozenset({"blocks", "attachments", "view", "metadata", "unfurls"})
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 RESPONSE_URL_LIFETIME_S = 30 * 60
 _TS_EPOCH = 1_700_000_000
+# Slack's limits on what one message may carry (api.slack.com/reference/block-kit):
+# beyond them chat.postMessage / chat.update answer msg_too_long or invalid_blocks.
+MAX_MESSAGE_TEXT = 40_000
+MAX_BLOCKS = 50
+MAX_HOME_BLOCKS = 100
+MAX_TEXT_OBJECT = 3000
+MAX_FIELD = 2000
+MAX_FIELDS = 10
+MAX_HEADER = 150
+MAX_CONTEXT_ELEMENTS = 10
+MAX_BUTTON_TEXT = 75
+MAX_BUTTON_VALUE = 2000
+MAX_ACTION_ELEMENTS = 25
 _TS_STEP_US = 100
 
 Payload = dict[str, Any]
@@ -139,6 +152,7 @@ class _State:
     views: dict[str, Payload] = field(default_factory=dict)
     home_views: dict[str, Payload] = field(default_factory=dict)
     faults: list[_Fault] = field(default_factory=list)
+    absent_from: set[str] = field(default_factory=set)
     response_urls: dict[str, float] = field(default_factory=dict)  # path → given at
 
 
@@ -295,6 +309,16 @@ class FakeSlackApi(Startable):
                 user_id, name, real, {"real_name": real, "display_name": name, **profile}
             )
 
+    def keep_bot_out_of(self, channel: str) -> None:
+        """Posts and updates in CHANNEL answer not_in_channel until `invite_bot(channel)`
+        (a private channel the bot was not invited to)."""
+        with self._cond:
+            self._state.absent_from.add(channel)
+
+    def invite_bot(self, channel: str) -> None:
+        with self._cond:
+            self._state.absent_from.discard(channel)
+
     def reset(self) -> None:
         """Forget calls, messages, views and pending faults; ts keep increasing."""
         with self._cond:
@@ -377,6 +401,10 @@ class FakeSlackApi(Startable):
                 if self._now() - given > RESPONSE_URL_LIFETIME_S:
                     self._state.failed.append(Call(method, args, headers, None, 404))
                     return 404, {}, "expired_url"
+                problem = message_problem(args)
+                if problem:  # Slack answers a response_url post it cannot show with a 400
+                    self._state.failed.append(Call(method, args, headers, None, 400))
+                    return 400, {}, problem
                 self._record(Call(method, args, headers, None, 200))
                 return 200, {}, "ok"
             payload = self._api_payload(method, args, headers)
@@ -471,6 +499,11 @@ class FakeSlackApi(Startable):
             return _error("channel_not_found")
         if not any(args.get(k) for k in ("text", "blocks", "attachments")):
             return _error("no_text")
+        if channel in self._state.absent_from:
+            return _error("not_in_channel")
+        problem = message_problem(args)
+        if problem:
+            return _error(problem)
         thread_ts = args.get("thread_ts") or None
         message = Message(
             channel=str(channel),
@@ -504,6 +537,11 @@ class FakeSlackApi(Startable):
             return _error("message_not_found")
         if not any(k in args for k in ("text", "blocks", "attachments")):
             return _error("no_text")
+        if args["channel"] in self._state.absent_from:
+            return _error("not_in_channel")
+        problem = message_problem(args)
+        if problem:
+            return _error(problem)
         changes: Payload = {"edits": message.edits + 1}
         if "text" in args:
             changes["text"] = str(args["text"] or "")
@@ -533,6 +571,9 @@ class FakeSlackApi(Startable):
                 return _missing(required)
         if not any(args.get(k) for k in ("text", "blocks", "attachments")):
             return _error("no_text")
+        problem = message_problem(args)
+        if problem:
+            return _error(problem)
         return {"ok": True, "message_ts": self._next_ts()}
 
     def _chat_get_permalink(self, args: Payload) -> Payload:
@@ -645,6 +686,9 @@ class FakeSlackApi(Startable):
         for required in ("user_id", "view"):
             if not args.get(required):
                 return _missing(required)
+        problem = blocks_problem(args["view"].get("blocks"), MAX_HOME_BLOCKS)
+        if problem:
+            return _error(problem)
         user_id = str(args["user_id"])
         previous = self._state.home_views.get(user_id)
         if previous is not None and args.get("hash") and args["hash"] != previous["hash"]:
@@ -653,6 +697,61 @@ class FakeSlackApi(Startable):
         self._state.views[view["id"]] = view
         self._state.home_views[user_id] = view
         return {"ok": True, "view": view}
+
+
+def message_problem(args: Mapping[str, Any]) -> str | None:
+    """Slack's error for a message over its limits (msg_too_long, invalid_blocks), or None."""
+    text = args.get("text")
+    if isinstance(text, str) and len(text) > MAX_MESSAGE_TEXT:
+        return "msg_too_long"
+    return blocks_problem(args.get("blocks"), MAX_BLOCKS)
+
+
+def blocks_problem(blocks: Any, max_blocks: int) -> str | None:
+    if blocks is None:
+        return None
+    if isinstance(blocks, str) or not isinstance(blocks, list) or len(blocks) > max_blocks:
+        return "invalid_blocks"
+    for block in blocks:
+        if not isinstance(block, dict) or not _block_fits(block):
+            return "invalid_blocks"
+    return None
+
+
+def _text_fits(text: Any, limit: int) -> bool:
+    return (
+        isinstance(text, dict)
+        and isinstance(text.get("text"), str)
+        and (len(text["text"]) <= limit)
+    )
+
+
+def _block_fits(block: dict[str, Any]) -> bool:
+    kind = block.get("type")
+    if kind == "section":
+        fields = block.get("fields") or []
+        if "text" in block and not _text_fits(block["text"], MAX_TEXT_OBJECT):
+            return False
+        return len(fields) <= MAX_FIELDS and all(_text_fits(f, MAX_FIELD) for f in fields)
+    if kind == "header":
+        return _text_fits(block.get("text"), MAX_HEADER)
+    if kind == "context":
+        elements = block.get("elements") or []
+        return 0 < len(elements) <= MAX_CONTEXT_ELEMENTS and all(
+            element.get("type") == "image" or _text_fits(element, MAX_TEXT_OBJECT)
+            for element in elements
+        )
+    if kind == "actions":
+        elements = block.get("elements") or []
+        return 0 < len(elements) <= MAX_ACTION_ELEMENTS and all(
+            element.get("type") != "button"
+            or (
+                _text_fits(element.get("text"), MAX_BUTTON_TEXT)
+                and len(str(element.get("value") or "")) <= MAX_BUTTON_VALUE
+            )
+            for element in elements
+        )
+    return True
 
 
 def _user_payload(user_id: str, name: str, real_name: str, profile: Mapping[str, Any]) -> Payload:

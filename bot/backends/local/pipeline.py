@@ -506,15 +506,16 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def _failure_detail(failures: list[dict[str, Any]]) -> str:
-    """`tests/2.ipynb cell 3 line 2: KeyError: 'x'`, as the runner prints it."""
+    """`tests/2.ipynb cell 3 (In [2]), line 2: KeyError: 'x'`, as the runner prints it."""
+    from bot.runner.notebook_tests import cell_position
+
     parts = []
     for notebook in failures[:FAILURES_NAMED]:
         failure = notebook.get("failure") or {}
         where = notebook.get("path") or "?"
-        if failure.get("cell") is not None:
-            where += f" cell {failure['cell']}"
-        if failure.get("line") is not None:
-            where += f" line {failure['line']}"
+        position = cell_position(failure)
+        if position:
+            where += f" {position}"
         what = ": ".join(str(failure[k]) for k in ("ename", "evalue") if failure.get(k))
         parts.append(f"{where}: {what or notebook.get('status')}")
     more = len(failures) - FAILURES_NAMED

@@ -311,6 +311,10 @@ class Tx:
         details: dict[str, Any] | None = None,
     ) -> AuditEntry:
         seq, prev_hash = self.lock_audit_head()
+        # Hashed as stored: the text columns replace what no database can hold.
+        actor, action, outcome = t.storable(actor), t.storable(action), t.storable(outcome)
+        image = None if image is None else t.storable(image)
+        sha = None if sha is None else t.storable(sha)
         entry = AuditEntry(
             seq=seq + 1,
             at=self.now,

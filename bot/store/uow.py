@@ -8,6 +8,7 @@ deadlock with the environment rows it updates later).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -311,10 +312,13 @@ class Tx:
         details: dict[str, Any] | None = None,
     ) -> AuditEntry:
         seq, prev_hash = self.lock_audit_head()
-        # Hashed as stored: the text columns replace what no database can hold.
+        # Hashed as stored: the text columns replace what no database can hold, and the
+        # details lose lone surrogates (from non-UTF-8 argv or `\udXXX` escapes), which
+        # the hash's UTF-8 could not encode either.
         actor, action, outcome = t.storable(actor), t.storable(action), t.storable(outcome)
         image = None if image is None else t.storable(image)
         sha = None if sha is None else t.storable(sha)
+        details = json.loads(t.storable(json.dumps(details or {}, ensure_ascii=False)))
         entry = AuditEntry(
             seq=seq + 1,
             at=self.now,

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from bot.builds.events import MAX_TEXT, BadEvent, BuildEvent, NotOurs, decode_pubsub, parse_build
 from tests.builds.conftest import (
@@ -34,7 +35,7 @@ from tests.builds.conftest import (
     roots,
 )
 from tests.builds.process import FunctionProcess
-from tests.builds.test_function import World
+from tests.builds.test_function import World, function_env
 from tests.conftest import IMAGE, sha_of
 from tests.support.slack_api import FakeSlackApi
 
@@ -196,9 +197,9 @@ def changes_decision(where: Path_, how: str) -> bool:
 
 
 def check_event(event: BuildEvent) -> None:
-    for text in (event.subject, event.failure_type, event.failure_detail, event.branch):
-        if text is not None:
-            assert len(text) <= MAX_TEXT and not _UNPRINTABLE.search(text), repr(text)
+    for value in (event.subject, event.failure_type, event.failure_detail, event.branch):
+        if value is not None:
+            assert len(value) <= MAX_TEXT and not _UNPRINTABLE.search(value), repr(value)
     for step in event.steps:
         assert len(step.label) <= 80 and not _UNPRINTABLE.search(step.label)
     if event.log_url is not None:
@@ -369,3 +370,33 @@ def test_a_bad_character_in_the_commit_subject_does_not_block_staging(
     with fn.world.runtime.store.read() as tx:
         version = tx.get_version(IMAGE, sha)
     assert version is not None and version.subject == "Bump numpy"
+
+
+# -- what can heal is retried ---------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_lock_timeout_is_a_5xx_so_pubsub_redelivers_and_the_retry_applies(
+    pg_cluster: Any, tmp_path: Any
+) -> None:
+    url = pg_cluster.create_database(f"heal_{uuid.uuid4().hex[:10]}")
+    with FakeSlackApi(token=TOKEN) as slack:
+        world = World(tmp_path, url, slack)
+        env = function_env(world.config, url, slack, tmp_path / "home")
+        # Every connection of the function gives up waiting for a lock after 300 ms.
+        env["PGOPTIONS"] = "-c lock_timeout=300"
+        with FunctionProcess(env, log_path=tmp_path / "heal.log").start() as function:
+            sha = sha_of(f"heal {uuid.uuid4()}")
+            build = template("working", sha)
+            data = event_data(build, attributes_of(build))
+            engine = world.runtime.store.engine
+            with engine.connect() as holder:
+                # Another transaction holds the threads table longer than the timeout.
+                holder.execute(text("LOCK TABLE slack_threads IN ACCESS EXCLUSIVE MODE"))
+                status, _ = function.binary(data)
+                holder.rollback()
+            assert status == 500  # Pub/Sub will deliver it again
+            assert roots(slack, sha) == []
+
+            assert function.binary(data) == (200, "OK")  # and the retry applies it
+            assert len(roots(slack, sha)) == 1

@@ -63,7 +63,7 @@ MAX_ATTRIBUTES = 100  # Pub/Sub allows 100 attributes per message
 _NOT_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # What `git check-ref-format --branch` accepts, roughly: no control characters, spaces or
 # the characters git reserves.
-_BRANCH = re.compile(r"[^\x00-\x20\x7f~^:?*\[\\]{1,255}")
+_BRANCH = re.compile(r"[^\x00-\x20\x7f-\x9f\u2028\u2029\ud800-\udfff~^:?*\[\\]{1,255}")
 _TIMESTAMP_CHARS = 40
 
 

@@ -233,6 +233,28 @@ def test_the_parser_answers_an_event_or_a_one_line_reason(kind: str, data: st.Da
         )
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        ("substitutions", "_COMMIT_SUBJECT"),
+        ("substitutions", "BRANCH_NAME"),
+        ("failureInfo", "detail"),
+        ("failureInfo", "type"),
+        ("steps", 0, "id"),
+        ("steps", 1, "name"),
+        ("logUrl",),
+    ],
+)
+@pytest.mark.parametrize("bad", ["\x00", "\x85", "\ud800", "\u2028", "\x1b[31m", "\n"])
+def test_no_unprintable_character_gets_past_the_parser(where: Path_, bad: str) -> None:
+    build = template("failure", sha_of("unprintable"))
+    copy = apply(build, where, "replace", f"a{bad}b")
+
+    event = parse_build(json.loads(encoded(copy)))
+
+    check_event(event)
+
+
 def test_json_nested_without_end_is_a_bad_event() -> None:
     deep = event_data(b"[" * 100_000 + b"]" * 100_000, {})
     with pytest.raises(BadEvent, match="nested too deeply"):

@@ -422,3 +422,27 @@ def test_a_lock_timeout_is_a_5xx_so_pubsub_redelivers_and_the_retry_applies(
 
             assert function.binary(data) == (200, "OK")  # and the retry applies it
             assert len(roots(slack, sha)) == 1
+
+
+# -- test reports ---------------------------------------------------------------------------
+
+
+def test_malformed_packages_of_a_test_report_are_left_out(fn: FunctionWorld) -> None:
+    sha = sha_of(f"report packages {uuid.uuid4()}")
+    build = template("working", sha)
+    assert fn.send(build, attributes_of(build)) == 200
+    body = {
+        "python": ["3.11"],
+        "packages": [1, "numpy==1.0", {"name": {"x": 1}}, {"name": "keras", "version": "3.0"}],
+        "notebooks": [{"path": "notebooks/t.ipynb", "status": "passed", "failure": None}],
+    }
+    attributes = {"nbenv": "test-report", "image": IMAGE, "sha": sha, "buildId": build["id"]}
+
+    assert fn.send(body, attributes) == 200
+
+    with fn.world.runtime.store.read() as tx:
+        version = tx.get_version(IMAGE, sha)
+    # What `diff` reads later is well-formed: the package list and the Python version.
+    assert version is not None and version.report is not None
+    assert version.report["packages"] == [{"name": "keras", "version": "3.0"}]
+    assert "python" not in version.report

@@ -76,3 +76,21 @@ def test_non_utf8_bytes_on_the_command_line_are_stored(
     assert b"Traceback" not in done.stderr
     assert f"bad{STAND_IN}byte" in rt.app.handle(OWNER, f"status {image}").text
     assert rt.app.verify_audit().ok
+
+
+def test_nul_typed_into_the_cli_shell_is_stored(
+    server: Any, rt: Any, image: str, config_path: Path, database: str, workdir: Path
+) -> None:
+    env = {
+        **os.environ,
+        "NBENV_CONFIG": str(config_path),
+        "NBENV_DATABASE_URL": database,
+        "NBENV_HOME": str(workdir / "home"),
+    }
+    script = f"/nbenv freeze {image} nul{NUL}byte\n".encode()
+    command = [sys.executable, "-m", "bot", "--as", OWNER, "shell"]
+    done = subprocess.run(command, env=env, input=script, capture_output=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert b"Traceback" not in done.stderr
+    assert f"nul{STAND_IN}byte" in rt.app.handle(OWNER, f"status {image}").text

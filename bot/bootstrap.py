@@ -107,15 +107,19 @@ def build_runtime(
     *,
     migrate: bool = True,
     config: Config | None = None,
+    run_by_operator: bool = False,
 ) -> Runtime:
-    """CONFIG: already loaded from CONFIG_PATH (then it is not read again)."""
+    """CONFIG: already loaded from CONFIG_PATH (then it is not read again).
+
+    RUN_BY_OPERATOR: for the entry points of the person who runs nbenv (CLI, console,
+    demo); never for those that serve Slack (see `Nbenv`)."""
     if config is None:
         config = load_config(config_path or os.environ.get("NBENV_CONFIG"))
     engine = make_engine(database_url)
     if migrate:
         upgrade(engine)
     store = Store(engine)
-    app = Nbenv(config, store, differ=make_differ(config))
+    app = Nbenv(config, store, differ=make_differ(config), run_by_operator=run_by_operator)
     app.backend = make_backend(config, app)
     worker = JobWorker(store, job_handlers(app))
     return Runtime(config=config, store=store, app=app, worker=worker)

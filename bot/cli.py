@@ -2,11 +2,17 @@
 
 nbenv [--as USER] TEXT…           what would follow /nbenv, as Slack user USER
 nbenv serve | socket | shell | demo
-nbenv publish IMAGE SHA [--report FILE]
+nbenv publish IMAGE SHA [--report FILE] [--build-id ID]
 nbenv audit verify | export [--format csv|jsonl] [--output FILE]
 nbenv test-notebooks DIR [--report FILE] [--jobs N] [--timeout S]
 nbenv db upgrade | current
 nbenv recover | worker
+nbenv help [COMMAND] | --help | COMMAND --help | --version   (no identity needed, run nothing)
+
+What a command prints is its answer and nothing else: log records go to
+$NBENV_HOME/nbenv.log (with -v to stderr as well). The programs that run as services
+or in a pipeline (serve, socket, worker, test-notebooks) log to stderr, which is where
+Cloud Run and Cloud Build collect it.
 """
 
 from __future__ import annotations
@@ -17,24 +23,52 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from bot.domain.errors import NbenvError
+from bot.domain.errors import BadInput, NbenvError
+from bot.domain.names import Person, Pipeline
 
+# The programs beside the slash commands, with what `nbenv --help` says of each.
 PROGRAMS = {
-    "serve",
-    "socket",
-    "shell",
-    "demo",
-    "publish",
-    "audit",
-    "test-notebooks",
-    "db",
-    "recover",
-    "worker",
+    "serve": "the bot over HTTP, for Slack (Cloud Run)",
+    "socket": "the bot over Slack's Socket Mode (from a laptop, no public URL)",
+    "shell": "the bot on the console: type /nbenv lines, press buttons by label",
+    "demo": "the whole lifecycle on the local backend, printed as a transcript",
+    "publish": "record a tested version and point staging at it (owners, the pipeline)",
+    "audit": "verify the audit log's hash chain, or export it (CSV, JSON lines)",
+    "test-notebooks": "run an image's test notebooks and write the test report",
+    "db": "upgrade the database schema, or show its revision",
+    "recover": "finish promotions and rollbacks a crash left half done",
+    "worker": "run the job queue (builds, instances, plans) until stopped",
 }
+# Their stderr is their log: Cloud Run, Cloud Build or the operator's terminal keep it.
+LOGS_TO_STDERR = frozenset({"serve", "socket", "worker", "test-notebooks"})
+LOG_FILE = "nbenv.log"
+LOG_FILE_BYTES = 1_000_000  # then it rolls over once: at most two such files
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# What each slash command does, for `nbenv --help` and `nbenv COMMAND --help`.
+SLASH_SUMMARIES = {
+    "help": "this list; help COMMAND: one of them",
+    "status": "staging / production / fallback with SHA, age, who moved them",
+    "versions": "every recorded version with its test result and approvals",
+    "build": "run the staging pipeline at REF (owners)",
+    "approve": "approve the version in staging, or SHA (testers)",
+    "reject": "block promotion of that SHA until approved or forced (testers)",
+    "promote": "fallback := production, production := staging (owners)",
+    "rollback": "production := fallback, or SHA (owners)",
+    "instance": "a notebook instance pinned to the environment's SHA",
+    "instances": "list instances; stop yours (owners: any)",
+    "history": "the audit log of the image, or of one SHA",
+    "diff": "base image and package changes between two versions",
+    "freeze": "block promotions and rollbacks-to-SHA (owners)",
+    "unfreeze": "lift a freeze (owners)",
+}
+HELP_FLAGS = frozenset({"-h", "--help"})
 
 
 def plain(text: str) -> str:
@@ -52,13 +86,27 @@ def _fail(message: str, code: int) -> int:
 def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from bot.bootstrap import build_runtime
 
-    return build_runtime(args.config)
+    # The person at this terminal runs nbenv: an instance that shares its OS user is theirs.
+    return build_runtime(args.config, run_by_operator=True)
+
+
+def person(args: argparse.Namespace) -> Person | None:
+    """Who runs the command: --as USER or $NBENV_USER, a Slack user ID (never the pipeline)."""
+    source, user = (
+        ("--as", args.as_user) if args.as_user else ("NBENV_USER", os.environ.get("NBENV_USER"))
+    )
+    if not user:
+        return None
+    try:
+        return Person(user)
+    except BadInput as error:
+        raise BadInput(f"{source}: {error.message}") from None
 
 
 def _slash(args: argparse.Namespace, words: list[str]) -> int:
     from bot.domain.commands import parse
 
-    user = args.as_user or os.environ.get("NBENV_USER")
+    user = person(args)
     if not user:
         return _fail("say who you are: --as USER (a Slack user ID) or NBENV_USER", 2)
     command = parse(" ".join(_quote(w) for w in words))
@@ -110,8 +158,13 @@ def _publish(args: argparse.Namespace, rest: list[str]) -> int:
     parser.add_argument("--report", type=Path, help="test report JSON of the notebook runner")
     parser.add_argument("--subject", help="commit subject")
     parser.add_argument("--branch")
+    parser.add_argument(
+        "--build-id", help="publish as the pipeline, for this build (instead of --as USER)"
+    )
     options = parser.parse_args(rest)
-    user = args.as_user or os.environ.get("NBENV_USER")
+    if options.build_id and args.as_user:
+        return _fail("publish as --as USER or as the pipeline with --build-id, not both", 2)
+    user = Pipeline(options.build_id) if options.build_id else person(args)
     if not user:
         return _fail("say who you are: --as USER (a Slack user ID) or NBENV_USER", 2)
     report = None
@@ -128,6 +181,7 @@ def _publish(args: argparse.Namespace, rest: list[str]) -> int:
         report=report,
         subject=options.subject,
         branch=options.branch,
+        build_id=options.build_id,
     )
     print(plain(reply.text))
     return 0
@@ -170,6 +224,7 @@ def _db(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _recover(args: argparse.Namespace, rest: list[str]) -> int:
+    argparse.ArgumentParser(prog="nbenv recover", description=PROGRAMS["recover"]).parse_args(rest)
     runtime = _runtime(args)
     finished = runtime.app.recover() if runtime.app.backend else []
     print(f"finished {len(finished)} interrupted operation(s)")
@@ -184,6 +239,7 @@ def _recover(args: argparse.Namespace, rest: list[str]) -> int:
 def _worker(args: argparse.Namespace, rest: list[str]) -> int:
     import time
 
+    argparse.ArgumentParser(prog="nbenv worker", description=PROGRAMS["worker"]).parse_args(rest)
     runtime = _runtime(args)
     while True:
         if not runtime.worker.run_once():
@@ -219,25 +275,209 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nbenv")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
+def _listing(rows: dict[str, str], column: int = 24) -> list[str]:
+    """Name and summary side by side, as argparse lays out options; a long name gets
+    its summary on the next line."""
+    lines = []
+    for name, summary in rows.items():
+        if len(name) < column - 2:
+            lines.append(f"  {name.ljust(column - 2)}{summary}")
+        else:
+            lines += [f"  {name}", f"{' ' * column}{summary}"]
+    return lines
+
+
+def _overview() -> str:
+    from bot.domain.commands import USAGE
+
+    slash = {
+        "help [COMMAND]" if name == "help" else USAGE[name]: SLASH_SUMMARIES.get(name, "")
+        for name in USAGE
+    }
+    return "\n".join(
+        [
+            "commands — what follows /nbenv in Slack, as --as USER (default $NBENV_USER):",
+            *_listing(slash),
+            "",
+            "programs:",
+            *_listing(PROGRAMS),
+            "",
+            "`nbenv COMMAND --help` (or `nbenv help COMMAND`) describes one of them;",
+            "asking for help runs nothing and needs no identity.",
+        ]
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nbenv",
+        usage="nbenv [--as USER] [--config FILE] [-v] COMMAND [ARGUMENTS…]",
         description="Run what would follow /nbenv in Slack, or one of the nbenv programs.",
-        usage="nbenv [--as USER] [--config FILE] TEXT… | " + " | ".join(sorted(PROGRAMS)),
+        epilog=_overview(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--as", dest="as_user", help="act as this Slack user ID")
-    parser.add_argument("--config", help="config file (default $NBENV_CONFIG)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    parser.add_argument("words", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    parser.add_argument("--version", action="version", version=f"nbenv {_version()}")
+    parser.add_argument(
+        "--as", dest="as_user", metavar="USER", help="act as this Slack user ID ($NBENV_USER)"
     )
-    words: list[str] = args.words
+    parser.add_argument("--config", metavar="FILE", help="config file (default $NBENV_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the log on stderr too")
+    parser.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _help_wanted(words: list[str]) -> bool:
+    """`nbenv`, `nbenv help [COMMAND]` or `nbenv COMMAND … --help`."""
+    return not words or words[0].lower() == "help" or not HELP_FLAGS.isdisjoint(words)
+
+
+def _help(args: argparse.Namespace, words: list[str]) -> int:
+    """Usage only: nothing is run, read or written, and no identity is needed."""
+    from bot.domain.commands import USAGE
+
+    if words and words[0].lower() == "help":
+        words = words[1:]
+    topic = words[0] if words else "help"
+    if topic in HELP_FLAGS or topic.lower() == "help":
+        _parser().print_help()
+        return 0
+    if topic in PROGRAMS:
+        try:  # each program's own parser prints its usage and exits
+            return HANDLERS[topic](args, ["--help"])
+        except SystemExit as done:
+            return done.code if isinstance(done.code, int) else 0
+    name = topic.lower()
+    if name not in USAGE:
+        return _fail(f"unknown command {topic!r}: `nbenv --help` lists them", 2)
+    print(f"usage: nbenv [--as USER] {USAGE[name]}")
+    print()
+    print(SLASH_SUMMARIES.get(name, ""))
+    print()
+    print(f"The same as `/nbenv {name} …` in Slack, as Slack user USER (default $NBENV_USER).")
+    return 0
+
+
+class _OutputThatOutlivesItsReader:
+    """stdout or stderr for a command whose reader may leave early (`nbenv history | head -1`).
+
+    Once the reader has gone, the rest of the output is dropped: the command still does
+    all it was asked (a build it started runs to its end) and exits with its own status,
+    with no BrokenPipeError traceback and no "Exception ignored" at exit.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop_from_now_on()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop_from_now_on()
+
+    def _drop_from_now_on(self) -> None:
+        # The descriptor now leads nowhere: what is still buffered, and all later output,
+        # is written to /dev/null (the recipe of Python's signal module documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _output_that_outlives_its_reader() -> Iterator[None]:
+    saved = sys.stdout, sys.stderr
+    sys.stdout = _OutputThatOutlivesItsReader(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = _OutputThatOutlivesItsReader(sys.stderr)  # type: ignore[assignment]
     try:
-        if words and words[0] in PROGRAMS:
-            return HANDLERS[words[0]](args, words[1:])
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
+
+
+class _LogFileInHome(logging.Handler):
+    """Appends to $NBENV_HOME/nbenv.log, made at the first record: a command that logs
+    nothing (`--help`) leaves nothing behind. $NBENV_HOME is read then, so the demo's
+    log stays in the demo's folder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._file: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._file is None:
+            self._file = self._open()
+            self._file.setFormatter(self.formatter)
+        self._file.emit(record)
+
+    @staticmethod
+    def _open() -> logging.Handler:
+        from bot.store.database import nbenv_home
+
+        home = nbenv_home()
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            return RotatingFileHandler(
+                home / LOG_FILE, maxBytes=LOG_FILE_BYTES, backupCount=1, encoding="utf-8"
+            )
+        except OSError:  # a home nbenv may not write to: better on stderr than lost
+            return logging.StreamHandler(sys.stderr)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+def _configure_logging(program: str | None, verbose: bool) -> None:
+    handlers: list[logging.Handler] = []
+    if program in LOGS_TO_STDERR or verbose:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if program not in LOGS_TO_STDERR:
+        handlers.append(_LogFileInHome())
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format=LOG_FORMAT,
+        handlers=handlers,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    with _output_that_outlives_its_reader():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    words: list[str] = args.words
+    if _help_wanted(words):
+        return _help(args, words)
+    program = words[0] if words[0] in PROGRAMS else None
+    _configure_logging(program, args.verbose)
+    try:
+        if program is not None:
+            return HANDLERS[program](args, words[1:])
         return _slash(args, words)
     except NbenvError as error:
         return _fail(error.message, error.exit_code)

@@ -1,6 +1,7 @@
 """The configuration file (config/nbenv.yaml) as pydantic models.
 
-Invalid config stops the program with the file, the key and what is wrong.
+Invalid config stops the program with one line: the file, the line, the key and what is
+wrong (`config/nbenv.yaml:12: teams.nlp.testers[0]: …`).
 """
 
 from __future__ import annotations
@@ -8,31 +9,39 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bot.config_access import config_file
-from bot.domain.errors import ConfigError, NbenvError
-from bot.domain.names import check_user_id, image_name_problem
+from bot.domain.errors import ConfigError
+from bot.domain.names import image_name_problem, user_id_problem
 from bot.domain.policy import Role, TeamRoles
 
 EVERYONE = "*"
+KeyPath = tuple[str | int, ...]  # where in the file: keys and list indexes
+
+
+class Problem(ValueError):
+    """A validation problem AT a place below the value being validated (a list item,
+    a key of the model), so that the error names that key and its line."""
+
+    def __init__(self, at: KeyPath, message: str) -> None:
+        super().__init__(message)
+        self.at = at
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_members(members: list[str]) -> list[str]:
-    for member in members:
-        if member != EVERYONE:
-            try:
-                check_user_id(member)
-            except NbenvError as error:
-                raise ValueError(error.message) from None
-    return members
 
 
 class Team(_Strict):
@@ -40,7 +49,36 @@ class Team(_Strict):
     testers: list[str] = []
     users: list[str] = []
 
-    _members = field_validator("owners", "testers", "users")(_check_members)
+    @field_validator("owners", "testers", "users")
+    @classmethod
+    def _members(cls, members: list[str], info: ValidationInfo) -> list[str]:
+        for index, member in enumerate(members):
+            if member == EVERYONE:
+                if info.field_name != "users":
+                    raise Problem(
+                        (index,),
+                        f'"*" (everyone) may only be listed in users: {info.field_name} '
+                        "are named people",
+                    )
+                continue
+            problem = user_id_problem(member)
+            if problem:
+                raise Problem((index,), problem)
+        return members
+
+    @model_validator(mode="after")
+    def _one_role_each(self) -> Team:
+        seen: dict[str, str] = {}
+        for role in ("owners", "testers", "users"):
+            for index, member in enumerate(getattr(self, role)):
+                if member in seen and seen[member] != role:
+                    raise Problem(
+                        (role, index),
+                        f"{member} is also listed in {seen[member]}: give each person one "
+                        "role per team (each role may do all that the roles below it may)",
+                    )
+                seen.setdefault(member, role)
+        return self
 
     def roles(self) -> TeamRoles:
         return TeamRoles(
@@ -116,6 +154,9 @@ class Gcp(_Strict):
 
 class Local(_Strict):
     instances_port_range: tuple[int, int] = (8890, 8990)
+    # Without a container, an instance runs as nbenv's OS user and can reach its store and
+    # files: people asking through Slack get one only when the operator says so here.
+    shared_instances: bool = False
 
 
 class Config(_Strict):
@@ -131,16 +172,16 @@ class Config(_Strict):
         for name, image in self.images.items():
             problem = image_name_problem(name)
             if problem:
-                raise ValueError(f"images.{name}: {problem}")
+                raise Problem(("images", name), problem)
             if image.team not in self.teams:
                 known = ", ".join(sorted(self.teams))
-                raise ValueError(f"images.{name}.team: no team {image.team!r} (teams: {known})")
+                raise Problem(("images", name, "team"), f"no team {image.team!r} (teams: {known})")
         if self.backend == "gcp":
             if self.gcp is None:
-                raise ValueError("gcp: required when backend is gcp")
+                raise Problem(("gcp",), "required when backend is gcp")
             for name in self.gcp.triggers:
                 if name not in self.images:
-                    raise ValueError(f"gcp.triggers.{name}: no such image")
+                    raise Problem(("gcp", "triggers", name), "no such image")
         return self
 
     def image(self, name: str) -> Image:
@@ -163,28 +204,157 @@ class Config(_Strict):
         return any(team.roles().role_of(user) is not None for team in self.teams.values())
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: YAML would keep the
+    second silently (a second `owners:` line would demote the first owners)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` then a key of its own: an override, meant
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # unhashable: the base class says so
+                continue
+            if earlier is not key_node:
+                raise DuplicateKey(node, key_node, earlier)
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):
+    def __init__(self, mapping: yaml.Node, key: yaml.Node, first: yaml.Node) -> None:
+        super().__init__(
+            problem=f"given twice (first on line {first.start_mark.line + 1}): YAML would "
+            "keep only the last",
+            problem_mark=key.start_mark,
+        )
+        self.mapping = mapping
+        self.key = key.value
+
+
+def _read(file: Path) -> tuple[Any, yaml.Node | None]:
+    """The file's YAML, and its nodes (their marks say where each value is)."""
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file not found (set NBENV_CONFIG)") from None
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read the config file: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"{file}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}): save the "
+            "config file as UTF-8"
+        ) from None
+    root = None
+    try:
+        loader = _ConfigLoader(text)
+        try:
+            root = loader.get_single_node()
+            return (loader.construct_document(root) if root is not None else None), root
+        finally:
+            loader.dispose()
+    except DuplicateKey as error:
+        assert error.problem_mark is not None
+        key = _key_path((*_node_path(root, error.mapping), error.key))
+        raise ConfigError(f"{file}:{error.problem_mark.line + 1}: {key}: {error.problem}") from None
+    except yaml.MarkedYAMLError as error:
+        raise ConfigError(_yaml_problem(file, error)) from None
+    except yaml.reader.ReaderError as error:
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - text.rfind("\n", 0, error.position)
+        raise ConfigError(
+            f"{file}:{line}:{column}: not valid YAML: character #x{error.character:04x} "
+            "is not allowed"
+        ) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file}: not valid YAML: {' '.join(str(error).split())}") from None
+
+
+def _yaml_problem(file: Path, error: yaml.MarkedYAMLError) -> str:
+    """FILE:LINE:COLUMN: not valid YAML: PROBLEM (CONTEXT) — on one line."""
+    mark = error.problem_mark or error.context_mark
+    where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+    problem = " ".join((error.problem or "").split())
+    context = " ".join((error.context or "").split())
+    if context and error.context_mark is not None and error.context_mark is not mark:
+        context += f" (line {error.context_mark.line + 1})"
+    return f"{where}: not valid YAML: " + (f"{context}: {problem}" if context else problem)
+
+
+def _node_path(root: yaml.Node | None, target: yaml.Node) -> KeyPath:
+    """The keys and indexes from ROOT down to TARGET (each node visited once: aliases)."""
+    stack: list[tuple[yaml.Node | None, KeyPath]] = [(root, ())]
+    seen: set[int] = set()
+    while stack:
+        node, at = stack.pop()
+        if node is target:
+            return at
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack += [(v, (*at, k.value)) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(v, (*at, i)) for i, v in enumerate(node.value)]
+    return ()
+
+
+def _key_path(at: KeyPath) -> str:
+    text = ""
+    for part in at:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _line_of(root: yaml.Node | None, at: KeyPath) -> int:
+    """The line of the key (or list item) at AT, or of the nearest one above it that the
+    file has (a missing key: its parent's)."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else 1)
+    for part in at:
+        if isinstance(node, yaml.MappingNode):
+            keys = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+            if str(part) not in keys:
+                break
+            key, node = keys[str(part)]
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _describe(file: Path, error: ValidationError, root: yaml.Node | None) -> str:
+    """FILE:LINE: KEY: PROBLEM, on one line; further problems follow with their lines."""
+    described = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        cause = (item.get("ctx") or {}).get("error")
+        at = tuple(item["loc"]) + (cause.at if isinstance(cause, Problem) else ())
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{key}: {message}")
-    return "; ".join(lines)
+        described.append((_line_of(root, at), _key_path(at) or "(the top level)", message))
+    (line, key, message), *more = described
+    return f"{file}:{line}: {key}: {message}" + "".join(
+        f"; line {line}: {key}: {message}" for line, key, message in more
+    )
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read and validate the config; ConfigError names the file, the key and the problem."""
+    """Read and validate the config; ConfigError names the file, the line, the key and the
+    problem, on one line."""
     file = config_file(path)
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: config file not found (set NBENV_CONFIG)") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{file}: not valid YAML: {error}") from None
+    raw, root = _read(file)
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: expected a mapping at the top level")
     raw.setdefault("base_dir", str(file.resolve().parent))
     try:
         return Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(f"{file}: {_describe(error)}") from None
+        raise ConfigError(_describe(file, error, root)) from None

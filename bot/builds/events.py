@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.domain.errors import BadInput
-from bot.domain.names import image_name_problem, is_full_sha
+from bot.domain.names import BUILD_ID, image_name_problem, is_full_sha
 
 # Cloud Build's Build.Status, in the order a build moves through them. All terminal
 # statuses share the top rank: a build reaches exactly one of them.
@@ -49,7 +49,6 @@ STEP_FAILED = frozenset({"FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "E
 KIND_ATTRIBUTE = "nbenv"
 REPORT_KIND = "test-report"
 
-_BUILD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 MAX_TEXT = 500
 MAX_STEPS = 300  # more than Cloud Build allows in one build
 # Pub/Sub's own limit: a larger message did not come through Pub/Sub.
@@ -254,7 +253,7 @@ def parse_build(build: Any, attributes: Mapping[str, str] | None = None) -> Buil
     if not isinstance(build, Mapping):
         raise BadEvent("the build is not a JSON object")
     build_id = build.get("id") or attributes.get("buildId")
-    if not isinstance(build_id, str) or not _BUILD_ID.fullmatch(build_id):
+    if not isinstance(build_id, str) or not BUILD_ID.fullmatch(build_id):
         raise BadEvent(f"build id {_shown(build_id)} is missing or malformed")
     status = build.get("status") or attributes.get("status")
     if not isinstance(status, str) or status not in RANKS:

@@ -42,7 +42,7 @@ from bot.builds.thread import (
 )
 from bot.domain.commands import Command
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
-from bot.domain.names import Env, check_full_sha, short
+from bot.domain.names import Env, Pipeline, check_full_sha, short
 from bot.service.app import Nbenv
 from bot.slack.outbox import OutboxSender
 from bot.store import tables as t
@@ -214,6 +214,7 @@ class BuildRelay:
             raise BadInput(f"test report for unknown image {image!r}")
         sha = check_full_sha(sha)
         report = check_report(report)
+        recorder = Pipeline(build_id or "report")  # a malformed build ID is bad input too
         summary = summarize(report, build_id)
         with self.store.read() as tx:
             version = tx.get_version(image, sha)
@@ -229,7 +230,7 @@ class BuildRelay:
         unchanged = version is not None and (version.report, version.build_id) == (report, build_id)
         if not (superseded or unchanged):
             self.app.record_version(
-                f"build:{build_id or 'report'}",
+                recorder,
                 image,
                 sha,
                 report=report,
@@ -349,7 +350,7 @@ class BuildRelay:
         with self.store.read() as tx:
             build = current_build(self._state(tx, image, sha), image, sha)
         build = build if build is not None and build.build_id == build_id else None
-        actor = f"build:{build_id}"
+        actor = Pipeline(build_id)  # the pipeline's rights: only a build's own event has them
         try:
             if kind == "publish":
                 outcome, text = self._publish(actor, image, sha, build_id, build)

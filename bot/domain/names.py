@@ -1,4 +1,4 @@
-"""Names and identifiers: images, environments, SHAs, Slack user IDs."""
+"""Names and identifiers: images, environments, SHAs, Slack user IDs, who acts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from bot.domain.errors import BadInput
 _IMAGE_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
 _SHA_PREFIX = re.compile(r"[0-9a-f]{7,40}")
-_SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,}")
+# Slack user IDs start with U (W on Enterprise Grid); the rest is upper-case alphanumeric.
+_SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
+# Cloud Build's IDs are UUIDs; the local pipeline's are shorter. Never whitespace.
+BUILD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+PIPELINE_PREFIX = "build:"
+_SHOWN = 40  # at most this much of a malformed ID is quoted back
 MAX_IMAGE_NAME = 128
 SHORT_SHA_MIN = 7
 
@@ -76,10 +81,67 @@ def parse_env(text: str) -> Env:
         raise BadInput(f"unknown environment {text!r}: use one of {choices}") from None
 
 
+def user_id_problem(text: object) -> str | None:
+    """Why TEXT is not a Slack user ID, or None when it has the shape of one."""
+    if isinstance(text, str) and _SLACK_USER.fullmatch(text):
+        return None
+    return f"{_quoted(text)} is not a Slack user ID (like U01ABCDEF)"
+
+
+def _quoted(value: object) -> str:
+    """VALUE as an error quotes it: cut short, since a hostile ID may be any length."""
+    if isinstance(value, str) and len(value) > _SHOWN:
+        value = value[:_SHOWN] + "…"
+    return repr(value)[: _SHOWN + 10]
+
+
 def check_user_id(text: str) -> str:
-    if not _SLACK_USER.fullmatch(text or ""):
-        raise BadInput(f"{text!r} is not a Slack user ID (like U01ABCDEF)")
+    problem = user_id_problem(text)
+    if problem:
+        raise BadInput(problem)
     return text
+
+
+class Person(str):
+    """A Slack user ID, checked where it entered nbenv: how a person asks the service.
+
+    Constructing one checks the shape, so an ID that is not a Slack user's (`build:x`,
+    `alice`) never becomes a Person: only a `Pipeline` acts with the pipeline's rights.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, user_id: str) -> Person:
+        return super().__new__(cls, check_user_id(user_id))
+
+
+class Pipeline(str):
+    """A build of the pipeline, acting under its own name `build:<build id>`.
+
+    Made only where a build speaks for itself: the build relay (a Cloud Build event, or
+    the local pipeline's) and `nbenv publish --build-id`. Never from what a person
+    typed or Slack sent: those are Persons.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, build_id: str) -> Pipeline:
+        if not isinstance(build_id, str) or not BUILD_ID.fullmatch(build_id):
+            raise BadInput(
+                f"{_quoted(build_id)} is not a build ID (letters, digits, '.', '_', ':', '-')"
+            )
+        return super().__new__(cls, PIPELINE_PREFIX + build_id)
+
+    @property
+    def build_id(self) -> str:
+        return self[len(PIPELINE_PREFIX) :]
+
+    def __getnewargs__(self) -> tuple[str]:  # pickling makes it again from the build ID
+        return (self.build_id,)
+
+
+# Who the service acts for. A plain string given to the service is taken as a Person.
+Actor = Person | Pipeline
 
 
 def short(sha: str | None) -> str:

@@ -6,10 +6,11 @@ plan and applies it with compare-and-swap on each environment's generation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.domain.errors import Refused
+from bot.domain.errors import Conflict, Refused
 from bot.domain.model import ImageState, Version
 from bot.domain.names import Env, short
 from bot.domain.policy import PolicyCheck
@@ -40,6 +41,51 @@ class Plan:
         if not self.changes:
             return "no environment changes"
         return "; ".join(f"{c.env.value} {short(c.old)} → {short(c.new)}" for c in self.changes)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The environments of an image as the owner saw them when they decided.
+
+    A promote or rollback that runs later (a confirmation pressed, a `--yes` queued as a
+    job) applies only while the environments are still so: same generations (each move
+    of a pointer counts one) and, where known, same SHAs. Otherwise it does nothing.
+    """
+
+    generations: Mapping[str, int]
+    shas: Mapping[str, str | None] | None = None
+    shown: bool = True  # a plan was shown (a confirmation), else asked for with --yes
+
+    @classmethod
+    def of(cls, state: ImageState, *, shown: bool) -> Seen:
+        return cls(state.generations(), {env.value: state.sha(env) for env in Env}, shown)
+
+    def moved(self, state: ImageState) -> bool:
+        generations = state.generations()
+        if generations != {env: self.generations.get(env, 0) for env in generations}:
+            return True
+        return self.shas is not None and any(
+            self.shas.get(env.value) != state.sha(env) for env in Env
+        )
+
+    def refuse_if_moved(self, state: ImageState, action: str) -> None:
+        """Refuse ACTION when the environments moved since they were seen; say how."""
+        if not self.moved(state):
+            return
+        now = ", ".join(f"{env.value} `{short(state.sha(env))}`" for env in Env)
+        since = "this was shown" if self.shown else "you asked"
+        saw = ""
+        if self.shas is not None:
+            saw = (
+                " (you saw "
+                + ", ".join(f"{env.value} `{short(self.shas.get(env.value))}`" for env in Env)
+                + ")"
+            )
+        raise Conflict(
+            f"the environments of {state.image} changed since {since}: {now}{saw}. "
+            f"Nothing was changed; run `/nbenv {action} {state.image}` again to see "
+            "the new plan."
+        )
 
 
 def _change(state: ImageState, env: Env, new: str) -> PointerChange:

@@ -62,13 +62,21 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
-__all__ = ["DEFAULT_TIMEOUT_S", "collect_packages", "main", "run_notebook", "run_notebooks"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "collect_packages",
+    "main",
+    "run_notebook",
+    "run_notebooks",
+    "sandbox_environment",
+]
 
 DEFAULT_TIMEOUT_S = 600.0
 # After a cell overruns we interrupt the kernel and give it this long to unwind, so that
@@ -81,6 +89,46 @@ STATUSES = ("passed", "failed", "timeout", "error")
 
 class UsageError(ValueError):
     """DIR is missing, is not a folder, or holds no notebooks."""
+
+
+# ---------------------------------------------------------------------------
+# What a notebook's process inherits
+
+
+# Test notebooks come from a branch anyone with push access writes, and instances run
+# whatever their user types: their processes get these variables and nothing else, so the
+# tokens, signing secrets, database URLs and cloud credentials of whoever started them
+# stay out of reach of `os.environ`. Kept here, in the self-contained runner, so that the
+# bot (instances, the local pipeline) and the runner's kernels use one and the same list.
+SANDBOX_ENV_NAMES = frozenset(
+    {
+        # the shell basics
+        *("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "TZ"),
+        *("TMPDIR", "TEMP", "TMP"),
+        # where the interpreter finds its libraries: a venv, conda, the CUDA of GPU images
+        *("VIRTUAL_ENV", "PYTHONPATH", "LD_LIBRARY_PATH", "JAVA_HOME"),
+        # certificate stores (paths, not secrets)
+        *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
+    }
+)
+SANDBOX_ENV_PREFIXES = ("LC_", "CONDA_", "CUDA_", "NVIDIA_")
+
+
+def sandbox_environment(
+    source: Mapping[str, str] | None = None, home: str | os.PathLike[str] | None = None
+) -> dict[str, str]:
+    """The environment for a process that runs user or repository code: the allowed
+    variables of SOURCE (default: ours), with HOME set to HOME when given (a scratch
+    folder, so that libraries do not pick up the credentials kept in the real one)."""
+    source = os.environ if source is None else source
+    env = {
+        name: value
+        for name, value in source.items()
+        if name in SANDBOX_ENV_NAMES or name.startswith(SANDBOX_ENV_PREFIXES)
+    }
+    if home is not None:
+        env["HOME"] = os.fspath(home)
+    return env
 
 
 # ---------------------------------------------------------------------------
@@ -328,7 +376,8 @@ async def _execute(
     ready = finished = started
     in_kernel = False
     try:
-        async with client.async_setup_kernel():
+        # The kernel runs the notebook's code: it gets the allowed variables only.
+        async with client.async_setup_kernel(env=sandbox_environment()):
             in_kernel = True
             ready = time.monotonic()
             await _record_language_info(client)

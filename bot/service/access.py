@@ -12,9 +12,7 @@ from typing import Protocol
 
 from bot.domain.commands import Command
 from bot.domain.errors import BadInput
-from bot.domain.names import check_user_id
-
-PIPELINE_PREFIX = "build:"
+from bot.domain.names import Actor, Person, Pipeline
 
 
 class Known(Protocol):
@@ -26,15 +24,21 @@ class Known(Protocol):
     def knows_user(self, user: str) -> bool: ...
 
 
-def is_pipeline(actor: str) -> bool:
-    """Builds act under their own name: `build:<build id>`."""
-    return actor.startswith(PIPELINE_PREFIX)
+def is_pipeline(actor: Actor | str) -> bool:
+    """The pipeline's rights come with a `Pipeline`, made by the build relay and `nbenv
+    publish --build-id`; never with a name that merely looks like one (`build:x`)."""
+    return isinstance(actor, Pipeline)
 
 
-def check_actor(config: Known, actor: str) -> None:
+def as_actor(actor: Actor | str) -> Actor:
+    """ACTOR as the service takes it: anything but a Pipeline must be a Slack user ID."""
+    return actor if isinstance(actor, Person | Pipeline) else Person(actor)
+
+
+def check_actor(config: Known, actor: Actor | str) -> None:
+    actor = as_actor(actor)
     if is_pipeline(actor):
         return
-    check_user_id(actor)
     if not config.knows_user(actor):
         raise BadInput(f"unknown user {actor}: not an owner, tester or user of any team")
 
@@ -45,7 +49,7 @@ def check_image(config: Known, image: str) -> None:
         raise BadInput(f"unknown image {image!r}; known images: {known}")
 
 
-def check(config: Known, actor: str, command: Command) -> None:
+def check(config: Known, actor: Actor | str, command: Command) -> None:
     """A known user and a known image."""
     check_actor(config, actor)
     if command.image is not None:

@@ -22,11 +22,11 @@ from bot.domain.audit import ChainCheck, verify_chain
 from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.model import ImageState, Version
-from bot.domain.names import Env, check_full_sha, short
+from bot.domain.names import Actor, Env, check_full_sha, short
 from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
 from bot.domain.text import escape, mention
 from bot.service import access, render
-from bot.service.access import is_pipeline
+from bot.service.access import as_actor, is_pipeline
 from bot.service.ports import Backend, InstanceInfo, InstanceRequest
 from bot.store.uow import Store, Tx
 
@@ -64,28 +64,38 @@ class Nbenv:
         store: Store,
         backend: Backend | None = None,
         differ: Callable[..., dict[str, Any]] | None = None,
+        *,
+        run_by_operator: bool = False,
     ) -> None:
+        """RUN_BY_OPERATOR: this entry point is used by the person who runs nbenv (CLI,
+        console), not by people through Slack; instances they ask for may share the bot's
+        OS user on the local backend (see `local.shared_instances`)."""
         self.config = config
         self.store = store
         self.backend = backend
         self.differ = differ
+        self.run_by_operator = run_by_operator
 
     # -- entry -----------------------------------------------------------------------------
 
-    def handle(self, actor: str, text: str, *, key: str | None = None) -> Reply:
+    def handle(self, actor: Actor | str, text: str, *, key: str | None = None) -> Reply:
         """Run TEXT exactly as it would follow `/nbenv`, as ACTOR."""
         return self.execute(actor, parse(text), key=key)
 
     def execute(
         self,
-        actor: str,
+        actor: Actor | str,
         command: Command,
         *,
         key: str | None = None,
-        expect: dict[str, int] | None = None,
+        expect: dict[str, int] | ops.Seen | None = None,
         reply_to: str | None = None,
     ) -> Reply:
-        """REPLY_TO: a Slack response_url where slow work (build, instance) answers when done."""
+        """REPLY_TO: a Slack response_url where slow work (build, instance) answers when done.
+
+        EXPECT: the environments as whoever decided saw them (their generations, or a
+        Seen); a promote or rollback is refused, and the refusal audited, if they moved.
+        """
         self.check(actor, command)
         if key is not None and not command.read_only:
             with self.store.read() as tx:
@@ -98,11 +108,11 @@ class Nbenv:
             self._audit_refusal(actor, command, refusal)
             raise
 
-    def check(self, actor: str, command: Command) -> None:
+    def check(self, actor: Actor | str, command: Command) -> None:
         """What every command passes first: a known user and a known image (config only)."""
         access.check(self.config, actor, command)
 
-    def require(self, actor: str, command: Command, needed: Role) -> Role:
+    def require(self, actor: Actor | str, command: Command, needed: Role) -> Role:
         """ACTOR's role when it is at least NEEDED for COMMAND; a refusal is audited.
 
         For adapters that must check a role before asking for more input (a dialog).
@@ -174,7 +184,8 @@ class Nbenv:
     def _cmd_help(self, actor: str, command: Command, **_: Any) -> Reply:
         return Reply(help_text())
 
-    def visible_images(self, actor: str) -> list[str]:
+    def visible_images(self, actor: Actor | str) -> list[str]:
+        actor = as_actor(actor)
         if is_pipeline(actor):
             return sorted(self.config.images)
         return sorted(
@@ -369,18 +380,23 @@ class Nbenv:
         command: Command,
         *,
         key: str | None = None,
-        expect: dict[str, int] | None = None,
+        expect: dict[str, int] | ops.Seen | None = None,
         **_: Any,
     ) -> Reply:
         """promote and rollback: plan in a read, then apply with compare-and-swap."""
         image = command.image
         assert image
         self._require(actor, image, Role.OWNER, command.name)
+        seen = ops.Seen(expect) if isinstance(expect, dict) else expect
         with self.store.read() as tx:
+            if seen is not None:
+                # Checked before planning, so the owner hears what moved rather than why
+                # today's plan would fail; checked again when writing (races).
+                seen.refuse_if_moved(tx.image_state(image), command.name)
             plan, preview = self._preview_in(tx, actor, command)
         if command.dry_run:
             return Reply(render.plan_text(plan, preview, dry_run=True), preview)
-        return self._apply(actor, plan, key=key, expect=expect, preview=preview)
+        return self._apply(actor, plan, key=key, expect=seen, preview=preview)
 
     _cmd_rollback = _cmd_promote
 
@@ -408,7 +424,7 @@ class Nbenv:
         assert check is not None
         return plan, check
 
-    def preview(self, actor: str, command: Command) -> dict[str, Any]:
+    def preview(self, actor: Actor | str, command: Command) -> dict[str, Any]:
         """The plan a destructive command would carry out, for a confirmation dialog."""
         self._check_actor(actor)
         assert command.image
@@ -470,7 +486,7 @@ class Nbenv:
 
     def publish(
         self,
-        actor: str,
+        actor: Actor | str,
         image: str,
         sha: str,
         *,
@@ -571,7 +587,7 @@ class Nbenv:
         plan: ops.Plan,
         *,
         key: str | None,
-        expect: dict[str, int] | None,
+        expect: ops.Seen | None,
         preview: dict[str, Any],
         replan: Callable[[Tx], ops.Plan] | None = None,
     ) -> Reply:
@@ -588,14 +604,8 @@ class Nbenv:
                 return Reply("already done (retried request)", {"retried": True})
             if replan is not None:
                 plan = replan(tx)
-            state = tx.image_state(plan.image)
-            if expect is not None and state.generations() != {
-                env: expect.get(env, 0) for env in state.generations()
-            }:
-                raise Conflict(
-                    f"the environments of {plan.image} changed since this was shown: "
-                    f"{render.pointers_text(state)}. Nothing was changed."
-                )
+            if expect is not None:
+                expect.refuse_if_moved(tx.image_state(plan.image), plan.action)
             tx.apply(plan, actor=actor, operation_id=operation_id)
             steps = []
             if plan.changes and self.backend is not None and self.backend.mirrors_pointers():
@@ -950,6 +960,8 @@ class Nbenv:
                 raise Refused(f"an instance named {name} already exists")
             job_key = key or f"instance:{name}"
             payload = {"image": image, "env": env.value, "sha": sha, "name": name, "actor": actor}
+            if self.run_by_operator:
+                payload["operator"] = True
             details = {"env": env.value, "name": name}
             self._queue(tx, "instance", job_key, payload, reply_to, sha=sha, details=details)
         return Reply(
@@ -986,6 +998,7 @@ class Nbenv:
             env=payload["env"],
             sha=payload["sha"],
             requested_by=payload["actor"],
+            for_operator=payload.get("operator") is True,
         )
         with self.store.read() as tx:
             existing = tx.instance(request.name)
@@ -993,7 +1006,19 @@ class Nbenv:
             return InstanceInfo(
                 existing["name"], existing["url"], existing["state"], existing["details"]
             )
-        info = self.backend.start_instance(request)
+        try:
+            info = self.backend.start_instance(request)
+        except Refused as refusal:  # e.g. not offered to this person (local.shared_instances)
+            with self.store.write() as tx:
+                tx.append_audit(
+                    actor=request.requested_by,
+                    action="instance",
+                    image=request.image,
+                    sha=request.sha,
+                    outcome="refused",
+                    details={"name": request.name, "reason": refusal.message},
+                )
+            raise
         with self.store.write() as tx:
             tx.add_instance(
                 name=request.name,
@@ -1011,12 +1036,9 @@ class Nbenv:
                 action="instance-ready",
                 image=request.image,
                 sha=request.sha,
-                details={
-                    "name": request.name,
-                    "env": request.env,
-                    "url": info.url,
-                    "state": info.state,
-                },
+                # No link: history is readable by every user of the image, and the link
+                # opens the requester's notebook.
+                details={"name": request.name, "env": request.env, "state": info.state},
             )
             response_url = payload.get("response_url")
             text = (
@@ -1029,7 +1051,12 @@ class Nbenv:
                 tx.enqueue_message(
                     f"instance-ready:{request.name}",
                     "response_url",
-                    {"url": response_url, "text": text, "response_type": "ephemeral"},
+                    {
+                        "url": response_url,
+                        "text": text,
+                        "response_type": "ephemeral",
+                        "user": request.requested_by,  # told directly if the URL expired
+                    },
                 )
         return info
 
@@ -1041,14 +1068,11 @@ class Nbenv:
             return self._stop_instance(actor, command.stop)
         with self.store.read() as tx:
             rows = [row for image in images for row in tx.instances(image=image)]
-        lines = ["*Instances*"] + [
-            f"• `{r['name']}` {r['image']} {r['env']} `{short(r['sha'])}` {r['state']} "
-            f"by {mention(r['requested_by'])} {r['url'] or ''}".rstrip()
-            for r in rows
-        ]
+        shown = [render.instance_listing(row, actor) for row in rows]
+        lines = ["*Instances*"] + [render.instance_line(item) for item in shown]
         if not rows:
             lines.append("none")
-        return Reply("\n".join(lines), rows)
+        return Reply("\n".join(lines), shown)
 
     def _stop_instance(self, actor: str, name: str) -> Reply:
         with self.store.read() as tx:

@@ -1,12 +1,19 @@
 """The durable job queue's worker: slow work (builds, instances) runs here, off the ack path.
 
-Jobs are claimed with a conditional update, so two workers never run the same job, and
-a job a crash left `running` is taken up again after its lease expires.
+Jobs are claimed with a conditional update, so two workers never run the same job. While
+a job runs, its worker renews a short lease (a heartbeat); a job whose worker died (a
+crash, a SIGKILL, a lost Cloud Run instance) stops being renewed and is taken up again
+by any worker within LEASE, not after the longest a job may take. A heartbeat rather
+than "retry what was running when a worker starts": several workers run at once (gunicorn
+workers, Cloud Run instances, Pub/Sub pushes), and a starting one cannot tell a job whose
+worker died from one a live sibling is running; nor would a crash be retried before some
+worker happens to start.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -21,18 +28,25 @@ from bot.store.uow import Store, iso
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], None]
-LEASE = timedelta(minutes=30)
+# A running job whose worker has not renewed it for this long is retried; its worker
+# renews it every LEASE / HEARTBEATS_PER_LEASE, so a few slow or failed renewals in a
+# row (a busy store) do not hand a live job to a second worker.
+LEASE = timedelta(seconds=30)
+HEARTBEATS_PER_LEASE = 6
 MAX_ATTEMPTS = 3
 
 
 class JobWorker:
-    def __init__(self, store: Store, handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self, store: Store, handlers: dict[str, Handler], *, lease: timedelta = LEASE
+    ) -> None:
         self.store = store
         self.handlers = handlers
+        self.lease = lease
 
     def _claim(self) -> dict[str, Any] | None:
         now = self.store.clock()
-        stale = iso(now - LEASE)
+        stale = iso(now - self.lease)
         with self.store.write(audited=False) as tx:
             row = tx.connection.execute(
                 select(t.jobs)
@@ -69,8 +83,10 @@ class JobWorker:
                 .values(status=status, error=error, finished_at=tx.now)
             )
             # Whoever asked is told when their slow work failed for good, not left waiting.
-            response_url = (job or {}).get("payload", {}).get("response_url")
+            payload = (job or {}).get("payload", {})
+            response_url = payload.get("response_url")
             if status == "failed" and response_url:
+                actor = payload.get("actor")
                 tx.enqueue_message(
                     f"job-failed:{job_id}",
                     "response_url",
@@ -78,6 +94,8 @@ class JobWorker:
                         "url": response_url,
                         "text": f"⚠️ {job['kind']} failed: {escape(error)}",  # type: ignore[index]
                         "response_type": "ephemeral",
+                        # Told directly should the response_url have expired meanwhile.
+                        **({"user": actor} if isinstance(actor, str) else {}),
                     },
                 )
 
@@ -95,6 +113,46 @@ class JobWorker:
         if handler is None:
             self._finish(job["id"], "failed", f"no handler for job kind {job['kind']!r}")
             return "failed"
+        if job["attempts"] >= MAX_ATTEMPTS:
+            # Every attempt so far ended with its worker gone (killed, out of memory):
+            # running it again would likely take another worker down.
+            error = f"its worker stopped while running it {job['attempts']} times"
+            log.error("job %s (%s) parked: %s", job["id"], job["kind"], error)
+            self._finish(job["id"], "failed", error, job=job)
+            return "failed"
+        stop = threading.Event()
+        heartbeat = threading.Thread(
+            target=self._heartbeat,
+            args=(job["id"], job["attempts"] + 1, stop),
+            name=f"nbenv-job-{job['id']}-lease",
+            daemon=True,
+        )
+        heartbeat.start()
+        try:
+            return self._call(handler, job)
+        finally:
+            stop.set()
+            heartbeat.join()
+
+    def _heartbeat(self, job_id: int, attempt: int, stop: threading.Event) -> None:
+        """Renew the lease of job JOB_ID (claimed as ATTEMPT) until STOP is set."""
+        interval = self.lease.total_seconds() / HEARTBEATS_PER_LEASE
+        while not stop.wait(interval):
+            try:
+                with self.store.write(audited=False) as tx:
+                    tx.connection.execute(
+                        update(t.jobs)
+                        .where(
+                            t.jobs.c.id == job_id,
+                            t.jobs.c.status == "running",
+                            t.jobs.c.attempts == attempt,
+                        )
+                        .values(available_at=tx.now)
+                    )
+            except Exception:  # the store may be briefly unreachable: renew at the next beat
+                log.warning("job %s: could not renew its lease", job_id, exc_info=True)
+
+    def _call(self, handler: Handler, job: dict[str, Any]) -> str:
         try:
             handler(job["payload"])
         except NbenvError as error:
@@ -123,7 +181,7 @@ class JobWorker:
             ).first()
             if row is None:
                 return "missing"
-            stale = row.status == "running" and row.available_at <= iso(now - LEASE)
+            stale = row.status == "running" and row.available_at <= iso(now - self.lease)
             if row.status != "queued" and not stale:
                 return str(row.status)
             claimed = tx.connection.execute(

@@ -13,6 +13,9 @@ class InstanceRequest:
     env: str
     sha: str
     requested_by: str
+    # Asked for by the person who runs nbenv (CLI, console), not through Slack: on the
+    # local backend, only they may get an instance that is not isolated from the bot.
+    for_operator: bool = False
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,11 @@ def version_data(version: Version, envs: list[str], verdicts: list) -> dict[str,
 
 
 def audit_data(entry: Any) -> dict[str, Any]:
+    """An audit entry as `history` shows it to any user of the image. Entries written
+    before instance links were kept out of the log still hold one: it is not shown."""
+    details = entry.details
+    if entry.action == "instance-ready" and "url" in details:
+        details = {key: value for key, value in details.items() if key != "url"}
     return {
         "seq": entry.seq,
         "at": entry.at,
@@ -72,7 +77,7 @@ def audit_data(entry: Any) -> dict[str, Any]:
         "image": entry.image,
         "sha": entry.sha,
         "outcome": entry.outcome,
-        "details": entry.details,
+        "details": details,
     }
 
 
@@ -171,3 +176,23 @@ def instance_name(image: str, env: str, actor: str, sha: str) -> str:
         base = base.replace("--", "-")
     suffix = f"-{env[:4]}-{sha[:7]}-{uuid.uuid4().hex[:4]}"
     return (base[: 63 - len(suffix)].rstrip("-") + suffix).lower()
+
+
+def instance_listing(row: dict[str, Any], viewer: str) -> dict[str, Any]:
+    """What VIEWER may know of an instance: everyone sees what it is and whose it is; only
+    the person who asked for it gets its access link (on the local backend the link holds
+    the server's token, so whoever has it can run code in that person's notebook). Image
+    owners may stop an instance, but not open it: least privilege."""
+    shown = {key: row[key] for key in ("name", "image", "env", "sha", "state", "requested_by")}
+    shown["created_at"] = row.get("created_at")
+    if row["requested_by"] == viewer:
+        shown["url"] = row.get("url")
+    return shown
+
+
+def instance_line(shown: dict[str, Any]) -> str:
+    link = f" {shown['url']}" if shown.get("url") else ""
+    return (
+        f"• `{shown['name']}` {shown['image']} {shown['env']} `{short(shown['sha'])}` "
+        f"{shown['state']} by {mention(shown['requested_by'])}{link}"
+    )

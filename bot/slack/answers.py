@@ -41,7 +41,11 @@ POSTING_THREADS = 4  # posting waits on Slack; computing is quick
 def post_answer(url: str, message: dict[str, Any], *, replace: bool = False) -> None:
     """Post a private answer to a response_url, retrying rate limits and outages."""
     if not url:
-        log.warning("no response_url to answer: %s", message.get("text"))
+        # Not the text: a private answer may hold what only its reader may see (a link).
+        log.warning(
+            "no response_url: a private answer of %d characters was dropped",
+            len(str(message.get("text", ""))),
+        )
         return
     # Here rather than at the top: the master forks the answer process before it imports
     # anything that the answer process does not need first.

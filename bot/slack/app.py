@@ -16,10 +16,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
 
+from bot.domain.names import Person, user_id_problem
 from bot.slack import views
 from bot.slack.answers import post_answer
 from bot.slack.client import web_client
@@ -93,11 +94,22 @@ def build_app(
         if outcome.later is not None:
             deliver(response_url, outcome.later, outcome.replace)
 
+    @app.middleware
+    def only_people(body: dict[str, Any], next_: Callable[[], None]) -> BoltResponse | None:
+        """What a person does names them by their Slack user ID; a request naming anyone
+        else (`build:…` is the pipeline's name) is malformed: 400 before any listener."""
+        acts, user = _acting_user(body)
+        problem = user_id_problem(user) if acts else None
+        if problem:
+            return BoltResponse(status=400, body=f"nbenv: {problem}: nothing was changed")
+        next_()
+        return None
+
     @app.command(SLASH)
     def slash(ack: Ack, body: dict[str, Any]) -> None:
         response_url = body.get("response_url") or ""
         outcome = interactions.slash(
-            body.get("user_id", ""),
+            Person(body["user_id"]),
             body.get("text") or "",
             key=f"slash:{body.get('trigger_id') or body.get('command_ts') or ''}",
             response_url=response_url,
@@ -113,7 +125,7 @@ def build_app(
         ack()
         response_url = body.get("response_url") or ""
         outcome = interactions.press(
-            body["user"]["id"],
+            Person(body["user"]["id"]),
             action["action_id"],
             action.get("value"),
             key=_action_key(body, action),
@@ -128,7 +140,7 @@ def build_app(
 
         def open_dialog() -> None:
             outcome = interactions.reject_dialog(
-                body["user"]["id"], action.get("value"), response_url=response_url
+                Person(body["user"]["id"]), action.get("value"), response_url=response_url
             )
             if outcome.dialog is not None:
                 client.views_open(trigger_id=body["trigger_id"], view=outcome.dialog)
@@ -141,7 +153,7 @@ def build_app(
         values = (view.get("state") or {}).get("values") or {}
         reason = ((values.get(views.REASON_BLOCK) or {}).get(views.REASON_INPUT) or {}).get("value")
         problem = interactions.submit_reject(
-            body["user"]["id"],
+            Person(body["user"]["id"]),
             view.get("private_metadata"),
             reason,
             key=f"view:{view.get('id')}:{body['user']['id']}",
@@ -157,10 +169,24 @@ def build_app(
         ack()
         if event.get("tab", "home") != "home":
             return
-        user = event["user"]
+        user = Person(event["user"])
         after(lambda: client.views_publish(user_id=user, view=interactions.home(user)))
 
     return app
+
+
+def _acting_user(body: dict[str, Any]) -> tuple[bool, Any]:
+    """Whether BODY is something a person does here (a listener below answers it), and
+    the user ID it names."""
+    if "command" in body:  # a slash command: a form
+        return True, body.get("user_id")
+    if body.get("type") in ("block_actions", "view_submission"):
+        user = body.get("user")
+        return True, user.get("id") if isinstance(user, dict) else None
+    event = body.get("event")
+    if isinstance(event, dict) and event.get("type") == "app_home_opened":
+        return True, event.get("user")
+    return False, None
 
 
 def _action_key(body: dict[str, Any], action: dict[str, Any]) -> str:

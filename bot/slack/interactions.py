@@ -24,8 +24,9 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from bot.domain.commands import Command, help_text, parse
-from bot.domain.errors import BadInput, Conflict, NbenvError
-from bot.domain.names import Env, check_sha_ref, short
+from bot.domain.errors import BadInput, NbenvError
+from bot.domain.names import Env, Person, check_sha_ref, short
+from bot.domain.operations import Seen
 from bot.domain.policy import Role
 from bot.domain.text import escape
 from bot.slack import views
@@ -141,7 +142,7 @@ class Interactions:
 
     # -- the slash command ------------------------------------------------------------------
 
-    def slash(self, user: str, text: str, *, key: str, response_url: str | None) -> Outcome:
+    def slash(self, user: Person, text: str, *, key: str, response_url: str | None) -> Outcome:
         """`/nbenv TEXT` by USER. KEY identifies the request (Slack retries carry the same)."""
         try:
             command = parse(text)
@@ -156,7 +157,10 @@ class Interactions:
                 return Outcome(answer=hint, later=Later(user, command_fields(command)))
             if way == "job":
                 payload = {"mode": "run", "actor": user, "command": command_fields(command)}
-                self._queue(key, {**payload, "key": key, "response_url": response_url})
+                # A promote or rollback with --yes carries the environments as they are
+                # now: when the job runs, it does this or nothing (see Seen).
+                seen = command.image if command.name in CONFIRMED else None
+                self._queue(key, {**payload, "key": key, "response_url": response_url}, seen)
                 return Outcome(answer=views.message(_working(command)), queued=True)
             reply = self.app.execute(user, command, key=key, reply_to=response_url)
         except NbenvError as error:
@@ -187,7 +191,7 @@ class Interactions:
     # -- buttons ----------------------------------------------------------------------------
 
     def press(
-        self, user: str, action_id: str, raw_value: str | None, *, key: str, response_url: str
+        self, user: Person, action_id: str, raw_value: str | None, *, key: str, response_url: str
     ) -> Outcome:
         """A button pressed by USER; the answer goes privately to RESPONSE_URL."""
         try:
@@ -196,7 +200,7 @@ class Interactions:
             return Outcome(later=Later(user, message=views.error(error.message)))
 
     def _press(
-        self, user: str, action_id: str, raw_value: str | None, *, key: str, response_url: str
+        self, user: Person, action_id: str, raw_value: str | None, *, key: str, response_url: str
     ) -> Outcome:
         value = _value(raw_value)
         image = value["image"]
@@ -236,9 +240,17 @@ class Interactions:
         raise BadInput(f"unknown button {action_id!r}")
 
     def answer(
-        self, key: str, response_url: str, message: dict[str, Any], *, replace: bool = False
+        self,
+        key: str,
+        response_url: str,
+        message: dict[str, Any],
+        *,
+        replace: bool = False,
+        user: str | None = None,
     ) -> None:
-        """Queue a private answer to an interaction (delivered and retried by the outbox)."""
+        """Queue a private answer to an interaction (delivered and retried by the outbox).
+
+        USER: who asked, told directly should the response_url have expired."""
         with self.store.write(audited=False) as tx:
             tx.enqueue_message(
                 f"answer:{key}",
@@ -248,12 +260,13 @@ class Interactions:
                     "response_type": "ephemeral",
                     "replace_original": replace,
                     **message,
+                    **({"user": user} if user else {}),
                 },
             )
 
     # -- the reject dialog ------------------------------------------------------------------
 
-    def reject_dialog(self, user: str, raw_value: str | None, *, response_url: str) -> Outcome:
+    def reject_dialog(self, user: Person, raw_value: str | None, *, response_url: str) -> Outcome:
         """Reject pressed: the dialog asking why, or a private refusal (roles checked now)."""
         try:
             value = _value(raw_value)
@@ -265,7 +278,7 @@ class Interactions:
         return Outcome(dialog=views.reject_dialog(str(command.image), str(command.sha), metadata))
 
     def submit_reject(
-        self, user: str, raw_metadata: str | None, reason: str | None, *, key: str
+        self, user: Person, raw_metadata: str | None, reason: str | None, *, key: str
     ) -> str | None:
         """The dialog submitted: None when the rejection is recorded, else what to fix."""
         reason = (reason or "").strip()
@@ -288,7 +301,7 @@ class Interactions:
 
     # -- the App Home -----------------------------------------------------------------------
 
-    def home(self, user: str) -> dict[str, Any]:
+    def home(self, user: Person) -> dict[str, Any]:
         from bot.slack.home import home_view
 
         images = self.app.visible_images(user)
@@ -298,8 +311,13 @@ class Interactions:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def _queue(self, key: str, payload: dict[str, Any]) -> None:
+    def _queue(self, key: str, payload: dict[str, Any], seen_image: str | None = None) -> None:
+        """Queue a job; SEEN_IMAGE: record that image's environments with it, as they are
+        in the same transaction."""
         with self.store.write(audited=False) as tx:
+            if seen_image is not None:
+                seen = Seen.of(tx.image_state(seen_image), shown=False)
+                payload = {**payload, "seen": {"generations": seen.generations, "shas": seen.shas}}
             tx.enqueue_job(f"slack:{key}", JOB_KIND, payload)
 
     def run(self, job: dict[str, Any]) -> None:
@@ -310,34 +328,17 @@ class Interactions:
             if job.get("mode") == "confirm":
                 message = self._answer(actor, command, job.get("shown"))
             else:
-                if job.get("expect") is not None:
-                    self._refuse_if_stale(command, job["expect"])
-                reply = self.app.execute(
-                    actor, command, key=job.get("key"), expect=job.get("expect")
-                )
+                reply = self.app.execute(actor, command, key=job.get("key"), expect=_seen(job))
                 message = render(reply, command)
         except NbenvError as error:
             message = views.error(error.message)
         self.answer(
-            str(job["key"]), str(job["response_url"]), message, replace=bool(job.get("replace"))
+            str(job["key"]),
+            str(job["response_url"]),
+            message,
+            replace=bool(job.get("replace")),
+            user=str(job["actor"]),
         )
-
-    def _refuse_if_stale(self, command: Command, expect: dict[str, int]) -> None:
-        """A confirmation pressed after the environments moved: say where they are now.
-
-        Checked before planning, so the person hears what changed rather than why today's
-        plan would fail; the service checks EXPECT again when it writes (races)."""
-        assert command.image
-        with self.store.read() as tx:
-            state = tx.image_state(command.image)
-        generations = state.generations()
-        if generations != {env: expect.get(env, 0) for env in generations}:
-            now = ", ".join(f"{env.value} `{short(state.sha(env))}`" for env in Env)
-            raise Conflict(
-                f"the environments of {command.image} changed since this was shown: {now}. "
-                f"Nothing was changed; run `/nbenv {command.name} {command.image}` again "
-                "to see the new plan."
-            )
 
     def _confirmation(
         self, actor: str, command: Command, shown: dict[str, Any] | None
@@ -368,6 +369,28 @@ class Interactions:
                 "command with --yes to skip the confirmation"
             )
         return views.confirmation(preview, fields_, instances)
+
+
+def _seen(job: dict[str, Any]) -> Seen | None:
+    """What the owner saw when they decided: the confirmation's generations ("expect"),
+    or the environments recorded when a --yes was queued ("seen")."""
+    seen, expect = job.get("seen"), job.get("expect")
+    if isinstance(seen, dict):
+        generations, shas = seen.get("generations"), seen.get("shas")
+        if not (_generations(generations) and isinstance(shas, dict)):
+            raise BadInput("this job is malformed: nothing was changed")
+        return Seen(generations, shas, shown=False)
+    if expect is not None:
+        if not _generations(expect):
+            raise BadInput("this button is malformed: nothing was changed")
+        return Seen(expect)
+    return None
+
+
+def _generations(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and type(v) is int for k, v in value.items()
+    )
 
 
 def _plain(command: Command) -> dict[str, Any]:

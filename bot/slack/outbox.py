@@ -298,11 +298,20 @@ class OutboxSender:
         try:
             if method == "response_url":
                 url = payload.pop("url")
+                user = payload.pop("user", None)  # who asked, when the answer names them
                 result = self.webhook_factory(url).send_dict(payload)
                 if result.status_code == 429:
                     raise _Retry(_retry_after(result.headers), "rate limited", counts=False)
                 if result.status_code >= 500:
                     raise _Retry(5, f"HTTP {result.status_code}")
+                if result.status_code in (404, 410) and user:
+                    # The response_url is gone (Slack: 30 minutes or 5 uses; it answers
+                    # 404 expired_url): the answer goes to the person as a DM instead.
+                    log.info("response_url gone (%s): answering %s directly", result.body, user)
+                    direct = {k: payload[k] for k in ("text", "blocks") if k in payload}
+                    return self.client.api_call(  # type: ignore[return-value]
+                        "chat.postMessage", json={"channel": user, **direct}
+                    ).data
                 if result.status_code >= 400:
                     # An expired response_url (30 minutes, 5 uses) cannot be fixed by retrying.
                     raise SlackApiError(

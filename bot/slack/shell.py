@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import uuid
 from collections.abc import Iterable
@@ -23,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from bot.bootstrap import Runtime
+from bot.domain.names import Person
 from bot.slack.interactions import Interactions, Outcome
 from bot.slack.outbox import OutboxSender
 from bot.store.uow import Store
 
 CONSOLE_URL = "console:"
+MAX_LABEL = 75  # characters of a button's text in Slack
 
 HELP = """\
 /nbenv TEXT      run a command as in Slack (e.g. /nbenv status, /nbenv help)
@@ -157,7 +158,7 @@ class Shell:
         self.console = Console(out)
         self.sender = ConsoleSender(runtime.store, self.console)
         self.interactions = Interactions(runtime.app)
-        self.user = user
+        self.user = Person(user)
         self.dialog: dict[str, Any] | None = None
         self.echo = False
 
@@ -190,23 +191,34 @@ class Shell:
         elif line == "/home":
             self.console.show("(App Home) ", self.interactions.home(self.user))
         elif line == "/buttons":
-            labels = " ".join(f"[{b.label}]" for b in self.console.buttons.values())
-            self.console.say(labels or "no buttons shown yet")
+            self.console.say(self._shown_labels() or "no buttons shown yet")
         elif line.startswith("/nbenv"):
             self._slash(line[len("/nbenv") :].strip())
         elif line.lower() in self.console.buttons:
             self._press(self.console.buttons[line.lower()])
-        else:
+        elif line.startswith("/"):
             self.console.say(f"not understood: {line!r} (type /help)")
+        else:  # every other line is the label of a button to press
+            self.console.say(self._not_shown(line))
         self.settle()
         return True
 
+    def _shown_labels(self) -> str:
+        return " ".join(f"[{b.label}]" for b in self.console.buttons.values())
+
+    def _not_shown(self, label: str) -> str:
+        if len(label) > MAX_LABEL:  # Slack's limit: anything longer is no button's label
+            label = label[: MAX_LABEL - 1] + "…"
+        shown = self._shown_labels()
+        if not shown:
+            return f"no {label!r} button is shown yet: no buttons so far (type /help)"
+        return f"no {label!r} button is shown yet; buttons shown: {shown}"
+
     def _switch(self, user: str) -> None:
         from bot.domain.errors import NbenvError
-        from bot.domain.names import check_user_id
 
         try:
-            self.user = check_user_id(user)
+            self.user = Person(user)
         except NbenvError as error:
             self.console.say(f"⚠️ {error.message}")
             return
@@ -293,9 +305,11 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="nbenv shell", description=HELP)
     parser.parse_args(rest)
     from bot.bootstrap import build_runtime
+    from bot.cli import person
 
-    runtime = build_runtime(args.config)
-    user = args.as_user or os.environ.get("NBENV_USER") or _first_owner(runtime)
+    chosen = person(args)  # a malformed --as stops here, before the database is opened
+    runtime = build_runtime(args.config, run_by_operator=True)  # the console is the operator's
+    user = chosen or _first_owner(runtime)
     if user is None:  # pragma: no cover - config requires an owner per team
         print("nbenv shell: say who you are with --as USER", file=sys.stderr)
         return 2

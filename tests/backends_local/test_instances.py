@@ -46,7 +46,8 @@ def runtime(tmp_path: Path, repo: ImageRepo, sqlite_url: str) -> Any:
 
     config_file = tmp_path / "instances.yaml"
     config_file.write_text(local_config_text(repo.path, free_port_range()), encoding="utf-8")
-    runtime = build_runtime(str(config_file), sqlite_url)
+    # As the operator's console or CLI would (they may have instances without Docker).
+    runtime = build_runtime(str(config_file), sqlite_url, run_by_operator=True)
     yield runtime
     # Never leave a server behind, whatever the test did.
     with runtime.store.read() as tx:
@@ -165,7 +166,9 @@ def test_an_instance_that_cannot_start_says_why_and_leaves_nothing(
         config_file = tmp_path / "one-port.yaml"
         config_file.write_text(local_config_text(repo.path, (port, port)), encoding="utf-8")
         instances = LocalInstances(load_config(config_file), tmp_path / "home", use_docker=False)
-        request = InstanceRequest("blocked", IMAGE, "production", repo.sha("initial"), USER)
+        request = InstanceRequest(
+            "blocked", IMAGE, "production", repo.sha("initial"), USER, for_operator=True
+        )
 
         with pytest.raises(NbenvError, match=f"no free port in {port}-{port}"):
             instances.start(request)

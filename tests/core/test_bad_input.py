@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from bot.cli import main
 from bot.config import load_config
 from bot.domain.errors import ConfigError
+from bot.domain.policy import Role
 from tests.conftest import IMAGE, OWNER, STRANGER, TEST_CONFIG, TESTER, USER, sha_of
 
 
@@ -76,6 +78,56 @@ def test_unknown_and_malformed_users(cli):
     assert code == 2 and "unknown user U09STRANGER" in err
     code, _, err = cli("--as", "alice", "status")
     assert code == 2 and "not a Slack user ID" in err
+
+
+@pytest.fixture
+def cli_on_both(config_file: Path, db_url: str, monkeypatch: pytest.MonkeyPatch, capsys):
+    """`cli` on SQLite and on PostgreSQL."""
+    monkeypatch.setenv("NBENV_DATABASE_URL", db_url)
+    monkeypatch.setenv("NBENV_CONFIG", str(config_file))
+    monkeypatch.delenv("NBENV_USER", raising=False)
+
+    def run(*words: str) -> tuple[int, str, str]:
+        code = main(list(words))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def test_no_one_acts_as_the_pipeline_with_as_or_nbenv_user(cli_on_both, monkeypatch):
+    cli = cli_on_both
+    assert cli("--as", OWNER, "publish", IMAGE, sha_of("a"))[0] == 0
+    before = (_status(cli), _audit_size(cli))
+    for words in (
+        ["--as", "build:evil", "freeze", IMAGE, "takeover"],
+        ["--as", "build:x", "approve", IMAGE],
+        ["--as", "build:evil", "promote", IMAGE, "--yes"],
+        ["--as", "build:evil", "publish", IMAGE, sha_of("b")],
+    ):
+        code, out, err = cli(*words)
+        assert (code, out) == (2, "")
+        assert err == f"nbenv: --as: {words[1]!r} is not a Slack user ID (like U01ABCDEF)\n"
+    monkeypatch.setenv("NBENV_USER", "build:evil")
+    code, _, err = cli("freeze", IMAGE, "takeover")
+    assert code == 2
+    assert err == "nbenv: NBENV_USER: 'build:evil' is not a Slack user ID (like U01ABCDEF)\n"
+    assert (_status(cli), _audit_size(cli)) == before
+
+
+def test_the_pipeline_publishes_through_publish_build_id(cli_on_both):
+    cli = cli_on_both
+    code, _, err = cli("publish", IMAGE, sha_of("a"), "--build-id", "b-123")
+    assert code == 0, err
+    staging = _status(cli)["environments"]["staging"]
+    assert (staging["sha"], staging["updated_by"]) == (sha_of("a"), "build:b-123")
+    before = (_status(cli), _audit_size(cli))
+    code, _, err = cli("--as", OWNER, "publish", IMAGE, sha_of("b"), "--build-id", "b-124")
+    assert code == 2 and "not both" in err
+    code, _, err = cli("publish", IMAGE, sha_of("b"), "--build-id", "b 124; rm")
+    assert code == 2 and "is not a build ID" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (_status(cli), _audit_size(cli)) == before
 
 
 def test_missing_user_is_explained(cli, monkeypatch):
@@ -146,35 +198,88 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def _twice(key_line: str, again: str) -> Callable[[str], str]:
+    return lambda c: c.replace(key_line, key_line + again, 1)
+
+
 @pytest.mark.parametrize(
-    ("mutate", "message"),
+    ("mutate", "where"),
     [
         (
             lambda c: c.replace(
                 "team: nlp\n    channel: C01NLP\n    approvals: 1",
                 "team: nlpx\n    channel: C01NLP\n    approvals: 1",
             ),
-            "images.nlp.keras-batch.team: no team 'nlpx'",
+            "14: images.nlp.keras-batch.team: no team 'nlpx'",
         ),
-        (lambda c: c.replace("approvals: 2", "approvals: 0"), "images.nlp.two-approvals.approvals"),
-        (lambda c: c.replace("owners: [U01OWNER]", "owners: [bob]"), "teams.nlp.owners"),
-        (lambda c: c.replace("nlp.self-approve:", "NLP.Self:"), "not a valid image name"),
+        (
+            lambda c: c.replace("approvals: 2", "approvals: 0"),
+            "20: images.nlp.two-approvals.approvals: Input should be greater than or equal to 1",
+        ),
+        (
+            lambda c: c.replace("owners: [U01OWNER]", "owners: [bob]"),
+            "5: teams.nlp.owners[0]: 'bob' is not a Slack user ID",
+        ),
+        (lambda c: c.replace("nlp.self-approve:", "NLP.Self:"), "21: images.NLP.Self: 'NLP.Self'"),
         (
             lambda c: c.replace("channel: C02VISION", "channel: vision"),
-            "images.vision.pytorch-gpu.channel",
+            "27: images.vision.pytorch-gpu.channel: expected a Slack channel ID",
         ),
-        (lambda c: c.replace("backend: local", "backend: aws"), "backend"),
-        (lambda c: c.replace("backend: local", "backend: gcp"), "gcp: required when backend"),
-        (lambda c: c + "\nsurprise: 1\n", "surprise: Extra inputs are not permitted"),
-        (lambda c: "teams: [", "not valid YAML"),
+        (lambda c: c.replace("backend: local", "backend: aws"), "2: backend: Input should be"),
+        (
+            lambda c: c.replace("backend: local", "backend: gcp"),
+            "2: gcp: required when backend is gcp",
+        ),
+        (lambda c: c + "\nsurprise: 1\n", "29: surprise: Extra inputs are not permitted"),
+        # A key given twice: YAML would keep the second silently (here: demote the owner).
+        (
+            _twice("    owners: [U01OWNER]\n", "    owners: [U09INTRUDER]\n"),
+            "6: teams.nlp.owners: given twice (first on line 5)",
+        ),
+        (lambda c: c + "backend: gcp\n", "28: backend: given twice (first on line 2)"),
+        (
+            _twice("    approvals: 2\n", "    approvals: 1\n"),
+            "21: images.nlp.two-approvals.approvals: given twice (first on line 20)",
+        ),
+        # One role per person and team; "*" only for users.
+        (
+            lambda c: c.replace(
+                "testers: [U02TESTER, U03TESTER]", "testers: [U03TESTER, U01OWNER]"
+            ),
+            "6: teams.nlp.testers[1]: U01OWNER is also listed in owners",
+        ),
+        (
+            lambda c: c.replace("users: [U06USER]", "users: [U06USER, U02TESTER]"),
+            "7: teams.nlp.users[1]: U02TESTER is also listed in testers",
+        ),
+        (
+            lambda c: c.replace("owners: [U01OWNER]", 'owners: [U01OWNER, "*"]'),
+            '5: teams.nlp.owners[1]: "*" (everyone) may only be listed in users',
+        ),
+        (
+            lambda c: c.replace("testers: [U05VTESTER]", 'testers: ["*"]'),
+            '10: teams.vision.testers[0]: "*" (everyone) may only be listed in users',
+        ),
+        (lambda c: "teams: [", "1:9: not valid YAML: "),
+        (
+            lambda c: c.replace("  nlp:\n", "  nlp: [\n", 1),
+            "6:5: not valid YAML: while parsing a flow sequence (line 4)",
+        ),
+        (lambda c: c + "\x07\n", "28:1: not valid YAML: character #x0007 is not allowed"),
     ],
 )
-def test_invalid_config_names_file_key_and_problem(tmp_path, mutate, message):
+def test_invalid_config_names_file_line_key_and_problem(tmp_path, mutate, where):
     path = _write(tmp_path, mutate(textwrap.dedent(TEST_CONFIG)))
     with pytest.raises(ConfigError) as error:
         load_config(path)
-    assert str(path) in error.value.message
-    assert message in error.value.message
+    assert error.value.message.startswith(f"{path}:{where}")
+    assert "(top level)" not in error.value.message
+    assert len(error.value.message.splitlines()) == 1
+
+
+def test_users_may_be_everyone(tmp_path):
+    path = _write(tmp_path, textwrap.dedent(TEST_CONFIG).replace("[U07ANALYST]", '["*"]'))
+    assert load_config(path).role_of("vision.pytorch-gpu", STRANGER) == Role.USER
 
 
 def test_invalid_config_stops_the_cli_with_one_line(tmp_path, monkeypatch, capsys):
@@ -182,7 +287,22 @@ def test_invalid_config_stops_the_cli_with_one_line(tmp_path, monkeypatch, capsy
     code = main(["--config", str(path), "--as", OWNER, "status"])
     err = capsys.readouterr().err
     assert code == 78
-    assert f"{path}: images.nlp.two-approvals.approvals" in err
+    assert err.startswith(f"nbenv: {path}:20: images.nlp.two-approvals.approvals: ")
+    assert len(err.splitlines()) == 1
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    text = textwrap.dedent(TEST_CONFIG).replace("team: nlp", "team: nlp  # équipe", 1)
+    path.write_bytes(text.encode("latin-1"))
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    code = main(["--config", str(path), "--as", OWNER, "status"])
+
+    expected = f"{path}:14: not UTF-8 text (byte 0xe9): save the config file as UTF-8"
+    assert error.value.message == expected
+    assert (code, capsys.readouterr().err) == (78, f"nbenv: {expected}\n")
 
 
 def test_missing_config_file(tmp_path):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import timedelta
+
+import pytest
 from sqlalchemy import select
 
 from bot.domain.commands import parse
-from bot.service.jobs import MAX_ATTEMPTS, JobWorker
+from bot.service.jobs import LEASE, MAX_ATTEMPTS, JobWorker
+from bot.slack.interactions import Interactions
 from bot.store import tables as t
-from tests.conftest import IMAGE, OWNER
+from bot.store.uow import Store, utcnow
+from tests.conftest import IMAGE, OWNER, TESTER, sha_of
 
 
 def _jobs(runtime) -> list:
@@ -59,3 +66,119 @@ def test_an_unknown_job_kind_fails_with_a_reason(runtime):
     assert JobWorker(runtime.store, {}).run_once() is True
     (job,) = _jobs(runtime)
     assert job.status == "failed" and "no handler for job kind 'odd'" in job.error
+
+
+def test_a_running_job_keeps_its_lease_while_its_worker_lives(runtime):
+    """A short lease is renewed while the job runs: another worker never takes a live
+    job, however long it runs."""
+    lease = timedelta(seconds=1.2)
+    started, finish = threading.Event(), threading.Event()
+    runs: list[dict] = []
+    stolen: list[dict] = []
+
+    def slow(payload: dict) -> None:
+        runs.append(payload)
+        started.set()
+        finish.wait(10)
+
+    live = JobWorker(runtime.store, {"slow": slow}, lease=lease)
+    rival = JobWorker(runtime.store, {"slow": stolen.append}, lease=lease)
+    with runtime.store.write(audited=False) as tx:
+        tx.enqueue_job("slow:1", "slow", {"n": 1})
+    running = threading.Thread(target=live.run_once)
+    running.start()
+    try:
+        assert started.wait(10)
+        deadline = time.monotonic() + 2 * lease.total_seconds()
+        while time.monotonic() < deadline:
+            assert rival.run_once() is False
+            assert rival.run_key("slow:1") == "running"
+            time.sleep(0.05)
+    finally:
+        finish.set()
+        running.join(10)
+    assert (len(runs), stolen) == (1, [])
+    (job,) = _jobs(runtime)
+    assert (job.status, job.attempts) == ("done", 1)
+
+
+def test_a_job_whose_worker_keeps_dying_is_parked_and_its_asker_told(runtime):
+    """A job that took its worker down MAX_ATTEMPTS times is not run again (it would
+    likely take the next worker down too): failed, and whoever asked hears it."""
+    url = "http://127.0.0.1:9/response/doomed"
+    runs: list[dict] = []
+
+    def fatal(payload: dict) -> None:
+        runs.append(payload)
+        raise SystemExit("the worker process goes down with the job")
+
+    with runtime.store.write(audited=False) as tx:
+        tx.enqueue_job("doomed:1", "doomed", {"actor": OWNER, "response_url": url})
+    for attempt in range(1, MAX_ATTEMPTS + 2):
+        # Each worker comes after the previous one's lease ran out.
+        at = utcnow() + attempt * 2 * LEASE
+        worker = JobWorker(Store(runtime.store.engine, clock=lambda at=at: at), {"doomed": fatal})
+        if attempt <= MAX_ATTEMPTS:
+            with pytest.raises(SystemExit):
+                worker.run_once()
+        else:
+            assert worker.run_once() is True
+    assert len(runs) == MAX_ATTEMPTS
+    (job,) = _jobs(runtime)
+    assert job.status == "failed"
+    assert f"stopped while running it {MAX_ATTEMPTS} times" in job.error
+    (answer,) = [row for row in _outbox(runtime) if row.method == "response_url"]
+    assert answer.payload["url"] == url and answer.payload["user"] == OWNER
+
+
+def test_a_yes_rollback_racing_a_promote_rolls_back_what_its_owner_saw_or_nothing(runtime):
+    """`/nbenv rollback IMAGE --yes` is queued; before it runs, a newer version is
+    promoted. Rolling back now would revoke a SHA the owner never saw: nothing changes,
+    the owner is told why, and the refusal is on record."""
+    a, b, c = sha_of("race a"), sha_of("race b"), sha_of("race c")
+    for sha in (a, b):
+        runtime.app.publish(OWNER, IMAGE, sha)
+        runtime.app.handle(TESTER, f"approve {IMAGE}")
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    url = "http://127.0.0.1:9/response/race"
+    outcome = Interactions(runtime.app).slash(
+        OWNER, f"rollback {IMAGE} --yes --reason broken", key="slash:race", response_url=url
+    )
+    assert outcome.queued
+    # Meanwhile c arrives and is promoted from elsewhere: production c, fallback b.
+    runtime.app.publish(OWNER, IMAGE, c)
+    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+
+    assert runtime.worker.run_until_idle() == 1
+
+    status = runtime.app.handle(OWNER, f"status {IMAGE}").data
+    envs = {env: (p["sha"] if p else None) for env, p in status["environments"].items()}
+    assert envs == {"staging": c, "production": c, "fallback": b}
+    assert not status["environments"]["production"]["revoked"]
+    (answer,) = [r for r in _outbox(runtime) if r.dedupe_key == "answer:slash:race"]
+    text = answer.payload["text"]
+    assert "changed since you asked" in text and "Nothing was changed" in text
+    assert f"you saw staging `{b[:7]}`, production `{b[:7]}`, fallback `{a[:7]}`" in text
+    assert answer.payload["user"] == OWNER
+    with runtime.store.read() as tx:
+        entry = tx.audit_entries(image=IMAGE)[-1]
+    assert (entry.actor, entry.action, entry.outcome) == (OWNER, "rollback", "refused")
+    assert "changed since you asked" in entry.details["reason"]
+
+
+def test_a_yes_rollback_nobody_raced_still_rolls_back(runtime):
+    a, b = sha_of("calm a"), sha_of("calm b")
+    for sha in (a, b):
+        runtime.app.publish(OWNER, IMAGE, sha)
+        runtime.app.handle(TESTER, f"approve {IMAGE}")
+        runtime.app.handle(OWNER, f"promote {IMAGE}")
+    url = "http://127.0.0.1:9/response/calm"
+    Interactions(runtime.app).slash(
+        OWNER, f"rollback {IMAGE} --yes --reason broken", key="slash:calm", response_url=url
+    )
+    assert runtime.worker.run_until_idle() == 1
+    status = runtime.app.handle(OWNER, f"status {IMAGE}").data
+    assert status["environments"]["production"]["sha"] == a
+    (answer,) = [r for r in _outbox(runtime) if r.dedupe_key == "answer:slash:calm"]
+    assert "rolled back production" in answer.payload["text"]

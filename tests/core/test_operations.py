@@ -6,6 +6,7 @@ import pytest
 
 from bot.domain.commands import Command
 from bot.domain.errors import BadInput, Refused
+from bot.domain.names import Pipeline
 from tests.conftest import IMAGE, OWNER, STRANGER, TESTER, TESTER2, USER, VISION_OWNER, sha_of
 
 A, B, C = sha_of("a"), sha_of("b"), sha_of("c")
@@ -301,6 +302,31 @@ def test_unknown_user_is_bad_input_and_changes_nothing(runtime):
     with pytest.raises(BadInput, match="not a Slack user ID"):
         runtime.app.handle("bob", f"status {IMAGE}")
     assert audit_count(runtime) == before
+
+
+def test_a_build_name_gives_no_one_the_pipelines_rights(runtime):
+    """Only a Pipeline (made by the build relay, `nbenv publish --build-id`) acts as the
+    pipeline; a string that merely reads `build:…` is no Slack user ID: bad input."""
+    runtime.app.publish(OWNER, IMAGE, A)
+    with runtime.store.read() as tx:
+        before = (tx.image_state(IMAGE), tx.freeze(IMAGE), tx.verdicts(IMAGE, A))
+    count = audit_count(runtime)
+    for impostor in ("build:evil", "build:0f5e6a7b"):
+        for text in (f"freeze {IMAGE} takeover", f"approve {IMAGE}", f"promote {IMAGE} --yes"):
+            with pytest.raises(BadInput, match="is not a Slack user ID"):
+                runtime.app.handle(impostor, text)
+        with pytest.raises(BadInput, match="is not a Slack user ID"):
+            runtime.app.publish(impostor, IMAGE, B)
+        with pytest.raises(BadInput, match="is not a Slack user ID"):
+            runtime.app.visible_images(impostor)
+    with runtime.store.read() as tx:
+        assert (tx.image_state(IMAGE), tx.freeze(IMAGE), tx.verdicts(IMAGE, A)) == before
+    assert audit_count(runtime) == count
+
+    # The pipeline itself publishes, under its build's name.
+    runtime.app.publish(Pipeline("0f5e6a7b"), IMAGE, B)
+    staging = runtime.app.handle(USER, f"status {IMAGE}").data["environments"]["staging"]
+    assert (staging["sha"], staging["updated_by"]) == (B, "build:0f5e6a7b")
 
 
 def test_history_lists_every_action_and_refusal_against_the_sha(runtime):

@@ -6,11 +6,12 @@ import pytest
 from sqlalchemy import select
 
 from bot.domain.errors import Refused
+from bot.domain.names import Pipeline
 from bot.store import tables as t
 from tests.conftest import IMAGE, OWNER, TESTER, TESTER2, USER, sha_of
 
 V1, V2, V3, V4 = (sha_of(f"v{i}") for i in range(1, 5))
-PIPELINE = "build:0f5e6a7b-1111-2222-3333-444455556666"
+PIPELINE = Pipeline("0f5e6a7b-1111-2222-3333-444455556666")
 
 FAILED_REPORT = {
     "python": "3.11.7",

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bot.domain.names import Pipeline
 from tests.conftest import IMAGE, OWNER, TESTER, TESTER2, USER, VISION_OWNER, sha_of
 from tests.support.fake_google import FakeGoogleApis
 
@@ -107,7 +108,7 @@ def release(runtime: Any, google: FakeGoogleApis, label: str, *, approve: bool =
     """A version through the staging pipeline: pushed, published to staging, approved."""
     sha = sha_of(label)
     google.push(IMAGE, sha)
-    runtime.app.publish(f"build:{label}", IMAGE, sha, report=PASSED, branch="staging")
+    runtime.app.publish(Pipeline(label), IMAGE, sha, report=PASSED, branch="staging")
     if approve:
         runtime.app.handle(TESTER, f"approve {IMAGE} {sha}")
     return sha

@@ -4,10 +4,12 @@ is never missing, and the audit log is complete and intact."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,71 @@ def test_killed_before_the_store_changed_leaves_nothing_to_recover(
     status = runtime.app.handle(OWNER, f"status {IMAGE}").data
     assert status["environments"]["production"] is None
     assert google.env_tags(IMAGE) == {"staging": first, "production": None, "fallback": None}
+
+
+def test_a_queued_promote_whose_worker_was_killed_is_retried_within_a_minute_as_asked(
+    monkeypatch, db_url, gcp_config_file, google
+) -> None:
+    """`/nbenv promote IMAGE --yes` is queued; its worker is SIGKILLed mid-job; a newer
+    SHA is published and approved meanwhile. Within a minute another worker takes the
+    job up again, and it does what the owner asked or nothing: here nothing (staging
+    moved), with a refusal on record and an answer to the owner."""
+    from slack_sdk import WebClient
+
+    from bot.bootstrap import build_runtime, job_handlers
+    from bot.service.jobs import JobWorker
+    from bot.slack.interactions import Interactions
+    from bot.slack.outbox import OutboxSender
+    from bot.store.uow import Store, utcnow
+    from tests.support.slack_api import FakeSlackApi
+
+    monkeypatch.setenv("NBENV_DATABASE_URL", db_url)
+    monkeypatch.setenv("NBENV_GCP_DEADLINE", "20")  # a real process, real patience
+    runtime = build_runtime(str(gcp_config_file), db_url)
+    first = release(runtime, google, "first")
+    with FakeSlackApi() as slack:
+        url = slack.response_url("promote-yes")
+        outcome = Interactions(runtime.app).slash(
+            OWNER, f"promote {IMAGE} --yes", key="slash:promote-yes", response_url=url
+        )
+        assert outcome.queued
+
+        victim: dict[str, int] = {}
+
+        def kill(_: Request) -> None:
+            os.kill(victim["pid"], signal.SIGKILL)
+            raise Drop
+
+        # The first thing the promote asks the registry: does the staging SHA exist?
+        google.on(kill, when="before", method="GET", path=f"/tags/{first}$")
+        worker = _nbenv(gcp_config_file, "worker")
+        victim["pid"] = worker.pid
+        try:
+            worker.communicate(timeout=60)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+        assert worker.returncode == -signal.SIGKILL
+        google.clear_faults()
+
+        second = release(runtime, google, "second")  # published and approved meanwhile
+        a_minute_later = Store(runtime.store.engine, clock=lambda: utcnow() + timedelta(minutes=1))
+        assert JobWorker(a_minute_later, job_handlers(runtime.app)).run_once() is True
+
+        status = runtime.app.handle(OWNER, f"status {IMAGE}").data
+        assert status["environments"]["production"] is None
+        assert status["environments"]["staging"]["sha"] == second
+        assert google.env_tags(IMAGE)["production"] is None
+        with runtime.store.read() as tx:
+            entry = tx.audit_entries(image=IMAGE)[-1]
+        assert (entry.actor, entry.action, entry.outcome) == (OWNER, "promote", "refused")
+        assert "changed since you asked" in entry.details["reason"]
+        assert runtime.app.verify_audit().ok
+
+        client = WebClient(token="xoxb-test", base_url=slack.base_url)
+        assert OutboxSender(runtime.store, client).drain(timeout_s=10) == 0
+        (answer,) = slack.calls("response_url:/response/promote-yes")
+        text = json.dumps(answer.args)
+        assert "changed since you asked" in text and "Nothing was changed" in text
+        assert f"you saw staging `{first[:7]}`" in text and f"staging `{second[:7]}`" in text

@@ -256,7 +256,8 @@ def test_a_bad_registry_in_the_config_fails_at_start_naming_file_and_key(tmp_pat
     with pytest.raises(ConfigError) as error:
         load_config(path)
 
+    line = 1 + path.read_text().splitlines().index("  registry: gcr.io/nbenv-test")
     assert str(error.value) == (
-        f"{path}: gcp.registry: expected LOCATION-docker.pkg.dev/PROJECT/REPOSITORY[/PATH] "
+        f"{path}:{line}: gcp.registry: expected LOCATION-docker.pkg.dev/PROJECT/REPOSITORY[/PATH] "
         "(Artifact Registry)"
     )

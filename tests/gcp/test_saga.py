@@ -12,7 +12,7 @@ import pytest
 
 from bot.backends.gcp import GcpUnavailable
 from bot.domain.errors import Refused
-from bot.domain.names import Env
+from bot.domain.names import Env, Pipeline
 from tests.conftest import IMAGE, OWNER, TESTER, sha_of
 from tests.gcp.conftest import PASSED, release
 
@@ -78,7 +78,7 @@ def test_publishing_a_sha_that_was_never_pushed_is_refused_and_changes_nothing(
     sha = sha_of("not pushed")
 
     with pytest.raises(Refused) as refused:
-        gcp_runtime.app.publish("build:7", IMAGE, sha, report=PASSED)
+        gcp_runtime.app.publish(Pipeline("7"), IMAGE, sha, report=PASSED)
 
     assert "is not in the registry" in str(refused.value)
     with gcp_runtime.store.read() as tx:

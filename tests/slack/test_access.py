@@ -11,6 +11,7 @@ from bot.config import load_config
 from bot.config_access import read_access
 from bot.domain.commands import parse
 from bot.domain.errors import BadInput
+from bot.domain.names import Pipeline
 from bot.service.access import check
 
 CONFIG = """
@@ -35,7 +36,7 @@ def test_the_access_view_agrees_with_the_config(tmp_path: Path, everyone: bool) 
     config, access = load_config(file), read_access(file)
 
     assert access.images == set(config.images)
-    for user in ("U01OWNER", "U02TESTER", "U03OWNER", "U09NOBODY", "build:123"):
+    for user in ("U01OWNER", "U02TESTER", "U03OWNER", "U09NOBODY", "build:123", Pipeline("123")):
         assert access.knows_user(user) == config.knows_user(user)
         for text in ("status nlp.keras-batch", "status nope.image", "help"):
             outcomes = []

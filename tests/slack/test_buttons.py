@@ -165,6 +165,8 @@ def test_a_stale_confirmation_is_refused_with_the_current_state(
     assert "Nothing was changed" in shown
     assert pointers(rt, image) == before == {"staging": v3, "production": v3, "fallback": v1}
     assert v2 not in before.values()
+    refusal = audit(rt, image)[-1]  # the refused confirmation is on record too
+    assert (refusal.actor, refusal.action, refusal.outcome) == (OWNER, "promote", "refused")
 
 
 def test_a_promote_button_for_a_sha_that_left_staging_is_stale(

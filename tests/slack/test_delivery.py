@@ -4,6 +4,9 @@ lose or duplicate them, and what is queued when the bot stops goes out after a r
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import yaml
 
 from tests.conftest import OWNER, TESTER
 from tests.slack.bot import (
@@ -13,8 +16,11 @@ from tests.slack.bot import (
     published,
     wait_message,
     wait_response,
+    wait_until,
 )
 from tests.support.slack_api import FakeSlackApi
+
+MANIFEST = Path(__file__).resolve().parents[2] / "config" / "slack-manifest.yaml"
 
 
 def _texts(slack: FakeSlackApi, *needles: str) -> list[str]:
@@ -80,3 +86,28 @@ def test_messages_queued_when_the_bot_stops_go_out_after_a_restart(
     wait_message(slack, f"`{commit[:7]}` is now in staging for {image}", timeout=20)
     time.sleep(1.0)
     assert len(channel_messages(slack, f"`{commit[:7]}` is now in staging")) == 1
+
+
+def test_an_answer_whose_response_url_expired_reaches_the_person_as_a_dm(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    commit = published(rt, image)
+    rt.app.handle(TESTER, f"approve {image}")
+    url = slack.response_url(f"expired-{image}")
+    name = url.rsplit("/", 1)[1]
+    slack.advance(31 * 60)  # the answer comes after Slack's 30 minutes are up
+
+    server.slash(OWNER, f"promote {image} --yes", response_url=url)
+
+    (dm,) = wait_until(
+        lambda: channel_messages(slack, f"promoted `{commit[:7]}`", channel=OWNER),
+        20,
+        "the answer as a DM",
+    )
+    assert dm.thread_ts is None
+    assert [c.status for c in slack.failed_calls(f"response_url:/response/{name}")] == [404]
+    assert slack.calls(f"response_url:/response/{name}") == []
+    # The app's Messages tab, where that DM shows, is on (read-only) in the manifest.
+    manifest = yaml.safe_load(MANIFEST.read_text("utf-8"))
+    app_home = manifest["features"]["app_home"]
+    assert app_home["messages_tab_enabled"] and app_home["messages_tab_read_only_enabled"]

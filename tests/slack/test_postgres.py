@@ -79,3 +79,23 @@ class TestTheBotOnPostgres:
         assert pointers(rt, image)["production"] == v1
         wait_until(lambda: channel_messages(slack, f"promoted `{v1[:7]}`"))
         assert [e.action for e in audit(rt, image) if e.outcome == "ok"].count("promote") == 1
+
+    def test_a_build_name_in_a_slash_command_or_a_press_acts_as_no_one(
+        self, server: BotServer, rt, image: str, slack: FakeSlackApi
+    ) -> None:  # type: ignore[no-untyped-def]
+        commit = published(rt, image, "v1")
+        root = wait_message(slack, f"`{commit[:7]}` is now in staging for {image}")
+        url = slack.response_url(f"pg-impostor-{image}")
+        before = audit(rt, image)
+
+        froze = server.slash("build:evil", f"freeze {image} hostile takeover")
+        approved = server.action(
+            "build:x", buttons({"blocks": root.blocks})["Approve"], response_url=url
+        )
+
+        assert [froze.status, approved.status] == [400, 400]
+        assert "'build:evil' is not a Slack user ID" in froze.text
+        with rt.store.read() as tx:
+            assert tx.freeze(image) is None
+            assert tx.verdicts(image, commit) == []
+        assert audit(rt, image) == before

@@ -171,3 +171,69 @@ def test_forged_button_values_are_refused_with_a_clear_answer(
     assert "malformed" in answer["text"]
     assert answer["response_type"] == "ephemeral"
     assert audit(rt, image) == before
+
+
+# -- only people are people: an ID that is not a Slack user's acts as no one ---------------
+
+IMPOSTORS = ["build:evil", "build:x", "alice", "u01owner", "", "U" + "0" * 40]
+
+
+def _refused_as_malformed(answer) -> None:  # type: ignore[no-untyped-def]
+    assert answer.status == 400, answer
+    assert "is not a Slack user ID" in answer.text
+    assert "nothing was changed" in answer.text
+    assert len(answer.text.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("impostor", IMPOSTORS)
+def test_a_slash_command_from_no_slack_user_is_refused_and_changes_nothing(
+    server: BotServer, rt, image: str, impostor: str
+) -> None:  # type: ignore[no-untyped-def]
+    before = audit(rt, image)
+
+    _refused_as_malformed(server.slash(impostor, f"freeze {image} hostile takeover"))
+
+    assert not _frozen(rt, image)
+    assert audit(rt, image) == before
+
+
+def test_a_button_press_or_dialog_from_no_slack_user_is_refused_and_changes_nothing(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    from bot.slack import views
+
+    commit = published(rt, image)
+    root = wait_message(slack, f"now in staging for {image}")
+    shown = buttons({"blocks": root.blocks})
+    url = slack.response_url(f"impostor-{image}")
+    dialog = views.reject_dialog(
+        image, commit, {"image": image, "sha": commit, "response_url": url}
+    )
+    reason = {"reason": {"reason_input": {"value": "not a person"}}}
+    before, opened = audit(rt, image), len(slack.calls("views.open"))
+
+    for impostor in ("build:x", "alice"):
+        _refused_as_malformed(server.action(impostor, shown["Approve"], response_url=url))
+        _refused_as_malformed(server.action(impostor, shown["Reject"], response_url=url))
+        _refused_as_malformed(server.submit(impostor, {**dialog, "id": "V0FORGED"}, reason))
+
+    with rt.store.read() as tx:
+        assert tx.verdicts(image, commit) == []
+    assert audit(rt, image) == before
+    assert len(slack.calls("views.open")) == opened
+    # The very same press by a tester counts: only the presser's ID was refused.
+    assert server.action(TESTER, shown["Approve"], response_url=url).status == 200
+    wait_message(slack, f"approved `{commit[:7]}`")
+
+
+def test_the_home_tab_is_published_for_slack_users_only(
+    server: BotServer, slack: FakeSlackApi
+) -> None:
+    published_before = len(slack.calls("views.publish"))
+    event = {"type": "app_home_opened", "channel": "D0HOME", "tab": "home", "event_ts": "1.2"}
+
+    _refused_as_malformed(server.event({**event, "user": "build:x"}))
+
+    assert server.event({**event, "user": OWNER}).status == 200
+    calls = slack.wait_for("views.publish", published_before + 1)
+    assert [c.args["user_id"] for c in calls[published_before:]] == [OWNER]

@@ -102,13 +102,45 @@ def test_the_shell_runs_a_whole_approval_and_promotion_from_stdin(
     assert "History of" in out and "@U01OWNER promote" in out
     assert "(App Home) nbenv — notebook images" in out
     assert "⚠️ unknown command 'frobnicate'" in out
-    assert "not understood: 'Frobnicate'" in out
+    assert "no 'Frobnicate' button is shown yet; buttons shown: [Approve] [Reject]" in out
+    assert "not understood" not in out
     assert "⚠️ 'not-a-user' is not a Slack user ID" in out
     assert "has nothing in production to roll back" not in out
     assert f"{IMAGE} has no fallback" in out
 
     status = _run(["--as", USER, "status", IMAGE, "--json"], env)
     assert json.loads(status.stdout)["environments"]["production"]["sha"] == commit
+
+
+def test_a_button_not_shown_yet_is_named_as_such(tmp_path: Path, config: Path) -> None:
+    env = _env(tmp_path, config)
+    before = _run(["--as", OWNER, "shell"], env, "Approve\n/frobnicate\n")
+    published = _run(["--as", OWNER, "publish", IMAGE, sha(IMAGE, "v1")], env)
+    assert published.returncode == 0, published.stderr
+
+    after = _run(["--as", OWNER, "shell"], env, "Promote\n")
+
+    assert (before.returncode, after.returncode) == (0, 0), before.stderr + after.stderr
+    assert "no 'Approve' button is shown yet: no buttons so far (type /help)" in before.stdout
+    assert "not understood: '/frobnicate' (type /help)" in before.stdout
+    # The version published shows its Approve and Reject buttons in the channel.
+    assert "no 'Promote' button is shown yet; buttons shown: [Approve] [Reject]" in after.stdout
+    assert "not understood" not in after.stdout
+
+
+def test_the_shell_refuses_an_identity_that_is_no_slack_user(tmp_path: Path, config: Path) -> None:
+    env = _env(tmp_path, config, NBENV_USER="build:evil")
+    takeover = f"/nbenv freeze {IMAGE} takeover\n/nbenv status {IMAGE}\n"
+
+    by_option = _run(["--as", "build:evil", "shell"], env, stdin=takeover)
+    by_env = _run(["shell"], env, stdin=takeover)
+
+    assert by_option.returncode == by_env.returncode == 2
+    assert by_option.stderr == "nbenv: --as: 'build:evil' is not a Slack user ID (like U01ABCDEF)\n"
+    assert (
+        by_env.stderr == "nbenv: NBENV_USER: 'build:evil' is not a Slack user ID (like U01ABCDEF)\n"
+    )
+    assert by_option.stdout == by_env.stdout == ""
 
 
 def test_serve_refuses_to_start_without_its_secrets(tmp_path: Path, config: Path) -> None:
@@ -122,16 +154,34 @@ def test_serve_refuses_to_start_without_its_secrets(tmp_path: Path, config: Path
     assert len(no_secret.stderr.strip().splitlines()) == 1
 
 
-def test_serve_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"teams: {nlp: {owners: [nobody]}}\nimages: {}\n", "1: teams.nlp.owners[0]: 'nobody'"),
+        # A second `owners:` would silently replace the first.
+        (
+            b"teams:\n  nlp:\n    owners: [U01OWNER]\n    owners: [U09OTHER]\n"
+            b"images: {nlp.a: {team: nlp, channel: C01}}\n",
+            "4: teams.nlp.owners: given twice (first on line 3)",
+        ),
+        (
+            b"# \xe9quipe nlp\nteams: {nlp: {owners: [U01OWNER]}}\n",
+            "1: not UTF-8 text (byte 0xe9)",
+        ),
+    ],
+    ids=["bad user", "duplicate key", "not utf-8"],
+)
+def test_serve_refuses_a_bad_config_in_one_line(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("teams: {nlp: {owners: [nobody]}}\nimages: {}\n", encoding="utf-8")
+    bad.write_bytes(content)
     env = _env(tmp_path, bad, SLACK_SIGNING_SECRET=SECRET, SLACK_BOT_TOKEN="xoxb-test")
 
     result = _run(["serve", "--port", "0"], env)
 
     assert result.returncode == 78
-    assert result.stderr.startswith(f"nbenv: {bad}:")
-    assert "teams.nlp.owners" in result.stderr
+    assert result.stderr.startswith(f"nbenv: {bad}:{problem}")
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -17,7 +17,10 @@ from the calls that got through (`failed_calls()`), so "delivered exactly once" 
 
 `response_url(name)` builds URLs that stand in for the `response_url` Slack gives
 with slash commands and interactions; posts to them are recorded as calls whose
-method is ``"response_url:/response/<name>"``.
+method is ``"response_url:/response/<name>"``. Like Slack's, a response_url lasts 30
+minutes from when it was given (or first used): `advance(seconds)` moves the fake's
+clock, after which a post to an expired one is answered HTTP 404 ``expired_url`` and
+recorded in `failed_calls()`.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ RESPONSE_URL_PREFIX = "response_url:"
 # lets tests assert on `args["blocks"]` the same way whatever the transport.
 _JSON_ARGS = frozenset({"blocks", "attachments", "view", "metadata", "unfurls"})
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+RESPONSE_URL_LIFETIME_S = 30 * 60
 _TS_EPOCH = 1_700_000_000
 _TS_STEP_US = 100
 
@@ -135,6 +139,7 @@ class _State:
     views: dict[str, Payload] = field(default_factory=dict)
     home_views: dict[str, Payload] = field(default_factory=dict)
     faults: list[_Fault] = field(default_factory=list)
+    response_urls: dict[str, float] = field(default_factory=dict)  # path → given at
 
 
 def _error(error: str, **extra: Any) -> Payload:
@@ -162,6 +167,7 @@ class FakeSlackApi(Startable):
         self._state = _State()
         self._ts_counter = 0
         self._view_counter = 0
+        self._clock_offset_s = 0.0
         self._users: dict[str, Payload] = {}
         self._overrides: dict[str, Payload | Handler] = {}
         self._server: ThreadingHTTPServer | None = None
@@ -227,8 +233,21 @@ class FakeSlackApi(Startable):
         return f"{self.root_url}/api/"
 
     def response_url(self, name: str) -> str:
-        """A response_url-style URL; posts to it are recorded as ``response_url:<path>``."""
-        return f"{self.root_url}/response/{quote(name, safe='')}"
+        """A response_url-style URL; posts to it are recorded as ``response_url:<path>``.
+
+        It expires RESPONSE_URL_LIFETIME_S after it is first given (see `advance`)."""
+        path = f"/response/{quote(name, safe='')}"
+        with self._cond:
+            self._state.response_urls.setdefault(path, self._now())
+        return f"{self.root_url}{path}"
+
+    def advance(self, seconds: float) -> None:
+        """Let SECONDS pass for Slack (response_urls expire), not for anyone else."""
+        with self._cond:
+            self._clock_offset_s += seconds
+
+    def _now(self) -> float:
+        return time.monotonic() + self._clock_offset_s
 
     # -- test controls ----------------------------------------------------------------
 
@@ -353,6 +372,11 @@ class FakeSlackApi(Startable):
             if fault is not None:
                 return self._answer_fault(fault, method, args, headers)
             if method.startswith(RESPONSE_URL_PREFIX):
+                path = method[len(RESPONSE_URL_PREFIX) :]
+                given = self._state.response_urls.setdefault(path, self._now())
+                if self._now() - given > RESPONSE_URL_LIFETIME_S:
+                    self._state.failed.append(Call(method, args, headers, None, 404))
+                    return 404, {}, "expired_url"
                 self._record(Call(method, args, headers, None, 200))
                 return 200, {}, "ok"
             payload = self._api_payload(method, args, headers)

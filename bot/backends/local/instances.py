@@ -6,8 +6,16 @@ Python over a checkout of the image folder at the SHA, and the instance says so:
 packages are the bot's, not the image's.
 
 Each instance lives in `$NBENV_HOME/instances/NAME/` (checkout, log, Jupyter runtime
-files). The server runs in its own session, so it survives a restart of the bot and
-is stopped by process group; stopping removes the folder.
+files, a HOME of its own), readable by nbenv's OS user only. The server runs in its own
+session, so it survives a restart of the bot and is stopped by process group; stopping
+removes the folder.
+
+Trust boundary. In a container, an instance sees its checkout and nothing else of ours:
+no environment variable (only its own Jupyter token goes in), no store. Without Docker
+it gets the allowed environment variables only (`sandbox_environment`: none of the bot's
+secrets), but it runs as nbenv's own OS user, so its code can read and write whatever
+that user can, the SQLite store included. Such instances go to the operator (CLI,
+console) and to other people only when the config says so (`local.shared_instances`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from bot.backends.local.git import Repositories
 from bot.backends.local.pipeline import LOCAL_IMAGE_REPOSITORY, docker_available
 from bot.config import Config
 from bot.domain.errors import NbenvError, Refused
+from bot.runner.notebook_tests import sandbox_environment
 from bot.service.ports import InstanceInfo, InstanceRequest
 
 START_TIMEOUT_S = 60.0
@@ -39,7 +48,16 @@ START_ATTEMPTS = 3  # another program may take the port we picked before Jupyter
 CONTAINER_PORT = 8888
 LOCAL_NOTE = (
     "Runs in the bot's local Python environment over a checkout of {folder} at {sha}: "
-    "the image's own packages are not installed here (no Docker engine)."
+    "the image's own packages are not installed here (no Docker engine). Not isolated: "
+    "it runs as the OS user of nbenv, so code in it can read and write what that user can, "
+    "including nbenv's store (approvals, pointers, audit log) and the bot's files; it gets "
+    "none of the bot's environment variables."
+)
+NOT_SHARED = (
+    "no Docker engine or no image built here for {sha}, so this instance would run outside "
+    "any container, as the OS user of nbenv, able to read and write nbenv's store and "
+    "files: the operator has not offered such instances to others (config "
+    "local.shared_instances)"
 )
 DOCKER_NOTE = "Runs inside the image {tag} (Docker), with {folder} at {sha} mounted."
 
@@ -109,13 +127,18 @@ class LocalInstances:
         if directory.exists():
             raise Refused(f"an instance folder {directory} already exists")
         checkout = directory / "work"
+        tag = f"{LOCAL_IMAGE_REPOSITORY}/{request.image}:{request.sha}"
+        in_container = self._docker() and self._docker_image_exists(tag)
+        if not in_container and not (request.for_operator or self.config.local.shared_instances):
+            raise Refused(NOT_SHARED.format(sha=request.sha[:7]))
         repo = self.repositories.of(request.image)
         if not repo.has_commit(request.sha):
             repo = self.repositories.of(request.image, refresh=True)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700)  # its log and runtime files hold the server's token
         try:
             repo.export(request.sha, folder, checkout)
-            tag = f"{LOCAL_IMAGE_REPOSITORY}/{request.image}:{request.sha}"
-            if self._docker() and self._docker_image_exists(tag):
+            if in_container:
                 return self._start_docker(request, directory, checkout, tag, folder)
             return self._start_local(request, directory, checkout, folder)
         except BaseException:
@@ -147,7 +170,10 @@ class LocalInstances:
     ) -> InstanceInfo:
         token = secrets.token_urlsafe(24)
         log_path = directory / "jupyter.log"
-        env = dict(os.environ)
+        home = directory / "home"
+        home.mkdir()
+        # The notebook's code runs in this server's kernels: none of the bot's variables.
+        env = sandbox_environment(home=home)
         # The token goes through the environment: a command line is visible to every user.
         env.update(
             {
@@ -257,35 +283,10 @@ class LocalInstances:
         token = secrets.token_urlsafe(24)
         port = self._free_port()
         result = subprocess.run(
-            [
-                "docker",
-                "run",
-                "--detach",
-                "--name",
-                f"nbenv-{request.name}",
-                "--publish",
-                f"127.0.0.1:{port}:{CONTAINER_PORT}",
-                "--env",
-                "JUPYTER_TOKEN",
-                "--volume",
-                f"{checkout}:/home/jupyter/{Path(folder).name}",
-                "--label",
-                f"nbenv.image={request.image}",
-                "--label",
-                f"nbenv.env={request.env}",
-                "--label",
-                f"nbenv.sha={request.sha}",
-                "--entrypoint",
-                "jupyter",
-                tag,
-                "lab",
-                "--ip=0.0.0.0",
-                f"--port={CONTAINER_PORT}",
-                "--no-browser",
-                "--allow-root",
-                "--ServerApp.root_dir=/home/jupyter",
-            ],
+            docker_instance_command(request, port, checkout, tag, folder),
             capture_output=True,
+            # For the Docker client (it reads DOCKER_HOST and the like); the container
+            # gets JUPYTER_TOKEN only, by name, so the token is on no command line.
             env={**os.environ, "JUPYTER_TOKEN": token},
             check=False,
         )
@@ -311,6 +312,42 @@ class LocalInstances:
             time.sleep(0.5)
         subprocess.run(["docker", "rm", "--force", container], capture_output=True, check=False)
         raise InstanceFailed(f"the notebook server in {tag} did not answer within 60 s")
+
+
+def docker_instance_command(
+    request: InstanceRequest, port: int, checkout: Path, tag: str, folder: str
+) -> list[str]:
+    """`docker run` of an instance: the trust boundary with Docker. The container gets one
+    variable of ours (its own JUPYTER_TOKEN), one folder (the checkout at the SHA), and a
+    port on loopback: no store, no secret of the bot."""
+    return [
+        "docker",
+        "run",
+        "--detach",
+        "--name",
+        f"nbenv-{request.name}",
+        "--publish",
+        f"127.0.0.1:{port}:{CONTAINER_PORT}",
+        "--env",
+        "JUPYTER_TOKEN",
+        "--volume",
+        f"{checkout}:/home/jupyter/{Path(folder).name}",
+        "--label",
+        f"nbenv.image={request.image}",
+        "--label",
+        f"nbenv.env={request.env}",
+        "--label",
+        f"nbenv.sha={request.sha}",
+        "--entrypoint",
+        "jupyter",
+        tag,
+        "lab",
+        "--ip=0.0.0.0",
+        f"--port={CONTAINER_PORT}",
+        "--no-browser",
+        "--allow-root",
+        "--ServerApp.root_dir=/home/jupyter",
+    ]
 
 
 def _last_line(path: Path) -> str:

@@ -39,6 +39,7 @@ from typing import IO, Any
 from bot.backends.local.git import GitRepo, Repositories, is_url
 from bot.config import Config
 from bot.domain.errors import NbenvError
+from bot.runner.notebook_tests import sandbox_environment
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,33 @@ def runner_script() -> Path:
     import bot.runner.notebook_tests as runner
 
     return Path(runner.__file__)
+
+
+def docker_test_command(tag: str, source: Path, report_dir: Path, args: list[str]) -> list[str]:
+    """`docker run` of the test runner inside the image TAG.
+
+    The trust boundary of a build with Docker: the container gets no environment
+    variable of ours (no --env: the bot's secrets stay outside) and sees three folders
+    only: the runner (read-only), the exported source and the report folder, never the
+    store or the rest of nbenv's home.
+    """
+    return [
+        "docker",
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python",
+        "-v",
+        f"{runner_script()}:/nbenv/notebook_tests.py:ro",
+        "-v",
+        f"{source}:/workspace",
+        "-v",
+        f"{report_dir}:{report_dir}",
+        "-w",
+        "/workspace",
+        tag,
+        *args,
+    ]
 
 
 class StepFailed(Exception):
@@ -377,26 +405,16 @@ class LocalPipeline:
     ) -> None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         if docker:
-            command = [
-                "docker",
-                "run",
-                "--rm",
-                "--entrypoint",
-                "python",
-                "-v",
-                f"{runner_script()}:/nbenv/notebook_tests.py:ro",
-                "-v",
-                f"{source}:/workspace",
-                "-v",
-                f"{report_path.parent}:{report_path.parent}",
-                "-w",
-                "/workspace",
-                step.name,
-                *step.args[1:],
-            ]
+            command = docker_test_command(step.name, source, report_path.parent, step.args[1:])
+            env = None  # the Docker client's; the container gets no variable of ours
         else:
             command = [self.python, *step.args]
-        code = self._run(step, command, log_file, deadline, cwd=source, check=False)
+            # No container: the runner and its kernels get the allowed variables only,
+            # and a HOME of their own (see sandbox_environment).
+            scratch_home = source.parent / "home"
+            scratch_home.mkdir(exist_ok=True)
+            env = sandbox_environment(home=scratch_home)
+        code = self._run(step, command, log_file, deadline, cwd=source, check=False, env=env)
         report = self._load_report(report_path)
         if report is not None:
             # Passed or failed, the version is history: the relay records it with its report.
@@ -418,6 +436,7 @@ class LocalPipeline:
         *,
         cwd: Path,
         check: bool = True,
+        env: dict[str, str] | None = None,
     ) -> int:
         log_file.flush()
         remaining = deadline - time.monotonic()
@@ -427,6 +446,7 @@ class LocalPipeline:
         process = subprocess.Popen(
             command,
             cwd=cwd,
+            env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

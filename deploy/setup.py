@@ -7,10 +7,11 @@
 It reads config/nbenv.yaml (or --config) for the region, registry, topics, images and
 their branches, and writes a shell script: APIs, the registry, service accounts and
 their least IAM roles, secrets, Cloud SQL, topics, the bot on Cloud Run, the relay
-functions, the authenticated push subscription, and a staging and a production Cloud
-Build trigger per image. `--dry-run` prints that script; otherwise it runs it with
-bash, stopping at the first failure. Creations are skipped when the thing exists, so
-running it again after fixing a failure picks up where it stopped.
+functions and a dead-letter topic for their trigger subscriptions, the authenticated
+push subscription, and a staging and a production Cloud Build trigger per image.
+`--dry-run` prints that script; otherwise it runs it with bash, stopping at the first
+failure. Creations are skipped when the thing exists, so running it again after fixing
+a failure picks up where it stopped.
 
 Secrets come from the environment at run time and are never printed:
 SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET, and NBENV_DB_PASSWORD (generated when unset).
@@ -46,6 +47,11 @@ APIS = [
     "secretmanager.googleapis.com",
     "sqladmin.googleapis.com",
 ]
+# The relay's trigger subscriptions hand a message that failed this many deliveries to
+# the dead-letter topic (Pub/Sub allows 5 to 100). With the 10 s to 600 s backoff that is
+# about 40 minutes of retrying: a database outage of that length heals, poison does not.
+MAX_DELIVERY_ATTEMPTS = 10
+DEAD_LETTERS = "nbenv-dead-letters"  # topic and its pull subscription, for operators
 SECRET_ENV = {
     "slack-bot-token": "SLACK_BOT_TOKEN",
     "slack-signing-secret": "SLACK_SIGNING_SECRET",
@@ -204,12 +210,18 @@ def plan(s: Settings) -> Script:
             "gcloud", "iam", "service-accounts", "create", name, f"--display-name={what}", *p,
         )  # fmt: skip
 
-    script.step("Pub/Sub topics: build events, the job queue, test reports")
-    for topic in (s.topics["builds"], s.topics["jobs"], s.topics["reports"]):
+    script.step("Pub/Sub topics: build events, the job queue, test reports, dead letters")
+    for topic in (s.topics["builds"], s.topics["jobs"], s.topics["reports"], DEAD_LETTERS):
         script.unless(
             ["gcloud", "pubsub", "topics", "describe", topic, *p],
             "gcloud", "pubsub", "topics", "create", topic, *p,
         )  # fmt: skip
+    # A topic keeps nothing by itself: this subscription holds the dead letters for a week.
+    script.unless(
+        ["gcloud", "pubsub", "subscriptions", "describe", DEAD_LETTERS, *p],
+        "gcloud", "pubsub", "subscriptions", "create", DEAD_LETTERS, f"--topic={DEAD_LETTERS}",
+        "--message-retention-duration=7d", "--expiration-period=never", *p,
+    )  # fmt: skip
 
     script.step("Secrets in Secret Manager (values from the environment, never printed)")
     script.raw(': "${NBENV_DB_PASSWORD:?set NBENV_DB_PASSWORD (setup.py generates one)}"')
@@ -344,6 +356,43 @@ def plan(s: Settings) -> Script:
         script.run(
             "gcloud", "functions", "add-invoker-policy-binding", function, f"--region={s.region}",
             f"--member=serviceAccount:{relay}", *p,
+        )  # fmt: skip
+
+    script.step("Dead letters: the relay's trigger subscriptions retry a bounded number of times")
+    # Eventarc creates each function's trigger subscription: find it, then give it the
+    # dead-letter policy. Pub/Sub's service agent forwards the dead letters: it publishes
+    # to the dead-letter topic and acknowledges on the source subscription.
+    agent = f"service-{number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+    script.raw(
+        shlex.join([
+            "gcloud", "pubsub", "topics", "add-iam-policy-binding", DEAD_LETTERS,
+            "--role=roles/pubsub.publisher", *p,
+        ])
+        + f' --member="serviceAccount:{agent}"'
+    )  # fmt: skip
+    for function in ("nbenv-relay", "nbenv-report-relay"):
+        trigger = shlex.join([
+            "gcloud", "functions", "describe", function, f"--region={s.region}", "--v2",
+            "--format=value(eventTrigger.trigger)", *p,
+        ])  # fmt: skip
+        subscription = (
+            f'"$(gcloud eventarc triggers describe "$({trigger})" '
+            f"--format='value(transport.pubsub.subscription)' --project {s.project})\""
+        )
+        script.raw(
+            shlex.join(["gcloud", "pubsub", "subscriptions", "update"])
+            + f" {subscription} "
+            + shlex.join([
+                f"--dead-letter-topic={DEAD_LETTERS}",
+                f"--max-delivery-attempts={MAX_DELIVERY_ATTEMPTS}",
+                "--min-retry-delay=10s", "--max-retry-delay=600s", *p,
+            ])
+        )  # fmt: skip
+        script.raw(
+            shlex.join(["gcloud", "pubsub", "subscriptions", "add-iam-policy-binding"])
+            + f" {subscription} "
+            + shlex.join(["--role=roles/pubsub.subscriber", *p])
+            + f' --member="serviceAccount:{agent}"'
         )  # fmt: skip
 
     script.step("The job queue's authenticated push subscription to /pubsub/jobs")

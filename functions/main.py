@@ -17,9 +17,11 @@ Deploy from the repository root, so the `bot` package and requirements.txt ship 
 
 and once more as `nbenv-report-relay` with `--trigger-topic=nbenv-reports`.
 
-Bad events are logged and acknowledged (the function returns normally): a retry would
-fail the same way. Anything else that goes wrong (the database is down) raises, so
-Pub/Sub redelivers the message later.
+Bad events are logged in one line and acknowledged (the function returns normally): a
+retry would fail the same way. Only what a later delivery can get past (the database
+unreachable, a lock timeout) raises, so Pub/Sub redelivers the message later; after 10
+attempts the subscription's dead-letter policy parks it in `nbenv-dead-letters`
+(docs/deploy.md, step 9).
 """
 
 from __future__ import annotations

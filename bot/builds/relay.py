@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy import exc as sql
 
 from bot.builds import messages
 from bot.builds.delivery import Deliverer
@@ -86,6 +88,8 @@ _SAVE_THREAD = (
     )
 )
 CONFLICT_RETRIES = 3
+# Escaped in log lines: control characters, line separators, lone surrogates.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 class BuildRelay:
@@ -113,26 +117,41 @@ class BuildRelay:
     # -- entry points --------------------------------------------------------------------
 
     def handle_pubsub(self, data: Any) -> str:
-        """The data of a Pub/Sub `messagePublished` CloudEvent: a build or a test report."""
+        """The data of a Pub/Sub `messagePublished` CloudEvent: a build or a test report.
+
+        Returns normally (Pub/Sub gets a 2xx and stops delivering) for everything a
+        retry would not change: the event is applied, or it is poison and is dropped
+        with one log line. Raises only for what can heal (see `_transient`); the
+        subscription's dead-letter topic parks what keeps failing (docs/deploy.md).
+        """
+        message_id = None
         try:
             message = decode_pubsub(data)
-        except BadEvent as error:
-            log.warning("relay: dropped a malformed Pub/Sub event: %s", error.message)
-            return "bad"
-        if not message.is_report:
-            return self.handle_build(message.payload, message.attributes)
-        attributes = message.attributes
-        try:
+            message_id = message.message_id
+            if not message.is_report:
+                return self.handle_build(message.payload, message.attributes)
+            attributes = message.attributes
             self.handle_report(
                 attributes.get("image", ""),
                 attributes.get("sha", ""),
                 message.payload,
                 attributes.get("buildId") or None,
             )
+            return "applied"
         except BadInput as error:
-            log.warning("relay: dropped a test report: %s", error.message)
+            log.warning("relay: dropped message %s: %s", message_id, _one_line(error.message))
             return "bad"
-        return "applied"
+        except Exception as error:
+            if _transient(error):
+                raise
+            # A bug of ours that this event sets off: retrying it would fail the same way.
+            log.error(
+                "relay: dropped message %s it could not apply: %s: %s",
+                message_id,
+                type(error).__name__,
+                _one_line(str(error)),
+            )
+            return "failed"
 
     def handle_build(self, build: Any, attributes: Mapping[str, str] | None = None) -> str:
         """Apply one Build resource event; returns applied|duplicate|stale|ignored|bad."""
@@ -142,8 +161,14 @@ class BuildRelay:
             log.info("relay: ignored %s", reason)
             return "ignored"
         except BadEvent as error:
-            log.warning("relay: dropped a malformed build event: %s", error.message)
+            log.warning("relay: dropped a malformed build event: %s", _one_line(error.message))
             return "bad"
+        if event.ignored:
+            log.info(
+                "relay: build %s: left out malformed %s",
+                event.build_id,
+                _one_line(", ".join(event.ignored)),
+            )
         settings = self.config.images.get(event.image)
         if settings is None:
             log.warning("relay: ignored build %s of unknown image %r", event.build_id, event.image)
@@ -466,6 +491,25 @@ class BuildRelay:
                 .limit(1)
             ).first()
         return row is not None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """TEXT for a log line: one line, and short."""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return _UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+
+
+def _transient(error: BaseException) -> bool:
+    """A fault that a later delivery can get past: the database unreachable or busy (a
+    connection lost, a lock or statement timeout), a write that lost a race.
+
+    What a value of the event sets off (a DataError, an IntegrityError, a bug) is not.
+    """
+    if isinstance(error, sql.OperationalError | sql.InterfaceError | sql.TimeoutError | Conflict):
+        return True
+    if isinstance(error, sql.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, ConnectionError)
 
 
 def relay_from_env() -> BuildRelay:

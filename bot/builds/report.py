@@ -41,7 +41,22 @@ def check_report(report: Any) -> dict[str, Any]:
     packages = report.get("packages", [])
     if not isinstance(packages, list):
         raise BadEvent("the test report's `packages` is not a list")
-    return dict(report)
+    checked = dict(report)
+    # Descriptive: what is malformed is left out, so that `diff` can read what is stored.
+    if "packages" in report:  # absent means unknown, not none: keep it absent
+        checked["packages"] = [item for item in packages if _is_package(item)]
+    if not isinstance(report.get("python"), str | None):
+        del checked["python"]
+    return checked
+
+
+def _is_package(item: Any) -> bool:
+    return (
+        isinstance(item, Mapping)
+        and isinstance(item.get("name"), str)
+        and isinstance(item.get("version"), str)
+        and isinstance(item.get("source"), str | None)
+    )
 
 
 def summarize(report: Mapping[str, Any], build_id: str | None) -> dict[str, Any]:

@@ -1,26 +1,68 @@
-"""The schema. Alembic migrations in migrations/versions/ must produce exactly this."""
+"""The schema. Alembic migrations in migrations/versions/ must produce exactly this.
+
+Every text column stores text as both databases can hold it (see `storable`), so a NUL
+character in a reason, a commit subject or a build's failure detail is stored with a
+visible stand-in instead of failing the write on PostgreSQL. JSON columns need nothing:
+both databases keep `\\u0000` and lone surrogates in JSON text as escapes.
+"""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Dialect,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 
 metadata = MetaData()
 
-SHA = String(40)
-IMAGE = String(128)
-TIME = String(32)  # ISO 8601 UTC text: stable across databases, hashed into the audit chain
-USER = String(64)
+# NUL: PostgreSQL text cannot hold it. Surrogates: a Python str holds one only when it came
+# from a lone `\udXXX` JSON escape, and no database encoding can (UnicodeEncodeError).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"  # U+FFFD, the character Unicode reserves for "unrepresentable"
+
+
+def storable(value: str) -> str:
+    """VALUE with every character no database can store replaced by U+FFFD.
+
+    Other control characters are stored as they are: rendering them is the reader's job.
+    """
+    return _UNSTORABLE.sub(REPLACEMENT, value)
+
+
+class StoredString(TypeDecorator[str]):
+    """VARCHAR whose values are made `storable` on the way in (in filters too)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return storable(value) if isinstance(value, str) else value
+
+
+class StoredText(StoredString):
+    """TEXT whose values are made `storable` on the way in."""
+
+    impl = Text
+    cache_ok = True
+
+
+SHA = StoredString(40)
+IMAGE = StoredString(128)
+TIME = StoredString(32)  # ISO 8601 UTC text: stable across databases, hashed into the audit chain
+USER = StoredString(64)
 
 versions = Table(
     "versions",
@@ -30,20 +72,20 @@ versions = Table(
     Column("tests_passed", Boolean, nullable=False),
     Column("created_at", TIME, nullable=False),
     Column("recorded_by", USER, nullable=False),
-    Column("subject", Text),
-    Column("branch", String(255)),
-    Column("build_id", String(64)),
+    Column("subject", StoredText),
+    Column("branch", StoredString(255)),
+    Column("build_id", StoredString(64)),
     Column("report", JSON),
     Column("revoked_at", TIME),
     Column("revoked_by", USER),
-    Column("revoked_reason", Text),
+    Column("revoked_reason", StoredText),
 )
 
 environments = Table(
     "environments",
     metadata,
     Column("image", IMAGE, primary_key=True),
-    Column("env", String(16), primary_key=True),
+    Column("env", StoredString(16), primary_key=True),
     Column("sha", SHA),
     Column("generation", Integer, nullable=False),
     Column("updated_at", TIME),
@@ -55,13 +97,13 @@ pointer_history = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("image", IMAGE, nullable=False),
-    Column("env", String(16), nullable=False),
+    Column("env", StoredString(16), nullable=False),
     Column("old_sha", SHA),
     Column("new_sha", SHA, nullable=False),
     Column("generation", Integer, nullable=False),
     Column("at", TIME, nullable=False),
     Column("actor", USER, nullable=False),
-    Column("operation_id", String(36)),
+    Column("operation_id", StoredString(36)),
     UniqueConstraint("image", "env", "generation", name="uq_pointer_generation"),
 )
 
@@ -73,7 +115,7 @@ verdicts = Table(
     Column("sha", SHA, nullable=False),
     Column("user_id", USER, nullable=False),
     Column("approved", Boolean, nullable=False),
-    Column("reason", Text),
+    Column("reason", StoredText),
     Column("at", TIME, nullable=False),
     # Set when the version is revoked: approvals given before that no longer count, nor
     # rejections their author had withdrawn (bot.domain.policy.kept_by_revocation).
@@ -85,7 +127,7 @@ freezes = Table(
     "freezes",
     metadata,
     Column("image", IMAGE, primary_key=True),
-    Column("reason", Text, nullable=False),
+    Column("reason", StoredText, nullable=False),
     Column("frozen_by", USER, nullable=False),
     Column("frozen_at", TIME, nullable=False),
 )
@@ -93,15 +135,15 @@ freezes = Table(
 operations = Table(
     "operations",
     metadata,
-    Column("id", String(36), primary_key=True),
-    Column("kind", String(32), nullable=False),
+    Column("id", StoredString(36), primary_key=True),
+    Column("kind", StoredString(32), nullable=False),
     Column("image", IMAGE, nullable=False),
     Column("actor", USER, nullable=False),
-    Column("status", String(16), nullable=False),  # pending | done | failed
+    Column("status", StoredString(16), nullable=False),  # pending | done | failed
     Column("steps", JSON, nullable=False),
     Column("created_at", TIME, nullable=False),
     Column("updated_at", TIME, nullable=False),
-    Column("error", Text),
+    Column("error", StoredText),
     Index("ix_operations_status", "status"),
 )
 
@@ -111,15 +153,15 @@ audit_log = Table(
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("at", TIME, nullable=False),
     Column("actor", USER, nullable=False),
-    Column("action", String(32), nullable=False),
+    Column("action", StoredString(32), nullable=False),
     Column("image", IMAGE),
     Column("sha", SHA),
-    Column("outcome", String(16), nullable=False),
+    Column("outcome", StoredString(16), nullable=False),
     Column("details", JSON, nullable=False),
-    Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
+    Column("prev_hash", StoredString(64), nullable=False),
+    Column("hash", StoredString(64), nullable=False),
     # The ID of the audit key whose HMAC `hash` is; NULL: a plain SHA-256 entry.
-    Column("key_id", String(16)),
+    Column("key_id", StoredString(16)),
     Index("ix_audit_image_sha", "image", "sha"),
 )
 
@@ -128,13 +170,13 @@ audit_head = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", Integer, nullable=False),
-    Column("hash", String(64), nullable=False),
+    Column("hash", StoredString(64), nullable=False),
 )
 
 processed_events = Table(
     "processed_events",
     metadata,
-    Column("key", String(255), primary_key=True),
+    Column("key", StoredString(255), primary_key=True),
     Column("at", TIME, nullable=False),
     Column("result", JSON),
 )
@@ -144,8 +186,8 @@ slack_threads = Table(
     metadata,
     Column("image", IMAGE, primary_key=True),
     Column("sha", SHA, primary_key=True),
-    Column("channel", String(32), nullable=False),
-    Column("ts", String(32)),  # known once the root message is delivered
+    Column("channel", StoredString(32), nullable=False),
+    Column("ts", StoredString(32)),  # known once the root message is delivered
     Column("state", JSON, nullable=False),  # what the root shows: status, steps, build id...
     Column("status_rank", Integer, nullable=False),
     Column("updated_at", TIME, nullable=False),
@@ -155,16 +197,16 @@ outbox = Table(
     "outbox",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("dedupe_key", String(255), nullable=False, unique=True),
-    Column("method", String(64), nullable=False),
+    Column("dedupe_key", StoredString(255), nullable=False, unique=True),
+    Column("method", StoredString(64), nullable=False),
     Column("payload", JSON, nullable=False),
     # Replies and root updates wait for the thread's root: its ts is filled in at send time.
     Column("thread_image", IMAGE),
     Column("thread_sha", SHA),
-    Column("status", String(16), nullable=False),  # pending | sent | dead
+    Column("status", StoredString(16), nullable=False),  # pending | sent | dead
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", TIME, nullable=False),
-    Column("last_error", Text),
+    Column("last_error", StoredText),
     Column("created_at", TIME, nullable=False),
     Column("sent_at", TIME),
     Column("response", JSON),
@@ -176,30 +218,30 @@ jobs = Table(
     "jobs",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("dedupe_key", String(255), nullable=False, unique=True),
-    Column("kind", String(64), nullable=False),
+    Column("dedupe_key", StoredString(255), nullable=False, unique=True),
+    Column("kind", StoredString(64), nullable=False),
     Column("payload", JSON, nullable=False),
-    Column("status", String(16), nullable=False),  # queued | running | done | failed
+    Column("status", StoredString(16), nullable=False),  # queued | running | done | failed
     Column("attempts", Integer, nullable=False, default=0),
     Column("available_at", TIME, nullable=False),
     Column("created_at", TIME, nullable=False),
     Column("finished_at", TIME),
-    Column("error", Text),
+    Column("error", StoredText),
     Index("ix_jobs_queue", "status", "available_at"),
 )
 
 instances = Table(
     "instances",
     metadata,
-    Column("name", String(64), primary_key=True),
+    Column("name", StoredString(64), primary_key=True),
     Column("image", IMAGE, nullable=False),
-    Column("env", String(16), nullable=False),
+    Column("env", StoredString(16), nullable=False),
     Column("sha", SHA, nullable=False),
     Column("requested_by", USER, nullable=False),
     Column("created_at", TIME, nullable=False),
-    Column("backend", String(16), nullable=False),
-    Column("url", Text),
-    Column("state", String(16), nullable=False),  # starting | running | stopped | failed
+    Column("backend", StoredString(16), nullable=False),
+    Column("url", StoredText),
+    Column("state", StoredString(16), nullable=False),  # starting | running | stopped | failed
     Column("details", JSON, nullable=False),
     Column("stopped_at", TIME),
     Index("ix_instances_image_sha", "image", "sha"),

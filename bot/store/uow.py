@@ -333,6 +333,13 @@ class Tx:
     ) -> AuditEntry:
         seq, prev_hash = self.lock_audit_head()
         key = self.store.audit_key
+        # Hashed as stored: the text columns replace what no database can hold, and the
+        # details lose lone surrogates (from non-UTF-8 argv or `\udXXX` escapes), which
+        # the hash's UTF-8 could not encode either.
+        actor, action, outcome = t.storable(actor), t.storable(action), t.storable(outcome)
+        image = None if image is None else t.storable(image)
+        sha = None if sha is None else t.storable(sha)
+        details = json.loads(t.storable(json.dumps(details or {}, ensure_ascii=False)))
         entry = AuditEntry(
             seq=seq + 1,
             at=self.now,

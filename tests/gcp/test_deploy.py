@@ -106,7 +106,8 @@ def _substitute(line: str, found: list[list[str]]) -> str:
                 depth -= 1
                 if depth == 0:
                     break
-        found.append(shlex.split(line[start + 2 : end]))
+        inner = _substitute(line[start + 2 : end], found)  # nested ones run first
+        found.append(shlex.split(inner))
         line = line[:start] + "SUBSTITUTED" + line[end + 1 :]
     return line
 
@@ -131,12 +132,13 @@ def test_the_dry_run_prints_every_step_in_order_and_runs_nothing(dry_run, config
         "Enable the APIs",
         "Artifact Registry repository for the notebook images",
         "Service accounts, one per job",
-        "Pub/Sub topics: build events, the job queue, test reports",
+        "Pub/Sub topics: build events, the job queue, test reports, dead letters",
         "Secrets in Secret Manager (values from the environment, never printed)",
         "Cloud SQL for PostgreSQL: instance, database, user",
         "Least IAM roles of each service account",
         "The bot on Cloud Run (root Dockerfile), its URL for Slack",
         "The build relay: Cloud Functions (2nd gen) on the build and report topics",
+        "Dead letters: the relay'\"'\"'s trigger subscriptions retry a bounded number of times",
         "The job queue'\"'\"'s authenticated push subscription to /pubsub/jobs",
         "Cloud Build triggers: each image'\"'\"'s staging and production branch",
     ]
@@ -176,13 +178,52 @@ def test_the_bot_the_relay_and_the_push_subscription_are_deployed_as_the_contrac
         assert _flag(function, "--set-build-env-vars") == "GOOGLE_FUNCTION_SOURCE=functions/main.py"
         assert _flag(function, "--service-account") == RELAY
 
-    (push,) = [c for c in commands if c[:3] == ["pubsub", "subscriptions", "create"]]
+    (push,) = [
+        c for c in commands if c[:4] == ["pubsub", "subscriptions", "create", "nbenv-jobs-push"]
+    ]
     assert _flag(push, "--topic") == "nbenv-jobs"
     assert _flag(push, "--push-auth-service-account") == PUSH
     assert _flag(push, "--push-auth-token-audience") == "nbenv-jobs"
     assert _flag(push, "--push-endpoint") == "SUBSTITUTED/pubsub/jobs"
     describe = next(c for c in commands if c[:3] == ["run", "services", "describe"])
     assert describe[:5] == ["run", "services", "describe", "nbenv", "--region=europe-west4"]
+
+
+def test_the_relay_subscriptions_park_what_keeps_failing_in_a_dead_letter_topic(
+    dry_run,
+) -> None:
+    commands = _gcloud(dry_run)
+    topic = ["pubsub", "topics", "create", "nbenv-dead-letters"]
+    assert any(c[:4] == topic for c in commands)
+    # Messages published to a topic without a subscription are lost: one keeps them.
+    (kept,) = [
+        c for c in commands if c[:4] == ["pubsub", "subscriptions", "create", "nbenv-dead-letters"]
+    ]
+    assert _flag(kept, "--topic") == "nbenv-dead-letters"
+    assert _flag(kept, "--message-retention-duration") == "7d"
+
+    # Eventarc creates each function's trigger subscription: the script looks it up
+    # (function → its Eventarc trigger → the trigger's subscription), then updates it.
+    updates = [c for c in commands if c[:3] == ["pubsub", "subscriptions", "update"]]
+    assert len(updates) == 2
+    for update in updates:
+        assert update[3] == "SUBSTITUTED"
+        assert _flag(update, "--dead-letter-topic") == "nbenv-dead-letters"
+        assert 5 <= int(_flag(update, "--max-delivery-attempts") or 0) <= 10
+    lookups = [c for c in commands if c[:2] == ["functions", "describe"]]
+    assert [c[2] for c in lookups] == ["nbenv-relay", "nbenv-relay"] + ["nbenv-report-relay"] * 2
+    for lookup in lookups:
+        assert "--v2" in lookup and _flag(lookup, "--format") == "value(eventTrigger.trigger)"
+    triggers = [c for c in commands if c[:3] == ["eventarc", "triggers", "describe"]]
+    assert len(triggers) == 4
+    for trigger in triggers:
+        assert trigger[3] == "SUBSTITUTED"
+        assert _flag(trigger, "--format") == "value(transport.pubsub.subscription)"
+    # After the functions exist (their triggers are made by the deploy).
+    script = dry_run.splitlines()
+    first_update = next(i for i, line in enumerate(script) if "subscriptions update" in line)
+    last_deploy = max(i for i, line in enumerate(script) if "functions deploy" in line)
+    assert first_update > last_deploy
 
 
 def test_each_image_gets_a_staging_and_a_production_trigger(dry_run) -> None:
@@ -223,12 +264,12 @@ def test_every_service_account_gets_exactly_its_least_roles(dry_run) -> None:
             member = (_flag(command, "--member") or "").removeprefix("serviceAccount:")
             grants.add((member, _flag(command, "--role") or "roles/run.invoker", target))
     member_pubsub_agent = {g for g in grants if "gcp-sa-pubsub" in g[0]}
+    agent = "service-SUBSTITUTED@gcp-sa-pubsub.iam.gserviceaccount.com"
     assert member_pubsub_agent == {
-        (
-            "service-SUBSTITUTED@gcp-sa-pubsub.iam.gserviceaccount.com",
-            "roles/iam.serviceAccountTokenCreator",
-            f"iam service-accounts {PUSH}",
-        )
+        (agent, "roles/iam.serviceAccountTokenCreator", f"iam service-accounts {PUSH}"),
+        # It forwards dead letters: publishes them, acknowledges them on the source.
+        (agent, "roles/pubsub.publisher", "pubsub topics nbenv-dead-letters"),
+        (agent, "roles/pubsub.subscriber", "pubsub subscriptions SUBSTITUTED"),
     }
     assert grants - member_pubsub_agent == {
         (BOT, "roles/cloudsql.client", "projects my-project"),
@@ -323,6 +364,11 @@ def _gcloud_shim(directory: Path, log: Path) -> Path:
                 log.write(json.dumps({{"args": args, "stdin": stdin}}) + "\\n")
             if "describe" in args and args[:3] == ["run", "services", "describe"]:
                 print("https://nbenv-abc123-ew.a.run.app")
+            elif args[:2] == ["functions", "describe"]:
+                print(f"projects/my-project/locations/europe-west4/triggers/{{args[2]}}-123")
+            elif args[:3] == ["eventarc", "triggers", "describe"]:
+                trigger = args[3].rsplit("/", 1)[-1]
+                print(f"projects/my-project/subscriptions/eventarc-europe-west4-{{trigger}}-sub-1")
             elif args[:2] == ["projects", "describe"]:
                 print("123456789")
             elif "describe" in args:
@@ -357,6 +403,14 @@ def test_the_real_run_runs_what_the_dry_run_printed_and_pipes_the_secrets(
     # the `||` alternative of a creation that succeeded (set-password) did not run.
     resolved = {
         "https://nbenv-abc123-ew.a.run.app": "SUBSTITUTED",
+        **{
+            f"projects/my-project/subscriptions/eventarc-europe-west4-{f}-123-sub-1": "SUBSTITUTED"
+            for f in ("nbenv-relay", "nbenv-report-relay")
+        },
+        **{
+            f"projects/my-project/locations/europe-west4/triggers/{f}-123": "SUBSTITUTED"
+            for f in ("nbenv-relay", "nbenv-report-relay")
+        },
         "123456789": "SUBSTITUTED",
         "pw-not-printed": "$NBENV_DB_PASSWORD",
     }
@@ -377,8 +431,13 @@ def test_the_real_run_runs_what_the_dry_run_printed_and_pipes_the_secrets(
         "nbenv-db": "postgresql+psycopg://nbenv:pw-not-printed@/nbenv?host=/cloudsql/"
         "my-project:europe-west4:nbenv",
     }
-    (push,) = [c for c in ran if c[:3] == ["pubsub", "subscriptions", "create"]]
+    (push,) = [c for c in ran if c[:4] == ["pubsub", "subscriptions", "create", "nbenv-jobs-push"]]
     assert "--push-endpoint=https://nbenv-abc123-ew.a.run.app/pubsub/jobs" in push
+    updated = {c[3] for c in ran if c[:3] == ["pubsub", "subscriptions", "update"]}
+    assert updated == {
+        "projects/my-project/subscriptions/eventarc-europe-west4-nbenv-relay-123-sub-1",
+        "projects/my-project/subscriptions/eventarc-europe-west4-nbenv-report-relay-123-sub-1",
+    }
     for value in secrets.values():
         assert value not in result.stdout + result.stderr
     assert "gcp section needs" in result.stdout

@@ -282,10 +282,14 @@ class OutboxSender:
         for row, values in outcomes:
             shapes.setdefault(tuple(sorted(values)), []).append({"b_id": row.id, **values})
         with self.store.write(audited=False) as tx:
+            # Thread rows first, in key order, then outbox rows: the relay locks in the same
+            # order (threads, then their messages), so the two never deadlock.
+            for row, payload, response in sorted(
+                roots, key=lambda r: (r[0].thread_image, r[0].thread_sha)
+            ):
+                _set_root(tx, row.thread_image, row.thread_sha, response, payload)
             for columns, parameters in shapes.items():
                 tx.connection.execute(_outcome_statement(columns), parameters)
-            for row, payload, response in roots:
-                _set_root(tx, row.thread_image, row.thread_sha, response, payload)
 
     def _prepare(
         self, row: Any, payload: dict[str, Any], threads: dict[tuple[str, str], _Root]

@@ -340,6 +340,12 @@ def _options(rest: list[str]) -> argparse.Namespace:
         default=int(os.environ.get("NBENV_THREADS") or 16),
         help="request threads per process (default $NBENV_THREADS or 16)",
     )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=float(os.environ.get("NBENV_READ_TIMEOUT_S") or 10),
+        help="seconds a client has to send a whole request (default $NBENV_READ_TIMEOUT_S or 10)",
+    )
     return parser.parse_args(rest)
 
 
@@ -366,12 +372,17 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
 
     from gunicorn.app.base import BaseApplication
 
+    from bot.slack.http_worker import RequestBufferingWorker
+
+    RequestBufferingWorker.read_timeout_s = options.read_timeout  # the workers fork from here
+
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             settings = {
                 "bind": f"{options.host}:{options.port}",
                 "workers": options.workers,
-                "worker_class": "gthread",
+                # gthread, but whole requests reach its threads: slow clients hold none.
+                "worker_class": "bot.slack.http_worker.RequestBufferingWorker",
                 "threads": options.threads,
                 "timeout": 120,
                 "graceful_timeout": 10,

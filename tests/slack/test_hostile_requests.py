@@ -4,11 +4,14 @@ nothing, and the server keeps answering everyone else."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -29,6 +32,26 @@ from tests.slack.bot import (
 from tests.support.slack_api import FakeSlackApi
 
 MAX_BODY = 1024 * 1024
+READ_TIMEOUT_S = 2  # this module's server: a request must arrive whole within 2 s
+
+
+@pytest.fixture(scope="module")
+def server(
+    config_path: Path, database: str, workdir: Path, slack: FakeSlackApi
+) -> Iterator[BotServer]:
+    """`nbenv serve` as in the other modules, with a short read timeout to test it."""
+    bot = BotServer(
+        config=config_path,
+        db_url=database,
+        home=workdir / "home",
+        slack=slack,
+        NBENV_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
+    )
+    bot.start()
+    try:
+        yield bot
+    finally:
+        bot.stop()
 
 
 class ServerLog:
@@ -160,13 +183,13 @@ def _header_bytes(value: str) -> bytes:
 
 @pytest.mark.parametrize(
     "timestamp",
-    ["²", "¹²³", "9" * 400, "１７００００００００", " 1700000000", "1e9", ""],
+    ["²", "¹²³", "9" * 400, "１７００００００００", "+1700000000", "1e9", ""],
     ids=[
         "superscript two",
         "superscript digits",
         "400 digits",
         "fullwidth",
-        "space",
+        "plus",
         "1e9",
         "empty",
     ],
@@ -317,10 +340,8 @@ def tricklers(server: BotServer) -> Iterator[list[socket.socket]]:
         at = 0
         while not stop.wait(0.2) and at < len(rest):
             for conn in conns:
-                try:
+                with contextlib.suppress(OSError):  # the server may have hung up
                     conn.sendall(rest[at : at + 1])
-                except OSError:
-                    pass
             at += 1
 
     thread = threading.Thread(target=trickle, daemon=True)
@@ -332,6 +353,40 @@ def tricklers(server: BotServer) -> Iterator[list[socket.socket]]:
         thread.join(5)
         for conn in conns:
             conn.close()
+
+
+def _trickle(server: BotServer, request: bytes, pause_s: float, pieces: int) -> bytes:
+    """REQUEST sent in PIECES with PAUSE_S between them, until the server answers or hangs
+    up; the first line of its answer (b"" when it hung up without one)."""
+    size = -(-len(request) // pieces)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        for at in range(0, len(request), size):
+            conn.sendall(request[at : at + size])
+            readable, _, _ = select.select([conn], [], [], pause_s)
+            if readable:  # an answer, or the end of the connection
+                break
+        answer = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n" not in answer and (chunk := conn.recv(4096)):
+                answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+def _healthz_request(server: BotServer) -> bytes:
+    return f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode()
+
+
+def test_a_slow_but_complete_request_is_served(server: BotServer) -> None:
+    assert _trickle(server, _healthz_request(server), 0.1, 8) == b"HTTP/1.1 200 OK"
+
+
+def test_a_request_that_does_not_arrive_in_time_is_dropped(server: BotServer) -> None:
+    started = time.monotonic()
+
+    first_line = _trickle(server, _healthz_request(server), 0.5, 12)  # would take 6 s
+
+    assert first_line in (b"HTTP/1.1 408 Request Timeout", b"")
+    assert time.monotonic() - started < READ_TIMEOUT_S + 2 + 0.5
 
 
 def test_slow_clients_do_not_keep_the_health_check_waiting(

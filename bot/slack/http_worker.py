@@ -32,7 +32,10 @@ _RECV = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*([0-9]{1,19})[ \t]*$", re.I | re.M)
 _CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.I | re.M)
 _EXPECT_CONTINUE = re.compile(rb"^expect[ \t]*:[ \t]*100-continue[ \t]*$", re.I | re.M)
-_LAST_CHUNK = re.compile(rb"(?:^|\r\n)0[ \t]*(?:;[^\r\n]*)?\r\n(?:[^\r\n]+\r\n)*\r\n$")
+# The last chunk and the (optional) trailers that end a chunked body; looked for only in
+# the last _TAIL bytes, so that each look costs the same however long the body.
+_LAST_CHUNK = re.compile(rb"(?:^|\r\n)0[ \t]*(?:;[^\r\n]*)?\r\n(?:[^\r\n]+\r\n)*\r\n\Z")
+_TAIL = 1024
 
 
 class Arrival:
@@ -43,33 +46,39 @@ class Arrival:
         self.deadline = deadline
         self.oversized = False  # announced a body over MAX_BODY: close after the answer
         self.continued = False  # "100 Continue" sent
+        self.wants_continue = False  # the client waits for "100 Continue" to send the body
+        self._body_start: int | None = None  # where the body begins, once the head is in
+        self._length: int | None = None  # the announced Content-Length
+        self._chunked = False
 
     def complete(self) -> bool:
-        head_end = self.data.find(b"\r\n\r\n")
-        if head_end < 0:
+        if self._body_start is None and not self._read_head():
             return len(self.data) > MAX_HEAD  # gunicorn turns that down (400)
-        head = bytes(self.data[:head_end])
-        body = len(self.data) - head_end - 4
-        if _CHUNKED.search(head):
+        assert self._body_start is not None
+        body = len(self.data) - self._body_start
+        if self._chunked:
             # The last chunk ends it; a body over the cap goes on, to be refused (413).
-            return body > MAX_BODY or bool(_LAST_CHUNK.search(self.data[head_end + 2 :]))
-        lengths = _CONTENT_LENGTH.findall(head)
-        if len(lengths) != 1:
+            tail = bytes(self.data[max(self._body_start, len(self.data) - _TAIL) :])
+            return body > MAX_BODY or _LAST_CHUNK.search(tail) is not None
+        if self._length is None:
             return True  # no body, or a malformed length that gunicorn turns down
-        length = int(lengths[0])
-        if length > MAX_BODY:
+        if self._length > MAX_BODY:
             self.oversized = True
             return True
-        return body >= length
+        return body >= self._length
 
-    def wants_continue(self) -> bool:
-        """The client waits for "100 Continue" before it sends the body."""
-        head_end = self.data.find(b"\r\n\r\n")
-        return (
-            not self.continued
-            and head_end >= 0
-            and _EXPECT_CONTINUE.search(bytes(self.data[:head_end])) is not None
-        )
+    def _read_head(self) -> bool:
+        """Whether the head (request line and headers) is all here; if so, what it says."""
+        head_end = self.data.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+        if head_end < 0:
+            return False
+        head = bytes(self.data[:head_end])
+        self._body_start = head_end + 4
+        self._chunked = _CHUNKED.search(head) is not None
+        lengths = _CONTENT_LENGTH.findall(head)
+        self._length = int(lengths[0]) if len(lengths) == 1 else None
+        self.wants_continue = _EXPECT_CONTINUE.search(head) is not None
+        return True
 
 
 class RequestBufferingWorker(ThreadWorker):  # type: ignore[misc]
@@ -116,7 +125,7 @@ class RequestBufferingWorker(ThreadWorker):  # type: ignore[misc]
         if arrival.complete():
             self._forget(conn)
             self._hand_over(conn, arrival)
-        elif arrival.wants_continue():
+        elif arrival.wants_continue and not arrival.continued:
             arrival.continued = True
             with contextlib.suppress(OSError):
                 conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -5,7 +5,7 @@ The same grammar serves Slack, the CLI and the console shell.
 
 from __future__ import annotations
 
-import shlex
+import re
 from dataclasses import dataclass
 
 from bot.domain.errors import BadInput
@@ -19,7 +19,7 @@ USAGE = {
     "approve": "approve IMAGE [SHA]",
     "reject": "reject IMAGE [SHA] REASON",
     "promote": "promote IMAGE [--dry-run] [--force --reason R]",
-    "rollback": "rollback IMAGE [--to SHA] [--reason R]",
+    "rollback": "rollback IMAGE [--to SHA [--force]] [--reason R]",
     "instance": "instance IMAGE [--env ENV] [--name NAME]",
     "instances": "instances [IMAGE] [--stop NAME]",
     "history": "history IMAGE [SHA] [--json]",
@@ -30,6 +30,10 @@ USAGE = {
 READ_ONLY = frozenset({"help", "status", "versions", "history", "diff", "instances"})
 _FLAGS_WITH_VALUE = {"--to", "--reason", "--env", "--name", "--stop"}
 _BOOL_FLAGS = {"--dry-run", "--force", "--json", "--yes"}
+_FLAGS_TAKING_THE_REST = {"--reason"}  # a reason runs on to the next option, quoted or not
+
+MAX_COMMAND = 4000  # characters of the text after /nbenv: room for any command and its reason
+MAX_REASON = 1000  # characters of a reason, as many as the reject dialog lets a tester type
 
 
 @dataclass(frozen=True)
@@ -50,20 +54,102 @@ class Command:
     json: bool = False
     confirmed: bool = False  # --yes: skip the interactive confirmation
 
+    def __post_init__(self) -> None:
+        # Every way a command is made (typed, a button, the reject dialog, a queued job)
+        # passes here: a reason longer than the dialog allows is refused everywhere alike.
+        if self.reason is not None and len(self.reason) > MAX_REASON:
+            raise BadInput(
+                f"the reason is {len(self.reason):,} characters long: at most {MAX_REASON:,}, "
+                "please shorten it"
+            )
+
     @property
     def read_only(self) -> bool:
         return self.name in READ_ONLY or (self.name == "promote" and self.dry_run)
 
 
-def _split(text: str) -> list[str]:
-    try:
-        return shlex.split(text)
-    except ValueError as error:
-        raise BadInput(f"could not read the command: {error}") from None
+_BLANKS = " \t\r\n"  # what separates words, as in a POSIX shell (and shlex)
+_BLANK_RUN = re.compile(r"[ \t\r\n]+")
+_PLAIN_RUN = re.compile(r"[^ \t\r\n'\"\\]+")
+_DOUBLE_QUOTED_RUN = re.compile(r'[^"\\]+')
+_SPECIAL = re.compile(r"['\"\\]")
+
+
+def split_words(text: str) -> list[str]:
+    """TEXT cut into words the way `shlex.split` (a POSIX shell) cuts it — quotes, backslash
+    escapes — in time linear in the length of TEXT (shlex grows each word one character
+    at a time, which is quadratic: 23 s for a 1 MB word)."""
+    if not _SPECIAL.search(text):  # the usual case: words and blanks only
+        return [word for word in _BLANK_RUN.split(text) if word]
+    words: list[str] = []
+    parts: list[str] | None = None  # the pieces of the word being read; None between words
+    at, end = 0, len(text)
+    while at < end:
+        char = text[at]
+        if char in _BLANKS:
+            if parts is not None:
+                words.append("".join(parts))
+                parts = None
+            at = _end_of(_BLANK_RUN, text, at)
+            continue
+        if parts is None:
+            parts = []
+        if char == "'":  # nothing is special up to the closing quote
+            close = text.find("'", at + 1)
+            if close < 0:
+                raise _unreadable("No closing quotation")
+            parts.append(text[at + 1 : close])
+            at = close + 1
+        elif char == '"':
+            at = _read_double_quoted(text, at + 1, parts)
+        elif char == "\\":
+            if at + 1 >= end:
+                raise _unreadable("No escaped character")
+            parts.append(text[at + 1])
+            at += 2
+        else:
+            run_end = _end_of(_PLAIN_RUN, text, at)
+            parts.append(text[at:run_end])
+            at = run_end
+    if parts is not None:
+        words.append("".join(parts))
+    return words
+
+
+def _end_of(run: re.Pattern[str], text: str, at: int) -> int:
+    found = run.match(text, at)
+    return found.end() if found else at
+
+
+def _read_double_quoted(text: str, at: int, parts: list[str]) -> int:
+    """The inside of "…" from AT into PARTS (a backslash escapes only `"` and itself, as in
+    a shell); where reading goes on after the closing quote."""
+    while True:
+        run_end = _end_of(_DOUBLE_QUOTED_RUN, text, at)
+        parts.append(text[at:run_end])
+        at = run_end
+        if at < len(text) and text[at] == '"':
+            return at + 1
+        if at >= len(text):
+            raise _unreadable("No closing quotation")
+        if at + 1 >= len(text):  # a backslash, then nothing
+            raise _unreadable("No escaped character")
+        escaped = text[at + 1]  # text[at] is a backslash
+        parts.append(escaped if escaped in '"\\' else "\\" + escaped)
+        at += 2
+
+
+def _unreadable(why: str) -> BadInput:
+    return BadInput(f"could not read the command: {why}")
 
 
 def parse(text: str) -> Command:
-    words = _split(text.strip())
+    if len(text) > MAX_COMMAND:
+        raise BadInput(
+            f"the command is {len(text):,} characters long: at most {MAX_COMMAND:,} "
+            f"(a reason at most {MAX_REASON:,})"
+        )
+    words = split_words(text.strip())
     if not words:
         return Command("help")
     name, rest = words[0].lower(), words[1:]
@@ -77,12 +163,17 @@ def parse(text: str) -> Command:
         flag, eq, inline = word.partition("=")
         if flag in _FLAGS_WITH_VALUE:
             if eq:
-                flags[flag] = inline
+                value = [inline]
             else:
                 if i + 1 >= len(rest):
                     raise BadInput(f"{flag} needs a value. Usage: /nbenv {USAGE[name]}")
-                flags[flag] = rest[i + 1]
+                value = [rest[i + 1]]
                 i += 1
+            if flag in _FLAGS_TAKING_THE_REST:  # `--reason disk is full` needs no quotes
+                while i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                    value.append(rest[i + 1])
+                    i += 1
+            flags[flag] = " ".join(value)
         elif word in _BOOL_FLAGS:
             flags[word] = True
         elif word.startswith("--"):
@@ -173,12 +264,20 @@ def _build(name: str, pos: list[str], flags: dict[str, str | bool]) -> Command:
         image = _need_image(name, pos)
         _too_many(name, pos[1:])
         to = check_sha_ref(text["--to"]) if "--to" in text else None
+        force = bool(flags.get("--force"))
+        if force and to is None:
+            raise BadInput(
+                "--force applies to `rollback IMAGE --to SHA`: it allows a revoked SHA. "
+                f"Usage: /nbenv {USAGE[name]}"
+            )
+        if force and not (text.get("--reason") or "").strip():
+            raise BadInput("--force needs --reason R: say why the revoked SHA is used again")
         return Command(
             name,
             image=image,
             to=to,
             reason=text.get("--reason"),
-            force=bool(flags.get("--force")),
+            force=force,
             confirmed=bool(flags.get("--yes")),
         )
     if name == "instance":
@@ -237,4 +336,9 @@ def check_instance_name(name: str) -> str:
 def help_text() -> str:
     lines = ["*nbenv* — notebook image upgrades. Commands:"]
     lines += [f"• `/nbenv {usage}`" for usage in USAGE.values()]
+    lines += [
+        "A REASON runs to the end of the command or to the next `--option`: no quotes "
+        f"needed (at most {MAX_REASON:,} characters). `promote --force` overrides a "
+        "rejection; `rollback --to SHA --force` uses a revoked SHA; both need `--reason R`."
+    ]
     return "\n".join(lines)

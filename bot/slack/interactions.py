@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, NbenvError
-from bot.domain.names import Env, Person, check_sha_ref, short
+from bot.domain.names import Env, Person, check_sha_ref, parse_env, short
 from bot.domain.operations import Seen
 from bot.domain.policy import Role
 from bot.domain.text import escape
@@ -108,23 +108,25 @@ def command_from(data: Any) -> Command:
     """The Command a button or a job carries, checked like typed input."""
     if not isinstance(data, dict) or data.get("name") not in (*CONFIRMED, "diff", "instances"):
         raise BadInput("this button or job carries no command nbenv can run")
-    known = {field.name for field in fields(Command)}
+    known = {field.name: field for field in fields(Command)}
     values = {k: v for k, v in data.items() if k in known}
+    for name, value in values.items():
+        # Each value of the type its field has by default: text, a flag (bool), or unset.
+        kind = bool if isinstance(known[name].default, bool) else str
+        if value is not None and not isinstance(value, kind):
+            raise BadInput(f"this button carries a malformed {name}: nothing was changed")
     for name in ("sha", "to"):
         if values.get(name) is not None:
-            values[name] = check_sha_ref(str(values[name]))
+            values[name] = check_sha_ref(values[name])
     if values.get("env") is not None:
-        values["env"] = Env(values["env"])
-    for name in ("reason", "image", "diff_from", "diff_to", "stop"):
-        if values.get(name) is not None and not isinstance(values[name], str):
-            raise BadInput(f"this button carries a malformed {name}")
+        values["env"] = parse_env(values["env"])
     return Command(**values)
 
 
 def _value(raw: str | None) -> dict[str, Any]:
     try:
         value = json.loads(raw or "")
-    except ValueError:
+    except (ValueError, TypeError, RecursionError):  # not JSON, not text, nested too deep
         value = None
     if not isinstance(value, dict) or not isinstance(value.get("image"), str):
         raise BadInput("this button is malformed: nothing was changed")
@@ -281,6 +283,8 @@ class Interactions:
         self, user: Person, raw_metadata: str | None, reason: str | None, *, key: str
     ) -> str | None:
         """The dialog submitted: None when the rejection is recorded, else what to fix."""
+        if reason is not None and not isinstance(reason, str):
+            return "This dialog is malformed: nothing was changed."
         reason = (reason or "").strip()
         if not reason:
             return "Say why: the testers and owners will read it."
@@ -289,7 +293,7 @@ class Interactions:
             command = Command(
                 "reject", image=metadata["image"], sha=check_sha_ref(metadata["sha"]), reason=reason
             )
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return "This dialog is malformed: nothing was changed."
         except NbenvError as error:
             return error.message

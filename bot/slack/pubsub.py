@@ -126,6 +126,8 @@ def _decode(body: bytes) -> dict[str, Any]:
         raise ValueError(f"expected a Pub/Sub push with base64 JSON data ({error!r})") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"not JSON: {error}") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
     if not isinstance(job, dict) or not isinstance(job.get("key"), str) or not job["key"]:
         raise ValueError('the data must be a JSON object with a "key"')
     if "kind" in job and (

@@ -147,19 +147,41 @@ class WarmingService:
         return getattr(runtime.app, name)
 
 
-def create_web_app(bolt: Any, worker: WorkerRuntime) -> Any:
+def create_web_app(bolt: Any, worker: WorkerRuntime, signing_secret: str) -> Any:
     """The Flask app: Bolt behind /slack/events, the health check, the job push endpoint."""
     from flask import Flask, request
     from slack_bolt.adapter.flask import SlackRequestHandler
+    from slack_sdk.signature import SignatureVerifier
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    from bot.slack.inbound import MAX_BODY, MalformedRequest, check_body, timestamp_is_plain
 
     web = Flask("nbenv")
+    # Werkzeug compares the announced length with this before reading a byte: a 413 at once.
+    web.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     handler = SlackRequestHandler(bolt)
+    verifier = SignatureVerifier(signing_secret)
+
+    @web.errorhandler(RequestEntityTooLarge)
+    def too_large(_error: Exception) -> Any:
+        log.warning("refused a request to %s: its body is over %d bytes", request.path, MAX_BODY)
+        return f"the request body is over {MAX_BODY} bytes\n", 413
 
     @web.post("/slack/events")
     def slack_events() -> Any:
-        # Bolt's verifier would crash (500) on a timestamp that is not a number.
-        if not request.headers.get("X-Slack-Request-Timestamp", "").isdigit():
+        # Bolt's verifier crashes (500) on a timestamp that int() rejects (`²`) or that
+        # float() cannot hold (400 digits): only a plain Unix time goes on.
+        if not timestamp_is_plain(request.headers.get("X-Slack-Request-Timestamp")):
             return {"error": "invalid request: no valid X-Slack-Request-Timestamp"}, 401
+        text = request.get_data(as_text=True)
+        try:
+            check_body(text, request.headers.get("Content-Type"))
+        except MalformedRequest as problem:
+            # Unsigned junk is Bolt's 401 as usual; only a signed request hears what is wrong.
+            if not verifier.is_valid_request(text, dict(request.headers)):
+                return {"error": "invalid request"}, 401
+            log.warning("refused a signed Slack request: %s", problem)
+            return {"error": f"malformed request: {problem}; nothing was changed"}, 400
         return handler.handle(request)
 
     @web.get("/healthz")
@@ -203,7 +225,7 @@ def build_worker_app(config_path: str | None, token: str, signing_secret: str) -
         wake=_worker.wake,
         answers=_answers,
     )
-    return create_web_app(bolt, _worker)
+    return create_web_app(bolt, _worker, signing_secret)
 
 
 def _check_in_answer_process(config_path: str | None, report_read: int, report: int) -> Config:
@@ -318,6 +340,12 @@ def _options(rest: list[str]) -> argparse.Namespace:
         default=int(os.environ.get("NBENV_THREADS") or 16),
         help="request threads per process (default $NBENV_THREADS or 16)",
     )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=float(os.environ.get("NBENV_READ_TIMEOUT_S") or 10),
+        help="seconds a client has to send a whole request (default $NBENV_READ_TIMEOUT_S or 10)",
+    )
     return parser.parse_args(rest)
 
 
@@ -344,12 +372,17 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
 
     from gunicorn.app.base import BaseApplication
 
+    from bot.slack.http_worker import RequestBufferingWorker
+
+    RequestBufferingWorker.read_timeout_s = options.read_timeout  # the workers fork from here
+
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             settings = {
                 "bind": f"{options.host}:{options.port}",
                 "workers": options.workers,
-                "worker_class": "gthread",
+                # gthread, but whole requests reach its threads: slow clients hold none.
+                "worker_class": "bot.slack.http_worker.RequestBufferingWorker",
                 "threads": options.threads,
                 "timeout": 120,
                 "graceful_timeout": 10,

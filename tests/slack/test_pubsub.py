@@ -271,7 +271,14 @@ def test_unverified_pushes_are_refused_and_change_nothing(
 
 def test_a_malformed_push_is_a_clear_400(server: BotServer, google_key: Signer) -> None:
     headers = {"Authorization": f"Bearer {google_key.token()}"}
-    for body in (b"not json", b'{"message": {"data": "%%%"}}', b'{"message": {}}'):
+    nested = base64.b64encode(b"[" * 100_000).decode()
+    for body in (
+        b"not json",
+        b'{"message": {"data": "%%%"}}',
+        b'{"message": {}}',
+        b"[" * 100_000,  # nested deeper than the JSON parser recurses
+        json.dumps({"message": {"data": nested}}).encode(),
+    ):
         answer = server.post("/pubsub/jobs", body, headers)
         assert answer.status == 400
         assert "malformed push" in answer.text

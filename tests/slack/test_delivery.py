@@ -98,21 +98,26 @@ def _home_text(server: BotServer, slack: FakeSlackApi, user: str) -> str:
     return blocks_text(slack.home_view(user) or {})
 
 
+def _published_while_out(rt, image: str, slack: FakeSlackApi) -> str:  # type: ignore[no-untyped-def]
+    """Publish a version while the bot is out of the channel; wait for Slack's refusal."""
+    commit = published(rt, image)
+    wait_until(
+        lambda: [
+            c
+            for c in slack.calls("chat.postMessage")
+            if commit[:7] in c.args.get("text", "") and c.response.get("error") == "not_in_channel"
+        ],
+        what="the announcement refused",
+    )
+    return commit
+
+
 def test_messages_refused_before_the_bot_was_invited_go_out_when_it_joins(
     server: BotServer, rt, image: str, slack: FakeSlackApi
 ) -> None:  # type: ignore[no-untyped-def]
     slack.keep_bot_out_of(CHANNEL)
     try:
-        commit = published(rt, image)
-        wait_until(
-            lambda: [
-                c
-                for c in slack.calls("chat.postMessage")
-                if commit[:7] in c.args.get("text", "")
-                and c.response.get("error") == "not_in_channel"
-            ],
-            what="the announcement refused",
-        )
+        commit = _published_while_out(rt, image, slack)
         # The testers and owners learn why nothing arrives, and what to do.
         home = _home_text(server, slack, TESTER)
         assert f"nbenv is not in <#{CHANNEL}>" in home and "/invite @nbenv" in home
@@ -140,16 +145,7 @@ def test_a_missed_join_event_is_made_up_for_by_the_periodic_retry(
     down): the retry that runs when the bot starts, then every 10 minutes, sends it all."""
     slack.keep_bot_out_of(CHANNEL)
     try:
-        commit = published(rt, image)
-        wait_until(
-            lambda: [
-                c
-                for c in slack.calls("chat.postMessage")
-                if commit[:7] in c.args.get("text", "")
-                and c.response.get("error") == "not_in_channel"
-            ],
-            what="the announcement refused",
-        )
+        commit = _published_while_out(rt, image, slack)
         server.stop()
     finally:
         slack.invite_bot(CHANNEL)

@@ -59,15 +59,19 @@ def test_nul_in_freeze_reject_and_rollback_reasons_is_stored_not_a_500(
     assert rt.app.verify_audit().ok
 
 
-def test_non_utf8_bytes_on_the_command_line_are_stored(
-    server: Any, rt: Any, image: str, config_path: Path, database: str, workdir: Path
-) -> None:
-    env = {
+def _cli_env(config_path: Path, database: str, workdir: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "NBENV_CONFIG": str(config_path),
         "NBENV_DATABASE_URL": database,
         "NBENV_HOME": str(workdir / "home"),
     }
+
+
+def test_non_utf8_bytes_on_the_command_line_are_stored(
+    server: Any, rt: Any, image: str, config_path: Path, database: str, workdir: Path
+) -> None:
+    env = _cli_env(config_path, database, workdir)
     # Python decodes an invalid byte of argv to a lone surrogate (surrogateescape).
     command = [sys.executable, "-m", "bot", "--as", OWNER, "freeze", image, b"bad\xffbyte"]
     done = subprocess.run(command, env=env, capture_output=True, timeout=120)
@@ -81,12 +85,7 @@ def test_non_utf8_bytes_on_the_command_line_are_stored(
 def test_nul_typed_into_the_cli_shell_is_stored(
     server: Any, rt: Any, image: str, config_path: Path, database: str, workdir: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "NBENV_CONFIG": str(config_path),
-        "NBENV_DATABASE_URL": database,
-        "NBENV_HOME": str(workdir / "home"),
-    }
+    env = _cli_env(config_path, database, workdir)
     script = f"/nbenv freeze {image} nul{NUL}byte\n".encode()
     command = [sys.executable, "-m", "bot", "--as", OWNER, "shell"]
     done = subprocess.run(command, env=env, input=script, capture_output=True, timeout=120)

@@ -19,7 +19,7 @@ from slack_sdk import WebClient
 from sqlalchemy import func, select
 
 from bot.bootstrap import build_runtime
-from bot.slack.outbox import OutboxSender
+from bot.slack.outbox import LEASE, OutboxSender
 from bot.store import tables as t
 from tests.builds.conftest import (
     CHANNEL,
@@ -210,9 +210,10 @@ def test_two_instances_at_once_make_one_thread(shared_database: str, tmp_path: P
                 answers = list(pool.map(lambda job: job[0].binary(job[1]), jobs))
         assert answers == [(200, "OK")] * len(jobs)
         # What an instance could not send at once (its root was in flight elsewhere)
-        # waits in the outbox for the next sender: the bot's, here.
+        # waits in the outbox for the next sender: the bot's, here. A message an instance
+        # had claimed when it was stopped is taken up once its lease has run out.
         sender = OutboxSender(state.runtime.store, WebClient(token=TOKEN, base_url=slack.base_url))
-        assert sender.drain(timeout_s=15) == 0
+        assert sender.drain(timeout_s=LEASE.total_seconds() + 15) == 0
 
         root_posts = [c for c in slack.calls("chat.postMessage") if not c.args.get("thread_ts")]
         assert len(root_posts) == 1

@@ -64,6 +64,10 @@ class GcpBackend:
         self.registry.check_version(image, sha)
 
     def mirror_pointer(self, image: str, env: str, sha: str | None) -> None:
+        if sha is None:
+            # An empty pointer removes nothing remote: nbenv never deletes tags (nor legacy
+            # environments); see bot/backends/gcp/registry.py for why.
+            return
         self.registry.move_tag(image, env, sha)
         if self.gcp.mirror_legacy_environments:
             self._legacy(image).mirror(image, env, sha)

@@ -279,9 +279,7 @@ def test_a_registry_with_a_folder_moves_tags_and_lists_versions(nested) -> None:
     # Artifact Registry names the package `team%2Fnlp.keras-batch`; the client library
     # escapes that name once more in the URL.
     nested_package = PACKAGE.replace("/packages/", "/packages/team%2F")
-    assert {re.sub("/(tags|versions).*", "", r.path) for r in google.requests()} == {
-        nested_package
-    }
+    assert {re.sub("/(tags|versions).*", "", r.path) for r in google.requests()} == {nested_package}
     assert all("/packages/team%252Fnlp.keras-batch/" in r.raw_path for r in google.requests())
 
 

@@ -83,7 +83,10 @@ _REGISTRY_READER = frozenset(
         "artifactregistry.versions.list",
     }
 )
-_REGISTRY_WRITER = _REGISTRY_READER | {"artifactregistry.tags.create", "artifactregistry.tags.update"}
+_REGISTRY_WRITER = _REGISTRY_READER | {
+    "artifactregistry.tags.create",
+    "artifactregistry.tags.update",
+}
 _REGISTRY_ROLES = {
     "roles/artifactregistry.reader": _REGISTRY_READER,
     "roles/artifactregistry.writer": _REGISTRY_WRITER,

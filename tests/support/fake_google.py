@@ -832,11 +832,22 @@ class FakeLegacyNotebooks(Startable):
     """`google.cloud.notebooks.v1.NotebookService` environments, over insecure gRPC.
 
     Long-running operations complete at once (`done: true`), as a fast service would.
+
+    `end_of_support=True` answers every CreateEnvironment as Google answers a create of a
+    user-managed notebooks instance since their end of support (FAILED_PRECONDITION, text
+    as quoted from the API in crossplane-contrib/provider-upjet-gcp#891 and
+    GoogleCloudPlatform/vertex-ai-alphafold-inference-pipeline#96). Google documents no
+    such answer for Environments; this is how a test meets the day it comes.
     """
 
     SERVICE = "google.cloud.notebooks.v1.NotebookService"
+    END_OF_SUPPORT = (
+        "Vertex AI Workbench user-managed notebooks have been deprecated and new instances "
+        "cannot be created. We recommend using Vertex AI Workbench instances instead."
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, end_of_support: bool = False) -> None:
+        self.end_of_support = end_of_support
         self._lock = threading.RLock()
         self.environments: dict[str, Any] = {}  # name -> Environment (protobuf)
         self.calls: list[tuple[str, Json]] = []
@@ -930,6 +941,8 @@ class FakeLegacyNotebooks(Startable):
         import grpc
         from google.cloud import notebooks_v1
 
+        if self.end_of_support:
+            raise _GrpcAbort(grpc.StatusCode.FAILED_PRECONDITION, self.END_OF_SUPPORT)
         name = f"{request.parent}/environments/{request.environment_id}"
         if name in self.environments:
             raise _GrpcAbort(grpc.StatusCode.ALREADY_EXISTS, f"{name} already exists")

@@ -106,7 +106,8 @@ _DOMAINS = {
 
 @dataclass(frozen=True)
 class Request:
-    """One request the fake received; `path` has each segment URL-decoded."""
+    """One request the fake received; `path` has each segment URL-decoded as Google decodes
+    it (once, but `%2F` stays: see `_decode_segment`)."""
 
     method: str
     path: str

@@ -120,6 +120,20 @@ def load_settings(options: argparse.Namespace) -> Settings:
             "it ships in the bot's image"
         )
     region = options.region or gcp.get("region") or "us-central1"
+    # A trigger on a 2nd-gen repository lives in the region of the repository's connection:
+    # gcloud creates it under projects/P/locations/REGION (`--region`; "Region must be
+    # specified in 2nd gen repo; `global` is not supported", googlecloudsdk/command_lib/
+    # builds/flags.py), and Cloud Build refuses a repository whose connection is elsewhere.
+    # Say so now, not after the database and the bot are made.
+    connection_region = options.repository.split("/")[3]
+    if connection_region != region:
+        raise SetupError(
+            f"--repository: its connection is in region {connection_region}, but the Cloud "
+            f"Build triggers would be made in {region} (gcp.region or --region), and a trigger "
+            "must be in its repository connection's region: set gcp.region (or --region) to "
+            f"{connection_region}, or connect the repository in {region} (docs/deploy.md, "
+            "step 0)"
+        )
     registry = gcp.get("registry") or f"{region}-docker.pkg.dev/{project}/notebooks"
     push_account = f"nbenv-push@{project}.iam.gserviceaccount.com"
     audience = gcp.get("jobs_audience")

@@ -467,6 +467,17 @@ def test_a_failing_step_stops_the_run_with_a_clear_message(config, tmp_path) -> 
         (["--repository", "github.com/x/y"], "--repository: expected the connected repository"),
         (["--repository", REPOSITORY, "--project", "Bad_Project"], "is not a Google Cloud project"),
         (["--repository", REPOSITORY, "--project", "other-project"], "differs from gcp.project"),
+        # The triggers are made in gcp.region: the repository's connection must be there too.
+        (
+            ["--repository", REPOSITORY.replace("europe-west4", "us-central1")],
+            "--repository: its connection is in region us-central1, but the Cloud Build "
+            "triggers would be made in europe-west4 (gcp.region or --region)",
+        ),
+        (
+            ["--repository", REPOSITORY, "--region", "europe-west1"],
+            "its connection is in region europe-west4, but the Cloud Build triggers would be "
+            "made in europe-west1",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_prints_no_script(config, args, message) -> None:
@@ -543,3 +554,30 @@ def test_the_dockerfile_builds_the_bot_from_what_it_copies(tmp_path) -> None:
     assert (installed / "store" / "migrations" / "versions" / "0001_initial.py").is_file()
     (entry_points,) = out.glob("*.egg-info/entry_points.txt")
     assert "nbenv = bot.cli:main" in entry_points.read_text()
+
+
+def test_the_guide_grants_on_the_repository_exactly_what_the_dry_run_grants(dry_run) -> None:
+    """docs/deploy.md step 7 and `setup.sh --dry-run` agree on the Artifact Registry roles,
+    and neither grants the role that could delete tags (and images): nbenv never does."""
+    ran = {
+        ((_flag(c, "--member") or "").split(":")[1].split("@")[0], _flag(c, "--role"))
+        for c in _gcloud(dry_run)
+        if c[:3] == ["artifacts", "repositories", "add-iam-policy-binding"]
+    }
+    documented, account = set(), ""
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    for row in re.findall(r"^\|(.*)\|$", guide, flags=re.M):
+        cells = [cell.strip() for cell in row.split("|")]
+        account = cells[0].strip("`") or account
+        if len(cells) == 4 and cells[2] == "repository `notebooks`":
+            documented.add((account, cells[1].strip("`")))
+
+    assert documented == ran
+    assert ran == {
+        ("nbenv-bot", "roles/artifactregistry.writer"),
+        ("nbenv-relay", "roles/artifactregistry.writer"),
+        ("nbenv-build", "roles/artifactregistry.writer"),
+        ("nbenv-notebook", "roles/artifactregistry.reader"),
+    }
+    assert "repoAdmin" not in dry_run
+    assert "no account needs `artifactregistry.tags.delete`" in " ".join(guide.split())

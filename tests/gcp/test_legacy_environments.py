@@ -140,3 +140,54 @@ def test_a_promotion_moves_tags_and_environments_together(
         f"{IMAGE}.production": [second],
         f"{IMAGE}.fallback": [first],
     }
+
+
+def test_the_mirror_is_off_unless_asked_for(backend, google) -> None:
+    from bot.config import Gcp
+
+    google.push(IMAGE, NEW)
+
+    backend.mirror_pointer(IMAGE, "production", NEW)  # no v1 endpoint: any call would fail
+
+    assert Gcp.model_fields["mirror_legacy_environments"].default is False
+    assert google.env_tags(IMAGE)["production"] == NEW
+
+
+def test_turning_it_on_warns_that_it_is_a_legacy(google, legacy, mirroring_config, caplog) -> None:
+    from bot.backends.gcp import GcpBackend
+    from bot.config import load_config
+
+    with caplog.at_level("WARNING", logger="bot.backends.gcp.backend"):
+        GcpBackend(load_config(mirroring_config))
+
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "bot.backends.gcp.backend"]
+    assert "gcp.mirror_legacy_environments is on" in warning
+    assert "user-managed notebooks, which Google no longer supports" in warning
+
+
+def test_a_create_refused_for_end_of_support_says_how_to_turn_the_mirror_off(
+    mirroring, legacy, google
+) -> None:
+    mirroring.mirror_pointer(IMAGE, "production", OLD)
+    legacy.end_of_support = True
+
+    with pytest.raises(Refused) as refused:
+        mirroring.mirror_pointer(IMAGE, "production", NEW)
+
+    message = str(refused.value)
+    assert message.startswith(
+        f"Notebooks API (v1) refused to create environment {IMAGE}.production at {NEW[:7]} "
+        f"({PARENT}/environments/nlp-keras-batch-production-{NEW[:12]}): Vertex AI Workbench "
+        "user-managed notebooks have been deprecated"
+    )
+    assert message.endswith(
+        "set gcp.mirror_legacy_environments: false to stop mirroring them (the registry tags "
+        "are moved regardless)"
+    )
+    assert "\n" not in message
+    # The registry tag moved first; the old environment is kept, nothing half-done.
+    assert google.env_tags(IMAGE)["production"] == NEW
+    assert _environments(legacy) == {
+        f"{IMAGE}.production": [(f"nlp-keras-batch-production-{OLD[:12]}", OLD)]
+    }
+    assert [m for m, _ in legacy.calls].count("CreateEnvironment") == 2  # not retried

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bot.backends.gcp import GcpUnavailable
@@ -75,17 +77,34 @@ def test_a_sha_that_was_never_pushed_is_refused_and_no_tag_moves(backend, google
     assert google.env_tags(IMAGE)["production"] == OLD
 
 
-def test_removing_an_environment_deletes_its_tag_once(backend, google) -> None:
+def test_an_empty_pointer_leaves_the_tag_and_needs_no_delete_permission(backend, google) -> None:
+    # The fake grants what the deploy guide grants the bot on the repository,
+    # roles/artifactregistry.writer, which has no artifactregistry.tags.delete.
     google.push(IMAGE, OLD)
     google.set_tag(IMAGE, "staging", OLD)
 
     backend.mirror_pointer(IMAGE, "staging", None)
-    backend.mirror_pointer(IMAGE, "staging", None)
 
-    assert "staging" not in google.tags(IMAGE)
-    assert [(r.method, r.path) for r in google.mutations()] == [
-        ("DELETE", f"{PACKAGE}/tags/staging")
-    ]
+    assert google.env_tags(IMAGE)["staging"] == OLD
+    assert google.requests() == []
+
+
+def test_the_writer_role_cannot_delete_a_tag(google) -> None:
+    """The fake refuses what Google refuses the Writer role (a fake that let every call
+    through would not have caught a bot deleting tags)."""
+    import urllib.request
+    from urllib.error import HTTPError
+
+    google.push(IMAGE, OLD)
+    google.set_tag(IMAGE, "staging", OLD)
+    request = urllib.request.Request(f"{google.url}{PACKAGE}/tags/staging", method="DELETE")
+
+    with pytest.raises(HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+
+    assert refused.value.code == 403
+    assert b"artifactregistry.tags.delete" in refused.value.read()
+    assert google.env_tags(IMAGE)["staging"] == OLD
 
 
 def test_a_tag_created_meanwhile_by_another_writer_is_updated_instead(backend, google) -> None:
@@ -227,23 +246,57 @@ def test_a_registry_that_is_not_artifact_registry_is_a_config_error(registry) ->
     )
 
 
-def test_a_nested_package_goes_over_the_wire_escaped(google, monkeypatch, tmp_path) -> None:
+@pytest.fixture
+def nested(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    """A registry with a folder, `…/notebooks/team`: images are the packages `team/IMAGE`."""
     from bot.backends.gcp import GcpBackend
     from bot.config import load_config
     from tests.gcp.conftest import write_config
 
-    path = write_config(tmp_path).read_text().replace(REGISTRY, f"{REGISTRY}/team")
-    (tmp_path / "nested.yaml").write_text(path)
-    backend = GcpBackend(load_config(tmp_path / "nested.yaml"))
+    with FakeGoogleApis(registry=f"{REGISTRY}/team") as fake:
+        monkeypatch.setenv("NBENV_GCP_ENDPOINT", fake.url)
+        path = write_config(tmp_path)
+        path.write_text(path.read_text().replace(REGISTRY, f"{REGISTRY}/team"))
+        yield fake, GcpBackend(load_config(path))
 
-    with pytest.raises(Refused):
-        backend.mirror_pointer(IMAGE, "staging", NEW)
 
-    (request,) = google.requests()
-    # Artifact Registry names such a package `team%2Fnlp.keras-batch`; that name is itself
-    # escaped in the URL.
-    assert "/packages/team%2Fnlp.keras-batch/tags/" in request.path
-    assert "/packages/team%252Fnlp.keras-batch/tags/" in request.raw_path
+def test_a_registry_with_a_folder_moves_tags_and_lists_versions(nested) -> None:
+    google, backend = nested
+    google.push(IMAGE, OLD)
+    google.push(IMAGE, NEW)
+    google.set_tag(IMAGE, "production", OLD)
+
+    backend.mirror_pointer(IMAGE, "staging", NEW)
+    backend.mirror_pointer(IMAGE, "production", NEW)
+
+    assert google.env_tags(IMAGE) == {"staging": NEW, "production": NEW, "fallback": None}
+    assert [v.shas for v in backend.versions(IMAGE)] == [[NEW], [OLD]]
+    assert backend.registry_pointers(IMAGE) == {
+        "staging": NEW,
+        "production": NEW,
+        "fallback": None,
+    }
+    # Artifact Registry names the package `team%2Fnlp.keras-batch`; the client library
+    # escapes that name once more in the URL.
+    nested_package = PACKAGE.replace("/packages/", "/packages/team%2F")
+    assert {re.sub("/(tags|versions).*", "", r.path) for r in google.requests()} == {nested_package}
+    assert all("/packages/team%252Fnlp.keras-batch/" in r.raw_path for r in google.requests())
+
+
+def test_a_nested_package_sent_with_a_bare_slash_matches_no_method(nested) -> None:
+    """What Google does with a package slash left unescaped: more path segments than the
+    `packages/*/tags/*` template has, so no method (404), never another package's tag."""
+    import urllib.request
+    from urllib.error import HTTPError
+
+    google, _ = nested
+    google.push(IMAGE, NEW)
+    bare = PACKAGE.replace("/packages/", "/packages/team/")
+
+    with pytest.raises(HTTPError) as missing:
+        urllib.request.urlopen(f"{google.url}{bare}/tags/{NEW}", timeout=5)
+
+    assert missing.value.code == 404
 
 
 def test_a_bad_registry_in_the_config_fails_at_start_naming_file_and_key(tmp_path) -> None:

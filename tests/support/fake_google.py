@@ -68,6 +68,35 @@ _STATUS = {
     504: "DEADLINE_EXCEEDED",
 }
 _BUILD_METADATA = "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata"
+# The Artifact Registry permissions (of those this fake serves) each predefined role grants,
+# from "Artifact Registry roles and permissions"
+# (https://cloud.google.com/iam/docs/roles-permissions/artifactregistry): the Writer may
+# create, read and move tags but not delete them; deleting tags (and versions, packages)
+# takes the Repository Administrator.
+_REGISTRY_READER = frozenset(
+    {
+        "artifactregistry.packages.get",
+        "artifactregistry.packages.list",
+        "artifactregistry.tags.get",
+        "artifactregistry.tags.list",
+        "artifactregistry.versions.get",
+        "artifactregistry.versions.list",
+    }
+)
+_REGISTRY_WRITER = _REGISTRY_READER | {
+    "artifactregistry.tags.create",
+    "artifactregistry.tags.update",
+}
+_REGISTRY_ROLES = {
+    "roles/artifactregistry.reader": _REGISTRY_READER,
+    "roles/artifactregistry.writer": _REGISTRY_WRITER,
+    "roles/artifactregistry.repoAdmin": _REGISTRY_WRITER
+    | {
+        "artifactregistry.tags.delete",
+        "artifactregistry.versions.delete",
+        "artifactregistry.packages.delete",
+    },
+}
 _DOMAINS = {
     "artifactregistry": "artifactregistry.googleapis.com",
     "cloudbuild": "cloudbuild.googleapis.com",
@@ -77,7 +106,8 @@ _DOMAINS = {
 
 @dataclass(frozen=True)
 class Request:
-    """One request the fake received; `path` has each segment URL-decoded."""
+    """One request the fake received; `path` has each segment URL-decoded as Google decodes
+    it (once, but `%2F` stays: see `_decode_segment`)."""
 
     method: str
     path: str
@@ -167,12 +197,18 @@ class FakeGoogleApis(Startable):
         *,
         registry: str = "us-central1-docker.pkg.dev/nbenv-test/notebooks",
         page_size: int = 2,
+        registry_role: str | None = "roles/artifactregistry.writer",
     ) -> None:
-        host, project, repository = registry.split("/")[:3]
+        host, project, repository, *folders = registry.split("/")
         self.registry = registry
         self.project = project
         self.location = host.removesuffix("-docker.pkg.dev")
         self.repository = repository
+        self.folder = "/".join(folders)  # `docker push REGISTRY/IMAGE` makes package FOLDER/IMAGE
+        # What the caller may do in Artifact Registry: the role the deploy guide grants the
+        # bot (and the relay) on the repository. A request needing a permission outside it
+        # gets the 403 Google sends, as with `deny`. None: every permission.
+        self.registry_role = registry_role
         self.page_size = page_size
         self._lock = threading.RLock()
         self._clock = itertools.count(1)
@@ -284,9 +320,14 @@ class FakeGoogleApis(Startable):
     # -- state: Artifact Registry ------------------------------------------------------------
 
     def package_name(self, image: str) -> str:
+        """The package resource `docker push {registry}/{image}` makes. Its ID is the image
+        path below the repository; Artifact Registry escapes a slash in it as `%2F` in
+        resource names ("If the package part contains slashes, the slashes are escaped":
+        google/cloud/artifactregistry_v1/types/tag.py, `Tag.name`)."""
+        package_id = f"{self.folder}/{image}" if self.folder else image
         return (
             f"projects/{self.project}/locations/{self.location}/repositories/"
-            f"{self.repository}/packages/{image}"
+            f"{self.repository}/packages/{package_id.replace('/', '%2F')}"
         )
 
     def push(self, image: str, sha: str, *, digest: str | None = None) -> str:
@@ -390,7 +431,7 @@ class FakeGoogleApis(Startable):
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1_700_000_000 + tick)) + "Z"
 
     def handle(self, method: str, raw_path: str, query: str, body: bytes, headers: dict[str, str]):
-        segments = [unquote(part) for part in raw_path.split("/") if part]
+        segments = [_decode_segment(part) for part in raw_path.split("/") if part]
         route = _route(method, segments)
         api, permission = (route[0], route[1]) if route else ("unknown", None)
         parsed_body: Json | None = None
@@ -431,7 +472,9 @@ class FakeGoogleApis(Startable):
                     payload = _error_body(
                         status, rule.message or f"injected fault for {request.path}"
                     )
-            if payload is None and permission in self._denied:
+            if payload is None and (
+                permission in self._denied or not self._granted(api, permission)
+            ):
                 status, payload = (
                     403,
                     _error_body(
@@ -474,6 +517,11 @@ class FakeGoogleApis(Startable):
         with self._lock:
             self._requests[index] = _replace_status(request, status)
         return status, payload
+
+    def _granted(self, api: str, permission: str | None) -> bool:
+        if api != "artifactregistry" or permission is None or self.registry_role is None:
+            return True
+        return permission in _REGISTRY_ROLES.get(self.registry_role, frozenset())
 
     def _dispatch(self, request: Request, segments: list[str]) -> Json | None:
         if segments[:1] == ["v2"]:
@@ -687,6 +735,21 @@ class FakeGoogleApis(Startable):
                         instance["proxyUri"] = proxy_uri
 
 
+def _decode_segment(part: str) -> str:
+    """One path segment as Google's front end decodes it: once, except `%2F` / `%2f`.
+
+    Resource names are multi-segment path variables (`{name=projects/*/.../tags/*}`), for
+    which google/api/http.proto says: "The server side does the reverse decoding, except
+    "%2F" and "%2f" are left unchanged." The client libraries percent-encode the name
+    (google-api-core `path_template.get_field(..., encode=True)`: `quote(value, safe="/")`),
+    so an Artifact Registry package `team%2Fnlp.keras-batch` travels as
+    `team%252Fnlp.keras-batch` and arrives as `team%2Fnlp.keras-batch` again; sent
+    unencoded as `team%2F…` it arrives the same. A literal `/` splits segments (and then
+    matches no method), so a package ID's slash can never be confused with one.
+    """
+    return "%2F".join(unquote(piece) for piece in re.split("%2[fF]", part))
+
+
 def _replace_status(request: Request, status: int) -> Request:
     return dataclasses.replace(request, status=status)
 
@@ -770,11 +833,22 @@ class FakeLegacyNotebooks(Startable):
     """`google.cloud.notebooks.v1.NotebookService` environments, over insecure gRPC.
 
     Long-running operations complete at once (`done: true`), as a fast service would.
+
+    `end_of_support=True` answers every CreateEnvironment as Google answers a create of a
+    user-managed notebooks instance since their end of support (FAILED_PRECONDITION, text
+    as quoted from the API in crossplane-contrib/provider-upjet-gcp#891 and
+    GoogleCloudPlatform/vertex-ai-alphafold-inference-pipeline#96). Google documents no
+    such answer for Environments; this is how a test meets the day it comes.
     """
 
     SERVICE = "google.cloud.notebooks.v1.NotebookService"
+    END_OF_SUPPORT = (
+        "Vertex AI Workbench user-managed notebooks have been deprecated and new instances "
+        "cannot be created. We recommend using Vertex AI Workbench instances instead."
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, end_of_support: bool = False) -> None:
+        self.end_of_support = end_of_support
         self._lock = threading.RLock()
         self.environments: dict[str, Any] = {}  # name -> Environment (protobuf)
         self.calls: list[tuple[str, Json]] = []
@@ -868,6 +942,8 @@ class FakeLegacyNotebooks(Startable):
         import grpc
         from google.cloud import notebooks_v1
 
+        if self.end_of_support:
+            raise _GrpcAbort(grpc.StatusCode.FAILED_PRECONDITION, self.END_OF_SUPPORT)
         name = f"{request.parent}/environments/{request.environment_id}"
         if name in self.environments:
             raise _GrpcAbort(grpc.StatusCode.ALREADY_EXISTS, f"{name} already exists")

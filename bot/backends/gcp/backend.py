@@ -8,6 +8,7 @@ library: each client is made the first time a method needs it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from bot.backends.gcp.builds import CloudBuild, check_ref
@@ -21,6 +22,8 @@ from bot.domain.errors import ConfigError
 from bot.domain.names import Env
 from bot.service.ports import InstanceInfo, InstanceRequest
 from bot.store.uow import Store
+
+log = logging.getLogger(__name__)
 
 
 class GcpBackend:
@@ -44,6 +47,12 @@ class GcpBackend:
         self.builds = CloudBuild(self.gcp, self.clients, self.caller)
         self.workbench = Workbench(config, self.clients, self.caller)
         self.jobs = JobPublisher(self.gcp.project, self.gcp.topics.jobs, self.clients, self.caller)
+        if self.gcp.mirror_legacy_environments:
+            log.warning(
+                "gcp.mirror_legacy_environments is on: promotions and rollbacks also keep "
+                "Notebooks v1 Environments IMAGE.ENV, a legacy of user-managed notebooks, "
+                "which Google no longer supports (see bot/backends/gcp/environments.py)"
+            )
 
     # -- builds ------------------------------------------------------------------------------
 
@@ -64,6 +73,10 @@ class GcpBackend:
         self.registry.check_version(image, sha)
 
     def mirror_pointer(self, image: str, env: str, sha: str | None) -> None:
+        if sha is None:
+            # An empty pointer removes nothing remote: nbenv never deletes tags (nor legacy
+            # environments); see bot/backends/gcp/registry.py for why.
+            return
         self.registry.move_tag(image, env, sha)
         if self.gcp.mirror_legacy_environments:
             self._legacy(image).mirror(image, env, sha)

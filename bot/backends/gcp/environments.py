@@ -1,5 +1,15 @@
 """Notebooks API v1 Environments `IMAGE.ENV`, for teams still on user-managed notebooks.
 
+Legacy, off unless `gcp.mirror_legacy_environments: true`. An Environment only serves to
+create a user-managed notebooks instance from it, and Google ended user-managed notebooks:
+since April 14, 2025 new instances cannot be created (the API answers FAILED_PRECONDITION
+"Vertex AI Workbench user-managed notebooks have been deprecated and new instances cannot
+be created"), and the Terraform provider dropped `google_notebooks_environment` with the
+other v1 resources because the products "have reached End of Life"
+(GoogleCloudPlatform/magic-modules#18583). Google documents no shutdown of
+`environments.create` itself, so the mirror stays for teams that still read these
+Environments, and says how to turn it off when the API refuses.
+
 Environments cannot be changed once made, so moving `IMAGE.production` means making a
 new Environment for the new SHA and then deleting the old one: there is never a moment
 without one. The ID is derived from image, environment and SHA (IDs allow only
@@ -13,10 +23,16 @@ from typing import Any
 
 from bot.backends.gcp.clients import Caller, Clients, Op
 from bot.backends.gcp.registry import RegistryPath
+from bot.domain.errors import Refused
 from bot.domain.names import short
 
 SERVICE = "Notebooks API (v1)"
 ROLE = "roles/notebooks.admin"
+TURN_OFF = (
+    "user-managed notebooks, the only users of Notebooks v1 Environments, are past Google's "
+    "end of support: set gcp.mirror_legacy_environments: false to stop mirroring them (the "
+    "registry tags are moved regardless)"
+)
 
 
 def environment_id(image: str, env: str, sha: str) -> str:
@@ -88,12 +104,17 @@ class LegacyEnvironments:
                             repository=self.registry.image_url(image), tag=sha
                         ),
                     ),
-                    passthrough=(gexc.Conflict,),
+                    passthrough=(gexc.Conflict, gexc.FailedPrecondition),
                 )
                 # Only delete the old one once the new one certainly exists.
                 self.caller.wait(create, operation)
             except gexc.Conflict:
                 pass
+            except gexc.FailedPrecondition as refused:
+                raise Refused(
+                    f"{SERVICE} refused to {create.action} ({resource}): "
+                    f"{' '.join(str(refused.message).split())[:200]}. {TURN_OFF}"
+                ) from None
         for environment in existing:
             if environment.name.rsplit("/", 1)[-1] == keep:
                 continue

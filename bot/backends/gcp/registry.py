@@ -3,6 +3,13 @@
 A build pushes `{registry}/{image}:{SHA}`; nbenv points the tags `staging`,
 `production` and `fallback` at the same image version (digest) as that SHA tag.
 Every method is idempotent: moving a tag to where it already points changes nothing.
+
+nbenv creates and moves tags but never deletes one. No plan empties an environment (every
+pointer change names a SHA), and deleting a tag takes `artifactregistry.tags.delete`, which
+the Writer role lacks: only the Repository Administrator role grants it, together with
+deleting versions and packages, i.e. the images themselves. A bot holding that could
+destroy what production runs; one that cannot delete can at worst point a tag wrongly,
+and the store's pointers put it right.
 """
 
 from __future__ import annotations
@@ -122,7 +129,13 @@ class ArtifactRegistry:
         self.version_of(image, sha)
 
     def move_tag(self, image: str, env: str, sha: str | None) -> bool:
-        """Point tag ENV of IMAGE at the version of SHA (None: remove it); True if it moved."""
+        """Point tag ENV of IMAGE at the version of SHA; True if it moved.
+
+        An empty pointer (None) leaves the tag where it is: nbenv never deletes tags (see
+        the module docstring), so this makes no call at all.
+        """
+        if sha is None:
+            return False
         from google.api_core import exceptions as gexc
         from google.cloud import artifactregistry_v1
         from google.protobuf import field_mask_pb2
@@ -130,8 +143,6 @@ class ArtifactRegistry:
         client = self.clients.artifact_registry()
         package = self.path.package(image)
         name = f"{package}/tags/{env}"
-        if sha is None:
-            return self._delete_tag(name, env)
         version = self.version_of(image, sha)
         try:
             current = self.caller.call(
@@ -164,26 +175,6 @@ class ArtifactRegistry:
             tag=artifactregistry_v1.Tag(name=name, version=version),
             update_mask=field_mask_pb2.FieldMask(paths=["version"]),
         )
-        return True
-
-    def _delete_tag(self, name: str, env: str) -> bool:
-        from google.api_core import exceptions as gexc
-
-        client = self.clients.artifact_registry()
-        try:
-            self.caller.call(
-                self._op(
-                    f"remove tag {env}",
-                    name,
-                    "artifactregistry.tags.delete",
-                    "roles/artifactregistry.repoAdmin",
-                ),
-                client.delete_tag,
-                name=name,
-                passthrough=(gexc.NotFound,),
-            )
-        except gexc.NotFound:
-            return False
         return True
 
     def versions(self, image: str) -> list[RegistryVersion]:

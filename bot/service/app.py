@@ -27,7 +27,7 @@ from bot.domain.policy import EVERYONE, PolicyCheck, Role, check_policy, require
 from bot.domain.text import age, escape, mention, to_plain
 from bot.service import access, render
 from bot.service.access import as_actor, is_pipeline
-from bot.service.ports import Backend, InstanceInfo, InstanceRequest
+from bot.service.ports import Backend, InstanceInfo, InstanceRequest, ListsInstances
 from bot.store.uow import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -682,11 +682,10 @@ class Nbenv:
                 ]
                 for sha in wanted
             }
-        listing = getattr(self.backend, "instances_by_label", None)
-        if listing is None or not wanted:
+        if not isinstance(self.backend, ListsInstances) or not wanted:
             return found
         try:
-            listed = listing(image)
+            listed = self.backend.instances_by_label(image)
         except NbenvError as error:
             log.warning("who runs %s: the backend's instance list is unavailable: %s", image, error)
             return found

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import Config, load_config
 from bot.domain.audit import AuditKey
@@ -16,6 +17,10 @@ from bot.service.jobs import Handler, JobWorker
 from bot.service.ports import Backend
 from bot.store.database import make_engine, upgrade
 from bot.store.uow import Store
+
+if TYPE_CHECKING:
+    from bot.builds.relay import BuildRelay
+    from bot.service.diff import Differ
 
 
 def job_handlers(app: Nbenv) -> dict[str, Handler]:
@@ -33,9 +38,10 @@ def job_handlers(app: Nbenv) -> dict[str, Handler]:
     return handlers
 
 
-def make_backend(config: Config, app: Nbenv) -> Backend | None:
-    """The backend the config chooses. The local one reports its builds to the relay,
-    exactly as Cloud Build's Pub/Sub messages reach it, so both publish the same way."""
+def make_backend(config: Config, relay: Callable[[], BuildRelay]) -> Backend:
+    """The backend the config chooses. The local one reports its builds to RELAY, exactly
+    as Cloud Build's Pub/Sub messages reach it, so both publish the same way; RELAY is
+    called on the first build, not before."""
     if config.backend == "gcp":
         # Builds and instances are Google's; the relay runs as its own function there.
         from bot.backends.gcp import GcpBackend
@@ -43,17 +49,6 @@ def make_backend(config: Config, app: Nbenv) -> Backend | None:
         return GcpBackend(config)
     from bot.backends.local import LocalBackend
     from bot.store.database import nbenv_home
-
-    relays: list[Any] = []
-
-    def relay() -> Any:
-        # Built on the first build (the relay is not needed to answer Slack). No sender:
-        # it queues its messages in the outbox, and the bot's sender delivers them.
-        if not relays:
-            from bot.builds.relay import BuildRelay
-
-            relays.append(BuildRelay(app, None))
-        return relays[0]
 
     return LocalBackend(
         config,
@@ -68,17 +63,15 @@ def make_differ(config: Config) -> Callable[..., dict[str, Any]]:
 
     Loaded on the first diff: answering Slack at start needs none of it.
     """
-    loaded: list[Callable[..., dict[str, Any]]] = []
 
-    def differ(*args: Any) -> dict[str, Any]:
-        if not loaded:
-            from bot.backends.local.git import GitSource
-            from bot.service.diff import Differ
+    @functools.cache
+    def loaded() -> Differ:
+        from bot.backends.local.git import GitSource
+        from bot.service.diff import Differ
 
-            loaded.append(Differ(GitSource(config)))
-        return loaded[0](*args)
+        return Differ(GitSource(config))
 
-    return differ
+    return lambda *args: loaded()(*args)
 
 
 def audit_key() -> AuditKey | None:
@@ -114,8 +107,22 @@ def build_runtime(
     if migrate:
         upgrade(engine)
     store = Store(engine, audit_key=audit_key())
-    app = Nbenv(config, store, differ=make_differ(config), run_by_operator=run_by_operator)
-    app.backend = make_backend(config, app)
+
+    @functools.cache
+    def relay() -> BuildRelay:
+        # Made on the first build (answering Slack needs no relay), by then `app` is
+        # made. No sender: it queues its messages in the outbox, which the bot delivers.
+        from bot.builds.relay import BuildRelay
+
+        return BuildRelay(app, None)
+
+    app = Nbenv(
+        config,
+        store,
+        make_backend(config, relay),
+        make_differ(config),
+        run_by_operator=run_by_operator,
+    )
     worker = JobWorker(store, job_handlers(app))
     return Runtime(config=config, store=store, app=app, worker=worker)
 

@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,21 +32,6 @@ from typing import Any, TextIO
 from bot.domain.errors import BadInput, NbenvError
 from bot.domain.names import Person, Pipeline
 
-# The programs beside the slash commands, with what `nbenv --help` says of each.
-PROGRAMS = {
-    "serve": "the bot over HTTP, for Slack (Cloud Run)",
-    "socket": "the bot over Slack's Socket Mode (from a laptop, no public URL)",
-    "shell": "the bot on the console: type /nbenv lines, press buttons by label",
-    "demo": "the whole lifecycle on the local backend, printed as a transcript",
-    "publish": "record a tested version and point staging at it (owners, the pipeline)",
-    "audit": "verify the audit log's hash chain, or export it (CSV, JSON lines)",
-    "test-notebooks": "run an image's test notebooks and write the test report",
-    "db": "upgrade the database schema, or show its revision",
-    "recover": "finish promotions and rollbacks a crash left half done",
-    "worker": "run the job queue (builds, instances, plans) until stopped",
-}
-# Their stderr is their log: Cloud Run, Cloud Build or the operator's terminal keep it.
-LOGS_TO_STDERR = frozenset({"serve", "socket", "worker", "test-notebooks"})
 LOG_FILE = "nbenv.log"
 LOG_FILE_BYTES = 1_000_000  # then it rolls over once: at most two such files
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -103,12 +89,12 @@ def person(args: argparse.Namespace) -> Person | None:
 
 
 def _slash(args: argparse.Namespace, words: list[str]) -> int:
-    from bot.domain.commands import parse
+    from bot.domain.commands import parse_words
 
     user = person(args)
     if not user:
         return _fail("say who you are: --as USER (a Slack user ID) or NBENV_USER", 2)
-    command = parse(" ".join(_quote(w) for w in words))
+    command = parse_words(words)  # the shell has cut them already: no joining to cut again
     runtime = _runtime(args)
     reply = runtime.app.execute(user, command)
     if command.json:
@@ -144,14 +130,7 @@ def _job_outcome(runtime, job_key: str, data: dict[str, Any]) -> int:  # type: i
     return 0
 
 
-def _quote(word: str) -> str:
-    import shlex
-
-    return shlex.quote(word) if word != shlex.quote(word) else word
-
-
-def _publish(args: argparse.Namespace, rest: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="nbenv publish")
+def _publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image")
     parser.add_argument("sha")
     parser.add_argument("--report", type=Path, help="test report JSON of the notebook runner")
@@ -160,10 +139,12 @@ def _publish(args: argparse.Namespace, rest: list[str]) -> int:
     parser.add_argument(
         "--build-id", help="publish as the pipeline, for this build (instead of --as USER)"
     )
-    options = parser.parse_args(rest)
-    if options.build_id and args.as_user:
+
+
+def _publish(options: argparse.Namespace) -> int:
+    if options.build_id and options.as_user:
         return _fail("publish as --as USER or as the pipeline with --build-id, not both", 2)
-    user = Pipeline(options.build_id) if options.build_id else person(args)
+    user = Pipeline(options.build_id) if options.build_id else person(options)
     if not user:
         return _fail("say who you are: --as USER (a Slack user ID) or NBENV_USER", 2)
     report = None
@@ -172,7 +153,7 @@ def _publish(args: argparse.Namespace, rest: list[str]) -> int:
             report = json.loads(options.report.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             return _fail(f"cannot read the report {options.report}: {error}", 2)
-    runtime = _runtime(args)
+    runtime = _runtime(options)
     reply = runtime.app.publish(
         user,
         options.image,
@@ -186,13 +167,14 @@ def _publish(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def _audit(args: argparse.Namespace, rest: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="nbenv audit")
+def _audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["verify", "export"])
     parser.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
     parser.add_argument("--output", type=Path, help="file to write (default: stdout)")
-    options = parser.parse_args(rest)
-    runtime = _runtime(args)
+
+
+def _audit(options: argparse.Namespace) -> int:
+    runtime = _runtime(options)
     if options.what == "verify":
         check = runtime.app.verify_audit()
         print(check.describe())
@@ -209,12 +191,13 @@ def _audit(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def _db(args: argparse.Namespace, rest: list[str]) -> int:
+def _db_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["upgrade", "current"])
+
+
+def _db(options: argparse.Namespace) -> int:
     from bot.store.database import current_revision, make_engine, upgrade
 
-    parser = argparse.ArgumentParser(prog="nbenv db")
-    parser.add_argument("what", choices=["upgrade", "current"])
-    options = parser.parse_args(rest)
     engine = make_engine()
     if options.what == "upgrade":
         upgrade(engine)
@@ -222,9 +205,8 @@ def _db(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def _recover(args: argparse.Namespace, rest: list[str]) -> int:
-    argparse.ArgumentParser(prog="nbenv recover", description=PROGRAMS["recover"]).parse_args(rest)
-    runtime = _runtime(args)
+def _recover(options: argparse.Namespace) -> int:
+    runtime = _runtime(options)
     finished = runtime.app.recover() if runtime.app.backend else []
     print(f"finished {len(finished)} interrupted operation(s)")
     with runtime.store.read() as tx:
@@ -235,11 +217,10 @@ def _recover(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def _worker(args: argparse.Namespace, rest: list[str]) -> int:
+def _worker(options: argparse.Namespace) -> int:
     import time
 
-    argparse.ArgumentParser(prog="nbenv worker", description=PROGRAMS["worker"]).parse_args(rest)
-    runtime = _runtime(args)
+    runtime = _runtime(options)
     while True:
         if not runtime.worker.run_once():
             time.sleep(0.5)
@@ -251,27 +232,101 @@ def _test_notebooks(args: argparse.Namespace, rest: list[str]) -> int:
     return run_tests(rest, prog="nbenv test-notebooks")
 
 
-def _lazy(module: str, function: str = "main") -> Callable[[argparse.Namespace, list[str]], int]:
+def _elsewhere(module: str) -> Callable[[argparse.Namespace, list[str]], int]:
+    """The `main(args, rest)` of MODULE, imported when the program runs (not for `status`)."""
+
     def run(args: argparse.Namespace, rest: list[str]) -> int:
         import importlib
 
-        return getattr(importlib.import_module(module), function)(args, rest)
+        return importlib.import_module(module).main(args, rest)  # type: ignore[no-any-return]
 
     return run
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
-    "publish": _publish,
-    "audit": _audit,
-    "db": _db,
-    "recover": _recover,
-    "worker": _worker,
-    "test-notebooks": _test_notebooks,
-    "serve": _lazy("bot.slack.serve"),
-    "socket": _lazy("bot.slack.socket"),
-    "shell": _lazy("bot.slack.shell"),
-    "demo": _lazy("bot.demo"),
+@dataclass(frozen=True)
+class Program:
+    """A program beside the slash commands. Either it declares its ARGUMENTS (a subparser
+    of `nbenv`) and RUN gets them parsed, or it parses its own: MAIN gets the words after
+    its name (its parser lives in a module loaded only when it runs)."""
+
+    summary: str  # what `nbenv --help` says of it
+    run: Callable[[argparse.Namespace], int] | None = None
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    main: Callable[[argparse.Namespace, list[str]], int] | None = None
+    # Its stderr is its log: Cloud Run, Cloud Build or the operator's terminal keep it.
+    logs_to_stderr: bool = False
+
+
+PROGRAMS = {
+    "serve": Program(
+        "the bot over HTTP, for Slack (Cloud Run)",
+        main=_elsewhere("bot.slack.serve"),
+        logs_to_stderr=True,
+    ),
+    "socket": Program(
+        "the bot over Slack's Socket Mode (from a laptop, no public URL)",
+        main=_elsewhere("bot.slack.socket"),
+        logs_to_stderr=True,
+    ),
+    "shell": Program(
+        "the bot on the console: type /nbenv lines, press buttons by label",
+        main=_elsewhere("bot.slack.shell"),
+    ),
+    "demo": Program(
+        "the whole lifecycle on the local backend, printed as a transcript",
+        main=_elsewhere("bot.demo"),
+    ),
+    "publish": Program(
+        "record a tested version and point staging at it (owners, the pipeline)",
+        run=_publish,
+        arguments=_publish_arguments,
+    ),
+    "audit": Program(
+        "verify the audit log's hash chain, or export it (CSV, JSON lines)",
+        run=_audit,
+        arguments=_audit_arguments,
+    ),
+    "test-notebooks": Program(
+        "run an image's test notebooks and write the test report",
+        main=_test_notebooks,
+        logs_to_stderr=True,
+    ),
+    "db": Program(
+        "upgrade the database schema, or show its revision", run=_db, arguments=_db_arguments
+    ),
+    "recover": Program("finish promotions and rollbacks a crash left half done", run=_recover),
+    "worker": Program(
+        "run the job queue (builds, instances, plans) until stopped",
+        run=_worker,
+        logs_to_stderr=True,
+    ),
 }
+
+
+def _programs_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """A subparser for each program that declares its arguments, by program name."""
+    parser = argparse.ArgumentParser(prog="nbenv", add_help=False)
+    subparsers = parser.add_subparsers(dest="program", required=True, prog="nbenv")
+    declared = {}
+    for name, program in PROGRAMS.items():
+        if program.run is not None:
+            declared[name] = subparsers.add_parser(name, description=program.summary)
+            if program.arguments is not None:
+                program.arguments(declared[name])
+    return parser, declared
+
+
+def _run_program(args: argparse.Namespace, name: str, rest: list[str]) -> int:
+    """Program NAME with the words after it (REST), as `nbenv [OPTIONS] NAME REST…`."""
+    program = PROGRAMS[name]
+    if program.main is not None:
+        return program.main(args, rest)
+    parser, declared = _programs_parser()
+    options, unknown = parser.parse_known_args([name, *rest], namespace=args)
+    if unknown:  # as the program's own parser says it (usage, then the error), exit 2
+        declared[name].error(f"unrecognized arguments: {' '.join(unknown)}")
+    assert program.run is not None
+    return program.run(options)
 
 
 def _version() -> str:
@@ -308,7 +363,7 @@ def _overview() -> str:
             *_listing(slash),
             "",
             "programs:",
-            *_listing(PROGRAMS),
+            *_listing({name: program.summary for name, program in PROGRAMS.items()}),
             "",
             "`nbenv COMMAND --help` (or `nbenv help COMMAND`) describes one of them;",
             "asking for help runs nothing and needs no identity.",
@@ -351,7 +406,7 @@ def _help(args: argparse.Namespace, words: list[str]) -> int:
         return 0
     if topic in PROGRAMS:
         try:  # each program's own parser prints its usage and exits
-            return HANDLERS[topic](args, ["--help"])
+            return _run_program(args, topic, ["--help"])
         except SystemExit as done:
             return done.code if isinstance(done.code, int) else 0
     name = topic.lower()
@@ -449,11 +504,12 @@ class _LogFileInHome(logging.Handler):
         super().close()
 
 
-def _configure_logging(program: str | None, verbose: bool) -> None:
+def _configure_logging(program: Program | None, verbose: bool) -> None:
+    to_stderr = program is not None and program.logs_to_stderr
     handlers: list[logging.Handler] = []
-    if program in LOGS_TO_STDERR or verbose:
+    if to_stderr or verbose:
         handlers.append(logging.StreamHandler(sys.stderr))
-    if program not in LOGS_TO_STDERR:
+    if not to_stderr:
         handlers.append(_LogFileInHome())
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -472,11 +528,11 @@ def _main(argv: list[str] | None) -> int:
     words: list[str] = args.words
     if _help_wanted(words):
         return _help(args, words)
-    program = words[0] if words[0] in PROGRAMS else None
+    program = PROGRAMS.get(words[0])
     _configure_logging(program, args.verbose)
     try:
         if program is not None:
-            return HANDLERS[program](args, words[1:])
+            return _run_program(args, words[0], words[1:])
         return _slash(args, words)
     except NbenvError as error:
         return _fail(error.message, error.exit_code)

@@ -25,9 +25,8 @@ from pydantic import (
 from bot.config_access import config_file
 from bot.domain.errors import ConfigError
 from bot.domain.names import image_name_problem, user_id_problem
-from bot.domain.policy import Role, TeamRoles
+from bot.domain.policy import EVERYONE, Role, TeamRoles
 
-EVERYONE = "*"
 KeyPath = tuple[str | int, ...]  # where in the file: keys and list indexes
 
 
@@ -57,7 +56,7 @@ class Team(_Strict):
                 if info.field_name != "users":
                     raise Problem(
                         (index,),
-                        f'"*" (everyone) may only be listed in users: {info.field_name} '
+                        f'"{EVERYONE}" (everyone) may only be listed in users: {info.field_name} '
                         "are named people",
                     )
                 continue

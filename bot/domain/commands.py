@@ -6,6 +6,7 @@ The same grammar serves Slack, the CLI and the console shell.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.domain.errors import BadInput
@@ -144,12 +145,15 @@ def _unreadable(why: str) -> BadInput:
 
 
 def parse(text: str) -> Command:
-    if len(text) > MAX_COMMAND:
-        raise BadInput(
-            f"the command is {len(text):,} characters long: at most {MAX_COMMAND:,} "
-            f"(a reason at most {MAX_REASON:,})"
-        )
-    words = split_words(text.strip())
+    """TEXT as it follows `/nbenv` (Slack, the console shell): cut into words here."""
+    _check_length(len(text))
+    return parse_words(split_words(text.strip()))
+
+
+def parse_words(words: Sequence[str]) -> Command:
+    """WORDS as a shell already cut them (the CLI's arguments): not joined and cut again,
+    so what a word holds (quotes, blanks) is what the command gets."""
+    _check_length(sum(len(word) for word in words) + max(len(words) - 1, 0))
     if not words:
         return Command("help")
     name, rest = words[0].lower(), words[1:]
@@ -182,6 +186,14 @@ def parse(text: str) -> Command:
             positional.append(word)
         i += 1
     return _build(name, positional, flags)
+
+
+def _check_length(length: int) -> None:
+    if length > MAX_COMMAND:
+        raise BadInput(
+            f"the command is {length:,} characters long: at most {MAX_COMMAND:,} "
+            f"(a reason at most {MAX_REASON:,})"
+        )
 
 
 def _need_image(name: str, positional: list[str]) -> str:

@@ -59,3 +59,6 @@ class ImageState:
 
     def generations(self) -> dict[str, int]:
         return {env.value: self.pointer(env).generation for env in Env}
+
+    def shas(self) -> dict[str, str | None]:
+        return {env.value: self.sha(env) for env in Env}

@@ -43,6 +43,12 @@ class Plan:
         return "; ".join(f"{c.env.value} {short(c.old)} → {short(c.new)}" for c in self.changes)
 
 
+def pointers_text(shas: Mapping[str, str | None]) -> str:
+    """Where each environment points (SHAS: environment name → SHA), as every message that
+    shows them says it: staging `abc1234`, production `def5678`, fallback `—`."""
+    return ", ".join(f"{env.value} `{short(shas.get(env.value))}`" for env in Env)
+
+
 @dataclass(frozen=True)
 class Seen:
     """The environments of an image as the owner saw them when they decided.
@@ -58,7 +64,7 @@ class Seen:
 
     @classmethod
     def of(cls, state: ImageState, *, shown: bool) -> Seen:
-        return cls(state.generations(), {env.value: state.sha(env) for env in Env}, shown)
+        return cls(state.generations(), state.shas(), shown)
 
     def moved(self, state: ImageState) -> bool:
         generations = state.generations()
@@ -72,15 +78,9 @@ class Seen:
         """Refuse ACTION when the environments moved since they were seen; say how."""
         if not self.moved(state):
             return
-        now = ", ".join(f"{env.value} `{short(state.sha(env))}`" for env in Env)
+        now = pointers_text(state.shas())
         since = "this was shown" if self.shown else "you asked"
-        saw = ""
-        if self.shas is not None:
-            saw = (
-                " (you saw "
-                + ", ".join(f"{env.value} `{short(self.shas.get(env.value))}`" for env in Env)
-                + ")"
-            )
+        saw = f" (you saw {pointers_text(self.shas)})" if self.shas is not None else ""
         raise Conflict(
             f"the environments of {state.image} changed since {since}: {now}{saw}. "
             f"Nothing was changed; run `/nbenv {action} {state.image}` again to see "

@@ -9,7 +9,7 @@ from enum import IntEnum
 from bot.domain.errors import Refused
 from bot.domain.text import mention
 
-EVERYONE = "*"
+EVERYONE = "*"  # in a team's users (config): every Slack user of the workspace
 
 
 class Role(IntEnum):

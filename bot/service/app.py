@@ -23,11 +23,11 @@ from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.model import ImageState, Version
 from bot.domain.names import Actor, Env, check_full_sha, is_full_sha, short
-from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
+from bot.domain.policy import EVERYONE, PolicyCheck, Role, check_policy, require_role
 from bot.domain.text import age, escape, mention, to_plain
 from bot.service import access, render
 from bot.service.access import as_actor, is_pipeline
-from bot.service.ports import Backend, InstanceInfo, InstanceRequest
+from bot.service.ports import Backend, InstanceInfo, InstanceRequest, ListsInstances
 from bot.store.uow import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -682,11 +682,10 @@ class Nbenv:
                 ]
                 for sha in wanted
             }
-        listing = getattr(self.backend, "instances_by_label", None)
-        if listing is None or not wanted:
+        if not isinstance(self.backend, ListsInstances) or not wanted:
             return found
         try:
-            listed = listing(image)
+            listed = self.backend.instances_by_label(image)
         except NbenvError as error:
             log.warning("who runs %s: the backend's instance list is unavailable: %s", image, error)
             return found
@@ -743,7 +742,7 @@ class Nbenv:
                 Button("nbenv_approve", "Approve", value, "primary"),
                 Button("nbenv_reject", "Reject", value, "danger"),
             ]
-            testers = sorted(self.config.team_roles(image).testers - {"*"})
+            testers = sorted(self.config.team_roles(image).testers - {EVERYONE})
             if testers:
                 text += "\nTesters, please try it: " + " ".join(mention(u) for u in testers)
         self._announce(tx, image, plan.sha, text, key=f"op:{operation_id}", buttons=buttons)

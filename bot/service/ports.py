@@ -1,9 +1,18 @@
-"""What the service layer needs from a backend (local or gcp). Adapters implement this."""
+"""What the service layer needs from a backend (local or gcp). Adapters implement this.
+
+`Backend` is what every backend does. What only some can do is a capability of its own
+(`ListsInstances`, `DispatchesJobs`): the service asks `isinstance(backend, …)` and
+falls back to what it does without, so each optional method is declared here, once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from bot.store.uow import Store
 
 
 @dataclass(frozen=True)
@@ -48,3 +57,43 @@ class Backend(Protocol):
     def start_instance(self, request: InstanceRequest) -> InstanceInfo: ...
 
     def stop_instance(self, name: str, details: dict[str, Any]) -> None: ...
+
+
+class ListedInstance(Protocol):
+    """One instance as the backend itself lists it."""
+
+    @property
+    def sha(self) -> str | None: ...
+
+    @property
+    def requested_by(self) -> str | None: ...
+
+    @property
+    def state(self) -> str: ...  # starting | running | stopped | failed
+
+
+@runtime_checkable
+class ListsInstances(Protocol):
+    """A backend with its own list of the instances it runs (gcp: Workbench instances by
+    their labels), so that instances stopped or made outside nbenv count as they are.
+    Without it, the instances nbenv recorded are the list."""
+
+    def instances_by_label(
+        self, image: str | None = None, sha: str | None = None
+    ) -> Sequence[ListedInstance]:
+        """Refused (NbenvError) when the backend cannot answer now."""
+        ...
+
+
+class JobDispatch(Protocol):
+    def dispatch_due(self) -> int:
+        """Hand the store's due jobs to the backend's queue; how many were handed over."""
+        ...
+
+
+@runtime_checkable
+class DispatchesJobs(Protocol):
+    """A backend with a job queue of its own (gcp: Pub/Sub, pushing each job back to
+    /pubsub/jobs). Without it, the process that queued a job runs it."""
+
+    def job_dispatcher(self, store: Store) -> JobDispatch: ...

@@ -12,7 +12,7 @@ from typing import Any
 
 from bot.domain import operations as ops
 from bot.domain.commands import Command
-from bot.domain.model import ImageState, Version
+from bot.domain.model import Version
 from bot.domain.names import Env, short
 from bot.domain.policy import PolicyCheck
 from bot.domain.text import escape, mention
@@ -123,10 +123,6 @@ def history_line(entry: dict[str, Any], about: str | None = None) -> str:
         f"• {entry['at'][:19].replace('T', ' ')} {mention(entry['actor'])} "
         f"{entry['action']}{sha}{revoked}{outcome}{detail_text}"
     )
-
-
-def pointers_text(state: ImageState) -> str:
-    return ", ".join(f"{env.value} `{short(state.sha(env))}`" for env in Env)
 
 
 def status_text(data: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from bot.bootstrap import Runtime
+from bot.service.ports import DispatchesJobs
 from bot.slack.outbox import REVIVE_EVERY, OutboxSender
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,8 @@ def job_step(runtime: Runtime, *, pushed: bool) -> Callable[[], bool] | None:
     """
     if not pushed:
         return runtime.worker.run_once
-    dispatcher_of = getattr(runtime.app.backend, "job_dispatcher", None)
-    if dispatcher_of is None:
+    backend = runtime.app.backend
+    if not isinstance(backend, DispatchesJobs):
         return None  # something else publishes them
-    dispatcher = dispatcher_of(runtime.store)
+    dispatcher = backend.job_dispatcher(runtime.store)
     return lambda: dispatcher.dispatch_due() > 0

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, NbenvError
 from bot.domain.names import Env, Person, check_sha_ref, parse_env, short
-from bot.domain.operations import Seen
+from bot.domain.operations import Seen, pointers_text
 from bot.domain.policy import Role
 from bot.domain.text import escape
 from bot.slack import views
@@ -366,9 +366,7 @@ class Interactions:
                 raise BadInput(
                     f"this button is stale: `{short(shown['sha'])}` is no longer in "
                     f"{shown['env']} of {command.image} (it is `{short(current)}` now; "
-                    f"staging `{short(state.sha(Env.STAGING))}`, production "
-                    f"`{short(state.sha(Env.PRODUCTION))}`, fallback "
-                    f"`{short(state.sha(Env.FALLBACK))}`). Nothing was changed."
+                    f"{pointers_text(state.shas())}). Nothing was changed."
                 )
         preview = self.app.preview(actor, command)
         shas = [c["old"] for c in preview["changes"]] + [c["new"] for c in preview["changes"]]

@@ -13,6 +13,7 @@ import pytest
 
 from bot.cli import main
 from bot.config import load_config
+from bot.domain.commands import MAX_REASON
 from bot.domain.errors import ConfigError
 from bot.domain.policy import Role
 from tests.conftest import IMAGE, OWNER, STRANGER, TEST_CONFIG, TESTER, USER, sha_of
@@ -314,3 +315,22 @@ def test_shipped_example_config_is_valid():
     config = load_config(Path(__file__).parents[2] / "config" / "nbenv.yaml")
     assert "nlp.keras-batch" in config.images
     assert len(config.teams) >= 2 and len(config.images) >= 3
+
+
+def test_the_cli_takes_its_words_as_the_shell_cut_them(cli):
+    """`nbenv … --reason "'…'"`: the arguments are words already. Their quote marks are
+    text, counted once, not quoted again (five characters for each ') to be cut again:
+    a reason of the allowed length is accepted whatever it holds."""
+    reason = "'" * MAX_REASON
+
+    code, _, err = cli("--as", OWNER, "freeze", IMAGE, "--reason", reason)
+
+    assert (code, err) == (0, "")
+    assert _status(cli)["freeze"]["reason"] == reason
+    # Too long is said of the reason as typed, not of a text the CLI made of it.
+    code, _, err = cli("--as", OWNER, "freeze", IMAGE, "--reason", "'" * (MAX_REASON + 1))
+    assert (code, err) == (
+        2,
+        f"nbenv: the reason is {MAX_REASON + 1:,} characters long: at most {MAX_REASON:,}, "
+        "please shorten it\n",
+    )

@@ -14,7 +14,6 @@ import functions_framework
 from cloudevents.http import CloudEvent
 
 from bot.builds.events import BuildEvent, decode_pubsub, parse_build
-from bot.store import tables as t
 from bot.store.database import make_engine, upgrade
 from bot.store.group_commit import GroupCommit
 from bot.store.uow import Store
@@ -25,10 +24,7 @@ upgrade(_store.engine)
 
 def _commit(events: Sequence[BuildEvent]) -> list[None]:
     with _store.write(audited=False) as tx:
-        tx.insert_ignore_many(
-            t.processed_events,
-            [{"key": f"floor:{e.build_id}:{e.status}:{e.progress}", "at": tx.now} for e in events],
-        )
+        tx.idempotency.claim_many([f"floor:{e.build_id}:{e.status}:{e.progress}" for e in events])
     return [None] * len(events)
 
 

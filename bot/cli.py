@@ -111,8 +111,8 @@ def _slash(args: argparse.Namespace, words: list[str]) -> int:
 
 def _job_outcome(runtime, job_key: str, data: dict[str, Any]) -> int:  # type: ignore[no-untyped-def]
     with runtime.store.read() as tx:
-        job = tx.job(job_key)
-        instance = tx.instance(data["name"]) if "name" in data else None
+        job = tx.jobs.get(job_key)
+        instance = tx.instances.get(data["name"]) if "name" in data else None
         status = runtime.app.image_status(tx, data["image"])
     if job is None or job["status"] != "done":
         reason = (job or {}).get("error") or "did not finish"
@@ -182,7 +182,7 @@ def _audit(options: argparse.Namespace) -> int:
     from bot.service.audit_export import export
 
     with runtime.store.read() as tx:
-        entries = tx.audit_entries()
+        entries = tx.audit.entries()
     if options.output:
         with options.output.open("w", encoding="utf-8", newline="") as out:
             export(entries, options.format, out)
@@ -210,7 +210,7 @@ def _recover(options: argparse.Namespace) -> int:
     finished = runtime.app.recover() if runtime.app.backend else []
     print(f"finished {len(finished)} interrupted operation(s)")
     with runtime.store.read() as tx:
-        left = [tx.operation(operation_id) for operation_id in tx.pending_operations()]
+        left = [tx.sagas.get(operation_id) for operation_id in tx.sagas.pending()]
     if left:
         reason = (left[0] or {}).get("error") or "not finished"
         return _fail(f"{len(left)} operation(s) still not in line with the registry: {reason}", 1)

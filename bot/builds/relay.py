@@ -21,9 +21,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, tuple_, update
-from sqlalchemy import exc as sql
-
 from bot.builds import messages
 from bot.builds.delivery import Deliverer
 from bot.builds.events import BadEvent, BuildEvent, NotOurs, decode_pubsub, parse_build
@@ -45,48 +42,15 @@ from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.names import Env, Pipeline, check_full_sha, short
 from bot.service.app import Nbenv
 from bot.slack.outbox import OutboxSender
-from bot.store import tables as t
+from bot.store.database import is_transient_fault
 from bot.store.group_commit import GroupCommit
+from bot.store.repositories.threads import ThreadKey
 from bot.store.uow import Tx, iso
 
 log = logging.getLogger(__name__)
 
 DELIVER_WAIT_S = 2.0
 
-ThreadKey = tuple[str, str]  # (image, sha)
-
-# Built once: the relay runs these for every event.
-_THREAD_KEY = tuple_(t.slack_threads.c.image, t.slack_threads.c.sha)
-_WHERE_THREAD = (t.slack_threads.c.image == bindparam("b_image")) & (
-    t.slack_threads.c.sha == bindparam("b_sha")
-)
-_THREAD = select(t.slack_threads.c.state).where(_WHERE_THREAD)
-# Sorted, so that two instances locking several threads at once take them in one order.
-_THREADS_FOR_UPDATE = (
-    select(t.slack_threads.c.image, t.slack_threads.c.sha, t.slack_threads.c.ts)
-    .add_columns(t.slack_threads.c.state)
-    .where(_THREAD_KEY.in_(bindparam("b_keys", expanding=True)))
-    .order_by(t.slack_threads.c.image, t.slack_threads.c.sha)
-    .with_for_update()
-)
-_THREAD_MESSAGES = (
-    select(t.outbox.c.thread_image, t.outbox.c.thread_sha, func.count())
-    .where(
-        tuple_(t.outbox.c.thread_image, t.outbox.c.thread_sha).in_(
-            bindparam("b_keys", expanding=True)
-        )
-    )
-    .group_by(t.outbox.c.thread_image, t.outbox.c.thread_sha)
-)
-_SAVE_THREAD = (
-    update(t.slack_threads)
-    .where(_WHERE_THREAD)
-    .values(
-        state=bindparam("state", type_=t.slack_threads.c.state.type),
-        status_rank=bindparam("rank"),
-        updated_at=bindparam("now"),
-    )
-)
 CONFLICT_RETRIES = 3
 # Escaped in log lines: control characters, line separators, lone surrogates.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -217,7 +181,7 @@ class BuildRelay:
         recorder = Pipeline(build_id or "report")  # a malformed build ID is bad input too
         summary = summarize(report, build_id)
         with self.store.read() as tx:
-            version = tx.get_version(image, sha)
+            version = tx.versions.get(image, sha)
             build = current_build(self._state(tx, image, sha), image, sha)
         same_build = build if build is not None and build.build_id == build_id else None
         # A late report of an older build must not replace what the newest build recorded.
@@ -256,8 +220,7 @@ class BuildRelay:
     # -- the thread row ------------------------------------------------------------------
 
     def _state(self, tx: Tx, image: str, sha: str) -> dict[str, Any]:
-        row = tx.connection.execute(_THREAD, {"b_image": image, "b_sha": sha}).first()
-        return dict(row.state) if row is not None else {}
+        return tx.threads.state(image, sha)
 
     def _lock(
         self, tx: Tx, keys: set[ThreadKey], *, decide_root: bool = False
@@ -267,42 +230,13 @@ class BuildRelay:
         DECIDE_ROOT: settle whose message each root is, just before the relay would queue
         its own root message (in the same transaction).
         """
-        rows = {
-            (row.image, row.sha): row
-            for row in tx.connection.execute(_THREADS_FOR_UPDATE, {"b_keys": sorted(keys)})
-        }
-        missing = sorted(keys - rows.keys())
-        if missing:
-            # Two instances may both get here: the insert of one waits for the other's
-            # commit and then does nothing, and both lock the one row.
-            tx.insert_ignore_many(
-                t.slack_threads,
-                [
-                    {
-                        "image": image,
-                        "sha": sha,
-                        "channel": self.config.images[image].channel,
-                        "ts": None,
-                        "state": {},
-                        "status_rank": 0,
-                        "updated_at": tx.now,
-                    }
-                    for image, sha in missing
-                ],
-            )
-            for row in tx.connection.execute(_THREADS_FOR_UPDATE, {"b_keys": missing}):
-                rows[(row.image, row.sha)] = row
+        rows = tx.threads.lock(keys, channel_of=lambda image: self.config.images[image].channel)
         states = {key: dict(row.state or {}) for key, row in rows.items()}
         undecided = sorted(key for key in keys if states[key].get("root") is None)
         if decide_root and undecided:
             # Someone else's message opened a thread (a manual publish, an approval): the
             # relay then reports by replies and leaves that root alone.
-            counts = {
-                (image, sha): count
-                for image, sha, count in tx.connection.execute(
-                    _THREAD_MESSAGES, {"b_keys": undecided}
-                )
-            }
+            counts = tx.outbox.count_by_thread(undecided)
             for key in undecided:
                 foreign = rows[key].ts is not None or counts.get(key, 0) > 0
                 states[key]["root"] = ROOT_FOREIGN if foreign else ROOT_RELAY
@@ -315,21 +249,11 @@ class BuildRelay:
         outgoing: Sequence[tuple[ThreadKey, Outgoing]],
     ) -> None:
         """Store the threads' new states and queue their messages, in a round trip each."""
-        if states:
-            tx.connection.execute(
-                _SAVE_THREAD,
-                [
-                    {
-                        "b_image": image,
-                        "b_sha": sha,
-                        "state": state,
-                        "rank": state.get("progress", [0])[0] if state.get("build") else 0,
-                        "now": tx.now,
-                    }
-                    for (image, sha), state in states.items()
-                ],
-            )
-        tx.enqueue_messages([self._message(key, message) for key, message in coalesce(outgoing)])
+        tx.threads.save(
+            (key, state, state.get("progress", [0])[0] if state.get("build") else 0)
+            for key, state in states.items()
+        )
+        tx.outbox.enqueue_many([self._message(key, message) for key, message in coalesce(outgoing)])
 
     def _message(
         self, key: ThreadKey, message: Outgoing
@@ -361,7 +285,9 @@ class BuildRelay:
                 applied = self._in_staging(image, sha, actor)
             else:
                 with self.store.read() as tx:
-                    applied = tx.claimed(f"promote:{image}:{sha}:{build_id}") is not None
+                    applied = (
+                        tx.idempotency.claimed(f"promote:{image}:{sha}:{build_id}") is not None
+                    )
             if applied:
                 # The pointer moved with its claim; what failed was syncing the registry
                 # (a saga the core finishes on recovery), not the publication itself.
@@ -380,7 +306,7 @@ class BuildRelay:
         self, actor: str, image: str, sha: str, build_id: str, build: BuildEvent | None
     ) -> tuple[str, str | None]:
         with self.store.read() as tx:
-            version = tx.get_version(image, sha)
+            version = tx.versions.get(image, sha)
         report = version.report if version is not None and version.build_id == build_id else None
         staging_branch = self.config.images[image].source.staging_branch
         base = f"publish:{image}:{sha}:{build_id}"
@@ -407,19 +333,19 @@ class BuildRelay:
 
     def _in_staging(self, image: str, sha: str, actor: str) -> bool:
         with self.store.read() as tx:
-            if tx.image_state(image).sha(Env.STAGING) == sha:
+            if tx.pointers.state(image).sha(Env.STAGING) == sha:
                 return True
             return any(
                 row["env"] == Env.STAGING.value and row["new_sha"] == sha and row["actor"] == actor
-                for row in tx.pointer_history(image)
+                for row in tx.pointers.history(image)
             )
 
     def _promote(self, actor: str, image: str, sha: str, build_id: str) -> tuple[str, str | None]:
         key = f"promote:{image}:{sha}:{build_id}"
         production_branch = self.config.images[image].source.production_branch
         with self.store.read() as tx:
-            state = tx.image_state(image)
-            done = tx.claimed(key) is not None
+            state = tx.pointers.state(image)
+            done = tx.idempotency.claimed(key) is not None
         if done:
             return "done", None
         if state.sha(Env.PRODUCTION) == sha:
@@ -427,7 +353,7 @@ class BuildRelay:
         if state.sha(Env.STAGING) != sha:
             reason = messages.not_staging(sha, state.sha(Env.STAGING), production_branch)
             with self.store.write() as tx:
-                tx.append_audit(
+                tx.audit.append(
                     actor=actor,
                     action="promote",
                     image=image,
@@ -444,7 +370,9 @@ class BuildRelay:
             )
         except (Refused, Conflict) as error:
             with self.store.read() as tx:
-                if tx.claimed(key) is not None:  # another instance promoted it meanwhile
+                if (
+                    tx.idempotency.claimed(key) is not None
+                ):  # another instance promoted it meanwhile
                     return "done", None
             return "refused", messages.refused("promote", build_id, sha, error.message)
         return "done", None
@@ -476,21 +404,9 @@ class BuildRelay:
             time.sleep(0.02)
 
     def _sending_elsewhere(self, image: str, sha: str) -> bool:
-        outbox = t.outbox
         now = iso(self.store.clock())
         with self.store.read() as tx:
-            row = tx.connection.execute(
-                select(outbox.c.id)
-                .where(
-                    outbox.c.thread_image == image,
-                    outbox.c.thread_sha == sha,
-                    outbox.c.status == "sending",
-                    # A lease that ran out belongs to a crashed sender: nobody to wait for.
-                    outbox.c.next_attempt_at > now,
-                )
-                .limit(1)
-            ).first()
-        return row is not None
+            return tx.outbox.sending_in_thread(image, sha, now)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -505,11 +421,7 @@ def _transient(error: BaseException) -> bool:
 
     What a value of the event sets off (a DataError, an IntegrityError, a bug) is not.
     """
-    if isinstance(error, sql.OperationalError | sql.InterfaceError | sql.TimeoutError | Conflict):
-        return True
-    if isinstance(error, sql.DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(error, ConnectionError)
+    return isinstance(error, Conflict | ConnectionError) or is_transient_fault(error)
 
 
 def relay_from_env() -> BuildRelay:

@@ -103,7 +103,7 @@ class Nbenv:
         self.check(actor, command)
         if key is not None and not command.read_only:
             with self.store.read() as tx:
-                if tx.claimed(key) is not None:
+                if tx.idempotency.claimed(key) is not None:
                     return Reply("already done (retried request)", {"retried": True})
         handler = getattr(self, f"_cmd_{command.name}")
         try:
@@ -155,7 +155,7 @@ class Nbenv:
             image, sha = command.image, self._concerned_sha(tx, command)
             if command.stop:
                 # `instances --stop NAME` names no image: file it under the instance's.
-                instance = tx.instance(command.stop)
+                instance = tx.instances.get(command.stop)
                 if instance is not None:
                     image, sha = instance["image"], instance["sha"]
             details = {
@@ -163,7 +163,7 @@ class Nbenv:
                 "reason": to_plain(refusal.message),
                 "command": render.command_details(command),
             }
-            tx.append_audit(
+            tx.audit.append(
                 actor=actor,
                 action=command.name,
                 image=image,
@@ -180,7 +180,7 @@ class Nbenv:
             return None
         if command.sha or command.to:
             try:
-                return tx.resolve_sha(command.image, command.sha or command.to or "")
+                return tx.versions.resolve_sha(command.image, command.sha or command.to or "")
             except NbenvError:
                 return None
         implied = {
@@ -190,13 +190,13 @@ class Nbenv:
             "rollback": Env.PRODUCTION,
             "instance": command.env,
         }.get(command.name)
-        return tx.image_state(command.image).sha(implied) if implied else None
+        return tx.pointers.state(command.image).sha(implied) if implied else None
 
     @contextmanager
     def _write(self, key: str | None) -> Iterator[Tx | None]:
         """A write transaction that claims idempotency KEY; yields None on a retry."""
         with self.store.write() as tx:
-            if key is not None and not tx.claim(key):
+            if key is not None and not tx.idempotency.claim(key):
                 yield None
                 return
             yield tx
@@ -225,7 +225,7 @@ class Nbenv:
         return Reply("\n\n".join(render.status_text(item) for item in data) or "no images", data)
 
     def image_status(self, tx: Tx, image: str) -> dict[str, Any]:
-        state = tx.image_state(image)
+        state = tx.pointers.state(image)
         now = self.store.clock()
         environments: dict[str, Any] = {}
         for env in Env:
@@ -233,7 +233,7 @@ class Nbenv:
             if pointer.sha is None:
                 environments[env.value] = None
                 continue
-            version = tx.get_version(image, pointer.sha)
+            version = tx.versions.get(image, pointer.sha)
             environments[env.value] = {
                 "sha": pointer.sha,
                 "short": short(pointer.sha),
@@ -269,11 +269,11 @@ class Nbenv:
         assert image
         self._require(actor, image, Role.USER, "versions")
         with self.store.read() as tx:
-            state = tx.image_state(image)
+            state = tx.pointers.state(image)
             rows = []
-            for version in tx.list_versions(image):
+            for version in tx.versions.of_image(image):
                 envs = [env.value for env in Env if state.sha(env) == version.sha]
-                verdicts = tx.verdicts(image, version.sha)
+                verdicts = tx.approvals.standing(image, version.sha)
                 rows.append(render.version_data(version, envs, verdicts))
         lines = [f"*Versions of {image}* (newest first)"]
         for row in rows:
@@ -293,8 +293,8 @@ class Nbenv:
         assert image
         self._require(actor, image, Role.USER, "history")
         with self.store.read() as tx:
-            sha = tx.resolve_sha(image, command.sha) if command.sha else None
-            entries = tx.audit_entries(image=image, sha=sha)
+            sha = tx.versions.resolve_sha(image, command.sha) if command.sha else None
+            entries = tx.audit.entries(image=image, sha=sha)
         data = [render.audit_data(entry) for entry in entries]
         title = f"*History of {image}*" + (f" at `{short(sha)}`" if sha else "")
         lines = [title] + [render.history_line(entry, about=sha) for entry in data]
@@ -307,14 +307,14 @@ class Nbenv:
         assert image
         self._require(actor, image, Role.USER, "diff")
         with self.store.read() as tx:
-            state = tx.image_state(image)
+            state = tx.pointers.state(image)
             old = self._resolve_ref(tx, state, command.diff_from or Env.PRODUCTION.value)
             new = self._resolve_ref(tx, state, command.diff_to or Env.STAGING.value)
             reports = {
                 sha: (version.report if version else None)
                 for sha in (old, new)
                 if sha
-                for version in [tx.get_version(image, sha)]
+                for version in [tx.versions.get(image, sha)]
             }
         if self.differ is None:
             raise Refused("diff is not available on this backend")
@@ -324,14 +324,14 @@ class Nbenv:
     def _resolve_ref(self, tx: Tx, state: ImageState, ref: str) -> str | None:
         if ref in {env.value for env in Env}:
             return state.sha(Env(ref))
-        return tx.resolve_sha(state.image, ref)
+        return tx.versions.resolve_sha(state.image, ref)
 
     # -- approvals -------------------------------------------------------------------------
 
     def _policy(self, tx: Tx, image: str, sha: str, promoter: str | None) -> PolicyCheck:
         settings = self.config.images[image]
         return check_policy(
-            tx.verdicts(image, sha),
+            tx.approvals.standing(image, sha),
             required=settings.approvals,
             roles=self.config.team_roles(image),
             promoter=promoter,
@@ -340,8 +340,8 @@ class Nbenv:
 
     def _target_sha(self, tx: Tx, image: str, ref: str | None) -> str:
         if ref:
-            return tx.resolve_sha(image, ref)
-        staging = tx.image_state(image).sha(Env.STAGING)
+            return tx.versions.resolve_sha(image, ref)
+        staging = tx.pointers.state(image).sha(Env.STAGING)
         if staging is None:
             raise Refused(f"{image} has nothing in staging to approve or reject")
         return staging
@@ -361,19 +361,19 @@ class Nbenv:
             if tx is None:
                 return Reply("already recorded (retried request)")
             sha = self._target_sha(tx, image, command.sha)
-            version = tx.get_version(image, sha)
+            version = tx.versions.get(image, sha)
             assert version is not None
             if approved and not version.tests_passed:
                 raise Refused(f"{short(sha)} of {image} failed its automated tests")
-            current = {v.user: v for v in tx.verdicts(image, sha)}.get(actor)
+            current = {v.user: v for v in tx.approvals.standing(image, sha)}.get(actor)
             if current is not None and current.approved and approved:
                 return Reply(f"you already approved `{short(sha)}` of {image}")
-            tx.add_verdict(image, sha, actor, approved=approved, reason=command.reason)
+            tx.approvals.add(image, sha, actor, approved=approved, reason=command.reason)
             details: dict[str, Any] = {"reason": command.reason}
             if approved and version.revoked:
                 # A fresh approval is what a revoked version was waiting for: every view
                 # stops calling it revoked; the log keeps the revocation it ends.
-                tx.clear_revocation(image, sha)
+                tx.versions.clear_revocation(image, sha)
                 details["ends_revocation"] = {
                     "at": version.revoked_at,
                     "by": version.revoked_by,
@@ -381,7 +381,7 @@ class Nbenv:
                 }
             check = self._policy(tx, image, sha, promoter=None)
             details["policy"] = render.policy_data(sha, check)
-            tx.append_audit(actor=actor, action=action, image=image, sha=sha, details=details)
+            tx.audit.append(actor=actor, action=action, image=image, sha=sha, details=details)
             if approved:
                 text = f"✅ {mention(actor)} approved `{short(sha)}` — {check.summary()}"
             else:
@@ -390,7 +390,7 @@ class Nbenv:
                     "promotion is blocked until they approve or an owner overrides"
                 )
             buttons = []
-            staging = tx.image_state(image).sha(Env.STAGING)
+            staging = tx.pointers.state(image).sha(Env.STAGING)
             if approved and check.met and sha == staging:
                 text += "\nThe approval policy is met: an owner can promote."
                 buttons.append(
@@ -421,7 +421,7 @@ class Nbenv:
             if seen is not None:
                 # Checked before planning, so the owner hears what moved rather than why
                 # today's plan would fail; checked again when writing (races).
-                seen.refuse_if_moved(tx.image_state(image), command.name)
+                seen.refuse_if_moved(tx.pointers.state(image), command.name)
             plan, preview = self._preview_in(tx, actor, command)
         if command.dry_run:
             return Reply(render.plan_text(plan, preview, dry_run=True), preview)
@@ -439,9 +439,9 @@ class Nbenv:
     def _plan_promote(self, tx: Tx, actor: str, command: Command) -> tuple[ops.Plan, PolicyCheck]:
         image = command.image
         assert image
-        state = tx.image_state(image)
+        state = tx.pointers.state(image)
         staging_sha = state.sha(Env.STAGING)
-        staging = tx.get_version(image, staging_sha) if staging_sha else None
+        staging = tx.versions.get(image, staging_sha) if staging_sha else None
         check = self._policy(tx, image, staging_sha, promoter=actor) if staging_sha else None
         plan = ops.plan_promote(
             state,
@@ -467,7 +467,7 @@ class Nbenv:
             raise
 
     def _plan_data(self, tx: Tx, plan: ops.Plan, check: PolicyCheck | None) -> dict[str, Any]:
-        state = tx.image_state(plan.image)
+        state = tx.pointers.state(plan.image)
         data: dict[str, Any] = {
             "action": plan.action,
             "image": plan.image,
@@ -489,8 +489,8 @@ class Nbenv:
             data["approvals"] = render.policy_data(plan.sha, check)
         if self.differ is not None and plan.action == "promote":
             old = plan.change(Env.PRODUCTION).old if plan.change(Env.PRODUCTION) else None
-            old_version = tx.get_version(plan.image, old) if old else None
-            new_version = tx.get_version(plan.image, plan.sha)
+            old_version = tx.versions.get(plan.image, old) if old else None
+            new_version = tx.versions.get(plan.image, plan.sha)
             try:
                 data["diff"] = self.differ(
                     plan.image,
@@ -506,9 +506,9 @@ class Nbenv:
     def _plan_rollback(self, tx: Tx, command: Command) -> ops.Plan:
         image = command.image
         assert image
-        state = tx.image_state(image)
+        state = tx.pointers.state(image)
         if command.to:
-            target = tx.get_version(image, tx.resolve_sha(image, command.to))
+            target = tx.versions.get(image, tx.versions.resolve_sha(image, command.to))
             assert target is not None
             return ops.plan_rollback_to(state, target, force=command.force, reason=command.reason)
         return ops.plan_rollback(state, reason=command.reason)
@@ -547,12 +547,14 @@ class Nbenv:
         def record_and_plan(tx: Tx) -> ops.Plan:
             # Recorded in the same transaction as the pointer move and the idempotency
             # key: a crash between them can't leave a retry that "already published".
-            return ops.plan_publish(tx.image_state(image), tx.record_version(version_at(tx.now)))
+            return ops.plan_publish(
+                tx.pointers.state(image), tx.versions.record(version_at(tx.now))
+            )
 
         try:
             self._require(actor, image, Role.OWNER, "publish")
             with self.store.read() as tx:
-                plan = ops.plan_publish(tx.image_state(image), version_at(tx.now))
+                plan = ops.plan_publish(tx.pointers.state(image), version_at(tx.now))
             return self._apply(
                 actor, plan, key=key, expect=None, preview={"image": image}, replan=record_and_plan
             )
@@ -576,7 +578,7 @@ class Nbenv:
         """Keep a built version (passed or failed) without moving any environment."""
         self._check_image(image)
         with self.store.write() as tx:
-            tx.record_version(
+            tx.versions.record(
                 Version(
                     image=image,
                     sha=check_full_sha(sha),
@@ -589,7 +591,7 @@ class Nbenv:
                     report=report,
                 )
             )
-            tx.append_audit(
+            tx.audit.append(
                 actor=actor,
                 action="record",
                 image=image,
@@ -604,7 +606,7 @@ class Nbenv:
     def _record_failed_version(self, actor, image, sha, report, subject, branch, build_id) -> None:  # type: ignore[no-untyped-def]
         if report is not None and not report_passed(report):
             with self.store.write(audited=False) as tx:
-                tx.record_version(
+                tx.versions.record(
                     Version(
                         image, sha, False, tx.now, actor, subject, branch, build_id, report=report
                     )
@@ -634,19 +636,19 @@ class Nbenv:
             if replan is not None:
                 plan = replan(tx)
             if expect is not None:
-                expect.refuse_if_moved(tx.image_state(plan.image), plan.action)
-            tx.apply(plan, actor=actor, operation_id=operation_id)
+                expect.refuse_if_moved(tx.pointers.state(plan.image), plan.action)
+            tx.pointers.apply(plan, actor=actor, operation_id=operation_id)
             steps = []
             if plan.changes and self.backend is not None and self.backend.mirrors_pointers():
                 steps = [{"env": c.env.value, "done": False} for c in plan.changes]
-                tx.start_operation(operation_id, plan.action, plan.image, actor, steps)
+                tx.sagas.start(operation_id, plan.action, plan.image, actor, steps)
             details = dict(plan.details)
             details["changes"] = preview.get("changes") or [
                 {"env": c.env.value, "old": c.old, "new": c.new} for c in plan.changes
             ]
             if plan.revoke:
                 details["revoked"] = plan.revoke
-            tx.append_audit(
+            tx.audit.append(
                 actor=actor, action=plan.action, image=plan.image, sha=plan.sha, details=details
             )
             text = render.announcement(actor, plan)
@@ -655,7 +657,7 @@ class Nbenv:
         synced = self.finish_operation(operation_id) if steps else True
         if not synced:
             with self.store.read() as tx:
-                operation = tx.operation(operation_id)
+                operation = tx.sagas.get(operation_id)
             text += (
                 f"\n⚠️ Recorded, but the registry is not in line yet: "
                 f"{escape((operation or {}).get('error'))}. "
@@ -678,7 +680,8 @@ class Nbenv:
         with self.store.read() as tx:
             found = {
                 sha: [
-                    row["requested_by"] for row in tx.instances(image=image, sha=sha, active=True)
+                    row["requested_by"]
+                    for row in tx.instances.matching(image=image, sha=sha, active=True)
                 ]
                 for sha in wanted
             }
@@ -777,7 +780,7 @@ class Nbenv:
                 }
                 for b in buttons
             ]
-        tx.enqueue_message(
+        tx.outbox.enqueue(
             f"announce:{key}", "chat.postMessage", payload, thread=(image, sha) if sha else None
         )
 
@@ -791,7 +794,7 @@ class Nbenv:
         """
         assert self.backend is not None
         with self.store.read() as tx:
-            operation = tx.operation(operation_id)
+            operation = tx.sagas.get(operation_id)
         if operation is None or operation["status"] == "done":
             return True
         image = operation["image"]
@@ -804,9 +807,9 @@ class Nbenv:
                 self._operation_failed(operation, step["env"], error)
                 return False
             with self.store.write(audited=False) as tx:
-                tx.complete_step(operation_id, index)
+                tx.sagas.complete_step(operation_id, index)
         with self.store.write(audited=False) as tx:
-            tx.finish_operation(operation_id)
+            tx.sagas.finish(operation_id)
         return True
 
     def _sync_pointer(self, image: str, env: Env, rounds: int = 5) -> None:
@@ -820,22 +823,22 @@ class Nbenv:
         assert self.backend is not None
         for _ in range(rounds):
             with self.store.read() as tx:
-                before = tx.image_state(image).pointer(env)
+                before = tx.pointers.state(image).pointer(env)
             self.backend.mirror_pointer(image, env.value, before.sha)
             with self.store.read() as tx:
-                if tx.image_state(image).pointer(env).generation == before.generation:
+                if tx.pointers.state(image).pointer(env).generation == before.generation:
                     return
         raise Conflict(f"{image}.{env.value} kept moving while the registry was updated")
 
     def _operation_failed(self, operation: dict[str, Any], env: str, error: NbenvError) -> None:
         image = operation["image"]
         with self.store.write() as tx:
-            tx.fail_operation(operation["id"], error.message)
-            tx.append_audit(
+            tx.sagas.fail(operation["id"], error.message)
+            tx.audit.append(
                 actor=operation["actor"],
                 action="sync",
                 image=image,
-                sha=tx.image_state(image).sha(Env(env)),
+                sha=tx.pointers.state(image).sha(Env(env)),
                 outcome="failed",
                 details={"operation": operation["id"], "env": env, "error": error.message},
             )
@@ -855,14 +858,14 @@ class Nbenv:
         One that fails again stays failed (with its reason) for the next attempt.
         """
         with self.store.read() as tx:
-            pending = [tx.operation(operation_id) for operation_id in tx.pending_operations()]
+            pending = [tx.sagas.get(operation_id) for operation_id in tx.sagas.pending()]
         finished = []
         for operation in pending:
             if operation is None or not self.finish_operation(operation["id"]):
                 continue
             finished.append(operation["id"])
             with self.store.write() as tx:
-                tx.append_audit(
+                tx.audit.append(
                     actor=operation["actor"],
                     action="sync",
                     image=operation["image"],
@@ -894,13 +897,13 @@ class Nbenv:
         with self._write(key) as tx:
             if tx is None:
                 return Reply("already frozen (retried request)")
-            current = tx.freeze(image)
+            current = tx.freezes.get(image)
             if current is not None:
                 raise Refused(
                     f"{image} is already frozen by {mention(current.by)}: {escape(current.reason)}"
                 )
-            tx.set_freeze(image, by=actor, reason=command.reason or "")
-            tx.append_audit(
+            tx.freezes.set(image, by=actor, reason=command.reason or "")
+            tx.audit.append(
                 actor=actor,
                 action="freeze",
                 image=image,
@@ -921,11 +924,11 @@ class Nbenv:
         with self._write(key) as tx:
             if tx is None:
                 return Reply("already unfrozen (retried request)")
-            current = tx.freeze(image)
+            current = tx.freezes.get(image)
             if current is None:
                 raise Refused(f"{image} is not frozen")
-            tx.clear_freeze(image)
-            tx.append_audit(
+            tx.freezes.clear(image)
+            tx.audit.append(
                 actor=actor,
                 action="unfreeze",
                 image=image,
@@ -980,11 +983,11 @@ class Nbenv:
         with self._write(key) as tx:
             if tx is None:
                 return Reply("instance already requested (retried request)", {"retried": True})
-            sha = tx.image_state(image).sha(env)
+            sha = tx.pointers.state(image).sha(env)
             if sha is None:
                 raise Refused(f"{image} has nothing in {env.value}: no instance to create")
             name = command.instance_name or render.instance_name(image, env.value, actor, sha)
-            if tx.instance(name) is not None:
+            if tx.instances.get(name) is not None:
                 raise Refused(f"an instance named {name} already exists")
             job_key = key or f"instance:{name}"
             payload = {"image": image, "env": env.value, "sha": sha, "name": name, "actor": actor}
@@ -1035,7 +1038,7 @@ class Nbenv:
         details: dict[str, Any],
     ) -> None:
         with self.store.write() as tx:
-            tx.append_audit(
+            tx.audit.append(
                 actor=actor,
                 action=action,
                 image=image,
@@ -1058,8 +1061,8 @@ class Nbenv:
         """Queue slow work with its audit entry; REPLY_TO is where the worker answers."""
         if reply_to:
             payload = {**payload, "response_url": reply_to}
-        tx.enqueue_job(job_key, kind, payload)
-        tx.append_audit(
+        tx.jobs.enqueue(job_key, kind, payload)
+        tx.audit.append(
             actor=payload["actor"], action=kind, image=payload["image"], sha=sha, details=details
         )
 
@@ -1076,7 +1079,7 @@ class Nbenv:
             for_operator=payload.get("operator") is True,
         )
         with self.store.read() as tx:
-            existing = tx.instance(request.name)
+            existing = tx.instances.get(request.name)
         if existing is not None:  # a redelivered job: the instance exists already
             return InstanceInfo(
                 existing["name"], existing["url"], existing["state"], existing["details"]
@@ -1085,7 +1088,7 @@ class Nbenv:
             info = self.backend.start_instance(request)
         except Refused as refusal:  # e.g. not offered to this person (local.shared_instances)
             with self.store.write() as tx:
-                tx.append_audit(
+                tx.audit.append(
                     actor=request.requested_by,
                     action="instance",
                     image=request.image,
@@ -1101,7 +1104,7 @@ class Nbenv:
             )
             raise
         with self.store.write() as tx:
-            tx.add_instance(
+            tx.instances.add(
                 name=request.name,
                 image=request.image,
                 env=request.env,
@@ -1112,7 +1115,7 @@ class Nbenv:
                 state=info.state,
                 details=info.details,
             )
-            tx.append_audit(
+            tx.audit.append(
                 actor=request.requested_by,
                 action="instance-ready",
                 image=request.image,
@@ -1130,7 +1133,7 @@ class Nbenv:
                 + (f"\n{escape(str(info.details.get('note')))}" if info.details.get("note") else "")
             )
             if response_url:
-                tx.enqueue_message(
+                tx.outbox.enqueue(
                     f"instance-ready:{request.name}",
                     "response_url",
                     {
@@ -1149,7 +1152,7 @@ class Nbenv:
         if command.stop:
             return self._stop_instance(actor, command.stop)
         with self.store.read() as tx:
-            rows = [row for image in images for row in tx.instances(image=image)]
+            rows = [row for image in images for row in tx.instances.matching(image=image)]
         shown = [render.instance_listing(row, actor) for row in rows]
         lines = ["*Instances*"] + [render.instance_line(item) for item in shown]
         if not rows:
@@ -1158,7 +1161,7 @@ class Nbenv:
 
     def _stop_instance(self, actor: str, name: str) -> Reply:
         with self.store.read() as tx:
-            row = tx.instance(name)
+            row = tx.instances.get(name)
         if row is None:
             raise BadInput(f"no instance named {name!r}")
         role = self._require(actor, row["image"], Role.USER, "stopping an instance")
@@ -1170,8 +1173,8 @@ class Nbenv:
         if self.backend is not None and row["state"] in ("starting", "running"):
             self.backend.stop_instance(name, row["details"])
         with self.store.write() as tx:
-            tx.update_instance(name, state="stopped", stopped_at=tx.now)
-            tx.append_audit(
+            tx.instances.update(name, state="stopped", stopped_at=tx.now)
+            tx.audit.append(
                 actor=actor,
                 action="instance-stop",
                 image=row["image"],
@@ -1183,5 +1186,5 @@ class Nbenv:
     # -- audit -----------------------------------------------------------------------------
 
     def verify_audit(self) -> ChainCheck:
-        with self.store.read() as tx, closing(tx.audit_chain()) as entries:
-            return verify_chain(entries, tx.audit_head(), self.store.audit_key)
+        with self.store.read() as tx, closing(tx.audit.chain()) as entries:
+            return verify_chain(entries, tx.audit.head(), self.store.audit_key)

@@ -18,11 +18,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
-
 from bot.domain.errors import NbenvError
 from bot.domain.text import escape
-from bot.store import tables as t
 from bot.store.uow import Store, iso
 
 log = logging.getLogger(__name__)
@@ -46,27 +43,8 @@ class JobWorker:
 
     def _claim(self) -> dict[str, Any] | None:
         now = self.store.clock()
-        stale = iso(now - self.lease)
         with self.store.write(audited=False) as tx:
-            row = tx.connection.execute(
-                select(t.jobs)
-                .where(
-                    or_(
-                        (t.jobs.c.status == "queued") & (t.jobs.c.available_at <= iso(now)),
-                        (t.jobs.c.status == "running") & (t.jobs.c.available_at <= stale),
-                    )
-                )
-                .order_by(t.jobs.c.id)
-                .limit(1)
-            ).first()
-            if row is None:
-                return None
-            claimed = tx.connection.execute(
-                update(t.jobs)
-                .where(t.jobs.c.id == row.id, t.jobs.c.status == row.status)
-                .values(status="running", attempts=row.attempts + 1, available_at=iso(now))
-            )
-            return dict(row._mapping) if claimed.rowcount == 1 else None
+            return tx.jobs.claim_due(iso(now), stale_before=iso(now - self.lease))
 
     def _finish(
         self,
@@ -77,17 +55,13 @@ class JobWorker:
         job: dict[str, Any] | None = None,
     ) -> None:
         with self.store.write(audited=False) as tx:
-            tx.connection.execute(
-                update(t.jobs)
-                .where(t.jobs.c.id == job_id)
-                .values(status=status, error=error, finished_at=tx.now)
-            )
+            tx.jobs.finish(job_id, status, error)
             # Whoever asked is told when their slow work failed for good, not left waiting.
             payload = (job or {}).get("payload", {})
             response_url = payload.get("response_url")
             if status == "failed" and response_url:
                 actor = payload.get("actor")
-                tx.enqueue_message(
+                tx.outbox.enqueue(
                     f"job-failed:{job_id}",
                     "response_url",
                     {
@@ -140,15 +114,7 @@ class JobWorker:
         while not stop.wait(interval):
             try:
                 with self.store.write(audited=False) as tx:
-                    tx.connection.execute(
-                        update(t.jobs)
-                        .where(
-                            t.jobs.c.id == job_id,
-                            t.jobs.c.status == "running",
-                            t.jobs.c.attempts == attempt,
-                        )
-                        .values(available_at=tx.now)
-                    )
+                    tx.jobs.renew(job_id, attempt)
             except Exception:  # the store may be briefly unreachable: renew at the next beat
                 log.warning("job %s: could not renew its lease", job_id, exc_info=True)
 
@@ -176,26 +142,15 @@ class JobWorker:
         """
         now = self.store.clock()
         with self.store.write(audited=False) as tx:
-            row = tx.connection.execute(
-                select(t.jobs).where(t.jobs.c.dedupe_key == dedupe_key[:255])
-            ).first()
-            if row is None:
+            job = tx.jobs.get(dedupe_key)
+            if job is None:
                 return "missing"
-            stale = row.status == "running" and row.available_at <= iso(now - self.lease)
-            if row.status != "queued" and not stale:
-                return str(row.status)
-            claimed = tx.connection.execute(
-                update(t.jobs)
-                .where(
-                    t.jobs.c.id == row.id,
-                    t.jobs.c.status == row.status,
-                    t.jobs.c.available_at == row.available_at,
-                )
-                .values(status="running", attempts=row.attempts + 1, available_at=iso(now))
-            )
-            if claimed.rowcount != 1:
+            stale = job["status"] == "running" and job["available_at"] <= iso(now - self.lease)
+            if job["status"] != "queued" and not stale:
+                return str(job["status"])
+            if not tx.jobs.claim(job, iso(now)):
                 return "running"
-        return self._run(dict(row._mapping))
+        return self._run(job)
 
     def run_until_idle(self, limit: int = 1000) -> int:
         count = 0

@@ -254,7 +254,7 @@ class Interactions:
 
         USER: who asked, told directly should the response_url have expired."""
         with self.store.write(audited=False) as tx:
-            tx.enqueue_message(
+            tx.outbox.enqueue(
                 f"answer:{key}",
                 "response_url",
                 {
@@ -328,9 +328,9 @@ class Interactions:
         in the same transaction."""
         with self.store.write(audited=False) as tx:
             if seen_image is not None:
-                seen = Seen.of(tx.image_state(seen_image), shown=False)
+                seen = Seen.of(tx.pointers.state(seen_image), shown=False)
                 payload = {**payload, "seen": {"generations": seen.generations, "shas": seen.shas}}
-            tx.enqueue_job(f"slack:{key}", JOB_KIND, payload)
+            tx.jobs.enqueue(f"slack:{key}", JOB_KIND, payload)
 
     def run(self, job: dict[str, Any]) -> None:
         """A job of kind "slack", run by the job worker; it answers through the outbox."""
@@ -360,7 +360,7 @@ class Interactions:
         if shown and shown.get("sha"):
             # The thread's button stood for one SHA: refuse it once that SHA has moved on.
             with self.store.read() as tx:
-                state = tx.image_state(command.image)
+                state = tx.pointers.state(command.image)
             current = state.sha(Env(shown["env"]))
             if current != shown["sha"]:
                 raise BadInput(

@@ -17,7 +17,6 @@ Every payload is cut to Slack's limits on the way out (`bot.slack.blocks.fit_mes
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -28,11 +27,10 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient
-from sqlalchemy import bindparam, select, tuple_, update
 
 from bot.slack.blocks import fit_message, message_blocks
-from bot.store import tables as t
-from bot.store.uow import Store, Tx, iso
+from bot.store.repositories.threads import ThreadRoot
+from bot.store.uow import Store, iso
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +38,6 @@ LEASE = timedelta(seconds=60)
 MAX_BACKOFF_S = 300
 MAX_ATTEMPTS = 15
 METADATA_EVENT = "nbenv_outbox"
-_QUEUE_COLUMNS = (
-    "id",
-    "dedupe_key",
-    "method",
-    "thread_image",
-    "thread_sha",
-    "status",
-    "attempts",
-    "next_attempt_at",
-)
 # Errors that a retry cannot fix: the message is parked as `dead` with the reason.
 PERMANENT_ERRORS = {
     "channel_not_found",
@@ -135,7 +123,7 @@ class OutboxSender:
                     delivered += 1
                     if _opens_thread(row, outcome.method, outcome.payload):
                         roots.append((row, outcome.payload, outcome.response))
-                        threads[(row.thread_image, row.thread_sha)] = _Root(
+                        threads[(row.thread_image, row.thread_sha)] = ThreadRoot(
                             outcome.response.get("channel") or outcome.payload["channel"],
                             outcome.response["ts"],
                         )
@@ -153,13 +141,7 @@ class OutboxSender:
 
     def pending(self) -> int:
         with self.store.read() as tx:
-            return len(
-                list(
-                    tx.connection.execute(
-                        select(t.outbox.c.id).where(t.outbox.c.status.in_(("pending", "sending")))
-                    )
-                )
-            )
+            return tx.outbox.unsent_count()
 
     def drain(self, timeout_s: float = 30.0, poll_s: float = 0.05) -> int:
         """Deliver until nothing is pending or TIMEOUT_S passes; returns what is left."""
@@ -173,20 +155,12 @@ class OutboxSender:
 
     # -- one pass ------------------------------------------------------------------------
 
-    def _queue(self, limit: int) -> tuple[list[Any], dict[tuple[str, str], _Root]]:
+    def _queue(self, limit: int) -> tuple[list[Any], dict[tuple[str, str], ThreadRoot]]:
         """The unsent rows (without payloads), and the roots of their threads."""
         with self.store.read() as tx:
-            rows = list(
-                tx.connection.execute(
-                    # Payloads are read by the claim, only for the rows sent in this pass.
-                    select(*(t.outbox.c[name] for name in _QUEUE_COLUMNS))
-                    .where(t.outbox.c.status.in_(("pending", "sending")))
-                    .order_by(t.outbox.c.id)
-                    .limit(limit * 5)
-                )
-            )
+            rows = tx.outbox.unsent(limit * 5)
             keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
-            return rows, _threads(tx, keys)
+            return rows, tx.threads.roots(keys)
 
     def _claim(
         self, rows: list[Any], superseded: list[int], now: datetime
@@ -197,30 +171,16 @@ class OutboxSender:
             return {}
         with self.store.write(audited=False) as tx:
             if superseded:
-                tx.connection.execute(
-                    update(t.outbox)
-                    .where(t.outbox.c.id.in_(superseded), t.outbox.c.status == "pending")
-                    .values(status="superseded")
-                )
+                tx.outbox.supersede(superseded)
             if not rows:
                 return {}
-            claimed = tx.connection.execute(
-                update(t.outbox)
-                .where(
-                    tuple_(t.outbox.c.id, t.outbox.c.status, t.outbox.c.next_attempt_at).in_(
-                        [(row.id, row.status, row.next_attempt_at) for row in rows]
-                    )
-                )
-                .values(status="sending", next_attempt_at=iso(now + LEASE))
-                .returning(t.outbox.c.id, t.outbox.c.payload)
-            )
-            return {row.id: dict(row.payload) for row in claimed}
+            return tx.outbox.claim(rows, lease_until=iso(now + LEASE))
 
     def _send(
         self,
         row: Any,
         stored: dict[str, Any],
-        threads: dict[tuple[str, str], _Root],
+        threads: dict[tuple[str, str], ThreadRoot],
         now: datetime,
     ) -> _Outcome:
         """Send one claimed row; what to record of it."""
@@ -277,22 +237,22 @@ class OutboxSender:
         """Write the outcomes of sent rows, and the roots they opened, in one transaction."""
         if not outcomes:
             return
-        # One statement per shape of outcome (sent, retry, wait...), each run for all rows.
-        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for row, values in outcomes:
-            shapes.setdefault(tuple(sorted(values)), []).append({"b_id": row.id, **values})
         with self.store.write(audited=False) as tx:
             # Thread rows first, in key order, then outbox rows: the relay locks in the same
             # order (threads, then their messages), so the two never deadlock.
             for row, payload, response in sorted(
                 roots, key=lambda r: (r[0].thread_image, r[0].thread_sha)
             ):
-                _set_root(tx, row.thread_image, row.thread_sha, response, payload)
-            for columns, parameters in shapes.items():
-                tx.connection.execute(_outcome_statement(columns), parameters)
+                tx.threads.set_root(
+                    row.thread_image,
+                    row.thread_sha,
+                    channel=response.get("channel") or payload["channel"],
+                    ts=response["ts"],
+                )
+            tx.outbox.record((row.id, values) for row, values in outcomes)
 
     def _prepare(
-        self, row: Any, payload: dict[str, Any], threads: dict[tuple[str, str], _Root]
+        self, row: Any, payload: dict[str, Any], threads: dict[tuple[str, str], ThreadRoot]
     ) -> tuple[str, dict[str, Any]]:
         """The Web API method and payload that send ROW now, cut to Slack's limits."""
         buttons = payload.pop("buttons", None)
@@ -399,18 +359,10 @@ def revive_missing_channel(store: Store, channel: str | None = None) -> int:
     """
     since = iso(store.clock() - REVIVE_WITHIN)
     with store.write(audited=False) as tx:
-        rows = list(
-            tx.connection.execute(
-                select(*(t.outbox.c[name] for name in _REVIVE_COLUMNS)).where(
-                    t.outbox.c.status == "dead",
-                    t.outbox.c.last_error.in_(MISSING_FROM_CHANNEL),
-                    t.outbox.c.created_at >= since,
-                )
-            )
-        )
+        rows = tx.outbox.dead(MISSING_FROM_CHANNEL, since)
         keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
-        threads = _threads(tx, keys)
-        newest_root_text = _newest_root_texts(tx, keys)
+        threads = tx.threads.roots(keys)
+        newest_root_text = _newest_root_texts(tx.outbox.in_threads(keys))
         revive: list[int] = []
         retire: list[int] = []
         for row in rows:
@@ -426,15 +378,9 @@ def revive_missing_channel(store: Store, channel: str | None = None) -> int:
             )
             (retire if stale else revive).append(row.id)
         if retire:
-            tx.connection.execute(
-                update(t.outbox).where(t.outbox.c.id.in_(retire)).values(status="superseded")
-            )
+            tx.outbox.retire(retire)
         if revive:
-            tx.connection.execute(
-                update(t.outbox)
-                .where(t.outbox.c.id.in_(revive), t.outbox.c.status == "dead")
-                .values(status="pending", attempts=0, last_error=None, next_attempt_at=tx.now)
-            )
+            tx.outbox.revive(revive)
     if revive:
         log.info("outbox: %d messages refused for a missing channel queued again", len(revive))
     return len(revive)
@@ -444,32 +390,13 @@ def missing_channels(store: Store) -> dict[str, int]:
     """Channels the bot is not in, by how many messages wait for it there (REVIVE_WITHIN)."""
     since = iso(store.clock() - REVIVE_WITHIN)
     with store.read() as tx:
-        rows = list(
-            tx.connection.execute(
-                select(t.outbox.c.payload, t.slack_threads.c.channel)
-                .select_from(
-                    t.outbox.outerjoin(
-                        t.slack_threads,
-                        (t.slack_threads.c.image == t.outbox.c.thread_image)
-                        & (t.slack_threads.c.sha == t.outbox.c.thread_sha),
-                    )
-                )
-                .where(
-                    t.outbox.c.status == "dead",
-                    t.outbox.c.last_error.in_(MISSING_FROM_CHANNEL),
-                    t.outbox.c.created_at >= since,
-                )
-            )
-        )
+        rows = tx.outbox.dead_destinations(MISSING_FROM_CHANNEL, since)
     counts: dict[str, int] = {}
     for payload, thread_channel in rows:
         channel = (payload or {}).get("channel") or thread_channel
         if isinstance(channel, str):
             counts[channel] = counts.get(channel, 0) + 1
     return counts
-
-
-_REVIVE_COLUMNS = ("id", "dedupe_key", "method", "payload", "thread_image", "thread_sha")
 
 
 def _is_root_text(method: str, dedupe_key: str) -> bool:
@@ -480,15 +407,8 @@ def _is_root_text(method: str, dedupe_key: str) -> bool:
     )
 
 
-def _newest_root_texts(tx: Tx, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    if not keys:
-        return {}
-    rows = tx.connection.execute(
-        select(t.outbox.c.id, t.outbox.c.method, t.outbox.c.dedupe_key)
-        .add_columns(t.outbox.c.thread_image, t.outbox.c.thread_sha)
-        .where(tuple_(t.outbox.c.thread_image, t.outbox.c.thread_sha).in_(sorted(keys)))
-        .order_by(t.outbox.c.id)
-    )
+def _newest_root_texts(rows: list[Any]) -> dict[tuple[str, str], int]:
+    """The id of the newest root text of each thread among ROWS (in queue order)."""
     newest: dict[tuple[str, str], int] = {}
     for row in rows:
         if _is_root_text(row.method, row.dedupe_key):
@@ -552,71 +472,9 @@ class _Outcome:
     response: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
-class _Root:
-    """Where a thread's root message is, once it is delivered."""
-
-    channel: str
-    ts: str | None
-
-
 def _opens_thread(row: Any, method: str, payload: dict[str, Any]) -> bool:
     """The first message delivered for (image, sha) is its thread's root."""
     return bool(method == "chat.postMessage" and row.thread_image and not payload.get("thread_ts"))
-
-
-@functools.cache
-def _outcome_statement(columns: tuple[str, ...]) -> Any:
-    return (
-        update(t.outbox)
-        .where(t.outbox.c.id == bindparam("b_id"))
-        .values({column: bindparam(column) for column in columns})
-    )
-
-
-def _threads(tx: Tx, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Root]:
-    if not keys:
-        return {}
-    rows = tx.connection.execute(
-        select(t.slack_threads.c.image, t.slack_threads.c.sha)
-        .add_columns(t.slack_threads.c.channel, t.slack_threads.c.ts)
-        .where(tuple_(t.slack_threads.c.image, t.slack_threads.c.sha).in_(sorted(keys)))
-    )
-    return {(row.image, row.sha): _Root(row.channel, row.ts) for row in rows}
-
-
-def _thread(tx: Tx, image: str, sha: str) -> Any:
-    return tx.connection.execute(
-        select(t.slack_threads).where(
-            t.slack_threads.c.image == image, t.slack_threads.c.sha == sha
-        )
-    ).first()
-
-
-def _set_root(
-    tx: Tx, image: str, sha: str, response: dict[str, Any], payload: dict[str, Any]
-) -> None:
-    channel = response.get("channel") or payload["channel"]
-    existing = _thread(tx, image, sha)
-    if existing is None:
-        tx.insert_ignore(
-            t.slack_threads,
-            {
-                "image": image,
-                "sha": sha,
-                "channel": channel,
-                "ts": response["ts"],
-                "state": {},
-                "status_rank": 0,
-                "updated_at": tx.now,
-            },
-        )
-    elif existing.ts is None:
-        tx.connection.execute(
-            update(t.slack_threads)
-            .where(t.slack_threads.c.image == image, t.slack_threads.c.sha == sha)
-            .values(ts=response["ts"], channel=channel)
-        )
 
 
 def _retry_after(headers: Any) -> float:

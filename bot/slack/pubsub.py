@@ -76,7 +76,7 @@ class JobPush:
             return PushResult(400, f"malformed push: {error}")
         if "kind" in job:
             with self.runtime.store.write(audited=False) as tx:
-                tx.enqueue_job(job["key"], job["kind"], job["payload"])
+                tx.jobs.enqueue(job["key"], job["kind"], job["payload"])
         status = self.runtime.worker.run_key(job["key"])
         log.info("job %s pushed: %s", job["key"], status)
         if status in ("done", "failed"):

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import exc as sql
 from sqlalchemy.pool import QueuePool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -109,3 +110,12 @@ def schema_is_current(engine: Engine) -> bool:
     except Exception:  # no table yet, or no database: let Alembic create it
         return False
     return bool(revisions) and current == revisions - parents
+
+
+def is_transient_fault(error: BaseException) -> bool:
+    """ERROR is the database unreachable or busy (a connection lost, a lock or statement
+    timeout): trying again later can succeed. What a value sets off (a DataError, an
+    IntegrityError) is not."""
+    if isinstance(error, sql.OperationalError | sql.InterfaceError | sql.TimeoutError):
+        return True
+    return isinstance(error, sql.DBAPIError) and error.connection_invalidated

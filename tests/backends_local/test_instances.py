@@ -51,7 +51,7 @@ def runtime(tmp_path: Path, repo: ImageRepo, sqlite_url: str) -> Any:
     yield runtime
     # Never leave a server behind, whatever the test did.
     with runtime.store.read() as tx:
-        rows = tx.instances(image=IMAGE)
+        rows = tx.instances.matching(image=IMAGE)
     for row in rows:
         if row["state"] == "running":
             runtime.app.backend.stop_instance(row["name"], row["details"])
@@ -75,7 +75,7 @@ def test_instance_is_started_reachable_recorded_listed_and_stopped(
     runtime.worker.run_until_idle()
 
     with runtime.store.read() as tx:
-        row = tx.instance("nlp-work")
+        row = tx.instances.get("nlp-work")
     assert row is not None
     assert (row["image"], row["env"], row["sha"], row["requested_by"]) == (
         IMAGE,
@@ -121,8 +121,8 @@ def test_instance_is_started_reachable_recorded_listed_and_stopped(
     assert not port_open(port)
     assert not Path(details["directory"]).exists()
     with runtime.store.read() as tx:
-        assert tx.instance("nlp-work")["state"] == "stopped"
-        actions = [entry.action for entry in tx.audit_entries(image=IMAGE)]
+        assert tx.instances.get("nlp-work")["state"] == "stopped"
+        actions = [entry.action for entry in tx.audit.entries(image=IMAGE)]
     assert "instance-ready" in actions
     assert "instance-stop" in actions
 
@@ -142,7 +142,7 @@ def test_instances_from_staging_and_fallback_are_pinned_to_their_sha(
     runtime.worker.run_until_idle()
 
     with runtime.store.read() as tx:
-        row = tx.instance("try-staging")
+        row = tx.instances.get("try-staging")
     assert row["sha"] == repo.sha("upgrade")
     checkout = Path(row["details"]["checkout"])
     assert "nltk==3.9.1" in (checkout / "requirements.txt").read_text()

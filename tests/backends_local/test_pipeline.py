@@ -178,7 +178,7 @@ def test_a_passing_staging_commit_is_built_recorded_and_published(
     assert versions[sha]["tests_passed"] is True
     assert versions[sha]["notebooks"] == {"passed": 2, "total": 2}
     with stack.store.read() as tx:
-        version = tx.get_version(IMAGE, sha)
+        version = tx.versions.get(IMAGE, sha)
     assert version is not None and version.report is not None
     assert version.build_id == final["id"]
     assert version.subject == "Move to TF 2.15 and upgrade nltk"
@@ -249,7 +249,7 @@ def test_a_commit_off_the_staging_branch_is_recorded_but_not_published(
     assert final["substitutions"]["BRANCH_NAME"] == ""
     assert stack.staging() is None
     with stack.store.read() as tx:
-        version = tx.get_version(IMAGE, sha)
+        version = tx.versions.get(IMAGE, sha)
     assert version is not None and version.tests_passed
 
 

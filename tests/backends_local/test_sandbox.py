@@ -146,7 +146,7 @@ def make_runtime(tmp_path: Path, repo: ImageRepo, db_url: str, **options: Any) -
 
 def stop_all(runtime: Any) -> None:
     with runtime.store.read() as tx:
-        rows = tx.instances(image=IMAGE)
+        rows = tx.instances.matching(image=IMAGE)
     for row in rows:
         if row["state"] == "running":
             runtime.app.backend.stop_instance(row["name"], row["details"])
@@ -161,7 +161,7 @@ def test_a_cell_in_a_local_instance_cannot_read_the_bots_secrets(
         runtime.app.handle(USER, f"instance {IMAGE} --name env-probe")
         runtime.worker.run_until_idle()
         with runtime.store.read() as tx:
-            row = tx.instance("env-probe")
+            row = tx.instances.get("env-probe")
         assert row["state"] == "running"
 
         environ = printed_environ(run_cell(row["url"], PRINT_ENVIRON))

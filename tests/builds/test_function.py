@@ -130,7 +130,7 @@ def test_each_delivery_mode_builds_one_thread(
     assert f"{notebook}, cell 4 (In [3]), line 2" in failure
     assert "`KeyError: 'missing'`" in failure
     with state.runtime.store.read() as tx:
-        version = tx.get_version(IMAGE, sha)
+        version = tx.versions.get(IMAGE, sha)
     assert version is not None and not version.tests_passed and version.build_id == build_id
 
 

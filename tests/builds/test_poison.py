@@ -390,7 +390,7 @@ def test_a_bad_character_in_the_commit_subject_does_not_block_staging(
 
     assert fn.staging() == sha
     with fn.world.runtime.store.read() as tx:
-        version = tx.get_version(IMAGE, sha)
+        version = tx.versions.get(IMAGE, sha)
     assert version is not None and version.subject == "Bump numpy"
 
 
@@ -441,7 +441,7 @@ def test_malformed_packages_of_a_test_report_are_left_out(fn: FunctionWorld) -> 
     assert fn.send(body, attributes) == 200
 
     with fn.world.runtime.store.read() as tx:
-        version = tx.get_version(IMAGE, sha)
+        version = tx.versions.get(IMAGE, sha)
     # What `diff` reads later is well-formed: the package list and the Python version.
     assert version is not None and version.report is not None
     assert version.report["packages"] == [{"name": "keras", "version": "3.0"}]

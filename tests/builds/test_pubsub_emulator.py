@@ -101,7 +101,7 @@ def test_cloud_builds_and_reports_topics_reach_one_thread(
         texts = [m.text for m in replies(slack, root)]
         assert any("`KeyError: 'missing'`" in text for text in texts)
         with state.runtime.store.read() as tx:
-            version = tx.get_version(IMAGE, sha)
+            version = tx.versions.get(IMAGE, sha)
         assert version is not None and not version.tests_passed
         assert version.report["packages"] == failed["packages"]
 

@@ -143,7 +143,7 @@ def test_staging_success_publishes_and_asks_testers(
     assert len(thread) == 3
     # The version keeps its report and package manifest.
     with runtime.store.read() as tx:
-        version = tx.get_version(IMAGE, sha)
+        version = tx.versions.get(IMAGE, sha)
     assert version is not None and version.tests_passed and version.build_id == build_id
     assert version.subject == "Pin keras 2.15" and version.branch == "staging"
     assert version.report["packages"] == report()["packages"]
@@ -161,7 +161,7 @@ def test_only_a_staging_branch_success_publishes(relay: Any, runtime: Any) -> No
 
     assert status(runtime)["environments"]["staging"] is None
     with runtime.store.read() as tx:
-        assert tx.get_version(IMAGE, failing) is None  # no image, no tests: no version
+        assert tx.versions.get(IMAGE, failing) is None  # no image, no tests: no version
 
 
 def test_test_failure_details_reach_the_thread(
@@ -418,7 +418,7 @@ def test_pubsub_envelope_carries_builds_and_reports(
     (root,) = roots(slack, sha)
     assert "cell 2 (In [1]), line 5: `ValueError: bad shape`" in replies(slack, root)[-1].text
     with runtime.store.read() as tx:
-        version = tx.get_version(IMAGE, sha)
+        version = tx.versions.get(IMAGE, sha)
     assert version is not None and not version.tests_passed
     assert json.dumps(version.report, sort_keys=True) == json.dumps(failed, sort_keys=True)
 

@@ -90,8 +90,8 @@ def test_concurrent_promotions_and_rollbacks(pg_cluster, config_file: Path):
     )
 
     with runtime.store.read() as tx:
-        history = tx.pointer_history(IMAGE)
-        entries = tx.audit_entries(image=IMAGE)
+        history = tx.pointers.history(IMAGE)
+        entries = tx.audit.entries(image=IMAGE)
     by_env: dict[str, list[dict]] = {}
     for row in history:
         by_env.setdefault(row["env"], []).append(row)

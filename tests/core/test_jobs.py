@@ -51,8 +51,8 @@ def test_a_crashing_job_is_retried_then_parked(runtime):
 
     worker = JobWorker(runtime.store, {"flaky": crash})
     with runtime.store.write(audited=False) as tx:
-        assert tx.enqueue_job("flaky:1", "flaky", {"n": 1}) is True
-        assert tx.enqueue_job("flaky:1", "flaky", {"n": 1}) is False  # same key: one job
+        assert tx.jobs.enqueue("flaky:1", "flaky", {"n": 1}) is True
+        assert tx.jobs.enqueue("flaky:1", "flaky", {"n": 1}) is False  # same key: one job
     assert worker.run_until_idle() == MAX_ATTEMPTS
     (job,) = _jobs(runtime)
     assert (job.status, job.attempts) == ("failed", MAX_ATTEMPTS)
@@ -62,7 +62,7 @@ def test_a_crashing_job_is_retried_then_parked(runtime):
 
 def test_an_unknown_job_kind_fails_with_a_reason(runtime):
     with runtime.store.write(audited=False) as tx:
-        tx.enqueue_job("odd:1", "odd", {})
+        tx.jobs.enqueue("odd:1", "odd", {})
     assert JobWorker(runtime.store, {}).run_once() is True
     (job,) = _jobs(runtime)
     assert job.status == "failed" and "no handler for job kind 'odd'" in job.error
@@ -84,7 +84,7 @@ def test_a_running_job_keeps_its_lease_while_its_worker_lives(runtime):
     live = JobWorker(runtime.store, {"slow": slow}, lease=lease)
     rival = JobWorker(runtime.store, {"slow": stolen.append}, lease=lease)
     with runtime.store.write(audited=False) as tx:
-        tx.enqueue_job("slow:1", "slow", {"n": 1})
+        tx.jobs.enqueue("slow:1", "slow", {"n": 1})
     running = threading.Thread(target=live.run_once)
     running.start()
     try:
@@ -113,7 +113,7 @@ def test_a_job_whose_worker_keeps_dying_is_parked_and_its_asker_told(runtime):
         raise SystemExit("the worker process goes down with the job")
 
     with runtime.store.write(audited=False) as tx:
-        tx.enqueue_job("doomed:1", "doomed", {"actor": OWNER, "response_url": url})
+        tx.jobs.enqueue("doomed:1", "doomed", {"actor": OWNER, "response_url": url})
     for attempt in range(1, MAX_ATTEMPTS + 2):
         # Each worker comes after the previous one's lease ran out.
         at = utcnow() + attempt * 2 * LEASE
@@ -162,7 +162,7 @@ def test_a_yes_rollback_racing_a_promote_rolls_back_what_its_owner_saw_or_nothin
     assert f"you saw staging `{b[:7]}`, production `{b[:7]}`, fallback `{a[:7]}`" in text
     assert answer.payload["user"] == OWNER
     with runtime.store.read() as tx:
-        entry = tx.audit_entries(image=IMAGE)[-1]
+        entry = tx.audit.entries(image=IMAGE)[-1]
     assert (entry.actor, entry.action, entry.outcome) == (OWNER, "rollback", "refused")
     assert "changed since you asked" in entry.details["reason"]
 

@@ -19,12 +19,12 @@ def envs(runtime, image: str = IMAGE) -> dict[str, str | None]:
 
 def last_audit(runtime):
     with runtime.store.read() as tx:
-        return tx.audit_entries()[-1]
+        return tx.audit.entries()[-1]
 
 
 def audit_count(runtime) -> int:
     with runtime.store.read() as tx:
-        return tx.audit_count()
+        return tx.audit.count()
 
 
 def in_production(runtime, sha: str, image: str = IMAGE) -> None:
@@ -309,7 +309,7 @@ def test_a_build_name_gives_no_one_the_pipelines_rights(runtime):
     pipeline; a string that merely reads `build:…` is no Slack user ID: bad input."""
     runtime.app.publish(OWNER, IMAGE, A)
     with runtime.store.read() as tx:
-        before = (tx.image_state(IMAGE), tx.freeze(IMAGE), tx.verdicts(IMAGE, A))
+        before = (tx.pointers.state(IMAGE), tx.freezes.get(IMAGE), tx.approvals.standing(IMAGE, A))
     count = audit_count(runtime)
     for impostor in ("build:evil", "build:0f5e6a7b"):
         for text in (f"freeze {IMAGE} takeover", f"approve {IMAGE}", f"promote {IMAGE} --yes"):
@@ -320,7 +320,11 @@ def test_a_build_name_gives_no_one_the_pipelines_rights(runtime):
         with pytest.raises(BadInput, match="is not a Slack user ID"):
             runtime.app.visible_images(impostor)
     with runtime.store.read() as tx:
-        assert (tx.image_state(IMAGE), tx.freeze(IMAGE), tx.verdicts(IMAGE, A)) == before
+        assert (
+            tx.pointers.state(IMAGE),
+            tx.freezes.get(IMAGE),
+            tx.approvals.standing(IMAGE, A),
+        ) == before
     assert audit_count(runtime) == count
 
     # The pipeline itself publishes, under its build's name.
@@ -372,7 +376,7 @@ def test_publish_retried_with_its_key_has_one_effect(runtime):
 
 def _running_instance(runtime, name: str, owner: str, sha: str) -> None:
     with runtime.store.write(audited=False) as tx:
-        tx.add_instance(
+        tx.instances.add(
             name=name,
             image=IMAGE,
             env="production",
@@ -401,7 +405,7 @@ def test_a_refused_stop_of_someone_elses_instance_is_on_the_images_record(runtim
         line = history.text.splitlines()[-1]
         assert "(REFUSED)" in line and "belongs to <@U06USER>" in line
     with runtime.store.read() as tx:
-        assert tx.instance("nlp-work")["state"] == "running"
+        assert tx.instances.get("nlp-work")["state"] == "running"
 
 
 @pytest.mark.parametrize("who", [OWNER, TESTER])

@@ -16,10 +16,10 @@ def test_a_read_does_not_wait_for_a_writer_and_sees_committed_state(db_url):
 
     def reader() -> None:
         with store.read() as tx:
-            seen.append(tx.audit_head()[0])
+            seen.append(tx.audit.head()[0])
 
     with store.write() as tx:
-        tx.append_audit(actor="U01OWNER", action="freeze", image=None, sha=None)
+        tx.audit.append(actor="U01OWNER", action="freeze", image=None, sha=None)
         thread = threading.Thread(target=reader)
         thread.start()
         thread.join(timeout=10)
@@ -34,8 +34,8 @@ def test_claim_is_true_once_per_key(db_url):
     upgrade(engine)
     store = Store(engine)
     with store.write(audited=False) as tx:
-        assert tx.claim("slack:T1") is True
-        assert tx.claim("slack:T1") is False
+        assert tx.idempotency.claim("slack:T1") is True
+        assert tx.idempotency.claim("slack:T1") is False
     with store.write(audited=False) as tx:
-        assert tx.claim("slack:T1") is False
-        assert tx.claim("slack:T2") is True
+        assert tx.idempotency.claim("slack:T1") is False
+        assert tx.idempotency.claim("slack:T2") is True

@@ -103,10 +103,10 @@ def test_killed_after_each_registry_step_then_recovered(
     )
     assert google.env_tags(IMAGE) == expected
     with runtime.store.read() as tx:
-        state = tx.image_state(IMAGE)
+        state = tx.pointers.state(IMAGE)
         assert {env.value: state.sha(env) for env in state.pointers} == expected
-        assert tx.pending_operations() == []
-        actions = [(e.action, e.sha, e.outcome) for e in tx.audit_entries(image=IMAGE)]
+        assert tx.sagas.pending() == []
+        actions = [(e.action, e.sha, e.outcome) for e in tx.audit.entries(image=IMAGE)]
     target = second if action == "promote" else first
     assert (action, target, "ok") in actions
     assert actions[-1] == ("sync", None, "ok")  # the recovery itself is on record
@@ -200,7 +200,7 @@ def test_a_queued_promote_whose_worker_was_killed_is_retried_within_a_minute_as_
         assert status["environments"]["staging"]["sha"] == second
         assert google.env_tags(IMAGE)["production"] is None
         with runtime.store.read() as tx:
-            entry = tx.audit_entries(image=IMAGE)[-1]
+            entry = tx.audit.entries(image=IMAGE)[-1]
         assert (entry.actor, entry.action, entry.outcome) == (OWNER, "promote", "refused")
         assert "changed since you asked" in entry.details["reason"]
         assert runtime.app.verify_audit().ok

@@ -105,7 +105,7 @@ def test_build_relay_approve_promote_instance_and_rollback_on_gcp(
     assert reply.data["synced"] is True
     assert google.env_tags(IMAGE) == {"staging": second, "production": first, "fallback": first}
     with gcp_runtime.store.read() as tx:
-        assert tx.get_version(IMAGE, second).revoked
+        assert tx.versions.get(IMAGE, second).revoked
 
     relay.sender.drain()
     rolled_back = _thread(slack, second)

@@ -180,7 +180,7 @@ def test_an_instance_from_fallback_is_pinned_to_fallbacks_sha_and_recorded(
     assert instance["labels"]["nbenv-env"] == "fallback"
     assert reply.data["sha"] == first != second
     with gcp_runtime.store.read() as tx:
-        row = tx.instance("my-fallback")
+        row = tx.instances.get("my-fallback")
     assert (row["sha"], row["backend"], row["state"]) == (first, "gcp", "starting")
 
 
@@ -192,7 +192,7 @@ def test_a_refused_create_leaves_no_instance_recorded(gcp_runtime, google) -> No
     gcp_runtime.worker.run_until_idle()
 
     with gcp_runtime.store.read() as tx:
-        assert tx.instance("mine") is None
+        assert tx.instances.get("mine") is None
     assert google.instances == {}
 
 

@@ -39,7 +39,7 @@ def _outbox_texts(runtime) -> list[str]:  # type: ignore[no-untyped-def]
 
 def _audit(runtime) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     with runtime.store.read() as tx:
-        return [(entry.action, entry.outcome) for entry in tx.audit_entries()]
+        return [(entry.action, entry.outcome) for entry in tx.audit.entries()]
 
 
 def test_promote_moves_fallback_then_production_and_keeps_the_old_production(
@@ -82,7 +82,7 @@ def test_publishing_a_sha_that_was_never_pushed_is_refused_and_changes_nothing(
 
     assert "is not in the registry" in str(refused.value)
     with gcp_runtime.store.read() as tx:
-        assert tx.image_state(IMAGE).sha(Env.STAGING) is None
+        assert tx.pointers.state(IMAGE).sha(Env.STAGING) is None
     assert google.mutations() == []
     assert _operations(gcp_runtime) == []
 
@@ -131,7 +131,7 @@ def test_rollback_is_not_blocked_by_a_registry_that_is_down(gcp_runtime, google)
 
     assert reply.data["synced"] is False
     with gcp_runtime.store.read() as tx:
-        assert tx.get_version(IMAGE, second).revoked
+        assert tx.versions.get(IMAGE, second).revoked
     google.clear_faults()
     gcp_runtime.app.recover()
     assert google.env_tags(IMAGE)["production"] == first

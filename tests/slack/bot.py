@@ -398,12 +398,12 @@ def in_production(rt: Any, image: str, *labels: str) -> list[str]:
 
 def audit(rt: Any, image: str) -> list[Any]:
     with rt.store.read() as tx:
-        return tx.audit_entries(image=image)
+        return tx.audit.entries(image=image)
 
 
 def pointers(rt: Any, image: str) -> dict[str, str | None]:
     with rt.store.read() as tx:
-        state = tx.image_state(image)
+        state = tx.pointers.state(image)
     from bot.domain.names import Env
 
     return {env.value: state.sha(env) for env in Env}

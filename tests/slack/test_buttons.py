@@ -72,7 +72,7 @@ def test_roles_are_checked_when_the_button_is_pressed(
     assert "approve on " + image + " needs the tester role" in blocks_text(answer)
     assert answer["response_type"] == "ephemeral"
     with rt.store.read() as tx:
-        assert tx.verdicts(image, commit) == []
+        assert tx.approvals.standing(image, commit) == []
     assert audit(rt, image)[-1].outcome == "refused"
 
 
@@ -93,7 +93,7 @@ def test_reject_asks_why_in_a_dialog_and_escapes_the_reason(
     assert empty.json["response_action"] == "errors"
     assert "reason" in empty.json["errors"]
     with rt.store.read() as tx:
-        assert tx.verdicts(image, commit) == []
+        assert tx.approvals.standing(image, commit) == []
 
     done = server.submit(TESTER, view, {"reason": {"reason_input": {"value": INJECTION}}})
 
@@ -106,7 +106,7 @@ def test_reject_asks_why_in_a_dialog_and_escapes_the_reason(
     assert "&lt;!channel&gt;" in shown
     assert "&amp;amp; now" in shown
     with rt.store.read() as tx:
-        (verdict,) = tx.verdicts(image, commit)
+        (verdict,) = tx.approvals.standing(image, commit)
     assert (verdict.user, verdict.approved, verdict.reason) == (TESTER, False, INJECTION)
 
 

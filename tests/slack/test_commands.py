@@ -122,7 +122,7 @@ def test_approve_and_reject_from_the_command_line(
     reply = wait_message(slack, "breaks the tokenizer")
     assert reply.thread_ts == root.ts  # in the thread of the SHA concerned
     with rt.store.read() as tx:
-        verdicts = {v.user: v.approved for v in tx.verdicts(image, commit)}
+        verdicts = {v.user: v.approved for v in tx.approvals.standing(image, commit)}
     assert verdicts == {TESTER: True, TESTER2: False}
 
 
@@ -133,7 +133,7 @@ def test_promote_shows_the_plan_then_promotes_when_confirmed(
     v2 = published(rt, image, "v2")
     rt.app.handle(TESTER, f"approve {image}")
     with rt.store.write() as tx:  # someone works on an instance of the current production
-        tx.add_instance(
+        tx.instances.add(
             name="ana-prod",
             image=image,
             env="production",
@@ -207,7 +207,7 @@ def test_rollback_asks_then_rolls_back_and_revokes(
     assert "rolled back production" in blocks_text(wait_response(slack, press_url))
     assert pointers(rt, image)["production"] == v1
     with rt.store.read() as tx:
-        assert tx.get_version(image, v2).revoked
+        assert tx.versions.get(image, v2).revoked
 
 
 def test_rollback_to_an_earlier_sha(server: BotServer, rt, image: str, slack) -> None:  # type: ignore[no-untyped-def]
@@ -240,7 +240,7 @@ def test_instances_lists_the_running_ones(
 ) -> None:  # type: ignore[no-untyped-def]
     (v1,) = in_production(rt, image, "v1")
     with rt.store.write() as tx:
-        tx.add_instance(
+        tx.instances.add(
             name=f"box-{image.replace('.', '-')}",
             image=image,
             env="production",

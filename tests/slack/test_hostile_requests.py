@@ -168,7 +168,7 @@ def test_the_reject_dialogs_limit_holds_on_the_server(
     assert answer.json["response_action"] == "errors"
     assert f"at most {MAX_REASON:,}" in answer.json["errors"]["reason"]
     with rt.store.read() as tx:
-        assert tx.verdicts(image, commit) == []
+        assert tx.approvals.standing(image, commit) == []
 
 
 # -- the signature's timestamp -----------------------------------------------------------------

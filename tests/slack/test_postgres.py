@@ -96,6 +96,6 @@ class TestTheBotOnPostgres:
         assert [froze.status, approved.status] == [400, 400]
         assert "'build:evil' is not a Slack user ID" in froze.text
         with rt.store.read() as tx:
-            assert tx.freeze(image) is None
-            assert tx.verdicts(image, commit) == []
+            assert tx.freezes.get(image) is None
+            assert tx.approvals.standing(image, commit) == []
         assert audit(rt, image) == before

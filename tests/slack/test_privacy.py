@@ -68,7 +68,7 @@ def config_path(workdir: Path, repo: ImageRepo) -> Path:
 def anas_instance(rt: Any, image: str, sha: str) -> str:
     name = f"ana-{image.replace('.', '-')}"
     with rt.store.write() as tx:
-        tx.add_instance(
+        tx.instances.add(
             name=name,
             image=image,
             env="production",
@@ -139,7 +139,7 @@ def test_history_hides_the_links_older_versions_wrote_in_the_audit_log(
 ) -> None:
     (v1,) = in_production(rt, image, "v1")
     with rt.store.write() as tx:  # as nbenv recorded a ready instance before this fix
-        tx.append_audit(
+        tx.audit.append(
             actor=USER,
             action="instance-ready",
             image=image,
@@ -174,15 +174,15 @@ def test_a_slack_user_gets_no_unisolated_instance_unless_the_operator_shares_the
     assert "creating instance `ana-real`" in ack.shown
     answer = blocks_text(wait_response(slack, url, timeout=60))
     with rt.store.read() as tx:
-        started = tx.instance("ana-real")
+        started = tx.instances.get("ana-real")
     if started is not None:  # only when nothing refused it: leave no server behind
         rt.app.backend.stop_instance("ana-real", started["details"])
     assert "instance failed" in answer
     assert "as the OS user of nbenv" in answer
     assert "local.shared_instances" in answer
     with rt.store.read() as tx:
-        assert tx.instance("ana-real") is None
-        (refused,) = [e for e in tx.audit_entries(image=REAL) if e.outcome == "refused"]
+        assert tx.instances.get("ana-real") is None
+        (refused,) = [e for e in tx.audit.entries(image=REAL) if e.outcome == "refused"]
     assert (refused.actor, refused.action) == (USER, "instance")
     assert "local.shared_instances" in refused.details["reason"]
 
@@ -235,7 +235,7 @@ def console_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     runtime.app.handle(OWNER, f"promote {REAL}")
     yield env
     with runtime.store.read() as tx:
-        rows = tx.instances(image=REAL)
+        rows = tx.instances.matching(image=REAL)
     backend = build_runtime(str(config), db_url, run_by_operator=True).app.backend
     for row in rows:  # never leave a server behind
         if row["state"] == "running":

@@ -24,7 +24,7 @@ from tests.support.slack_api import FakeSlackApi
 
 def _frozen(rt, image: str) -> bool:  # type: ignore[no-untyped-def]
     with rt.store.read() as tx:
-        return tx.freeze(image) is not None
+        return tx.freezes.get(image) is not None
 
 
 def _send(server: BotServer, case: str, body: bytes):  # type: ignore[no-untyped-def]
@@ -124,7 +124,7 @@ def test_a_retried_button_press_has_one_effect(
     assert len(channel_messages(slack, f"approved `{commit[:7]}`")) == 1
     assert [e.action for e in audit(rt, image)].count("approve") == 1
     with rt.store.read() as tx:
-        assert [v.user for v in tx.verdicts(image, commit)] == [TESTER]
+        assert [v.user for v in tx.approvals.standing(image, commit)] == [TESTER]
 
 
 def test_health_check(server: BotServer) -> None:
@@ -219,7 +219,7 @@ def test_a_button_press_or_dialog_from_no_slack_user_is_refused_and_changes_noth
         _refused_as_malformed(server.submit(impostor, {**dialog, "id": "V0FORGED"}, reason))
 
     with rt.store.read() as tx:
-        assert tx.verdicts(image, commit) == []
+        assert tx.approvals.standing(image, commit) == []
     assert audit(rt, image) == before
     assert len(slack.calls("views.open")) == opened
     # The very same press by a tester counts: only the presser's ID was refused.

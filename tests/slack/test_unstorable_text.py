@@ -51,7 +51,7 @@ def test_nul_in_freeze_reject_and_rollback_reasons_is_stored_not_a_500(
     assert f"nul{STAND_IN}byte" in rt.app.handle(OWNER, f"status {image}").text
     with rt.store.read() as tx:
         reasons = tx.connection.execute(select(t.verdicts.c.reason)).scalars().all()
-        revoked = tx.get_version(image, v2)
+        revoked = tx.versions.get(image, v2)
     assert f"crashes{STAND_IN}on import" in reasons
     assert revoked is not None and revoked.revoked_reason == f"bad{STAND_IN}release"
     # The audit log keeps them as written (JSON holds NUL) and its chain still verifies.

@@ -21,11 +21,8 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-
 from bot.backends.gcp.clients import Caller, Clients, Op
 from bot.domain.errors import NbenvError
-from bot.store import tables as t
 from bot.store.uow import Store, iso
 
 log = logging.getLogger(__name__)
@@ -101,12 +98,7 @@ class JobDispatcher:
         """
         now = self.store.clock()
         with self.store.read() as tx:
-            rows = tx.connection.execute(
-                select(t.jobs.c.id, t.jobs.c.dedupe_key, t.jobs.c.kind, t.jobs.c.payload)
-                .where(t.jobs.c.status == "queued", t.jobs.c.available_at <= iso(now))
-                .order_by(t.jobs.c.id)
-                .limit(limit)
-            ).all()
+            rows = tx.jobs.due(iso(now), limit)
         published = 0
         for row in rows:
             try:
@@ -115,10 +107,6 @@ class JobDispatcher:
                 log.warning("could not publish job %s: %s", row.dedupe_key, error.message)
                 break  # Pub/Sub is unreachable or refusing: the rest would fail the same way
             with self.store.write(audited=False) as tx:
-                tx.connection.execute(
-                    update(t.jobs)
-                    .where(t.jobs.c.id == row.id, t.jobs.c.status == "queued")
-                    .values(available_at=iso(now + self.redispatch_after))
-                )
+                tx.jobs.postpone(row.id, until=iso(now + self.redispatch_after))
             published += 1
         return published

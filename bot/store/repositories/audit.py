@@ -1,0 +1,161 @@
+"""The audit log: a hash chain whose head row serialises writers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import Connection, Text, and_, cast, func, insert, or_, select, update
+
+from bot.domain.audit import AuditEntry, AuditKey, UnreadableEntry, entry_hash
+from bot.domain.errors import NbenvError
+from bot.domain.names import is_full_sha
+from bot.store import tables as t
+from bot.store.repositories._base import Repository
+
+
+class AuditLog(Repository):
+    __slots__ = ("key",)
+
+    def __init__(self, connection: Connection, now: str, key: AuditKey | None) -> None:
+        super().__init__(connection, now)
+        self.key = key  # seals every entry written (HMAC); None: plain SHA-256
+
+    def lock_head(self) -> tuple[int, str]:
+        """The last seq and hash, locked until the transaction ends (on PostgreSQL; SQLite
+        holds the database's write lock already)."""
+        statement = select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
+        if self.connection.dialect.name == "postgresql":
+            statement = statement.with_for_update()
+        row = self.connection.execute(statement).first()
+        if row is None:
+            # Someone deleted it: appending would start a second chain. Nothing is recorded
+            # (so nothing changes) until an operator has looked.
+            raise NbenvError(
+                "the audit log's head row is missing, so nothing can be recorded: "
+                "run `nbenv audit verify` and restore the database"
+            )
+        return row.seq, row.hash
+
+    def append(
+        self,
+        *,
+        actor: str,
+        action: str,
+        image: str | None,
+        sha: str | None,
+        outcome: str = "ok",
+        details: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        seq, prev_hash = self.lock_head()
+        key = self.key
+        # Hashed as stored: the text columns replace what no database can hold, and the
+        # details lose lone surrogates (from non-UTF-8 argv or `\udXXX` escapes), which
+        # the hash's UTF-8 could not encode either.
+        actor, action, outcome = t.storable(actor), t.storable(action), t.storable(outcome)
+        image = None if image is None else t.storable(image)
+        sha = None if sha is None else t.storable(sha)
+        details = json.loads(t.storable(json.dumps(details or {}, ensure_ascii=False)))
+        entry = AuditEntry(
+            seq=seq + 1,
+            at=self.now,
+            actor=actor,
+            action=action,
+            image=image,
+            sha=sha,
+            outcome=outcome,
+            details=details or {},
+            prev_hash=prev_hash,
+            key_id=key.key_id if key else None,
+        )
+        digest = entry_hash(
+            prev_hash=prev_hash,
+            seq=entry.seq,
+            at=entry.at,
+            actor=actor,
+            action=action,
+            image=image,
+            sha=sha,
+            outcome=outcome,
+            details=entry.details,
+            key=key,
+        )
+        self.connection.execute(insert(t.audit_log).values(**{**asdict(entry), "hash": digest}))
+        self.connection.execute(
+            update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=entry.seq, hash=digest)
+        )
+        return AuditEntry(**{**asdict(entry), "hash": digest})
+
+    def entries(
+        self, *, image: str | None = None, sha: str | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
+        """Entries of IMAGE (and concerning SHA), oldest first; an entry whose details
+        cannot be read shows that instead of failing the whole answer."""
+        statement = _audit_rows()
+        conditions = []
+        if image is not None:
+            conditions.append(t.audit_log.c.image == image)
+        if sha is not None and is_full_sha(sha):
+            # Filed under SHA, or naming it in its details (a rollback that revoked it is
+            # filed under its target): the text match only narrows, concerned_shas decides.
+            conditions.append(
+                or_(t.audit_log.c.sha == sha, cast(t.audit_log.c.details, Text).contains(sha))
+            )
+        elif sha is not None:
+            conditions.append(t.audit_log.c.sha.like(sha + "%"))
+        if conditions:
+            statement = statement.where(and_(*conditions))
+        if limit:
+            inner = statement.order_by(t.audit_log.c.seq.desc()).limit(limit).subquery()
+            rows = sorted(self.connection.execute(select(inner)), key=lambda r: r.seq)
+        else:
+            rows = list(self.connection.execute(statement.order_by(t.audit_log.c.seq)))
+        entries = []
+        for row in rows:
+            entry = _audit_entry(row)
+            if isinstance(entry, UnreadableEntry):
+                values = {**row._mapping, "details": {"unreadable": entry.problem}}
+                entry = AuditEntry(**values)
+            entries.append(entry)
+        if sha is not None and is_full_sha(sha):
+            entries = [entry for entry in entries if sha in entry.concerned_shas()]
+        return entries
+
+    def chain(self) -> Iterator[AuditEntry | UnreadableEntry]:
+        """Every entry, oldest first, as written (for `audit verify`): streamed, and a row
+        that cannot be read is reported as such, not raised."""
+        statement = _audit_rows().order_by(t.audit_log.c.seq).execution_options(yield_per=500)
+        result = self.connection.execute(statement)
+        try:
+            for row in result:
+                yield _audit_entry(row)
+        finally:  # a check that stops early closes the (server-side) cursor here
+            result.close()
+
+    def head(self) -> tuple[int, str] | None:
+        """The last seq and hash written; None when the head row was deleted."""
+        row = self.connection.execute(
+            select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
+        ).first()
+        return None if row is None else (row.seq, row.hash)
+
+    def count(self) -> int:
+        return self.connection.execute(select(func.count()).select_from(t.audit_log)).scalar_one()
+
+
+def _audit_rows() -> Any:
+    """The audit log with its details as the text stored, parsed by _audit_entry: a row
+    edited to hold invalid JSON must not fail the read."""
+    columns = [c for c in t.audit_log.c if c.name != "details"]
+    return select(*columns, cast(t.audit_log.c.details, Text).label("details"))
+
+
+def _audit_entry(row: Any) -> AuditEntry | UnreadableEntry:
+    values = dict(row._mapping)
+    try:
+        values["details"] = json.loads(values["details"])
+    except (TypeError, ValueError, RecursionError):
+        return UnreadableEntry(row.seq, "its details are not valid JSON: the row was edited")
+    return AuditEntry(**values)

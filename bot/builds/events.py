@@ -309,10 +309,30 @@ def _created(build_id: str, value: Any) -> str:
         raise BadEvent(f"build {build_id}: createTime: {error.message}") from None
 
 
-def _provenance_sha(build: Mapping[str, Any]) -> Any:
-    provenance = build.get("sourceProvenance") or {}
-    resolved = provenance.get("resolvedRepoSource") if isinstance(provenance, Mapping) else None
-    return resolved.get("commitSha") if isinstance(resolved, Mapping) else None
+# Where a Build names its commit when `substitutions.COMMIT_SHA` is missing, resolved
+# ones first (google.devtools.cloudbuild.v1, cloudbuild_v1/types/cloudbuild.py):
+# SourceProvenance.resolved_git_source (GitHub triggers), .resolved_connected_repository
+# (2nd-gen repositories) and .resolved_repo_source (Cloud Source Repositories) hold the
+# commit the build fetched; Source.git_source and .connected_repository hold the revision
+# asked for, which counts only when it already is a full SHA (it may be a branch).
+_SHA_PATHS = (
+    ("sourceProvenance", "resolvedGitSource", "revision"),
+    ("sourceProvenance", "resolvedConnectedRepository", "revision"),
+    ("sourceProvenance", "resolvedRepoSource", "commitSha"),
+    ("source", "gitSource", "revision"),
+    ("source", "connectedRepository", "revision"),
+)
+
+
+def _provenance_sha(build: Mapping[str, Any]) -> str | None:
+    """The first full commit SHA at one of _SHA_PATHS; anything else there is left out."""
+    for path in _SHA_PATHS:
+        value: Any = build
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if isinstance(value, str) and len(value) == 40 and is_full_sha(value.lower()):
+            return value
+    return None
 
 
 def _shown(value: Any) -> str:

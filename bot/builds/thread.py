@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from bot.builds import messages
 from bot.builds.events import FAILED, BuildEvent
+from bot.domain.builds import success_action
 
 ROOT_RELAY = "relay"
 ROOT_FOREIGN = "foreign"
@@ -171,13 +172,7 @@ def _fill_in(event: BuildEvent, current: BuildEvent) -> BuildEvent:
 
 
 def _success_action(event: BuildEvent, branches: Branches) -> str | None:
-    if event.branch is None:
-        return None
-    if event.branch == branches.staging:
-        return "publish"
-    if event.branch == branches.production:
-        return "promote"
-    return None
+    return success_action(event.branch, branches.staging, branches.production)
 
 
 def _with_action(state: Mapping[str, Any], key: str) -> dict[str, str]:

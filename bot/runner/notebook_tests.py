@@ -40,6 +40,11 @@ Conventions:
   ``REPORT_DIR/executed/NAME.ipynb``; their metadata ``nbenv_runner`` holds the status
   and the seconds spent starting the kernel, executing and shutting down. Without
   ``--report`` nothing is written (the report is also returned by ``run_notebooks``).
+* Sizes are bounded, so the report fits one Pub/Sub message and a Slack thread: ``ename``,
+  ``evalue`` and each traceback line are cut (``… [N characters cut]``), the traceback
+  keeps its last 15 lines, and a report over 1 MB is cut further (long tracebacks, then
+  all tracebacks, then the package manifest, then passing verdicts) with a top-level
+  ``truncated`` saying what went. Executed notebooks keep their outputs whole.
 * ``packages``: installed Python distributions (names normalised as in PEP 503), plus,
   when ``conda`` is on PATH and this interpreter lives in a conda environment, that
   environment's non-Python conda packages marked ``"source": "conda"``.
@@ -89,6 +94,17 @@ INTERRUPT_GRACE_S = 5.0
 KERNEL_START_TIMEOUT_S = 60.0
 TRACEBACK_LINES = 15
 STATUSES = ("passed", "failed", "timeout", "error")
+
+# The report travels through Pub/Sub (10 MB per message, which base64 grows by a third)
+# into the version record and a Slack thread. A notebook that raises with megabytes of
+# message, or whose traceback quotes a huge line, must not make it undeliverable: each
+# field is cut (visibly: CUT_MARK says how much went), and the whole report is capped.
+ENAME_CHARS = 200
+EVALUE_CHARS = 2000
+TRACEBACK_LINE_CHARS = 1000
+TRACEBACK_CHARS = 8000
+MAX_REPORT_BYTES = 1_000_000
+CUT_MARK = "… [{} characters cut]"
 
 
 class UsageError(ValueError):
@@ -194,9 +210,21 @@ def error_line(traceback: list[str] | str, execution_count: int | None = None) -
     return lines[-1] if lines else None
 
 
-def _short_traceback(traceback: list[str] | str) -> str:
+def cut_text(text: str, limit: int) -> str:
+    """TEXT with at most LIMIT characters of it kept, and a mark saying what was cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + CUT_MARK.format(len(text) - limit)
+
+
+def _short_traceback(traceback: list[str] | str, limit: int = TRACEBACK_CHARS) -> str:
+    """The last TRACEBACK_LINES lines, each cut to TRACEBACK_LINE_CHARS, LIMIT in all
+    (the end is kept: it names the error)."""
     lines = _traceback_text(traceback).rstrip("\n").splitlines()
-    return "\n".join(lines[-TRACEBACK_LINES:])
+    text = "\n".join(cut_text(line, TRACEBACK_LINE_CHARS) for line in lines[-TRACEBACK_LINES:])
+    if len(text) <= limit:
+        return text
+    return CUT_MARK.format(len(text) - limit) + " …" + text[len(text) - limit :]
 
 
 def _failure(
@@ -211,8 +239,8 @@ def _failure(
         "cell": cell,
         "execution_count": execution_count,
         "line": line,
-        "ename": ename,
-        "evalue": evalue,
+        "ename": cut_text(str(ename), ENAME_CHARS),
+        "evalue": cut_text(str(evalue), EVALUE_CHARS),
         "traceback": _short_traceback(traceback),
     }
 
@@ -677,9 +705,78 @@ def run_notebooks(
             for i in range(len(notebooks))
         ],
     }
+    report = bound_report(report)
     if report_file is not None:
         _write_json(report_file, report)
     return report
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value).encode())
+
+
+def bound_report(report: dict[str, Any], limit: int = MAX_REPORT_BYTES) -> dict[str, Any]:
+    """REPORT cut to at most LIMIT bytes of JSON, marked with `truncated` when cut.
+
+    What goes first is what a person needs least: long tracebacks, then tracebacks and
+    long messages altogether, then the package manifest; the verdict of every notebook
+    (path and status) stays as long as it fits at all. Works on any report shape
+    (`config/cloudbuild/publish_report.py` applies it to what it is given)."""
+    size = _json_size(report)
+    if size <= limit:
+        return report
+    bounded = dict(report)
+    notebooks = [dict(n) for n in report.get("notebooks") or [] if isinstance(n, dict)]
+    bounded["notebooks"] = notebooks
+    marker = f"the report was {size} bytes: cut to fit {limit}"
+    bounded["truncated"] = marker
+
+    def shorten(traceback_chars: int | None, evalue_chars: int) -> None:
+        for entry in notebooks:
+            failure = entry.get("failure")
+            if not isinstance(failure, dict):
+                continue
+            failure = entry["failure"] = dict(failure)
+            for key, chars in (("traceback", traceback_chars), ("evalue", evalue_chars)):
+                value = failure.get(key)
+                if not isinstance(value, str):
+                    continue
+                if chars is None:
+                    failure[key] = CUT_MARK.format(len(value)) if value else ""
+                elif key == "traceback":
+                    failure[key] = _short_traceback(value, chars)
+                else:
+                    failure[key] = cut_text(value, chars)
+            if isinstance(failure.get("ename"), str):
+                failure["ename"] = cut_text(failure["ename"], ENAME_CHARS)
+        for entry in notebooks:
+            if isinstance(entry.get("path"), str):
+                entry["path"] = cut_text(entry["path"], 1000)
+
+    steps = (
+        ("long tracebacks shortened", lambda: shorten(1000, 500)),
+        ("tracebacks left out", lambda: shorten(None, 200)),
+        ("package manifest left out", lambda: bounded.pop("packages", None)),
+    )
+    for what, step in steps:
+        step()
+        bounded["truncated"] = marker = f"{marker}; {what}"
+        if _json_size(bounded) <= limit:
+            return bounded
+    # Still too big: only so many verdicts fit. Keep the failures first, then the rest.
+    order = sorted(range(len(notebooks)), key=lambda i: notebooks[i].get("status") == "passed")
+    kept: list[int] = []
+    budget = limit - _json_size({**bounded, "notebooks": []}) - 200
+    for index in order:
+        cost = _json_size(notebooks[index]) + 2
+        if cost > budget:
+            break
+        budget -= cost
+        kept.append(index)
+    left_out = len(notebooks) - len(kept)
+    bounded["notebooks"] = [notebooks[i] for i in sorted(kept)]
+    bounded["truncated"] = f"{marker}; {left_out} notebook(s) left out"
+    return bounded
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

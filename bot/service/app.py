@@ -19,6 +19,7 @@ from typing import Any
 from bot.config import Config
 from bot.domain import operations as ops
 from bot.domain.audit import ChainCheck, verify_chain
+from bot.domain.builds import what_a_build_will_do
 from bot.domain.commands import Command, help_text, parse
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.model import ImageState, Version
@@ -953,7 +954,16 @@ class Nbenv:
         image = command.image
         assert image
         self._require(actor, image, Role.OWNER, "build")
-        ref = command.ref or self.config.images[image].source.staging_branch
+        source = self.config.images[image].source
+        ref = command.ref or source.staging_branch
+        # Full SHAs are commits on every backend (Cloud Build runs the trigger by
+        # `commitSha`); anything else is taken as a branch until the backend resolves it.
+        will = what_a_build_will_do(
+            ref,
+            is_branch=not is_full_sha(ref.lower()),
+            staging_branch=source.staging_branch,
+            production_branch=source.production_branch,
+        )
         job_key = key or f"build:{image}:{ref}:{uuid.uuid4()}"
         with self._write(key) as tx:
             if tx is None:
@@ -961,8 +971,8 @@ class Nbenv:
             payload = {"image": image, "ref": ref, "actor": actor}
             self._queue(tx, "build", job_key, payload, reply_to, sha=None, details={"ref": ref})
         return Reply(
-            f"🏗 build of {image} at `{escape(ref)}` queued: progress will appear in "
-            f"the image's channel, one thread per commit",
+            f"🏗 build of {image} at `{escape(ref)}` queued: {will}. Progress will appear "
+            f"in the image's channel, one thread per commit",
             {"image": image, "ref": ref, "job": job_key},
         )
 

@@ -130,13 +130,20 @@ def assert_cloud_build_shaped(event: dict[str, Any]) -> None:
     assert parsed.id == event["id"]
 
 
+def at_staging_tip(repo: ImageRepo, label: str) -> str:
+    """Move the staging branch to the commit LABEL (as a push would): its SHA."""
+    sha = repo.sha(label)
+    repo.git("update-ref", "refs/heads/staging", sha)
+    return sha
+
+
 def test_a_passing_staging_commit_is_built_recorded_and_published(
     stack_on_each_database: Stack, repo: ImageRepo
 ) -> None:
     stack = stack_on_each_database
-    sha = repo.sha("upgrade")
+    sha = at_staging_tip(repo, "upgrade")
 
-    final = stack.build(sha)
+    final = stack.build()  # the staging branch
 
     # The events: one build, QUEUED → WORKING (per step) → SUCCESS, each a Build resource.
     for event in stack.events:
@@ -154,8 +161,8 @@ def test_a_passing_staging_commit_is_built_recorded_and_published(
     assert final["substitutions"] == {
         "COMMIT_SHA": sha,
         "SHORT_SHA": sha[:7],
-        "BRANCH_NAME": "staging",  # a commit of the staging branch, built by SHA
-        "REF_NAME": sha,
+        "BRANCH_NAME": "staging",
+        "REF_NAME": "staging",
         "REPO_NAME": "repo",
         "_IMAGE_NAME": IMAGE,
         "_REQUESTED_BY": OWNER,
@@ -202,8 +209,11 @@ def test_a_passing_staging_commit_is_built_recorded_and_published(
 def test_a_failing_commit_leaves_staging_untouched_and_names_notebook_cell_and_line(
     stack: Stack, repo: ImageRepo
 ) -> None:
-    stack.build(repo.sha("upgrade"))
+    break_sha = repo.tip("staging")
+    at_staging_tip(repo, "upgrade")
+    stack.build()
     good = stack.staging()["sha"]
+    repo.git("update-ref", "refs/heads/staging", break_sha)
 
     final = stack.build()  # the staging branch: its tip breaks a notebook
 
@@ -253,6 +263,30 @@ def test_a_commit_off_the_staging_branch_is_recorded_but_not_published(
     assert version is not None and version.tests_passed
 
 
+def test_a_build_of_an_explicit_sha_is_test_only_even_on_the_staging_branch(
+    stack: Stack, repo: ImageRepo
+) -> None:
+    """The same on every backend: Cloud Build runs a trigger by `commitSha` with no
+    BRANCH_NAME, so a SHA's SUCCESS publishes nothing; the owner is told so up front."""
+    sha = repo.sha("upgrade")  # on the staging branch, behind its tip
+
+    reply = stack.app.handle(OWNER, f"build {IMAGE} {sha}")
+    stack.worker.run_until_idle()
+
+    assert "test only: the version and its test report are recorded" in reply.text
+    assert "no environment moves (to publish, build the `staging` branch)" in reply.text
+    final = stack.events[-1]
+    assert final["status"] == "SUCCESS"
+    assert final["substitutions"]["BRANCH_NAME"] == ""
+    assert stack.staging() is None
+    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data}
+    assert versions[sha]["tests_passed"] is True
+    assert not any("now in staging" in text for text in stack.thread_texts(sha))
+
+    branch = stack.app.handle(OWNER, f"build {IMAGE}")
+    assert "if it succeeds it is published to staging" in branch.text
+
+
 def test_an_unknown_ref_is_refused_before_anything_happens(stack: Stack) -> None:
     with pytest.raises(BadInput, match="no branch, tag or commit 'no-such-branch' in "):
         stack.backend.run_build(IMAGE, "no-such-branch", OWNER)
@@ -298,12 +332,13 @@ def test_branch_name_follows_the_ref(repo: ImageRepo) -> None:
     repo.git("checkout", "--quiet", "-b", "side", repo.sha("initial"))
     side = repo.commit("side", "A side commit", {"side.txt": "x\n"})
 
-    assert branch_name(git, "staging", repo.tip("staging"), "staging") == "staging"
-    assert branch_name(git, "main", repo.sha("initial"), "staging") == "main"
-    assert branch_name(git, "side", side, "staging") == "side"
-    assert branch_name(git, "v1", repo.sha("upgrade"), "staging") == "staging"
-    assert branch_name(git, repo.sha("upgrade")[:8], repo.sha("upgrade"), "staging") == "staging"
-    assert branch_name(git, side, side, "staging") == ""
+    assert branch_name(git, "staging") == "staging"
+    assert branch_name(git, "main") == "main"
+    assert branch_name(git, "side") == "side"
+    # Not a branch: test only, as a Cloud Build trigger run by tag or commit SHA.
+    assert branch_name(git, "v1") == ""
+    assert branch_name(git, repo.sha("upgrade")[:8]) == ""
+    assert branch_name(git, side) == ""
 
 
 def test_nbenv_build_from_the_command_line(
@@ -331,7 +366,8 @@ def test_nbenv_build_from_the_command_line(
             check=False,
         )
 
-    built = nbenv("build", IMAGE, repo.sha("upgrade")[:10])
+    at_staging_tip(repo, "upgrade")
+    built = nbenv("build", IMAGE)
     assert built.returncode == 0, built.stderr
     assert f"build of {IMAGE}" in built.stdout
 

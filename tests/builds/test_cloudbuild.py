@@ -219,3 +219,85 @@ def test_no_report_means_nothing_to_deliver(tmp_path: Path) -> None:
 
     assert result.returncode == 0
     assert "no test report to deliver" in result.stderr
+
+
+class _PubSubWithItsLimit:
+    """Pub/Sub's REST `topics.publish` at the wire, refusing what the real one refuses:
+    a request over 10 MB (cloud.google.com/pubsub/quotas#resource_limits)."""
+
+    LIMIT = 10_000_000
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        published: list[dict[str, Any]] = []
+        self.published = published
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if len(body) > _PubSubWithItsLimit.LIMIT:
+                    answer, status = {"error": {"code": 400, "status": "INVALID_ARGUMENT"}}, 400
+                else:
+                    published.extend(json.loads(body)["messages"])
+                    answer, status = {"messageIds": [str(len(published))]}, 200
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def report(self, index: int = -1) -> dict[str, Any]:
+        import base64
+
+        return json.loads(base64.b64decode(self.published[index]["data"]))
+
+
+def test_a_notebook_printing_megabytes_still_gets_its_report_delivered(tmp_path: Path) -> None:
+    """The runner caps the report; publish_report cuts one that is still too big (an
+    older runner's) instead of having Pub/Sub refuse it, and the relay accepts both."""
+    from bot.builds.report import check_report, summarize
+
+    config = load("staging.yaml")
+    image = "nlp.loud"
+    root = workspace(
+        tmp_path,
+        image,
+        {"loud.ipynb": ["print('x' * 6_000_000)", "raise ValueError('y' * 9_000_000)"]},
+    )
+    subs = values(config, _IMAGE_NAME=image, _TEST_JOBS="1", _CELL_TIMEOUT="120")
+    pubsub = _PubSubWithItsLimit()
+    try:
+        assert run_step(config, "run-tests", root, subs).returncode == 0
+        delivered = run_step(
+            config, "deliver-report", root, subs, env={"PUBSUB_EMULATOR_HOST": pubsub.host}
+        )
+        assert delivered.returncode == 0, delivered.stderr
+        first = check_report(pubsub.report())
+        (failure,) = summarize(first, "b1")["failures"]
+        assert (failure["cell"], failure["line"], failure["ename"]) == (2, 1, "ValueError")
+
+        # A report as a runner without the cap wrote it: 9 MB of message.
+        old = json.loads((root / "report.json").read_text())
+        old["notebooks"][0]["failure"]["evalue"] = "y" * 9_000_000
+        (root / "report.json").write_text(json.dumps(old))
+        delivered = run_step(
+            config, "deliver-report", root, subs, env={"PUBSUB_EMULATOR_HOST": pubsub.host}
+        )
+        assert delivered.returncode == 0, delivered.stderr
+        second = check_report(pubsub.report())
+        assert second["truncated"].startswith("the report was")
+        assert second["notebooks"][0]["status"] == "failed"
+        assert second["notebooks"][0]["failure"]["evalue"].endswith("characters cut]")
+    finally:
+        pubsub.server.shutdown()
+        pubsub.server.server_close()

@@ -446,3 +446,52 @@ def test_malformed_packages_of_a_test_report_are_left_out(fn: FunctionWorld) -> 
     assert version is not None and version.report is not None
     assert version.report["packages"] == [{"name": "keras", "version": "3.0"}]
     assert "python" not in version.report
+
+
+_GITHUB_URL = "https://github.com/acme/notebooks.git"
+
+
+@pytest.mark.parametrize(
+    ("field", "where"),
+    [
+        ("resolvedGitSource", {"sourceProvenance": {"resolvedGitSource": {"revision": "{sha}"}}}),
+        (
+            "resolvedConnectedRepository",
+            {"sourceProvenance": {"resolvedConnectedRepository": {"revision": "{sha}"}}},
+        ),
+        (
+            "resolvedRepoSource",
+            {"sourceProvenance": {"resolvedRepoSource": {"commitSha": "{sha}"}}},
+        ),
+        ("gitSource", {"source": {"gitSource": {"url": _GITHUB_URL, "revision": "{sha}"}}}),
+    ],
+)
+def test_without_commit_sha_the_commit_is_found_wherever_cloud_build_put_it(
+    field: str, where: dict[str, Any]
+) -> None:
+    """GitHub-triggered builds (resolvedGitSource), 2nd-gen repositories
+    (resolvedConnectedRepository) and builds of a pinned revision (source.gitSource)
+    name their commit in different places: each one is read."""
+    sha = sha_of(field)
+    build = build_resource(new_build_id(), sha, "SUCCESS")
+    del build["substitutions"]["COMMIT_SHA"], build["sourceProvenance"]
+    build["source"] = {"gitSource": {"url": _GITHUB_URL, "revision": "staging"}}
+    build.update(json.loads(json.dumps(where).replace("{sha}", sha.upper())))
+
+    assert parse_build(build).sha == sha
+
+
+@pytest.mark.parametrize("junk", [None, 7, ["a"], {"x": 1}, "staging", "abc123", "g" * 40])
+def test_a_malformed_revision_is_passed_over_for_the_next_place(junk: Any) -> None:
+    sha = sha_of("next place")
+    build = build_resource(new_build_id(), sha, "SUCCESS")
+    del build["substitutions"]["COMMIT_SHA"]
+    build["sourceProvenance"] = {
+        "resolvedGitSource": {"revision": junk},
+        "resolvedConnectedRepository": junk,
+        "resolvedRepoSource": {"commitSha": sha},
+    }
+    assert parse_build(build).sha == sha
+    build["sourceProvenance"]["resolvedRepoSource"] = junk
+    with pytest.raises(BadEvent, match="COMMIT_SHA None is missing"):
+        parse_build(build)

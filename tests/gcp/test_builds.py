@@ -18,18 +18,58 @@ def test_a_build_at_a_branch_runs_the_staging_trigger_with_the_image_name(backen
     (request,) = google.requests()
     assert (request.method, request.path) == ("POST", TRIGGER)
     assert request.query.get("name") is None
+    # As `gcloud builds triggers run nlp-staging --region=us-central1 --branch=staging`:
+    # the trigger's ID in the body, no Cloud Source Repositories project in the source.
     assert request.body == {
-        "source": {
-            "projectId": "nbenv-test",
-            "branchName": "staging",
-            "substitutions": {"_IMAGE_NAME": IMAGE},
-        },
+        "triggerId": "nlp-staging",
+        "source": {"branchName": "staging", "substitutions": {"_IMAGE_NAME": IMAGE}},
     }
     made = google.builds[build["id"]]
     assert build["status"] == "QUEUED"
     assert build["logUrl"] == made["logUrl"]
     assert made["substitutions"]["BRANCH_NAME"] == "staging"
     assert made["substitutions"]["_IMAGE_NAME"] == IMAGE
+
+
+def test_the_fake_refuses_what_cloud_build_refuses(backend, google) -> None:
+    """A request the old code sent (no triggerId, RepoSource.projectId) is a 400."""
+    from google.cloud.devtools import cloudbuild_v1
+
+    client = backend.clients.cloud_build()
+    name = "projects/nbenv-test/locations/us-central1/triggers/nlp-staging"
+    bodies = [
+        {"name": name, "source": {"branch_name": "staging"}},
+        {"name": name, "trigger_id": "nlp-staging", "source": {"project_id": "nbenv-test"}},
+        {"name": name, "trigger_id": "nlp-production", "source": {"branch_name": "staging"}},
+    ]
+    for body in bodies:
+        with pytest.raises(Exception) as refused:
+            client.run_build_trigger(request=cloudbuild_v1.RunBuildTriggerRequest(**body))
+        assert getattr(refused.value, "code", None) == 400, refused.value
+    assert google.builds == {}
+
+
+def test_builds_look_like_a_github_triggers_and_the_relay_finds_their_commit(
+    backend, google
+) -> None:
+    sha = sha_of("github")
+    google.heads["staging"] = sha
+    started = backend.run_build(IMAGE, "staging", OWNER)
+
+    build = backend.get_build(started["id"])
+
+    trigger = google.triggers["projects/nbenv-test/locations/us-central1/triggers/nlp-staging"]
+    assert build["name"] == (
+        f"projects/{google.project_number}/locations/us-central1/builds/{started['id']}"
+    )
+    assert build["buildTriggerId"] == trigger["id"] != "nlp-staging"
+    assert build["source"]["gitSource"]["revision"] == "staging"
+    assert build["sourceProvenance"]["resolvedGitSource"]["revision"] == sha
+    # Without COMMIT_SHA (a build event that left it out) the commit still is found.
+    from bot.builds.events import parse_build
+
+    del build["substitutions"]["COMMIT_SHA"]
+    assert parse_build(build).sha == sha
 
 
 def test_a_build_at_a_commit_sha_pins_the_commit(backend, google) -> None:

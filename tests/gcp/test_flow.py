@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bot.domain.names import Env
 from tests.conftest import IMAGE, OWNER, TESTER, USER, sha_of
 from tests.gcp.conftest import PASSED, REGISTRY
 from tests.support.fake_google import FakeGoogleApis
@@ -117,3 +118,28 @@ def test_build_relay_approve_promote_instance_and_rollback_on_gcp(
     assert any("rolled back production" in text for text in _thread(slack, first))
     check = app.verify_audit()
     assert check.ok, check.describe()
+
+
+def test_a_build_of_an_explicit_sha_is_test_only_as_on_the_local_backend(
+    gcp_runtime, relay, google, slack
+) -> None:
+    """Cloud Build runs the trigger by `commitSha`: no BRANCH_NAME, so its SUCCESS
+    publishes nothing. The owner is told so when the build is queued."""
+    sha = sha_of("pinned by sha")
+    google.heads["staging"] = sha  # even the staging branch's own tip
+
+    reply = gcp_runtime.app.handle(OWNER, f"build {IMAGE} {sha}")
+    gcp_runtime.worker.run_until_idle()
+    (build_id,) = google.builds
+    backend = gcp_runtime.app.backend
+    relay.handle_build(backend.get_build(build_id))
+    relay.handle_report(IMAGE, sha, PASSED, build_id)
+    google.advance_build(build_id, "SUCCESS")
+    relay.handle_build(backend.get_build(build_id))
+
+    assert "test only: the version and its test report are recorded" in reply.text
+    assert google.env_tags(IMAGE)["staging"] is None
+    with gcp_runtime.store.read() as tx:
+        version = tx.get_version(IMAGE, sha)
+        assert version is not None and version.tests_passed
+        assert tx.image_state(IMAGE).sha(Env.STAGING) is None

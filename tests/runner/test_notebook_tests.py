@@ -450,3 +450,67 @@ def test_a_failure_is_always_printed_on_one_line(ename: str, evalue: str) -> Non
     assert printed is not None
     assert len(printed.splitlines()) == 1
     assert printed.startswith("tests/2.ipynb cell 3 (In [2]), line 2: ")
+
+
+def test_a_notebook_that_prints_and_raises_megabytes_still_gives_a_small_report(
+    tmp_path: Path, notebook: NotebookFactory
+) -> None:
+    """The report goes through Pub/Sub (10 MB) into Slack: megabytes printed, raised
+    and quoted in the traceback are cut, visibly, and the failure is still located."""
+    tests = tmp_path / "tests"
+    notebook(
+        tests / "loud.ipynb",
+        [
+            "print('x' * 6_000_000)",
+            "message = 'y' * 4_000_000\nraise ValueError(message)",
+        ],
+    )
+    report_file = tmp_path / "out" / "report.json"
+
+    assert main([str(tests), "--report", str(report_file), "--jobs", "1"]) == 1
+
+    written = report_file.read_bytes()
+    assert len(written) < 100_000
+    (entry,) = json.loads(written)["notebooks"]
+    failure = entry["failure"]
+    assert (entry["status"], failure["cell"], failure["line"]) == ("failed", 2, 2)
+    assert failure["ename"] == "ValueError"
+    assert failure["evalue"].startswith("y" * 100)
+    assert failure["evalue"].endswith("… [3998000 characters cut]")
+    assert "characters cut]" in failure["traceback"]
+    assert "ValueError" in failure["traceback"]
+    # The executed notebook keeps what was printed: only the report is cut.
+    executed = nbformat.read(report_file.parent / "executed" / "loud.ipynb", as_version=4)
+    assert len(executed.cells[0].outputs[0]["text"]) > 6_000_000
+
+
+def test_the_whole_report_is_capped_and_says_so() -> None:
+    from bot.runner.notebook_tests import bound_report
+
+    def failing(number: int) -> dict[str, Any]:
+        failure = {"cell": 1, "line": 1, "ename": "E", "evalue": "v" * 5000}
+        return {
+            "path": f"tests/{number}.ipynb",
+            "status": "failed",
+            "duration_s": 1.0,
+            "failure": {**failure, "traceback": "t" * 20_000},
+        }
+
+    big = {
+        "python": "3.11.9",
+        "packages": [{"name": f"p{n}", "version": "1.0"} for n in range(20_000)],
+        "notebooks": [failing(n) for n in range(100)]
+        + [{"path": "tests/ok.ipynb", "status": "passed", "duration_s": 1.0, "failure": None}],
+    }
+
+    for limit, kept in ((1_000_000, 101), (200_000, 101), (5_000, None)):
+        bounded = bound_report(big, limit)
+        assert len(json.dumps(bounded).encode()) <= limit
+        assert bounded["truncated"].startswith(f"the report was {len(json.dumps(big))} bytes")
+        if kept is not None:
+            assert len(bounded["notebooks"]) == kept
+        else:  # only so many verdicts fit: the failures come first, the count is said
+            assert bounded["truncated"].endswith("notebook(s) left out")
+            assert all(n["status"] == "failed" for n in bounded["notebooks"])
+    assert bound_report({"notebooks": []}) == {"notebooks": []}  # small: untouched
+    assert len(big["notebooks"][0]["failure"]["traceback"]) == 20_000  # not modified

@@ -217,6 +217,8 @@ class FakeGoogleApis(Startable):
         self._denied: set[str] = set()
         self.packages: dict[str, _Package] = {}
         self.triggers: dict[str, Json] = {}
+        # Real Build resources are named with the project NUMBER, not its ID.
+        self.project_number = "602894107551"
         self.heads: dict[str, str] = {}  # branch -> commit SHA of the connected repository
         self.builds: dict[str, Json] = {}
         self.instances: dict[str, Json] = {}
@@ -368,12 +370,29 @@ class FakeGoogleApis(Startable):
 
     # -- state: Cloud Build ------------------------------------------------------------------
 
-    def add_trigger(self, trigger_id: str, *, location: str | None = None, image: str = "") -> str:
+    def add_trigger(
+        self,
+        trigger_id: str,
+        *,
+        location: str | None = None,
+        image: str = "",
+        repo: str = "https://github.com/nbenv-test/notebooks.git",
+    ) -> str:
+        """A GitHub trigger named TRIGGER_ID. Like a real one it also has a generated
+        unique `id` (a UUID), which is what Build.buildTriggerId carries; the resource
+        name may use either (cloudbuild_v1/types/cloudbuild.py, BuildTrigger)."""
         name = (
             f"projects/{self.project}/locations/{location or self.location}/triggers/{trigger_id}"
         )
+        unique_id = str(uuid.uuid5(uuid.NAMESPACE_URL, name))
         with self._lock:
-            self.triggers[name] = {"id": trigger_id, "name": name, "image": image}
+            self.triggers[name] = {
+                "id": unique_id,
+                "triggerName": trigger_id,
+                "name": name,
+                "image": image,
+                "repo": repo,
+            }
         return name
 
     def advance_build(
@@ -622,54 +641,144 @@ class FakeGoogleApis(Startable):
         if len(segments) == 7 and segments[5] == "triggers" and segments[6].endswith(":run"):
             if request.method != "POST":
                 return None
-            name = "/".join(segments[1:6]) + "/" + segments[6].removesuffix(":run")
-            trigger = self.triggers.get(name)
-            if trigger is None:
-                raise _HttpError(404, f"trigger {name} not found")
-            source = (request.body or {}).get("source") or {}
-            build_id = str(uuid.uuid4())
-            substitutions = {
-                "TRIGGER_NAME": trigger["id"],
-                "_IMAGE_NAME": trigger.get("image") or "",
-                **(source.get("substitutions") or {}),
-            }
-            # Cloud Build resolves the branch to its head commit when the build is made.
-            sha = source.get("commitSha") or self.heads.get(source.get("branchName", ""))
-            if sha is None:
-                raise _HttpError(400, f"could not resolve {source.get('branchName')!r}")
-            if source.get("branchName"):
-                substitutions["BRANCH_NAME"] = source["branchName"]
-            substitutions.update(COMMIT_SHA=sha, SHORT_SHA=sha[:7], REVISION_ID=sha)
             location = segments[4]
-            build = {
-                "id": build_id,
-                "name": f"projects/{self.project}/locations/{location}/builds/{build_id}",
-                "projectId": self.project,
-                "status": "QUEUED",
-                "buildTriggerId": trigger["id"],
-                "source": {"repoSource": source},
-                "substitutions": substitutions,
-                "createTime": self._now(),
-                "logUrl": (
-                    f"https://console.cloud.google.com/cloud-build/builds;region={location}/"
-                    f"{build_id}?project={self.project}"
-                ),
-            }
-            self.builds[build_id] = build
-            return {
-                "name": f"projects/{self.project}/locations/{location}/operations/{build_id}",
-                "metadata": {
-                    "@type": _BUILD_METADATA,
-                    "build": build,
-                },
-                "done": False,
-            }
+            parent = "/".join(segments[1:5])
+            wanted = segments[6].removesuffix(":run")
+            trigger = self._trigger(parent, wanted)
+            if trigger is None:
+                raise _HttpError(404, f"trigger {parent}/triggers/{wanted} not found")
+            ref, sha = self._run_request(request.body, trigger)
+            substitutions = (request.body.get("source") or {}).get("substitutions") or {}
+            build = self._new_build(trigger, location, ref, sha, substitutions)
+            return self._operation_for(build)
         if len(segments) == 7 and segments[5] == "builds" and request.method == "GET":
             build = self.builds.get(segments[6])
             if build is None:
                 raise _HttpError(404, f"build {segments[6]} not found")
             return build
         return None
+
+    def _trigger(self, parent: str, wanted: str) -> Json | None:
+        # `{trigger}` in the resource name is the trigger's name or its unique ID.
+        for trigger in self.triggers.values():
+            if trigger["name"].startswith(parent + "/") and wanted in (
+                trigger["triggerName"],
+                trigger["id"],
+            ):
+                return trigger
+        return None
+
+    def _run_request(self, body: Any, trigger: Json) -> tuple[dict[str, str], str]:
+        """Check a RunBuildTriggerRequest body as the real API does; (ref, SHA) it names.
+
+        Shaped on google.devtools.cloudbuild.v1.RunBuildTriggerRequest and RepoSource
+        (cloudbuild_v1/types/cloudbuild.py; cloud.google.com/build/docs/api/reference/
+        rest/v1/projects.locations.triggers/run): `triggerId` is required; the JSON
+        mapping rejects unknown fields; `branchName`, `tagName` and `commitSha` are one
+        oneof. `RepoSource.projectId` names a Cloud Source Repositories project: for a
+        trigger on a GitHub repository it is refused (issue 12, item 6).
+        """
+        if not isinstance(body, dict):
+            raise _HttpError(400, "Invalid JSON payload: expected a RunBuildTriggerRequest")
+        unknown = set(body) - {"name", "projectId", "triggerId", "source"}
+        if unknown:
+            raise _HttpError(400, f"Invalid JSON payload received. Unknown name {min(unknown)!r}")
+        trigger_id = body.get("triggerId")
+        if not trigger_id:
+            raise _HttpError(400, "triggerId: required field is not set")
+        if trigger_id not in (trigger["triggerName"], trigger["id"]):
+            raise _HttpError(400, f"triggerId {trigger_id!r} does not name {trigger['name']}")
+        source = body.get("source") or {}
+        repo_source_fields = {
+            "projectId",
+            "repoName",
+            "branchName",
+            "tagName",
+            "commitSha",
+            "dir",
+            "invertRegex",
+            "substitutions",
+        }
+        unknown = set(source) - repo_source_fields
+        if unknown:
+            raise _HttpError(400, f"Invalid JSON payload received. Unknown name {min(unknown)!r}")
+        if source.get("projectId") or source.get("repoName"):
+            raise _HttpError(
+                400,
+                "source.projectId/repoName name a Cloud Source Repository; trigger "
+                f"{trigger['triggerName']} builds the GitHub repository {trigger['repo']}",
+            )
+        refs = {k: source[k] for k in ("branchName", "tagName", "commitSha") if source.get(k)}
+        if len(refs) > 1:
+            raise _HttpError(400, f"source: only one of {sorted(refs)} may be set (oneof revision)")
+        # Cloud Build resolves the branch to its head commit when the build is made.
+        sha = source.get("commitSha") or self.heads.get(source.get("branchName", ""))
+        if sha is None:
+            raise _HttpError(400, f"could not resolve {source.get('branchName')!r}")
+        return refs, sha
+
+    def _new_build(
+        self,
+        trigger: Json,
+        location: str,
+        ref: dict[str, str],
+        sha: str,
+        user_substitutions: dict[str, str],
+    ) -> Json:
+        """A Build resource shaped like one a GitHub trigger makes.
+
+        Fields per google.devtools.cloudbuild.v1.Build (cloudbuild_v1/types/cloudbuild.py;
+        cloud.google.com/build/docs/api/reference/rest/Shared.Types#Build): `name` with
+        the project number, `buildTriggerId` the trigger's unique ID, the source as
+        `source.gitSource` (revision as asked: a branch or a SHA) with the commit in
+        `sourceProvenance.resolvedGitSource`, and the substitutions a GitHub trigger
+        fills in (cloud.google.com/build/docs/configuring-builds/substitute-variable-values).
+        """
+        build_id = str(uuid.uuid4())
+        repo = trigger["repo"]
+        revision = ref.get("branchName") or ref.get("tagName") or sha
+        substitutions = {
+            "TRIGGER_NAME": trigger["triggerName"],
+            "TRIGGER_BUILD_CONFIG_PATH": "config/cloudbuild/staging.yaml",
+            "REPO_NAME": repo.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"),
+            "REPO_FULL_NAME": "/".join(repo.removesuffix(".git").rsplit("/", 2)[-2:]),
+            "REF_NAME": revision,
+            "_IMAGE_NAME": trigger.get("image") or "",
+            **user_substitutions,
+        }
+        if ref.get("branchName"):
+            substitutions["BRANCH_NAME"] = ref["branchName"]
+        if ref.get("tagName"):
+            substitutions["TAG_NAME"] = ref["tagName"]
+        substitutions.update(COMMIT_SHA=sha, SHORT_SHA=sha[:7], REVISION_ID=sha)
+        build = {
+            "name": f"projects/{self.project_number}/locations/{location}/builds/{build_id}",
+            "id": build_id,
+            "projectId": self.project,
+            "status": "QUEUED",
+            "buildTriggerId": trigger["id"],
+            "source": {"gitSource": {"url": repo, "revision": revision}},
+            "sourceProvenance": {"resolvedGitSource": {"url": repo, "revision": sha}},
+            "substitutions": substitutions,
+            "createTime": self._now(),
+            "tags": [f"trigger-{trigger['id']}"],
+            "logUrl": (
+                f"https://console.cloud.google.com/cloud-build/builds;region={location}/"
+                f"{build_id}?project={self.project_number}"
+            ),
+        }
+        self.builds[build_id] = build
+        return build
+
+    def _operation_for(self, build: Json) -> Json:
+        location = build["name"].split("/")[3]
+        return {
+            "name": (
+                f"projects/{self.project_number}/locations/{location}/operations/{build['id']}"
+            ),
+            "metadata": {"@type": _BUILD_METADATA, "build": build},
+            "done": False,
+        }
 
     # Notebooks v2: /v2/projects/P/locations/Z/instances[/NAME[:stop]]
     def _notebooks(self, request: Request, segments: list[str]) -> Json | None:

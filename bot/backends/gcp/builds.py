@@ -52,14 +52,22 @@ class CloudBuild:
         check_ref(ref)
         name = self.trigger_name(image)
         sha = ref.lower() if is_full_sha(ref.lower()) else None
+        # No `RepoSource.projectId`: it names a Cloud Source Repositories project, which
+        # means nothing to a GitHub trigger (cloudbuild_v1/types/cloudbuild.py, RepoSource).
         source = cloudbuild_v1.RepoSource(
-            project_id=self.gcp.project,
             substitutions={"_IMAGE_NAME": image},
             **({"commit_sha": sha} if sha else {"branch_name": ref}),
         )
-        # Only the resource name: with project and trigger IDs set, the client would pick
-        # the global endpoint, which does not know regional triggers.
-        request = cloudbuild_v1.RunBuildTriggerRequest(name=name, source=source)
+        # The resource name and `triggerId` (the proto marks it required), as
+        # `gcloud builds triggers run` sends them (surface/builds/triggers/run.py:
+        # `RunBuildTriggerRequest(triggerId=trigger)` under the regional name). Not
+        # `projectId`: with it the REST transport would pick the global
+        # `/v1/projects/{project_id}/triggers/{trigger_id}:run`, which does not know
+        # regional triggers (cloud.google.com/build/docs/api/reference/rest/v1/
+        # projects.locations.triggers/run).
+        request = cloudbuild_v1.RunBuildTriggerRequest(
+            name=name, trigger_id=name.rsplit("/", 1)[-1], source=source
+        )
         client = self.clients.cloud_build()
         operation = self.caller.call(
             Op(

@@ -9,13 +9,11 @@ relay. At every stage it emits a Build resource shaped exactly like Cloud Build'
 `cloud-builds` topic), so threads, staging publication and failure reports all go
 through the relay code that handles Cloud Build's own messages.
 
-BRANCH_NAME, which decides what the relay does on SUCCESS, is:
-* REF itself when REF is a local branch (the staging branch → publish to staging; the
-  production branch → git-driven promotion);
-* the staging branch when REF is a tag or a commit reachable from the staging branch
-  (re-testing a staging commit publishes it, as a push of that commit would have);
-* empty otherwise, as for a Cloud Build run on a bare commit: the result is recorded,
-  no environment moves.
+BRANCH_NAME, which decides what the relay does on SUCCESS (bot/domain/builds.py), is
+REF itself when REF is a local branch (the staging branch → publish to staging; the
+production branch → git-driven promotion), and empty for anything else (a tag, an
+explicit commit SHA), as on Cloud Build, where a trigger run by `commitSha` or
+`tagName` carries no BRANCH_NAME: the result is recorded, no environment moves.
 """
 
 from __future__ import annotations
@@ -225,13 +223,9 @@ class Build:
         return build
 
 
-def branch_name(repo: GitRepo, ref: str, sha: str, staging_branch: str) -> str:
+def branch_name(repo: GitRepo, ref: str) -> str:
     """BRANCH_NAME for a build of REF (see the module docstring)."""
-    if repo.is_branch(ref):
-        return ref
-    if repo.contains(staging_branch, sha):
-        return staging_branch
-    return ""
+    return ref if repo.is_branch(ref) else ""
 
 
 class LocalPipeline:
@@ -279,7 +273,7 @@ class LocalPipeline:
             image=image,
             sha=sha,
             ref=ref,
-            branch=branch_name(repo, ref, sha, settings.source.staging_branch),
+            branch=branch_name(repo, ref),
             tag=ref if repo.is_tag(ref) else "",
             repo_url=source if is_url(source) else repo.path.as_uri(),
             folder=folder,

@@ -140,6 +140,6 @@ def test_a_build_of_an_explicit_sha_is_test_only_as_on_the_local_backend(
     assert "test only: the version and its test report are recorded" in reply.text
     assert google.env_tags(IMAGE)["staging"] is None
     with gcp_runtime.store.read() as tx:
-        version = tx.get_version(IMAGE, sha)
+        version = tx.versions.get(IMAGE, sha)
         assert version is not None and version.tests_passed
-        assert tx.image_state(IMAGE).sha(Env.STAGING) is None
+        assert tx.pointers.state(IMAGE).sha(Env.STAGING) is None

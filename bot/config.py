@@ -94,12 +94,49 @@ class Source(_Strict):
     path: str | None = None  # default: notebooks/IMAGE
 
 
+# A Compute Engine zone: REGION-LETTER, e.g. us-central1-b (regions are AREA-PLACE+DIGITS).
+_ZONE = re.compile(r"[a-z]+(?:-[a-z]+)+[0-9]+-[a-z]")
+# What Workbench takes as an instance owner: one person's Google account (an email).
+_EMAIL = re.compile(r"[A-Za-z0-9._%+'-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_MAX_EMAIL = 254
+
+
+def _check_zone(value: str | None) -> str | None:
+    if value is not None and not _ZONE.fullmatch(value):
+        raise ValueError(
+            f"{value[:40]!r} is not a Compute Engine zone (like us-central1-b): Workbench "
+            "instances live in a zone, not a region"
+        )
+    return value
+
+
 class InstanceDefaults(_Strict):
     machine_type: str = "e2-standard-4"
-    location: str | None = None  # gcp zone; default: the gcp region's "-a" zone
+    # The Workbench zone (gcp backend); default gcp.zone. Never guessed from the region:
+    # zones differ in the machine types and GPUs they offer, and some (us-east1-a) do not exist.
+    location: str | None = None
     accelerator_type: str | None = None
     accelerator_count: int = 0
     boot_disk_gb: int = 150
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, value: str | None) -> str | None:
+        return _check_zone(value)
+
+    @model_validator(mode="after")
+    def _accelerator(self) -> InstanceDefaults:
+        # Compute Engine attaches 1, 2, 4 or 8 GPUs; a type without a count used to give
+        # an instance with no GPU at all, silently.
+        if self.accelerator_type and self.accelerator_count not in (1, 2, 4, 8):
+            raise Problem(
+                ("accelerator_count",),
+                f"{self.accelerator_count} with accelerator_type {self.accelerator_type}: "
+                "give 1, 2, 4 or 8",
+            )
+        if self.accelerator_count and not self.accelerator_type:
+            raise Problem(("accelerator_type",), "required with an accelerator_count")
+        return self
 
 
 class Image(_Strict):
@@ -139,6 +176,30 @@ class Gcp(_Strict):
     jobs_audience: str | None = None  # expected OIDC audience of the job push subscription
     jobs_service_account: str | None = None  # expected OIDC email of that subscription
     instance_service_account: str | None = None  # what Workbench instances run as
+    zone: str | None = None  # Workbench zone of images without instance.location
+    # Slack user ID -> the person's Google account: the owner of the instances they ask
+    # for (Workbench `instanceOwners`), the only account that can open them.
+    google_accounts: dict[str, str] = {}
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return _check_zone(value)
+
+    @field_validator("google_accounts")
+    @classmethod
+    def _google_accounts(cls, accounts: dict[str, str]) -> dict[str, str]:
+        for user, account in accounts.items():
+            problem = user_id_problem(user)
+            if problem:
+                raise Problem((user,), problem)
+            if len(account) > _MAX_EMAIL or not _EMAIL.fullmatch(account):
+                raise Problem(
+                    (user,),
+                    f"{account[:60]!r} is not a Google account: expected one person's "
+                    "email address, like alice@example.com",
+                )
+        return accounts
 
     @field_validator("registry")
     @classmethod
@@ -181,6 +242,14 @@ class Config(_Strict):
             for name in self.gcp.triggers:
                 if name not in self.images:
                     raise Problem(("gcp", "triggers", name), "no such image")
+            for name, image in self.images.items():
+                if image.instance.location is None and self.gcp.zone is None:
+                    raise Problem(
+                        ("images", name, "instance", "location"),
+                        "required on the gcp backend (or gcp.zone for every image): the "
+                        "Workbench zone of its instances, e.g. us-central1-b; nbenv does not "
+                        "guess one, zones differ in the machines and GPUs they offer",
+                    )
         return self
 
     def image(self, name: str) -> Image:

@@ -78,6 +78,8 @@ class Settings:
     config_file: str = "config/nbenv.yaml"
     legacy_environments: bool = False
     accounts: dict[str, str] = field(default_factory=dict)
+    # gcp.google_accounts: the people instances are created for (Workbench instanceOwners).
+    instance_owners: tuple[str, ...] = ()
 
     def account(self, name: str) -> str:
         return f"{name}@{self.project}.iam.gserviceaccount.com"
@@ -142,6 +144,15 @@ def load_settings(options: argparse.Namespace) -> Settings:
             f"{config_path}: set gcp.jobs_audience (e.g. nbenv-jobs) and "
             f"gcp.jobs_service_account: {push_account}, so that the bot verifies the pushes"
         )
+    people = gcp.get("google_accounts") or {}
+    if not isinstance(people, dict) or not all(
+        isinstance(a, str) and re.fullmatch(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+", a)
+        for a in people.values()
+    ):
+        raise SetupError(
+            f"{config_path}: gcp.google_accounts: expected Slack user ID: Google account "
+            "email, e.g. U01ABCDEF: alice@example.com"
+        )
     topics = {"builds": "cloud-builds", "jobs": "nbenv-jobs", "reports": "nbenv-reports"}
     topics.update(gcp.get("topics") or {})
     return Settings(
@@ -158,6 +169,7 @@ def load_settings(options: argparse.Namespace) -> Settings:
         sql_tier=options.sql_tier,
         config_file=inside.relative_to(ROOT).as_posix(),
         legacy_environments=bool(gcp.get("mirror_legacy_environments")),
+        instance_owners=tuple(sorted(set(people.values()))),
     )
 
 
@@ -324,6 +336,20 @@ def plan(s: Settings) -> Script:
         script.run(
             "gcloud", "iam", "service-accounts", "add-iam-policy-binding", account,
             f"--member=serviceAccount:{bot}", "--role=roles/iam.serviceAccountUser", *p,
+        )  # fmt: skip
+    # The people nbenv creates instances for (gcp.google_accounts) open them in "single
+    # user" mode, which needs roles/iam.serviceAccountUser on the instance's service account
+    # when the owner did not create the instance (the bot did); notebooks.viewer shows it in
+    # the console, the link nbenv gives while the instance starts.
+    for person in s.instance_owners:
+        script.run(
+            "gcloud", "iam", "service-accounts", "add-iam-policy-binding", notebook,
+            f"--member=user:{person}", "--role=roles/iam.serviceAccountUser", *p,
+        )  # fmt: skip
+        script.run(
+            "gcloud", "projects", "add-iam-policy-binding", s.project,
+            f"--member=user:{person}", "--role=roles/notebooks.viewer", "--condition=None",
+            "--quiet",
         )  # fmt: skip
     # Pub/Sub signs the push's OIDC token as nbenv-push.
     number = f"$(gcloud projects describe {s.project} --format='value(projectNumber)')"

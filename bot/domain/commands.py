@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.domain.errors import BadInput
-from bot.domain.names import Env, check_image_name, check_sha_ref, looks_like_sha, parse_env
+from bot.domain.names import (
+    INSTANCE_NAME,
+    Env,
+    check_image_name,
+    check_sha_ref,
+    looks_like_sha,
+    parse_env,
+)
 
 USAGE = {
     "help": "help",
@@ -335,9 +342,7 @@ def _env_or_sha(word: str) -> str:
 
 
 def check_instance_name(name: str) -> str:
-    import re
-
-    if not re.fullmatch(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?", name):
+    if not INSTANCE_NAME.fullmatch(name):
         raise BadInput(
             f"{name!r} is not a valid instance name: lowercase letters, digits and '-', "
             "starting with a letter, at most 63 characters"

@@ -19,6 +19,14 @@ PIPELINE_PREFIX = "build:"
 _SHOWN = 40  # at most this much of a malformed ID is quoted back
 MAX_IMAGE_NAME = 128
 SHORT_SHA_MIN = 7
+# A Workbench instance ID (Notebooks API v2 `instanceId`; gcloud workbench instances
+# reference: "1 to 63 characters long and contain only lowercase letters, numeric
+# characters, and dashes. The first character must be a lowercase letter and the last
+# character cannot be a dash"). Also what GCE requires of the VM's name (RFC 1035).
+INSTANCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+MAX_INSTANCE_NAME = 63
+# Put before an image name that does not start with a letter (`3d.viz`): "notebook".
+_INSTANCE_PREFIX = "nb-"
 
 
 class Env(StrEnum):
@@ -39,6 +47,18 @@ def image_name_problem(name: str) -> str | None:
             "by single '.' or '_', by '__', or by one or more '-' (e.g. nlp.keras-batch)"
         )
     return None
+
+
+def instance_name(image: str, env: str, sha: str, salt: str) -> str:
+    """The generated name of an instance of IMAGE from ENV at SHA: `IMAGE-ENV4-SHA7-SALT`,
+    with IMAGE's separators turned into '-', cut to fit, and `nb-` in front when IMAGE
+    does not start with a letter. SALT (lowercase hex) keeps two requests apart. Every
+    valid image name gives a name that matches INSTANCE_NAME."""
+    suffix = f"-{env[:4]}-{sha[:SHORT_SHA_MIN]}-{salt}".lower()
+    base = re.sub(r"[^a-z0-9]+", "-", image.lower()).strip("-")
+    if not base[:1].isalpha():
+        base = _INSTANCE_PREFIX + base
+    return base[: MAX_INSTANCE_NAME - len(suffix)].rstrip("-") + suffix
 
 
 def check_image_name(name: str) -> str:

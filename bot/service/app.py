@@ -990,6 +990,9 @@ class Nbenv:
         env = command.env
         needed = Role.TESTER if env == Env.STAGING else Role.USER
         self._require(actor, image, needed, f"an instance from {env.value}")
+        refusal = self.backend.instance_refusal(actor) if self.backend is not None else None
+        if refusal:  # before anything is queued (the job checks again)
+            raise Refused(refusal)
         with self._write(key) as tx:
             if tx is None:
                 return Reply("instance already requested (retried request)", {"retried": True})

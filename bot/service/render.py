@@ -10,6 +10,7 @@ import re
 import uuid
 from typing import Any
 
+from bot.domain import names
 from bot.domain import operations as ops
 from bot.domain.commands import Command
 from bot.domain.model import Version
@@ -202,11 +203,7 @@ def announcement(actor: str, plan: ops.Plan) -> str:
 
 
 def instance_name(image: str, env: str, actor: str, sha: str) -> str:
-    base = image.replace(".", "-").replace("_", "-")
-    while "--" in base:
-        base = base.replace("--", "-")
-    suffix = f"-{env[:4]}-{sha[:7]}-{uuid.uuid4().hex[:4]}"
-    return (base[: 63 - len(suffix)].rstrip("-") + suffix).lower()
+    return names.instance_name(image, env, sha, salt=uuid.uuid4().hex[:4])
 
 
 def instance_listing(row: dict[str, Any], viewer: str) -> dict[str, Any]:

@@ -52,12 +52,28 @@ images:
 gcp:
   project: nbenv-test
   region: us-central1
+  zone: us-central1-a
   registry: {REGISTRY}
   triggers:
     {IMAGE}: {{staging: nlp-staging, production: nlp-production}}
+  google_accounts:
+    {OWNER}: owner@example.com
+    {TESTER}: tester@example.com
+    {TESTER2}: tester2@example.com
+    {USER}: user@example.com
+    {VISION_OWNER}: vision-owner@example.com
 """
 
-__all__ = ["GPU_IMAGE", "PASSED", "REGISTRY", "release", "sha_of"]
+# The Google account each person above opens their instances with (gcp.google_accounts).
+GOOGLE_ACCOUNTS = {
+    OWNER: "owner@example.com",
+    TESTER: "tester@example.com",
+    TESTER2: "tester2@example.com",
+    USER: "user@example.com",
+    VISION_OWNER: "vision-owner@example.com",
+}
+
+__all__ = ["GOOGLE_ACCOUNTS", "GPU_IMAGE", "PASSED", "REGISTRY", "release", "sha_of"]
 
 
 @pytest.fixture(autouse=True)

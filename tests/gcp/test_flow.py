@@ -11,7 +11,7 @@ import pytest
 
 from bot.domain.names import Env
 from tests.conftest import IMAGE, OWNER, TESTER, USER, sha_of
-from tests.gcp.conftest import PASSED, REGISTRY
+from tests.gcp.conftest import GOOGLE_ACCOUNTS, PASSED, REGISTRY
 from tests.support.fake_google import FakeGoogleApis
 from tests.support.slack_api import FakeSlackApi
 
@@ -100,6 +100,12 @@ def test_build_relay_approve_promote_instance_and_rollback_on_gcp(
         "broken-one": ({"repository": f"{REGISTRY}/{IMAGE}", "tag": second}, "production"),
     }
     assert app.who_runs(IMAGE, [first, second]) == {first: [USER], second: [USER]}
+    # Created for the person who asked ("single user" access): with the role docs/deploy.md
+    # grants everyone who gets instances, their Google account opens it, and nobody else's.
+    for person in (USER, OWNER):
+        google.grant_service_account_user(google.default_compute_account, GOOGLE_ACCOUNTS[person])
+    assert google.can_open("safe-one", GOOGLE_ACCOUNTS[USER])
+    assert not google.can_open("safe-one", GOOGLE_ACCOUNTS[OWNER])
 
     # The owner rolls back: production is the fallback again, in the store and the registry.
     reply = app.handle(OWNER, f'rollback {IMAGE} --reason "login broken"')

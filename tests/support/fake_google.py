@@ -222,6 +222,11 @@ class FakeGoogleApis(Startable):
         self.heads: dict[str, str] = {}  # branch -> commit SHA of the connected repository
         self.builds: dict[str, Json] = {}
         self.instances: dict[str, Json] = {}
+        self.instance_owners: dict[str, list[str]] = {}  # instance name -> instanceOwners
+        self.operations: dict[str, Json] = {}  # Notebooks v2 long-running operations
+        self.service_account_users: dict[str, set[str]] = {}  # account -> emails (IAM)
+        self.creator = f"nbenv-bot@{project}.iam.gserviceaccount.com"
+        self.default_compute_account = "123456789012-compute@developer.gserviceaccount.com"
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -780,29 +785,51 @@ class FakeGoogleApis(Startable):
             "done": False,
         }
 
-    # Notebooks v2: /v2/projects/P/locations/Z/instances[/NAME[:stop]]
+    # Notebooks v2: /v2/projects/P/locations/Z/instances[/NAME[:stop]], /v2/.../operations/ID
+    # Shaped on google-cloud-notebooks (notebooks_v2/types/instance.py, gce_setup.py,
+    # service.py) and the Workbench docs cited beside WORKBENCH_ZONES and can_open.
     def _notebooks(self, request: Request, segments: list[str]) -> Json | None:
-        if len(segments) < 6 or segments[5] != "instances":
+        if len(segments) < 6 or segments[1] != "projects" or segments[3] != "locations":
             return None
         parent = "/".join(segments[1:5])
+        _check_zone(segments[4])
         method = request.method
+        if segments[5] == "operations":
+            operation = self.operations.get("/".join(segments[1:7]))
+            if len(segments) != 7 or method != "GET":
+                return None
+            if operation is None:
+                raise _HttpError(404, f"Resource '{'/'.join(segments[1:7])}' was not found")
+            return operation
+        if segments[5] != "instances":
+            return None
         if len(segments) == 6:
             if method == "POST":
                 instance_id = request.query.get("instanceId", "")
-                if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", instance_id):
-                    raise _HttpError(400, f"invalid instance id {instance_id!r}")
+                if not _INSTANCE_ID.fullmatch(instance_id):
+                    raise _HttpError(
+                        400,
+                        f"Invalid value for field 'instance_id': {instance_id!r}. The instance "
+                        "name must be 1 to 63 characters long and contain only lowercase "
+                        "letters, numeric characters, and dashes. The first character must be "
+                        "a lowercase letter and the last character cannot be a dash.",
+                    )
                 name = f"{parent}/instances/{instance_id}"
                 if name in self.instances:
                     raise _HttpError(409, f"instance {name} already exists")
                 instance = dict(request.body or {})
+                owners = _check_instance(instance, segments[4])
+                # instanceOwners is "Input only": never part of what GET or LIST answers.
+                instance.pop("instanceOwners", None)
                 instance.update(
                     name=name,
                     state="PROVISIONING",
                     createTime=self._now(),
-                    creator="nbenv-bot@nbenv-test.iam.gserviceaccount.com",
+                    creator=self.creator,
                 )
                 self.instances[name] = instance
-                return self._operation(parent, "create", name)
+                self.instance_owners[name] = owners
+                return self._operation(parent, "create", name, done=False)
             if method == "GET":
                 items = [i for n, i in sorted(self.instances.items()) if n.startswith(parent + "/")]
                 return self._page(request, "instances", items)
@@ -813,8 +840,9 @@ class FakeGoogleApis(Startable):
         if instance is None:
             raise _HttpError(404, f"Resource '{name}' was not found")
         if verb == "stop" and method == "POST":
-            instance["state"] = "STOPPED"
-            return self._operation(parent, "stop", name)
+            # A long-running operation: STOPPING until it ends (finish_operations()).
+            instance["state"] = "STOPPING"
+            return self._operation(parent, "stop", name, done=False)
         if not verb and method == "GET":
             return instance
         if not verb and method == "DELETE":
@@ -822,8 +850,8 @@ class FakeGoogleApis(Startable):
             return self._operation(parent, "delete", name)
         return None
 
-    def _operation(self, parent: str, verb: str, target: str) -> Json:
-        return {
+    def _operation(self, parent: str, verb: str, target: str, *, done: bool = False) -> Json:
+        operation = {
             "name": f"{parent}/operations/operation-{uuid.uuid4().hex[:12]}",
             "metadata": {
                 "@type": "type.googleapis.com/google.cloud.notebooks.v2.OperationMetadata",
@@ -832,8 +860,26 @@ class FakeGoogleApis(Startable):
                 "verb": verb,
                 "apiVersion": "v2",
             },
-            "done": False,
+            "done": done,
         }
+        self.operations[operation["name"]] = operation
+        return dict(operation)
+
+    def finish_operations(self) -> None:
+        """End every pending stop as Workbench would, a minute later: STOPPING → STOPPED."""
+        with self._lock:
+            for operation in self.operations.values():
+                if operation["done"]:
+                    continue
+                operation["done"] = True
+                target = operation["metadata"]["target"]
+                instance = self.instances.get(target)
+                if operation["metadata"]["verb"] == "stop" and instance is not None:
+                    instance["state"] = "STOPPED"
+                operation["response"] = {
+                    "@type": "type.googleapis.com/google.cloud.notebooks.v2.Instance",
+                    **(instance or {"name": target}),
+                }
 
     def set_instance_state(self, name: str, state: str, *, proxy_uri: str | None = None) -> None:
         with self._lock:
@@ -842,6 +888,137 @@ class FakeGoogleApis(Startable):
                     instance["state"] = state
                     if proxy_uri:
                         instance["proxyUri"] = proxy_uri
+
+    def grant_service_account_user(self, account: str, member: str) -> None:
+        """`roles/iam.serviceAccountUser` on service account ACCOUNT for MEMBER (an email)."""
+        with self._lock:
+            self.service_account_users.setdefault(account, set()).add(member)
+
+    def can_open(self, instance_id: str, email: str) -> bool:
+        """Whether EMAIL can open the instance's JupyterLab, by the rule of "Manage access to
+        an instance's JupyterLab interface" (cloud.google.com/vertex-ai/docs/workbench/
+        instances/manage-access-jupyterlab): with "single user only" access (instanceOwners)
+        only that user, who needs roles/iam.serviceAccountUser on the instance's service
+        account unless they created the instance; otherwise every user of that account."""
+        with self._lock:
+            (name,) = [n for n in self.instances if n.endswith(f"/instances/{instance_id}")]
+            accounts = self.instances[name].get("gceSetup", {}).get("serviceAccounts") or [{}]
+            account = accounts[0].get("email") or self.default_compute_account
+            users = self.service_account_users.get(account, set())
+            owners = self.instance_owners.get(name) or []
+            if owners:
+                return email == owners[0] and (email == self.creator or email in users)
+            return email in users
+
+    def gpu_driver_installed(self, instance_id: str) -> bool:
+        """Whether the instance's VM got a GPU driver: only when it has a GPU and the request
+        said so (GPUDriverConfig.enable_gpu_driver: "If this field is empty or set to false,
+        the GPU driver won't be installed. Only applicable to instances with GPUs.")."""
+        with self._lock:
+            (setup,) = [
+                i.get("gceSetup", {})
+                for n, i in self.instances.items()
+                if n.endswith(f"/instances/{instance_id}")
+            ]
+            return bool(setup.get("acceleratorConfigs")) and (
+                setup.get("gpuDriverConfig", {}).get("enableGpuDriver") is True
+            )
+
+
+# -- Workbench (Notebooks v2) rules the fake enforces -------------------------------------------
+
+# Zones as Compute Engine lists them (cloud.google.com/compute/docs/regions-zones): a
+# realistic subset. Note what is NOT there: us-east1-a, europe-west1-a (no such zones).
+WORKBENCH_ZONES = frozenset(
+    {
+        *(f"us-central1-{z}" for z in "abcf"),
+        *(f"us-east1-{z}" for z in "bcd"),
+        *(f"us-east4-{z}" for z in "abc"),
+        *(f"us-west1-{z}" for z in "abc"),
+        *(f"us-west4-{z}" for z in "abc"),
+        *(f"europe-west1-{z}" for z in "bcd"),
+        *(f"europe-west2-{z}" for z in "abc"),
+        *(f"europe-west4-{z}" for z in "abc"),
+        *(f"asia-east1-{z}" for z in "abc"),
+        *(f"asia-northeast1-{z}" for z in "abc"),
+        *(f"asia-southeast1-{z}" for z in "abc"),
+    }
+)
+# gcloud workbench instances reference: "The instance name must be 1 to 63 characters long
+# and contain only lowercase letters, numeric characters, and dashes. The first character
+# must be a lowercase letter and the last character cannot be a dash."
+_INSTANCE_ID = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+# Compute Engine machine types (cloud.google.com/compute/docs/machine-resource): the
+# general-purpose families, and the accelerator-optimized ones that carry their GPUs.
+_MACHINE_TYPE = re.compile(
+    r"(?:(?:e2|n1|n2|n2d|n4|c2|c2d|c3|c3d|t2d)-(?:standard|highmem|highcpu)-(?:[1-9][0-9]{0,2})"
+    r"|a2-(?:highgpu|megagpu|ultragpu)-(?:1|2|4|8|16)g|g2-standard-(?:4|8|12|16|24|32|48|96))"
+)
+# AcceleratorConfig.AcceleratorType (notebooks_v2/types/gce_setup.py) by name and number
+# (the REST transport sends enums as numbers), and the machine family each GPU attaches to
+# (cloud.google.com/compute/docs/gpus: T4, P4, P100, V100 on N1; A100 on A2; L4 on G2).
+_ACCELERATORS = {
+    "NVIDIA_TESLA_P100": (2, "n1-"),
+    "NVIDIA_TESLA_V100": (3, "n1-"),
+    "NVIDIA_TESLA_P4": (4, "n1-"),
+    "NVIDIA_TESLA_T4": (5, "n1-"),
+    "NVIDIA_TESLA_T4_VWS": (8, "n1-"),
+    "NVIDIA_TESLA_P100_VWS": (9, "n1-"),
+    "NVIDIA_TESLA_P4_VWS": (10, "n1-"),
+    "NVIDIA_TESLA_A100": (11, "a2-highgpu-"),
+    "NVIDIA_A100_80GB": (12, "a2-ultragpu-"),
+    "NVIDIA_L4": (13, "g2-"),
+}
+_ACCELERATOR_BY_NUMBER = {number: name for name, (number, _) in _ACCELERATORS.items()}
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[a-z]{2,}")
+
+
+def _check_zone(zone: str) -> None:
+    if zone not in WORKBENCH_ZONES:
+        # What Compute Engine answers for a zone that does not exist.
+        raise _HttpError(400, f"Invalid value for field 'zone': '{zone}'. Unknown zone.")
+
+
+def _check_instance(instance: Json, zone: str) -> list[str]:
+    """Refuse what Workbench would refuse in a create; the instance owners, if any."""
+    setup = instance.get("gceSetup") or {}
+    machine = setup.get("machineType", "n1-standard-4")
+    if not _MACHINE_TYPE.fullmatch(machine):
+        raise _HttpError(
+            400,
+            f"Invalid value for field 'resource.machineType': '{machine}'. Machine type with "
+            f"name '{machine}' does not exist in zone '{zone}'.",
+        )
+    accelerators = setup.get("acceleratorConfigs") or []
+    if len(accelerators) > 1:  # "Currently supports only one accelerator configuration."
+        raise _HttpError(400, "gce_setup.accelerator_configs: only one is supported")
+    for accelerator in accelerators:
+        kind = accelerator.get("type")
+        kind = _ACCELERATOR_BY_NUMBER.get(kind, kind) if isinstance(kind, int) else kind
+        if kind not in _ACCELERATORS:
+            raise _HttpError(400, f"Invalid value for field 'accelerator_configs.type': {kind!r}")
+        if str(accelerator.get("coreCount")) not in ("1", "2", "4", "8"):
+            raise _HttpError(
+                400,
+                f"Invalid value for field 'accelerator_configs.core_count': "
+                f"{accelerator.get('coreCount')!r}",
+            )
+        family = _ACCELERATORS[kind][1]
+        if not machine.startswith(family):
+            raise _HttpError(
+                400,
+                f"Accelerator type {kind} is not supported with machine type {machine} "
+                f"(it attaches to {family}* machines)",
+            )
+    owners = instance.get("instanceOwners") or []
+    if len(owners) > 1:  # Instance.instance_owners: "Currently supports one owner only."
+        raise _HttpError(400, "instance_owners: currently supports one owner only")
+    for owner in owners:
+        if not isinstance(owner, str) or not _EMAIL.fullmatch(owner):
+            raise _HttpError(
+                400, f"Invalid value for field 'instance_owners': {owner!r}: expected an email"
+            )
+    return list(owners)
 
 
 def _decode_segment(part: str) -> str:
@@ -865,6 +1042,8 @@ def _replace_status(request: Request, status: int) -> Request:
 
 def _route(method: str, segments: list[str]) -> tuple[str, str | None] | None:
     """(api, IAM permission) of a request, from its path alone."""
+    if segments[:1] == ["v2"] and "operations" in segments:
+        return "notebooks", "notebooks.operations.get"
     if segments[:1] == ["v2"] and "instances" in segments:
         last = segments[-1]
         if last.endswith(":stop"):

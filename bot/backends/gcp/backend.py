@@ -95,6 +95,10 @@ class GcpBackend:
 
     # -- instances ---------------------------------------------------------------------------
 
+    def instance_refusal(self, user: str) -> str | None:
+        """Why USER cannot have an instance: no Google account mapped (config only)."""
+        return self.workbench.owner_problem(user)
+
     def start_instance(self, request: InstanceRequest) -> InstanceInfo:
         return self.workbench.start(request)
 

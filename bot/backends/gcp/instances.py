@@ -70,7 +70,24 @@ class Workbench:
         self.caller = caller
 
     def location(self, image: str) -> str:
-        return self.config.images[image].instance.location or f"{self.gcp.region}-a"
+        """IMAGE's Workbench zone, as configured: never guessed from the region (a guessed
+        `{region}-a` may not exist, e.g. us-east1-a, or may lack the image's machine or GPU)."""
+        zone = self.config.images[image].instance.location or self.gcp.zone
+        if zone is None:  # load_config refuses this; a Config built otherwise may not
+            raise ConfigError(
+                f"images.{image}.instance.location: required on the gcp backend (or gcp.zone)"
+            )
+        return zone
+
+    def owner_problem(self, user: str) -> str | None:
+        """Why USER cannot be given a Workbench instance (config only: cheap), or None."""
+        if user in self.gcp.google_accounts:
+            return None
+        return (
+            f"no Google account is mapped to {user}, and a Workbench instance opens only for "
+            "the Google account it is created for: ask whoever runs nbenv to add "
+            f"`gcp.google_accounts: {{{user}: you@example.com}}` to its config"
+        )
 
     def locations(self) -> list[str]:
         return sorted({self.location(image) for image in self.config.images})
@@ -104,8 +121,14 @@ class Workbench:
         from google.api_core import exceptions as gexc
         from google.cloud import notebooks_v2
 
+        # Refused before anything is created: an instance nobody who asked can open is waste.
+        problem = self.owner_problem(request.requested_by)
+        if problem:
+            raise Refused(problem)
+        owner = self.gcp.google_accounts[request.requested_by]
         settings = self.config.images[request.image].instance
         location = self.location(request.image)
+        accelerators = self._accelerators(request.image)
         parent = f"projects/{self.gcp.project}/locations/{location}"
         resource = f"{parent}/instances/{request.name}"
         about = {
@@ -117,7 +140,13 @@ class Workbench:
         instance = notebooks_v2.Instance(
             gce_setup=notebooks_v2.GceSetup(
                 machine_type=settings.machine_type,
-                accelerator_configs=self._accelerators(request.image),
+                accelerator_configs=accelerators,
+                # Unset, Google installs no GPU driver (GPUDriverConfig: "If this field is
+                # empty or set to false, the GPU driver won't be installed"; gcloud's
+                # --install-gpu-driver): the GPU would be unusable from the notebook.
+                gpu_driver_config=(
+                    notebooks_v2.GPUDriverConfig(enable_gpu_driver=True) if accelerators else None
+                ),
                 container_image=notebooks_v2.ContainerImage(
                     repository=self.registry.image_url(request.image), tag=request.sha
                 ),
@@ -133,6 +162,10 @@ class Workbench:
                 metadata=about,
             ),
             labels={**MANAGED, **{key: label_value(value) for key, value in about.items()}},
+            # "Single user only" access: the person who asked opens JupyterLab with their own
+            # Google account (Instance.instance_owners: "If not specified, all of the service
+            # account users of your VM instance's service account can use the instance").
+            instance_owners=[owner],
         )
         client = self.clients.notebooks()
         op = Op(
@@ -207,14 +240,22 @@ class Workbench:
         return self.console_url(location, name)
 
     def stop(self, name: str, details: dict[str, Any]) -> None:
-        """Stop the VM (its disk, and the user's work on it, stay); a gone instance is fine."""
+        """Stop the VM (its disk, and the user's work on it, stay); a gone instance is fine.
+
+        Stopping is a long-running operation (the instance is STOPPING until it ends, which
+        takes a minute or so): it is started here, not waited for; `list` tells STOPPING
+        and STOPPED alike as stopped."""
         from google.api_core import exceptions as gexc
         from google.cloud import notebooks_v2
 
-        location = details.get("location") or self.gcp.region + "-a"
-        resource = details.get("resource") or (
-            f"projects/{self.gcp.project}/locations/{location}/instances/{name}"
-        )
+        resource = details.get("resource")
+        if not resource:
+            location = details.get("location") or self.gcp.zone
+            if not location:
+                raise Refused(
+                    f"nbenv did not record the zone of instance {name}: stop it in the console"
+                )
+            resource = f"projects/{self.gcp.project}/locations/{location}/instances/{name}"
         client = self.clients.notebooks()
         try:
             self.caller.call(

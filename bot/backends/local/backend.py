@@ -89,6 +89,10 @@ class LocalBackend:
     def check_version(self, image: str, sha: str) -> None:
         """Nothing to check: locally the store's versions are the registry."""
 
+    def instance_refusal(self, user: str) -> str | None:
+        """None: who may share the bot's OS user is decided per request, in the job."""
+        return None
+
     def start_instance(self, request: InstanceRequest) -> InstanceInfo:
         return self.instances.start(request)
 

@@ -99,6 +99,9 @@ _ZONE = re.compile(r"[a-z]+(?:-[a-z]+)+[0-9]+-[a-z]")
 # What Workbench takes as an instance owner: one person's Google account (an email).
 _EMAIL = re.compile(r"[A-Za-z0-9._%+'-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _MAX_EMAIL = 254
+# A public (C…) or private (G…, or C… since 2021) channel's ID: Slack's conversations.*
+# methods need the ID, a #name does not do.
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,20}")
 
 
 def _check_zone(value: str | None) -> str | None:
@@ -150,8 +153,11 @@ class Image(_Strict):
     @field_validator("channel")
     @classmethod
     def _channel(cls, value: str) -> str:
-        if not value.startswith(("C", "G", "#")):
-            raise ValueError("expected a Slack channel ID like C0123ABCD (or #name)")
+        if not _CHANNEL_ID.fullmatch(value):
+            raise ValueError(
+                f"expected a Slack channel ID like C0123ABCD, not {value[:40]!r}: in Slack, "
+                "open the channel's details (click its name); the ID is at the bottom"
+            )
         return value
 
 

@@ -13,12 +13,19 @@ thread's new root. Messages refused because the bot is not in the channel
 (`not_in_channel`) are sent again once it is: on Slack's `member_joined_channel` event
 and, should that event be missed, every REVIVE_EVERY (see `revive_missing_channel`).
 Every payload is cut to Slack's limits on the way out (`bot.slack.blocks.fit_message`).
+
+Refusals that concern the app rather than one message (the token was revoked, the
+workspace deactivated it, a scope is missing: APP_WIDE_ERRORS) pause delivery instead:
+every message stays queued, in order, the operator is told (one log line, `/healthz`,
+the owners' App Home), and every PROBE_EVERY a cheap `auth.test` (or, for a missing
+scope, the first message itself) checks whether Slack takes them again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,10 +50,6 @@ PERMANENT_ERRORS = {
     "channel_not_found",
     "not_in_channel",
     "is_archived",
-    "invalid_auth",
-    "account_inactive",
-    "token_revoked",
-    "missing_scope",
     "invalid_blocks",
     "msg_too_long",
     "no_text",
@@ -54,13 +57,58 @@ PERMANENT_ERRORS = {
     "message_not_found",
     "edit_window_closed",
     "unknown_method",
-    "not_authed",
     "invalid_arguments",
+    "no_permission",
+    "too_many_attachments",
+    "ekm_access_denied",
 }
+# ...and so is every `restricted_action*` (a channel where posting is restricted).
+PERMANENT_PREFIXES = ("restricted_action",)
+# Errors that say the app cannot send anything right now, whatever the message: delivery
+# pauses (nothing is discarded) until Slack takes messages again.
+APP_WIDE_ERRORS = {
+    "token_revoked",
+    "token_expired",
+    "account_inactive",
+    "invalid_auth",
+    "not_authed",
+    "missing_scope",
+}
+PROBE_EVERY = timedelta(minutes=1)
 # Refusals that end once the bot is invited to the channel: sent again when it joins.
 MISSING_FROM_CHANNEL = ("not_in_channel", "channel_not_found")
 REVIVE_WITHIN = timedelta(days=7)  # older messages are history: not posted after the fact
 REVIVE_EVERY = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class DeliveryPause:
+    """Delivery stopped by an app-wide refusal (REASON, Slack's error) SINCE; the next
+    check that Slack takes messages again is at NEXT_PROBE."""
+
+    reason: str
+    since: datetime
+    next_probe: datetime
+
+    def describe(self) -> dict[str, str]:
+        return {"paused": "yes", "reason": self.reason, "since": iso(self.since)}
+
+
+# The pause of the sender delivering for each store in this process (see delivery_pause).
+_pauses: weakref.WeakKeyDictionary[Store, DeliveryPause] = weakref.WeakKeyDictionary()
+
+
+def delivery_pause(store: Store) -> DeliveryPause | None:
+    """Why delivery to Slack is paused in this process, or None when it is not."""
+    return _pauses.get(store)
+
+
+class _Pause(Exception):
+    """Slack refused for a reason that concerns the app, not the message."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _Retry(Exception):
@@ -95,15 +143,18 @@ class OutboxSender:
         found in Slack by its key before it is sent again.
         """
         now = self.store.clock()
+        if not self._may_send(now):
+            return 0
         rows, threads = self._queue(limit)
         lanes, superseded = _plan(rows, iso(now), limit)
         payloads = self._claim([row for lane in lanes for row in lane], superseded, now)
         outcomes: list[tuple[Any, dict[str, Any]]] = []
         roots: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
         delivered = 0
+        paused = False
         try:
             for lane in lanes:
-                stopped = False
+                stopped = paused
                 for row in lane:
                     payload = payloads.get(row.id)
                     if stopped or payload is None:
@@ -115,6 +166,11 @@ class OutboxSender:
                         continue
                     outcome = self._send(row, payload, threads, now)
                     outcomes.append((row, outcome.values))
+                    if outcome.paused_by is not None:
+                        # Nothing can be sent: every message keeps its place for later.
+                        self._pause(outcome.paused_by, now)
+                        paused = stopped = True
+                        continue
                     if outcome.response is None:
                         # A message refused for good does not hold up the rest of its
                         # thread; one that will be retried keeps its place in the order.
@@ -133,7 +189,14 @@ class OutboxSender:
         finally:
             # Even when the pass is cut short, what reached Slack is on record.
             self._record(outcomes, roots)
+        if not paused:
+            self._resume()
         return delivered
+
+    @property
+    def pause(self) -> DeliveryPause | None:
+        """Why delivery is paused, or None (see APP_WIDE_ERRORS)."""
+        return _pauses.get(self.store)
 
     def revive_missing_channel(self, channel: str | None = None) -> int:
         """See `revive_missing_channel`; also what REVIVE_EVERY does, CHANNEL None."""
@@ -152,6 +215,47 @@ class OutboxSender:
             if left == 0 or time.monotonic() >= deadline:
                 return left
             time.sleep(poll_s)
+
+    # -- pause ---------------------------------------------------------------------------
+
+    def _may_send(self, now: datetime) -> bool:
+        """False while delivery is paused; when a probe is due, whether Slack may take
+        messages again (a missing scope is probed by sending: auth.test cannot tell)."""
+        pause = self.pause
+        if pause is None:
+            return True
+        if now < pause.next_probe:
+            return False
+        if pause.reason != "missing_scope":
+            try:
+                self.client.auth_test()
+            except SlackApiError as error:
+                code = _error_code(error)
+                reason = code if code in APP_WIDE_ERRORS else pause.reason
+                _pauses[self.store] = DeliveryPause(reason, pause.since, now + PROBE_EVERY)
+                return False
+            except (SlackRequestError, OSError):
+                _pauses[self.store] = DeliveryPause(pause.reason, pause.since, now + PROBE_EVERY)
+                return False
+        return True  # the pass tells: it pauses again, or `_resume` ends the pause
+
+    def _resume(self) -> None:
+        pause = _pauses.pop(self.store, None)
+        if pause is not None:
+            log.warning("outbox: Slack takes messages again (%s is over): resumed", pause.reason)
+
+    def _pause(self, reason: str, now: datetime) -> None:
+        if self.store not in _pauses:
+            log.error(
+                "outbox: Slack refused the app (%s): delivery paused, nothing is lost; "
+                "fix the token or the app's scopes (reinstall the app) and it resumes within %ds",
+                reason,
+                PROBE_EVERY.total_seconds(),
+            )
+            since = now
+        else:
+            since = _pauses[self.store].since
+        _pauses[self.store] = DeliveryPause(reason, since, now + PROBE_EVERY)
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -194,6 +298,14 @@ class OutboxSender:
                 response = self._find_posted(row, payload)
             if response is None:
                 response = self._call(method, payload)
+        except _Pause as pause:
+            # Not this message's fault: it keeps its place, its attempts and its due time.
+            kept = {
+                "status": "pending",
+                "next_attempt_at": row.next_attempt_at,
+                "last_error": pause.reason,
+            }
+            return _Outcome(kept, payload, method, paused_by=pause.reason)
         except _Retry as retry:
             attempts = row.attempts + (1 if retry.counts else 0)
             log.warning(
@@ -312,14 +424,16 @@ class OutboxSender:
             return self.client.api_call(method, json=payload).data  # type: ignore[return-value]
         except SlackApiError as error:
             status = getattr(error.response, "status_code", 200)
-            code = error.response.get("error") if hasattr(error.response, "get") else None
+            code = _error_code(error)
+            if code in APP_WIDE_ERRORS:
+                raise _Pause(code) from None
             if status == 429 or code == "ratelimited":
                 raise _Retry(
                     _retry_after(error.response.headers), "rate limited", counts=False
                 ) from None
             if status >= 500 or code in {"internal_error", "fatal_error", "service_unavailable"}:
                 raise _Retry(5, f"HTTP {status} {code or ''}".strip()) from None
-            if code in PERMANENT_ERRORS:
+            if code in PERMANENT_ERRORS or (code or "").startswith(PERMANENT_PREFIXES):
                 raise
             raise _Retry(10, f"{code or status}") from None
         except (SlackRequestError, OSError) as error:
@@ -336,7 +450,9 @@ class OutboxSender:
                 found = self.client.conversations_history(
                     channel=payload["channel"], include_all_metadata=True, limit=100
                 )
-        except SlackApiError:
+        except SlackApiError as error:
+            if _error_code(error) in APP_WIDE_ERRORS:
+                raise _Pause(str(_error_code(error))) from None
             return None  # can't tell: sending again is better than losing the message
         for message in found.get("messages") or []:
             metadata = message.get("metadata") or {}
@@ -470,11 +586,18 @@ class _Outcome:
     payload: dict[str, Any]
     method: str
     response: dict[str, Any] | None = None
+    paused_by: str | None = None  # an app-wide refusal: delivery pauses
 
 
 def _opens_thread(row: Any, method: str, payload: dict[str, Any]) -> bool:
     """The first message delivered for (image, sha) is its thread's root."""
     return bool(method == "chat.postMessage" and row.thread_image and not payload.get("thread_ts"))
+
+
+def _error_code(error: SlackApiError) -> str | None:
+    response = error.response
+    code = response.get("error") if hasattr(response, "get") else None
+    return code if isinstance(code, str) else None
 
 
 def _retry_after(headers: Any) -> float:

@@ -226,6 +226,12 @@ def _twice(key_line: str, again: str) -> Callable[[str], str]:
             lambda c: c.replace("channel: C02VISION", "channel: vision"),
             "27: images.vision.pytorch-gpu.channel: expected a Slack channel ID",
         ),
+        (
+            # Slack's conversations.* methods need the ID: a #name is refused at load.
+            lambda c: c.replace("channel: C02VISION", 'channel: "#vision"'),
+            "27: images.vision.pytorch-gpu.channel: expected a Slack channel ID like "
+            "C0123ABCD, not '#vision': in Slack, open the channel's details",
+        ),
         (lambda c: c.replace("backend: local", "backend: aws"), "2: backend: Input should be"),
         (
             lambda c: c.replace("backend: local", "backend: gcp"),

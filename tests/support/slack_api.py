@@ -145,6 +145,30 @@ class _Fault:
 
 
 @dataclass
+class _Refusal:
+    """Answer METHOD (every method when None) HTTP 200 {"ok": false, "error": ERROR}, as
+    Slack answers a revoked token or a missing scope, REMAINING more times (None: until
+    `stop_refusing`)."""
+
+    error: str
+    method: str | None
+    remaining: int | None
+
+    def take(self, method: str) -> bool:
+        if self.method is not None and self.method != method:
+            return False
+        if self.remaining is not None:
+            self.remaining -= 1
+        return True
+
+
+# What Slack adds to a missing_scope answer.
+_MISSING_SCOPE_DETAIL = {"needed": "chat:write", "provided": "commands"}
+# Where Slack wants a conversation ID (C…, G…, D…): a #name is channel_not_found.
+_CONVERSATION_ID = re.compile(r"[CGD][A-Z0-9]+")
+
+
+@dataclass
 class _State:
     calls: list[Call] = field(default_factory=list)
     failed: list[Call] = field(default_factory=list)
@@ -153,6 +177,7 @@ class _State:
     home_views: dict[str, Payload] = field(default_factory=dict)
     faults: list[_Fault] = field(default_factory=list)
     absent_from: set[str] = field(default_factory=set)
+    refusals: list[_Refusal] = field(default_factory=list)
     response_urls: dict[str, float] = field(default_factory=dict)  # path → given at
 
 
@@ -309,6 +334,18 @@ class FakeSlackApi(Startable):
                 user_id, name, real, {"real_name": real, "display_name": name, **profile}
             )
 
+    def refuse(self, error: str, *, method: str | None = None, times: int | None = None) -> None:
+        """Answer METHOD (every Web API method when None) with Slack's HTTP 200
+        {"ok": false, "error": ERROR} — `token_revoked`, `missing_scope`,
+        `restricted_action`… — TIMES times, or until `stop_refusing()` when None."""
+        with self._cond:
+            self._state.refusals.append(_Refusal(error, method, times))
+
+    def stop_refusing(self) -> None:
+        """The token or scope was fixed: methods answer as usual again."""
+        with self._cond:
+            self._state.refusals.clear()
+
     def keep_bot_out_of(self, channel: str) -> None:
         """Posts and updates in CHANNEL answer not_in_channel until `invite_bot(channel)`
         (a private channel the bot was not invited to)."""
@@ -440,6 +477,12 @@ class FakeSlackApi(Startable):
             return _error("not_authed")
         if (self.token is not None and token != self.token) or not token.startswith("xox"):
             return _error("invalid_auth")
+        for refusal in self._state.refusals:
+            if refusal.take(method):
+                if refusal.remaining == 0:
+                    self._state.refusals.remove(refusal)
+                extra = _MISSING_SCOPE_DETAIL if refusal.error == "missing_scope" else {}
+                return _error(refusal.error, **extra)
         override = self._overrides.get(method)
         if override is not None:
             result = override(args) if callable(override) else override
@@ -592,6 +635,9 @@ class FakeSlackApi(Startable):
         channel = args.get("channel")
         if not channel:
             return _missing("channel")
+        problem = self._readable_problem(channel)
+        if problem:
+            return _error(problem)
         roots = [
             self._message_payload(m)
             for m in self._state.messages.values()
@@ -604,6 +650,9 @@ class FakeSlackApi(Startable):
         for required in ("channel", "ts"):
             if not args.get(required):
                 return _missing(required)
+        problem = self._readable_problem(args["channel"])
+        if problem:
+            return _error(problem)
         root = self._find_message(args["channel"], args["ts"])
         if root is None:
             return _error("thread_not_found")
@@ -614,6 +663,15 @@ class FakeSlackApi(Startable):
             "messages": [self._message_payload(m) for m in messages],
             "has_more": False,
         }
+
+    def _readable_problem(self, channel: Any) -> str | None:
+        """Reading a conversation needs its ID (a #name is channel_not_found) and the
+        bot's membership (not_in_channel), as Slack's conversations.* methods do."""
+        if not _CONVERSATION_ID.fullmatch(str(channel)):
+            return "channel_not_found"
+        if channel in self._state.absent_from:
+            return "not_in_channel"
+        return None
 
     def _users_info(self, args: Payload) -> Payload:
         user_id = str(args.get("user") or "")

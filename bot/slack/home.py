@@ -23,8 +23,10 @@ def home_view(
     now: datetime | None = None,
     *,
     missing: dict[str, int] | None = None,
+    paused: str | None = None,
 ) -> dict:  # type: ignore[type-arg]
-    """MISSING: channels the bot is not in, by how many messages Slack refused there."""
+    """MISSING: channels the bot is not in, by how many messages Slack refused there.
+    PAUSED: why Slack refuses every message (see bot.slack.outbox.APP_WIDE_ERRORS)."""
     now = now or datetime.now(UTC)
     missing = missing or {}
     blocks: list[dict[str, Any]] = [
@@ -44,6 +46,14 @@ def home_view(
             _text(
                 f"{mention(user)}, you are not in any nbenv team yet: ask an "
                 "image owner to add your Slack ID to the nbenv config."
+            )
+        )
+    if paused:
+        blocks.append(
+            _text(
+                f"⚠️ Slack refuses nbenv's messages (`{escape(paused)}`): they wait, none is "
+                "lost. Fix the app's token or scopes (reinstall the app): they go out within "
+                "a minute."
             )
         )
     warning = _missing_warning(statuses, missing)

@@ -307,12 +307,15 @@ class Interactions:
 
     def home(self, user: Person) -> dict[str, Any]:
         from bot.slack.home import home_view
-        from bot.slack.outbox import missing_channels
+        from bot.slack.outbox import delivery_pause, missing_channels
 
         images = self.app.visible_images(user)
         with self.store.read() as tx:
             statuses = [self.app.image_status(tx, image) for image in images]
-        return home_view(user, statuses, missing=missing_channels(self.store))
+        pause = delivery_pause(self.store)
+        owner = any(self.app.config.role_of(image, user) == Role.OWNER for image in images)
+        paused = pause.reason if pause is not None and owner else None
+        return home_view(user, statuses, missing=missing_channels(self.store), paused=paused)
 
     def bot_joined(self, channel: str) -> int:
         """Someone (the bot, when it is invited) joined CHANNEL: Slack sends this event only

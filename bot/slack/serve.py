@@ -188,7 +188,11 @@ def create_web_app(bolt: Any, worker: WorkerRuntime, signing_secret: str) -> Any
     def healthz() -> Any:
         background = worker.wait().background
         background_ok = background is None or background.running
-        return {"ok": background_ok, "background": background_ok}, 200 if background_ok else 503
+        health: dict[str, Any] = {"ok": background_ok, "background": background_ok}
+        pause = background.sender.pause if background and background.sender else None
+        if pause is not None:  # still serving: delivery resumes by itself once fixed
+            health["slack_delivery"] = pause.describe()
+        return health, 200 if background_ok else 503
 
     @web.post("/pubsub/jobs")
     def pubsub_jobs() -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 from bot.domain.names import Env
 from bot.domain.text import age, escape, mention
-from bot.slack.blocks import MAX_HOME_BLOCKS, fit_blocks
+from bot.slack.blocks import MAX_HOME_BLOCKS, MAX_TEXT_OBJECT, fit_blocks
 
 BLOCKS_PER_IMAGE = 4
 
@@ -51,7 +51,12 @@ def home_view(
         blocks.append(_text(warning))
     active = [s for s in statuses if s["frozen"] or any(s["environments"].values())]
     idle = [s["image"] for s in statuses if s not in active]
-    room = (MAX_HOME_BLOCKS - len(blocks) - 2) // BLOCKS_PER_IMAGE
+    # Every block counts against Slack's 100: the header, the idle line (a divider and a
+    # context) and, when not every image fits, the "…and N more" line too.
+    after = 2 if idle else 0
+    room = (MAX_HOME_BLOCKS - len(blocks) - after) // BLOCKS_PER_IMAGE
+    if len(active) > room:
+        room = (MAX_HOME_BLOCKS - len(blocks) - after - 1) // BLOCKS_PER_IMAGE
     for status in active[:room]:
         blocks += _image_blocks(status, now)
     if len(active) > room:
@@ -59,14 +64,21 @@ def home_view(
     if idle:
         blocks += [
             {"type": "divider"},
-            {
-                "type": "context",
-                "elements": [
-                    {"type": "mrkdwn", "text": ("No versions yet: " + ", ".join(idle))[:3000]}
-                ],
-            },
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": _idle_line(idle)}]},
         ]
     return {"type": "home", "blocks": fit_blocks(blocks, MAX_HOME_BLOCKS)}
+
+
+def _idle_line(idle: list[str]) -> str:
+    """The images with no version yet, as many names as fit, then how many more."""
+    line = "No versions yet: "
+    for index, image in enumerate(idle):
+        more = f" …and {len(idle) - index} more"
+        name = image if index == 0 else ", " + image
+        if len(line) + len(name) + len(more) > MAX_TEXT_OBJECT and index:
+            return line + more
+        line += name
+    return line
 
 
 def _missing_warning(statuses: list[dict[str, Any]], missing: dict[str, int]) -> str | None:

@@ -261,5 +261,4 @@ def test_the_slack_manifest_points_everything_at_the_bot() -> None:
         "chat:write.public",
         "channels:history",
         "groups:history",
-        "users:read",
     } <= set(manifest["oauth_config"]["scopes"]["bot"])

@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.domain.names import Env
-from bot.domain.text import age, escape, mention
+from bot.domain.text import age, cut, escape, mention, quote
 from bot.slack.blocks import MAX_HOME_BLOCKS, MAX_TEXT_OBJECT, fit_blocks
 
 BLOCKS_PER_IMAGE = 4
+MAX_QUOTED = 300  # characters of a reason quoted on the Home tab, before escaping
 
 
 def home_view(
@@ -98,7 +99,7 @@ def _missing_warning(statuses: list[dict[str, Any]], missing: dict[str, int]) ->
 
 
 def _text(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}
+    return {"type": "section", "text": {"type": "mrkdwn", "text": cut(text, MAX_TEXT_OBJECT)}}
 
 
 def _channel(channel: str) -> str:
@@ -116,14 +117,14 @@ def _image_blocks(status: dict[str, Any], now: datetime) -> list[dict[str, Any]]
     if freeze:
         notes.append(
             f"🧊 Frozen by {mention(freeze['by'])} {age(freeze['at'], now)}: "
-            f"{escape(freeze['reason'])}"
+            f"{quote(freeze['reason'], MAX_QUOTED)}"
         )
     notes.append(_pending(status))
     return [
         {"type": "divider"},
         _text(title),
         {"type": "section", "fields": fields},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": "\n".join(notes)[:3000]}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": cut("\n".join(notes), MAX_TEXT_OBJECT)}]},
     ]
 
 
@@ -154,7 +155,7 @@ def _pending(status: dict[str, Any]) -> str:
         line += " (" + ", ".join(mention(u) for u in approvals["approved_by"]) + ")"
     if approvals["rejected_by"]:
         line += "; ⛔ rejected by " + ", ".join(
-            mention(r["user"]) + (f" ({escape(r['reason'])})" if r.get("reason") else "")
+            mention(r["user"]) + (f" ({quote(r['reason'], MAX_QUOTED)})" if r.get("reason") else "")
             for r in approvals["rejected_by"]
         )
     elif approvals["met"]:

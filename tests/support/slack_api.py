@@ -733,7 +733,7 @@ def view_problem(view: Any) -> Payload | None:
         if text is not None and not _text_fits(text, MAX_VIEW_TITLE):
             return _invalid_view(f"{label} must be at most {MAX_VIEW_TITLE} characters")
     try:
-        View(**view).validate_json()
+        View(**view).to_dict()  # the view and every block and element in it
     except (SlackObjectFormationError, TypeError, KeyError, AttributeError) as error:
         return _invalid_view(str(error))
     return None
@@ -759,7 +759,7 @@ def blocks_problem(blocks: Any, max_blocks: int) -> str | None:
             parsed = Block.parse(block)
             if parsed is None:  # a type slack_sdk does not know: Slack does not either
                 return "invalid_blocks"
-            parsed.validate_json()
+            parsed.to_dict()  # validates the block and, unlike validate_json, its elements
         except (SlackObjectFormationError, TypeError, KeyError, AttributeError):
             return "invalid_blocks"
     return None

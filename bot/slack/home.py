@@ -124,7 +124,10 @@ def _image_blocks(status: dict[str, Any], now: datetime) -> list[dict[str, Any]]
         {"type": "divider"},
         _text(title),
         {"type": "section", "fields": fields},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": cut("\n".join(notes), MAX_TEXT_OBJECT)}]},
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": cut("\n".join(notes), MAX_TEXT_OBJECT)}],
+        },
     ]
 
 

@@ -81,14 +81,16 @@ def safe_start(text: str, start: int) -> int:
     return min(ends) if ends else len(text)
 
 
-def cut(text: str, limit: int, marker: str = TRUNCATED) -> str:
+def cut(text: str, limit: int, marker: str = TRUNCATED, *, mrkdwn: bool = True) -> str:
     """TEXT if it fits in LIMIT characters, else its start and MARKER, LIMIT at most: cut
-    between characters, never inside an entity or a `<…>` reference."""
+    between characters and, in MRKDWN text, never inside an entity or a `<…>` reference
+    (plain text, not yet escaped, has neither)."""
     if len(text) <= limit:
         return text
     if limit <= len(marker):
-        return text[: safe_end(text, limit)]
-    return text[: safe_end(text, limit - len(marker))] + marker
+        return text[: safe_end(text, limit) if mrkdwn else limit]
+    room = limit - len(marker)
+    return text[: safe_end(text, room) if mrkdwn else room] + marker
 
 
 def cut_start(text: str, limit: int, marker: str = TRUNCATED) -> str:
@@ -103,7 +105,7 @@ def cut_start(text: str, limit: int, marker: str = TRUNCATED) -> str:
 def quote(text: str | None, limit: int) -> str:
     """What someone typed, shown in a message: cut to LIMIT characters BEFORE escaping,
     so the cut never falls inside an entity and what follows the quote is kept."""
-    return escape(cut(text or "", limit, "…"))
+    return escape(cut(text or "", limit, "…", mrkdwn=False))
 
 
 def cut_mrkdwn(text: str, limit: int) -> str:

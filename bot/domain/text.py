@@ -74,11 +74,11 @@ def safe_end(text: str, end: int) -> int:
 def safe_start(text: str, start: int) -> int:
     """START, or the nearest position after it outside an entity or a `<…>` reference."""
     start = max(0, min(start, len(text)))
-    if safe_end(text, start) == start:
+    inside = safe_end(text, start)
+    if inside == start:
         return start
-    closers = [text.find(c, start) for c in (";", ">")]
-    ends = [i + 1 for i in closers if i != -1]
-    return min(ends) if ends else len(text)
+    closer = text.find(">" if text[inside] == "<" else ";", start)
+    return closer + 1 if closer != -1 else len(text)
 
 
 def cut(text: str, limit: int, marker: str = TRUNCATED, *, mrkdwn: bool = True) -> str:

@@ -51,15 +51,46 @@ def age(moment: str | None, now: datetime | None = None) -> str:
 
 
 TRUNCATED = "… (truncated)"
+# How far back a cut may move to stay outside an entity (`&amp;` is 5 long) or a
+# `<@U…>` / `<url|label>` reference (a link nbenv shows is at most ~1,000 characters).
+_ENTITY_SPAN = 5
+_REFERENCE_SPAN = 1100
 
 
-def cut(text: str, limit: int, marker: str = TRUNCATED) -> str:
-    """TEXT if it fits in LIMIT characters, else its start and MARKER, LIMIT in all."""
+def safe_end(text: str, end: int) -> int:
+    """END, or the nearest position before it that does not fall inside an entity
+    (`&lt;`) or a `<…>` reference of the mrkdwn TEXT: cutting there keeps every entity
+    whole, so Slack never shows `&lt` or half a link."""
+    end = max(0, min(end, len(text)))
+    amp = text.rfind("&", max(0, end - _ENTITY_SPAN + 1), end)
+    if amp != -1 and ";" not in text[amp:end]:
+        end = amp
+    angle = text.rfind("<", max(0, end - _REFERENCE_SPAN), end)
+    if angle != -1 and ">" not in text[angle:end]:
+        end = angle
+    return end
+
+
+def safe_start(text: str, start: int) -> int:
+    """START, or the nearest position after it outside an entity or a `<…>` reference."""
+    start = max(0, min(start, len(text)))
+    inside = safe_end(text, start)
+    if inside == start:
+        return start
+    closer = text.find(">" if text[inside] == "<" else ";", start)
+    return closer + 1 if closer != -1 else len(text)
+
+
+def cut(text: str, limit: int, marker: str = TRUNCATED, *, mrkdwn: bool = True) -> str:
+    """TEXT if it fits in LIMIT characters, else its start and MARKER, LIMIT at most: cut
+    between characters and, in MRKDWN text, never inside an entity or a `<…>` reference
+    (plain text, not yet escaped, has neither)."""
     if len(text) <= limit:
         return text
     if limit <= len(marker):
-        return text[:limit]
-    return text[: limit - len(marker)] + marker
+        return text[: safe_end(text, limit) if mrkdwn else limit]
+    room = limit - len(marker)
+    return text[: safe_end(text, room) if mrkdwn else room] + marker
 
 
 def cut_start(text: str, limit: int, marker: str = TRUNCATED) -> str:
@@ -67,8 +98,14 @@ def cut_start(text: str, limit: int, marker: str = TRUNCATED) -> str:
     if len(text) <= limit:
         return text
     if limit <= len(marker):
-        return text[len(text) - limit :]
-    return marker + text[len(text) - (limit - len(marker)) :]
+        return text[safe_start(text, len(text) - limit) :]
+    return marker + text[safe_start(text, len(text) - (limit - len(marker))) :]
+
+
+def quote(text: str | None, limit: int) -> str:
+    """What someone typed, shown in a message: cut to LIMIT characters BEFORE escaping,
+    so the cut never falls inside an entity and what follows the quote is kept."""
+    return escape(cut(text or "", limit, "…", mrkdwn=False))
 
 
 def cut_mrkdwn(text: str, limit: int) -> str:

@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.domain.names import Env
-from bot.domain.text import age, escape, mention
-from bot.slack.blocks import MAX_HOME_BLOCKS, fit_blocks
+from bot.domain.text import age, cut, escape, mention, quote
+from bot.slack.blocks import MAX_HOME_BLOCKS, MAX_TEXT_OBJECT, fit_blocks
 
 BLOCKS_PER_IMAGE = 4
+MAX_QUOTED = 300  # characters of a reason quoted on the Home tab, before escaping
 
 
 def home_view(
@@ -61,7 +62,12 @@ def home_view(
         blocks.append(_text(warning))
     active = [s for s in statuses if s["frozen"] or any(s["environments"].values())]
     idle = [s["image"] for s in statuses if s not in active]
-    room = (MAX_HOME_BLOCKS - len(blocks) - 2) // BLOCKS_PER_IMAGE
+    # Every block counts against Slack's 100: the header, the idle line (a divider and a
+    # context) and, when not every image fits, the "…and N more" line too.
+    after = 2 if idle else 0
+    room = (MAX_HOME_BLOCKS - len(blocks) - after) // BLOCKS_PER_IMAGE
+    if len(active) > room:
+        room = (MAX_HOME_BLOCKS - len(blocks) - after - 1) // BLOCKS_PER_IMAGE
     for status in active[:room]:
         blocks += _image_blocks(status, now)
     if len(active) > room:
@@ -69,14 +75,21 @@ def home_view(
     if idle:
         blocks += [
             {"type": "divider"},
-            {
-                "type": "context",
-                "elements": [
-                    {"type": "mrkdwn", "text": ("No versions yet: " + ", ".join(idle))[:3000]}
-                ],
-            },
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": _idle_line(idle)}]},
         ]
     return {"type": "home", "blocks": fit_blocks(blocks, MAX_HOME_BLOCKS)}
+
+
+def _idle_line(idle: list[str]) -> str:
+    """The images with no version yet, as many names as fit, then how many more."""
+    line = "No versions yet: "
+    for index, image in enumerate(idle):
+        more = f" …and {len(idle) - index} more"
+        name = image if index == 0 else ", " + image
+        if len(line) + len(name) + len(more) > MAX_TEXT_OBJECT and index:
+            return line + more
+        line += name
+    return line
 
 
 def _missing_warning(statuses: list[dict[str, Any]], missing: dict[str, int]) -> str | None:
@@ -96,7 +109,7 @@ def _missing_warning(statuses: list[dict[str, Any]], missing: dict[str, int]) ->
 
 
 def _text(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}
+    return {"type": "section", "text": {"type": "mrkdwn", "text": cut(text, MAX_TEXT_OBJECT)}}
 
 
 def _channel(channel: str) -> str:
@@ -114,14 +127,17 @@ def _image_blocks(status: dict[str, Any], now: datetime) -> list[dict[str, Any]]
     if freeze:
         notes.append(
             f"🧊 Frozen by {mention(freeze['by'])} {age(freeze['at'], now)}: "
-            f"{escape(freeze['reason'])}"
+            f"{quote(freeze['reason'], MAX_QUOTED)}"
         )
     notes.append(_pending(status))
     return [
         {"type": "divider"},
         _text(title),
         {"type": "section", "fields": fields},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": "\n".join(notes)[:3000]}]},
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": cut("\n".join(notes), MAX_TEXT_OBJECT)}],
+        },
     ]
 
 
@@ -152,7 +168,7 @@ def _pending(status: dict[str, Any]) -> str:
         line += " (" + ", ".join(mention(u) for u in approvals["approved_by"]) + ")"
     if approvals["rejected_by"]:
         line += "; ⛔ rejected by " + ", ".join(
-            mention(r["user"]) + (f" ({escape(r['reason'])})" if r.get("reason") else "")
+            mention(r["user"]) + (f" ({quote(r['reason'], MAX_QUOTED)})" if r.get("reason") else "")
             for r in approvals["rejected_by"]
         )
     elif approvals["met"]:

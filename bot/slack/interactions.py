@@ -74,7 +74,7 @@ def render(reply: Reply, command: Command | None = None) -> dict[str, Any]:
     """A service reply as a Slack message."""
     if command is not None and command.json:
         data = json.dumps(reply.data, indent=1, default=str, ensure_ascii=False)
-        return views.message("```" + escape(data) + "```")
+        return views.message(data, blocks=views.code_sections(escape(data)))
     buttons = [views.button(b.action_id, b.text, b.value, b.style) for b in reply.buttons]
     return views.message(reply.text, buttons or None)
 

@@ -11,8 +11,10 @@ import json
 import re
 from typing import Any
 
+from slack_sdk.models.blocks import MarkdownTextObject, SectionBlock
+
 from bot.domain.names import short
-from bot.domain.text import escape, mention
+from bot.domain.text import cut, escape, mention, safe_end
 
 MAX_SECTION = 3000  # characters of one mrkdwn section (Slack's limit)
 MAX_BLOCKS = 50  # blocks of one message (Slack's limit)
@@ -30,7 +32,9 @@ Blocks = list[dict[str, Any]]
 
 
 def chunks(text: str, size: int = MAX_SECTION) -> list[str]:
-    """TEXT cut at line ends into pieces Slack accepts in one section each."""
+    """TEXT cut at line ends into pieces Slack accepts in one section each; a line too
+    long for one is cut at a space if there is one near the end, and never inside an
+    entity (`&lt;`) or a `<…>` reference."""
     pieces: list[str] = []
     current = ""
     for line in text.split("\n"):
@@ -38,8 +42,9 @@ def chunks(text: str, size: int = MAX_SECTION) -> list[str]:
             if current:
                 pieces.append(current)
                 current = ""
-            pieces.append(line[:size])
-            line = line[size:]
+            end = _split_point(line, size)
+            pieces.append(line[:end])
+            line = line[end:]
         candidate = f"{current}\n{line}" if current else line
         if len(candidate) > size:
             pieces.append(current)
@@ -51,8 +56,24 @@ def chunks(text: str, size: int = MAX_SECTION) -> list[str]:
     return pieces
 
 
+def _split_point(line: str, size: int) -> int:
+    end = safe_end(line, size)
+    space = line.rfind(" ", max(0, end - 200), end)
+    if space > 0:
+        end = space + 1
+    return end if end > 0 else size  # no safe point at all: cut where it must be cut
+
+
 def section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_SECTION] or " "}}
+    """A mrkdwn section, built and validated by slack_sdk's Block Kit model."""
+    return SectionBlock(text=MarkdownTextObject(text=cut(text, MAX_SECTION) or " ")).to_dict()
+
+
+def code_sections(text: str) -> Blocks:
+    """TEXT (already escaped) as code blocks, one per section: each piece is a whole
+    ``` … ``` block, so a long answer split over sections still reads as code."""
+    body = text.replace("```", "'''")  # a fence inside would end the block early
+    return [section(f"```{piece}```") for piece in chunks(body, MAX_SECTION - 6)]
 
 
 def button(
@@ -69,9 +90,12 @@ def button(
     return element
 
 
-def message(text: str, buttons: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A message (ephemeral answer or response_url post): text as sections, then buttons."""
-    blocks: Blocks = [section(piece) for piece in chunks(text)]
+def message(
+    text: str, buttons: list[dict[str, Any]] | None = None, *, blocks: Blocks | None = None
+) -> dict[str, Any]:
+    """A message (ephemeral answer or response_url post): text as sections (or BLOCKS),
+    then buttons."""
+    blocks = blocks if blocks is not None else [section(piece) for piece in chunks(text)]
     limit = MAX_BLOCKS - (1 if buttons else 0)
     if len(blocks) > limit:
         blocks = [*blocks[: limit - 1], section("_… cut short: the rest did not fit in Slack_")]

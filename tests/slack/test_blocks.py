@@ -34,3 +34,20 @@ def test_oversized_messages_are_cut_to_what_slack_accepts() -> None:
     # A button whose value would be cut names nothing: it is left out, not broken.
     assert [e["action_id"] for e in actions["elements"]] == ["nbenv_approve"]
     assert blocks_problem(fitted["blocks"], 50) is None
+
+
+def test_cuts_never_fall_inside_an_entity_or_a_reference() -> None:
+    from bot.domain.text import TRUNCATED, cut, cut_start, escape, quote
+
+    escaped = escape("<&>" * 400)  # &lt;&amp;&gt; … : a cut anywhere may land inside one
+    for limit in range(100, 130):
+        head = cut(escaped, limit)
+        assert len(head) <= limit and head.endswith(TRUNCATED)
+        assert head[: -len(TRUNCATED)].endswith(";")
+        tail = cut_start(escaped, limit)
+        assert len(tail) <= limit and tail[len(TRUNCATED) :].startswith("&")
+    link = "see <https://example.com/" + "x" * 200 + "|logs> now"
+    assert cut(link, 60, "…") == "see …"  # half a link would show its raw URL
+    # A quote is cut before it is escaped, so what follows it stays whole.
+    assert quote("a&" * 50, 10) == "a&amp;a&amp;a&amp;a&amp;a…"
+    assert quote("<" + "x" * 50, 10) == "&lt;xxxxxxxx…"

@@ -260,7 +260,6 @@ def test_the_slack_manifest_points_everything_at_the_bot() -> None:
         "chat:write",
         "channels:history",
         "groups:history",
-        "users:read",
     } <= set(manifest["oauth_config"]["scopes"]["bot"])
     # Posting without joining would leave channels whose history the bot cannot read, so
     # a message cut short by a crash could not be found there and would be sent twice.

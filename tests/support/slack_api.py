@@ -40,6 +40,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
+
 from .lifecycle import Startable
 
 __all__ = ["Call", "FakeSlackApi", "Message"]
@@ -63,7 +67,8 @@ _TS_EPOCH = 1_700_000_000
 # beyond them chat.postMessage / chat.update answer msg_too_long or invalid_blocks.
 MAX_MESSAGE_TEXT = 40_000
 MAX_BLOCKS = 50
-MAX_HOME_BLOCKS = 100
+MAX_HOME_BLOCKS = 100  # blocks of a view: Home tab or modal (View.blocks_max_length)
+MAX_VIEW_TITLE = 24  # a modal's title, submit and close labels (View.title_max_length)
 MAX_TEXT_OBJECT = 3000
 MAX_FIELD = 2000
 MAX_FIELDS = 10
@@ -715,6 +720,9 @@ class FakeSlackApi(Startable):
         for required in ("trigger_id", "view"):
             if not args.get(required):
                 return _missing(required)
+        problem = view_problem(args["view"])
+        if problem:
+            return problem
         view = self._new_view(args["view"])
         self._state.views[view["id"]] = view
         return {"ok": True, "view": view}
@@ -734,6 +742,9 @@ class FakeSlackApi(Startable):
             return _missing("view_id")
         if current is None:
             return _error("not_found")
+        problem = view_problem(args["view"])
+        if problem:
+            return problem
         if args.get("hash") and args["hash"] != current["hash"]:
             return _error("hash_conflict")
         view = self._new_view(args["view"], id=current["id"], root_view_id=current["root_view_id"])
@@ -744,9 +755,9 @@ class FakeSlackApi(Startable):
         for required in ("user_id", "view"):
             if not args.get(required):
                 return _missing(required)
-        problem = blocks_problem(args["view"].get("blocks"), MAX_HOME_BLOCKS)
+        problem = view_problem({**args["view"], "type": "home"})
         if problem:
-            return _error(problem)
+            return problem
         user_id = str(args["user_id"])
         previous = self._state.home_views.get(user_id)
         if previous is not None and args.get("hash") and args["hash"] != previous["hash"]:
@@ -765,13 +776,49 @@ def message_problem(args: Mapping[str, Any]) -> str | None:
     return blocks_problem(args.get("blocks"), MAX_BLOCKS)
 
 
+def view_problem(view: Any) -> Payload | None:
+    """Slack's answer to views.open / push / update / publish of a view it would refuse
+    (api.slack.com/reference/surfaces/views: at most 100 blocks, a title of at most 24
+    characters), judged by slack_sdk's own View and Block validators; None if it is valid."""
+    if not isinstance(view, dict):
+        return _invalid_view("view is not an object")
+    blocks = view.get("blocks")
+    if blocks_problem(blocks, MAX_HOME_BLOCKS):
+        count = len(blocks) if isinstance(blocks, list) else "?"
+        return _invalid_view(f"invalid blocks ({count} blocks, at most {MAX_HOME_BLOCKS})")
+    for label in ("title", "submit", "close"):
+        text = view.get(label)
+        if text is not None and not _text_fits(text, MAX_VIEW_TITLE):
+            return _invalid_view(f"{label} must be at most {MAX_VIEW_TITLE} characters")
+    try:
+        View(**view).to_dict()  # the view and every block and element in it
+    except (SlackObjectFormationError, TypeError, KeyError, AttributeError) as error:
+        return _invalid_view(str(error))
+    return None
+
+
+def _invalid_view(message: str) -> Payload:
+    # Slack's shape for a view it refuses: invalid_arguments with the reason in
+    # response_metadata (the view is not shown).
+    return _error("invalid_arguments", response_metadata={"messages": [f"[ERROR] {message}"]})
+
+
 def blocks_problem(blocks: Any, max_blocks: int) -> str | None:
+    """invalid_blocks if Slack would refuse BLOCKS: over MAX_BLOCKS, over a text limit, or
+    failing slack_sdk's own Block Kit validators; None when they are valid."""
     if blocks is None:
         return None
     if isinstance(blocks, str) or not isinstance(blocks, list) or len(blocks) > max_blocks:
         return "invalid_blocks"
     for block in blocks:
         if not isinstance(block, dict) or not _block_fits(block):
+            return "invalid_blocks"
+        try:
+            parsed = Block.parse(block)
+            if parsed is None:  # a type slack_sdk does not know: Slack does not either
+                return "invalid_blocks"
+            parsed.to_dict()  # validates the block and, unlike validate_json, its elements
+        except (SlackObjectFormationError, TypeError, KeyError, AttributeError):
             return "invalid_blocks"
     return None
 

@@ -370,7 +370,11 @@ def test_views(slack: FakeSlackApi, client: WebClient) -> None:
     assert published["type"] == "home"
     assert slack.home_view("U1") == published
 
-    modal = {"type": "modal", "title": {"type": "plain_text", "text": "Promote"}, "blocks": []}
+    modal = {
+        "type": "modal",
+        "title": {"type": "plain_text", "text": "Promote"},
+        "blocks": [{"type": "divider"}],
+    }
     opened = client.views_open(trigger_id="123.456", view=modal)["view"]
     changed = client.views_update(view_id=opened["id"], hash=opened["hash"], view=modal)["view"]
     assert changed["id"] == opened["id"]
@@ -452,3 +456,35 @@ def test_bolt_app_starts_against_the_fake(slack: FakeSlackApi) -> None:
     app = App(client=WebClient(token="xoxb-test", base_url=slack.base_url), signing_secret="secret")
     assert app.client.base_url == slack.base_url
     assert [c.method for c in slack.calls()] == ["auth.test"]
+
+
+def test_fake_slack_refuses_views_and_blocks_slack_refuses() -> None:
+    """Shaped on Slack's reference (api.slack.com/reference/surfaces/views and
+    /reference/block-kit/blocks): at most 100 blocks in a view, 24 characters of a modal
+    title, and whatever slack_sdk's own Block Kit validators refuse."""
+    divider = {"type": "divider"}
+    with FakeSlackApi() as slack:
+        client = WebClient(token="xoxb-test", base_url=slack.base_url)
+        with pytest.raises(SlackApiError) as refused:
+            client.views_publish(user_id="U1", view={"type": "home", "blocks": [divider] * 101})
+        assert refused.value.response["error"] == "invalid_arguments"
+        assert client.views_publish(user_id="U1", view={"type": "home", "blocks": [divider] * 100})[
+            "ok"
+        ]
+        title = {"type": "plain_text", "text": "Reject a version, please!"}  # 25 characters
+        modal = {"type": "modal", "title": title, "blocks": [divider]}
+        with pytest.raises(SlackApiError) as refused:
+            client.views_open(trigger_id="t1", view=modal)
+        assert refused.value.response["error"] == "invalid_arguments"
+        modal["title"] = {**title, "text": title["text"][:24]}
+        assert client.views_open(trigger_id="t1", view=modal)["ok"]
+        # Over a limit only slack_sdk's validators know: an action_id over 255 characters.
+        button = {
+            "type": "button",
+            "action_id": "a" * 256,
+            "text": {"type": "plain_text", "text": "Go"},
+        }
+        for blocks in ([{"type": "actions", "elements": [button]}], [{"type": "nonsense"}]):
+            with pytest.raises(SlackApiError) as refused:
+                client.chat_postMessage(channel="C1", text="t", blocks=blocks)
+            assert refused.value.response["error"] == "invalid_blocks"

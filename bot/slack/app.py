@@ -16,8 +16,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from slack_bolt import Ack, App, BoltResponse
+from slack_bolt import Ack, App, BoltRequest, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
 from bot.domain.names import Person, user_id_problem
@@ -96,16 +97,7 @@ def build_app(
         if outcome.later is not None:
             deliver(response_url, outcome.later, outcome.replace)
 
-    @app.middleware
-    def only_people(body: dict[str, Any], next_: Callable[[], None]) -> BoltResponse | None:
-        """What a person does names them by their Slack user ID; a request naming anyone
-        else (`build:…` is the pipeline's name) is malformed: 400 before any listener."""
-        acts, user = _acting_user(body)
-        problem = user_id_problem(user) if acts else None
-        if problem:
-            return BoltResponse(status=400, body=f"nbenv: {problem}: nothing was changed")
-        next_()
-        return None
+    app.use(OnlyPeople())
 
     @app.command(SLASH)
     def slash(ack: Ack, body: dict[str, Any]) -> None:
@@ -189,6 +181,23 @@ def build_app(
         after(revive)
 
     return app
+
+
+class OnlyPeople(Middleware):  # type: ignore[misc]
+    """What a person does names them by their Slack user ID; a request naming anyone
+    else (`build:…` is the pipeline's name) is malformed: 400 before any listener.
+
+    A Middleware rather than a function given to `app.middleware`: Bolt then calls it
+    directly, without inspecting its signature to inject arguments on every request."""
+
+    def process(
+        self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
+    ) -> BoltResponse | None:
+        acts, user = _acting_user(req.body)
+        problem = user_id_problem(user) if acts else None
+        if problem:
+            return BoltResponse(status=400, body=f"nbenv: {problem}: nothing was changed")
+        return next()
 
 
 def _acting_user(body: dict[str, Any]) -> tuple[bool, Any]:

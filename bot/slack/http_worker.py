@@ -105,30 +105,42 @@ class RequestBufferingWorker(ThreadWorker):  # type: ignore[misc]
             self._hand_over(conn, arrival)
             return
         conn.sock.setblocking(False)
-        self.arriving[conn] = arrival
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
+        # Usually the whole request is already here (the poller saw the connection
+        # readable): read it now rather than on the next turn of the event loop.
+        if self._receive(conn, arrival, registered=False):
+            self.arriving[conn] = arrival
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
 
     def _readable(self, conn: Any, _sock: Any) -> None:
-        arrival = self.arriving[conn]
+        self._receive(conn, self.arriving[conn], registered=True)
+
+    def _receive(self, conn: Any, arrival: Arrival, *, registered: bool) -> bool:
+        """Read what CONN has sent without waiting: whether its request is still arriving
+        (when not, it was handed over or the connection closed, and, if REGISTERED, is no
+        longer watched by the poller)."""
         try:
             data = conn.sock.recv(_RECV)
         except BlockingIOError:
-            return
+            return True
         except OSError:
             data = b""
         if not data:  # the client went away
-            self._forget(conn)
+            if registered:
+                self._forget(conn)
             self.nr_conns -= 1
             conn.close()
-            return
+            return False
         arrival.data += data
         if arrival.complete():
-            self._forget(conn)
+            if registered:
+                self._forget(conn)
             self._hand_over(conn, arrival)
-        elif arrival.wants_continue and not arrival.continued:
+            return False
+        if arrival.wants_continue and not arrival.continued:
             arrival.continued = True
             with contextlib.suppress(OSError):
                 conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
 
     def _hand_over(self, conn: Any, arrival: Arrival) -> None:
         conn.nbenv_arrived = arrival

@@ -11,7 +11,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from slack_bolt.request.internals import parse_body
+from slack_bolt.request import BoltRequest
+from slack_bolt.request.internals import (
+    build_normalized_headers,
+    extract_content_type,
+    parse_body,
+)
 
 MAX_BODY = 1024 * 1024
 """Bytes of one request body. Slack's largest payloads — a button press or an App Home
@@ -48,6 +53,21 @@ def timestamp_is_plain(value: str | None) -> bool:
     return value is not None and _TIMESTAMP.fullmatch(value) is not None
 
 
+def bolt_request(text: str, query: str, headers: Any) -> BoltRequest:
+    """The request Bolt's Flask adapter would build from TEXT, QUERY and HEADERS, its body
+    checked: a JSON object of a shape our listeners can act on. The body is parsed once,
+    by Bolt, and the request handed to `App.dispatch` as it is. Raises MalformedRequest."""
+    try:
+        request = BoltRequest(body=text, query=query, headers=headers)
+    except Exception:
+        # Bolt's parser, or what it reads from the body, gave up: say why, as check_body
+        # does (a body it cannot fault goes on failing as Bolt failed).
+        check_body(text, extract_content_type(build_normalized_headers(headers)))
+        raise
+    _check_parsed(request.body)
+    return request
+
+
 def check_body(text: str, content_type: str | None) -> dict[str, Any]:
     """TEXT as Bolt will read it (Bolt's own parser), checked: a JSON object of a shape our
     listeners can act on. Raises MalformedRequest."""
@@ -57,10 +77,14 @@ def check_body(text: str, content_type: str | None) -> dict[str, Any]:
         if content_type == "application/json":
             raise MalformedRequest("the body is sent as application/json but is not JSON") from None
         raise MalformedRequest("the payload is not JSON") from None
+    _check_parsed(body)
+    return body
+
+
+def _check_parsed(body: Any) -> None:
     if not isinstance(body, dict):
         raise MalformedRequest(f"the payload is a JSON {type(body).__name__}, not an object")
     _check_shape(body)
-    return body
 
 
 def _check_shape(body: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ three routes, chosen so that Slack's ack waits for as little as possible:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, fields
@@ -149,7 +150,7 @@ class Interactions:
         try:
             command = parse(text)
             if command.name == "help":  # for anyone, even someone no team lists yet
-                return Outcome(answer=views.message(help_text()))
+                return Outcome(answer=_help_message())
             self.app.check(user, command)
             way = route(command)
             if way != "inline" and not response_url:
@@ -429,3 +430,9 @@ def _working(command: Command) -> str:
 def run_job(app: Nbenv, job: dict[str, Any]) -> None:
     """The job handler for kind "slack" (wired in bot.bootstrap.job_handlers)."""
     Interactions(app).run(job)
+
+
+@functools.cache
+def _help_message() -> dict[str, Any]:
+    """The help, the same for everyone: built once (acks hand it on without changing it)."""
+    return views.message(help_text())

@@ -150,16 +150,15 @@ class WarmingService:
 def create_web_app(bolt: Any, worker: WorkerRuntime, signing_secret: str) -> Any:
     """The Flask app: Bolt behind /slack/events, the health check, the job push endpoint."""
     from flask import Flask, request
-    from slack_bolt.adapter.flask import SlackRequestHandler
+    from slack_bolt.adapter.flask.handler import to_flask_response
     from slack_sdk.signature import SignatureVerifier
     from werkzeug.exceptions import RequestEntityTooLarge
 
-    from bot.slack.inbound import MAX_BODY, MalformedRequest, check_body, timestamp_is_plain
+    from bot.slack.inbound import MAX_BODY, MalformedRequest, bolt_request, timestamp_is_plain
 
     web = Flask("nbenv")
     # Werkzeug compares the announced length with this before reading a byte: a 413 at once.
     web.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    handler = SlackRequestHandler(bolt)
     verifier = SignatureVerifier(signing_secret)
 
     @web.errorhandler(RequestEntityTooLarge)
@@ -175,14 +174,15 @@ def create_web_app(bolt: Any, worker: WorkerRuntime, signing_secret: str) -> Any
             return {"error": "invalid request: no valid X-Slack-Request-Timestamp"}, 401
         text = request.get_data(as_text=True)
         try:
-            check_body(text, request.headers.get("Content-Type"))
+            # Parsed once and checked, then handed to Bolt as its Flask adapter builds it.
+            checked = bolt_request(text, request.query_string.decode("utf-8"), request.headers)
         except MalformedRequest as problem:
             # Unsigned junk is Bolt's 401 as usual; only a signed request hears what is wrong.
             if not verifier.is_valid_request(text, dict(request.headers)):
                 return {"error": "invalid request"}, 401
             log.warning("refused a signed Slack request: %s", problem)
             return {"error": f"malformed request: {problem}; nothing was changed"}, 400
-        return handler.handle(request)
+        return to_flask_response(bolt.dispatch(checked))
 
     @web.get("/healthz")
     def healthz() -> Any:

@@ -421,3 +421,12 @@ def ask(server: BotServer, slack: FakeSlackApi, user: str, text: str) -> str:
     reply = wait_response(slack, url)
     assert reply["response_type"] == "ephemeral"
     return blocks_text(reply)
+
+
+def home_text(server: BotServer, slack: FakeSlackApi, user: str) -> str:
+    """The App Home USER sees, as text, after opening it (a signed app_home_opened)."""
+    before = len(slack.calls("views.publish"))
+    event = {"type": "app_home_opened", "user": user, "tab": "home", "event_ts": "1.0"}
+    assert server.event(event).status == 200
+    slack.wait_for("views.publish", before + 1)
+    return blocks_text(slack.home_view(user) or {})

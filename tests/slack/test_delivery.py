@@ -15,6 +15,7 @@ from tests.slack.bot import (
     blocks_text,
     buttons,
     channel_messages,
+    home_text,
     published,
     wait_message,
     wait_response,
@@ -90,14 +91,6 @@ def test_messages_queued_when_the_bot_stops_go_out_after_a_restart(
     assert len(channel_messages(slack, f"`{commit[:7]}` is now in staging")) == 1
 
 
-def _home_text(server: BotServer, slack: FakeSlackApi, user: str) -> str:
-    before = len(slack.calls("views.publish"))
-    event = {"type": "app_home_opened", "user": user, "tab": "home", "event_ts": "1.0"}
-    assert server.event(event).status == 200
-    slack.wait_for("views.publish", before + 1)
-    return blocks_text(slack.home_view(user) or {})
-
-
 def _published_while_out(rt, image: str, slack: FakeSlackApi) -> str:  # type: ignore[no-untyped-def]
     """Publish a version while the bot is out of the channel; wait for Slack's refusal."""
     commit = published(rt, image)
@@ -119,7 +112,7 @@ def test_messages_refused_before_the_bot_was_invited_go_out_when_it_joins(
     try:
         commit = _published_while_out(rt, image, slack)
         # The testers and owners learn why nothing arrives, and what to do.
-        home = _home_text(server, slack, TESTER)
+        home = home_text(server, slack, TESTER)
         assert f"nbenv is not in <#{CHANNEL}>" in home and "/invite @nbenv" in home
     finally:
         slack.invite_bot(CHANNEL)
@@ -135,7 +128,7 @@ def test_messages_refused_before_the_bot_was_invited_go_out_when_it_joins(
 
     announcement = wait_message(slack, f"`{commit[:7]}` is now in staging for {image}")
     assert {"Approve", "Reject"} <= set(buttons({"blocks": announcement.blocks}))
-    assert "is not in" not in _home_text(server, slack, TESTER)
+    assert "is not in" not in home_text(server, slack, TESTER)
 
 
 def test_a_missed_join_event_is_made_up_for_by_the_periodic_retry(

@@ -4,16 +4,8 @@
 from __future__ import annotations
 
 from tests.conftest import OWNER, TESTER
-from tests.slack.bot import BotServer, blocks_text, published, wait_until
+from tests.slack.bot import BotServer, home_text, published, wait_until
 from tests.support.slack_api import FakeSlackApi
-
-
-def _home_text(server: BotServer, slack: FakeSlackApi, user: str) -> str:
-    before = len(slack.calls("views.publish"))
-    event = {"type": "app_home_opened", "user": user, "tab": "home", "event_ts": "1.0"}
-    assert server.event(event).status == 200
-    slack.wait_for("views.publish", before + 1)
-    return blocks_text(slack.home_view(user) or {})
 
 
 def test_a_missing_scope_pauses_delivery_and_the_operator_is_told(
@@ -33,7 +25,7 @@ def test_a_missing_scope_pauses_delivery_and_the_operator_is_told(
         )
         assert health.status_code == 200
         assert health.json()["slack_delivery"]["reason"] == "missing_scope"
-        assert "refuses nbenv's messages (`missing_scope`)" in _home_text(server, slack, OWNER)
-        assert "refuses nbenv's messages" not in _home_text(server, slack, TESTER)
+        assert "refuses nbenv's messages (`missing_scope`)" in home_text(server, slack, OWNER)
+        assert "refuses nbenv's messages" not in home_text(server, slack, TESTER)
     finally:
         slack.stop_refusing()

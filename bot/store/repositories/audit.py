@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Text, and_, cast, func, insert, or_, select, update
 
-from bot.domain.audit import AuditEntry, AuditKey, UnreadableEntry, entry_hash
+from bot.domain.audit import AuditEntry, AuditKey, UnreadableEntry
 from bot.domain.errors import NbenvError
 from bot.domain.names import is_full_sha
 from bot.store import tables as t
@@ -70,18 +70,7 @@ class AuditLog(Repository):
             prev_hash=prev_hash,
             key_id=key.key_id if key else None,
         )
-        digest = entry_hash(
-            prev_hash=prev_hash,
-            seq=entry.seq,
-            at=entry.at,
-            actor=actor,
-            action=action,
-            image=image,
-            sha=sha,
-            outcome=outcome,
-            details=entry.details,
-            key=key,
-        )
+        digest = entry.computed_hash(key)
         self.connection.execute(insert(t.audit_log).values(**{**asdict(entry), "hash": digest}))
         self.connection.execute(
             update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=entry.seq, hash=digest)

@@ -278,9 +278,31 @@ class Config(_Strict):
         return any(team.roles().role_of(user) is not None for team in self.teams.values())
 
 
+MAX_NESTING = 32  # levels of lists and mappings; a config needs fewer than ten
+
+
 class _ConfigLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping: YAML would keep the
-    second silently (a second `owners:` line would demote the first owners)."""
+    second silently (a second `owners:` line would demote the first owners); and nesting
+    deeper than MAX_NESTING: PyYAML reads a level with a call of its own (a thousand end
+    in a RecursionError) and rescans every open flow level at each token (time grows with
+    the square of the depth)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self._depth >= MAX_NESTING:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested more than {MAX_NESTING} levels deep",
+                self.peek_event().start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first: dict[Any, yaml.Node] = {}
@@ -381,8 +403,14 @@ def _node_path(root: yaml.Node | None, target: yaml.Node) -> KeyPath:
 def _key_path(at: KeyPath) -> str:
     text = ""
     for part in at:
+        if not isinstance(part, int) and not _PLAIN_KEY.fullmatch(str(part)):
+            part = repr(str(part))  # a key with a newline or a blank must not split the line
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+# A key as it is named in the message; any other is quoted, its control characters escaped.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 def _line_of(root: yaml.Node | None, at: KeyPath) -> int:

@@ -157,11 +157,11 @@ def apply(template: Any, where: Path_, how: str, value: Any) -> Any:
     return copy
 
 
-def encoded(value: Any) -> str:
-    """VALUE as JSON text, DEEP replaced by arrays nested DEEP_LEVELS deep (RecursionError
+def encoded(value: Any, depth: int = DEEP_LEVELS) -> str:
+    """VALUE as JSON text, DEEP replaced by arrays nested DEPTH deep (RecursionError
     bait), lone surrogates kept as JSON escapes (as a hostile client can send them)."""
     text = json.dumps(value, ensure_ascii=True)
-    return text.replace(json.dumps(DEEP), "[" * DEEP_LEVELS + "]" * DEEP_LEVELS)
+    return text.replace(json.dumps(DEEP), "[" * depth + "]" * depth)
 
 
 def touches(where: Path_, how: str, fields: set[Path_]) -> bool:

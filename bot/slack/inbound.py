@@ -59,11 +59,13 @@ def bolt_request(text: str, query: str, headers: Any) -> BoltRequest:
     by Bolt, and the request handed to `App.dispatch` as it is. Raises MalformedRequest."""
     try:
         request = BoltRequest(body=text, query=query, headers=headers)
-    except Exception:
-        # Bolt's parser, or what it reads from the body, gave up: say why, as check_body
-        # does (a body it cannot fault goes on failing as Bolt failed).
+    except Exception as error:
+        # Bolt's parser, or what it reads from the body (`team`, `user`, `channel`… of
+        # the types Slack sends), gave up: say why, as check_body does.
         check_body(text, extract_content_type(build_normalized_headers(headers)))
-        raise
+        raise MalformedRequest(
+            f"a field is not of the type Slack sends ({type(error).__name__})"
+        ) from None
     _check_parsed(request.body)
     return request
 
@@ -121,6 +123,8 @@ def _check_actions(actions: Any) -> None:
 def _check_view(kind: str, view: Any) -> None:
     if not isinstance(view, dict):
         raise MalformedRequest(f"a {kind} payload without a view")
+    if not _is_text(view.get("type")):  # Bolt reads view.type of every submission (KeyError)
+        raise MalformedRequest(f"a {kind} payload whose view has no type")
     _may_be_text(view, "id", "callback_id", "private_metadata")
     state = view.get("state")
     values = state.get("values") if isinstance(state, dict) else state

@@ -32,6 +32,19 @@ class Snapshot:
             and (self.head == before.head) == (not added)
         )
 
+    def same_but(self, before: Snapshot, *, user: str, sha: str) -> bool:
+        """Nothing changed but refusals logged and USER's word on SHA (approved or
+        rejected): what the request does before it is broken."""
+        added = self.new_audit(before)
+        verdicts = set(self.verdicts) ^ set(before.verdicts)
+        return (
+            (self.pointers, self.versions, self.freeze)
+            == (before.pointers, before.versions, before.freeze)
+            and all(verdict[:2] == (sha, user) for verdict in verdicts)
+            and all(e[4] == "refused" or (e[0], e[3]) == (user, sha) for e in added)
+            and (self.head == before.head) == (not added)
+        )
+
 
 def snapshot(rt: Any, image: str) -> Snapshot:
     with rt.store.read() as tx:

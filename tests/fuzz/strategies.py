@@ -195,7 +195,7 @@ _word = st.one_of(
     st.sampled_from(COMMAND_NAMES),
     st.sampled_from([name.upper() for name in COMMAND_NAMES]),
     st.sampled_from(FLAGS),
-    st.sampled_from(["nlp.t01", "nlp.keras-batch", "NLP.T01", "nlp..x", "a" * 129, "x/y"]),
+    st.sampled_from(["nlp.keras-batch", "NLP.KERAS-BATCH", "nlp..x", "a" * 129, "x/y"]),
     st.sampled_from(["staging", "production", "fallback", "prod", "0" * 40, "abc1234", "g" * 40]),
     st.sampled_from(["'", '"', "\\", "'a b'", '"a \\" b"', "\\ ", "''", '""']),
     nasty_text,
@@ -204,9 +204,10 @@ _separator = st.sampled_from([" ", "  ", "\t", "\n", "\r\n", "\xa0", "\u3000", "
 
 
 @st.composite
-def command_text(draw: st.DrawFn) -> str:
-    """Text after `/nbenv`: words of the grammar and hostile ones, oddly separated."""
-    words = draw(st.lists(_word, max_size=8))
+def command_text(draw: st.DrawFn, image: str = "nlp.keras-batch") -> str:
+    """Text after `/nbenv`: words of the grammar (about IMAGE) and hostile ones, oddly
+    separated."""
+    words = draw(st.lists(st.one_of(_word, st.just(image)), max_size=8))
     text = ""
     for word in words:
         text += word + draw(_separator)
@@ -215,7 +216,8 @@ def command_text(draw: st.DrawFn) -> str:
 
 # -- HTTP headers --------------------------------------------------------------------------
 
-# What an HTTP client can put in a header value (latin-1, no CR/LF: requests refuses those).
+# What an HTTP client can put in a header value (latin-1, no CR/LF, no leading blank:
+# requests refuses those, and HTTP drops the blank anyway).
 header_text = st.one_of(
     st.text(
         st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
@@ -223,7 +225,7 @@ header_text = st.one_of(
     ),
     st.sampled_from(["", "v0=", "v1=" + "0" * 64, "v0=" + "g" * 64, "²", "1e9", "-1", "0"]),
     st.builds(lambda d: "9" * d, st.sampled_from([13, 400, 7000])),
-)
+).map(lambda value: value.lstrip(" \t"))
 
 
 # -- time linear in the input's size -------------------------------------------------------

@@ -24,6 +24,8 @@ event carrying a whole message or view (at most 50 or 100 blocks of 3,000 charac
 JSON inside a form field — stay well under this; reading and parsing 1 MB takes
 milliseconds."""
 
+MAX_HANDLE = 1000  # characters of a response_url or trigger_id
+
 # A Unix time in seconds: ASCII digits only (str.isdigit also accepts `²` and `١`, which
 # crash Bolt's verifier), and few enough that int() and float() stay sane.
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
@@ -94,11 +96,13 @@ def _check_shape(body: dict[str, Any]) -> None:
     if "command" in body:
         _need_text(body, "command", "user_id")
         _may_be_text(body, "text", "response_url", "trigger_id")
+        _check_handles(body)
     elif kind in _INTERACTIONS_WITH_USER:
         user = body.get("user")
         if not isinstance(user, dict) or not _is_text(user.get("id")):
             raise MalformedRequest(f"a {kind} payload without a user")
         _may_be_text(body, "response_url", "trigger_id")
+        _check_handles(body)
         if kind == "block_actions":
             _check_actions(body.get("actions"))
         if kind in ("view_submission", "view_closed"):
@@ -136,6 +140,14 @@ def _check_view(kind: str, view: Any) -> None:
         for inputs in blocks
     ):
         raise MalformedRequest(f"a {kind} payload whose view.state is not Slack's shape")
+
+
+def _check_handles(body: dict[str, Any]) -> None:
+    # Slack's are about a hundred characters; ours ride in a dialog's private_metadata
+    # (3,000 characters at most) and in queued answers.
+    for key in ("response_url", "trigger_id"):
+        if len(body.get(key) or "") > MAX_HANDLE:
+            raise MalformedRequest(f"{key} is longer than {MAX_HANDLE} characters")
 
 
 def _is_text(value: Any) -> bool:

@@ -411,6 +411,27 @@ def test_a_field_of_a_type_slack_never_sends_is_a_400_not_a_500(
         assert snapshot(rt, image) == before
 
 
+@pytest.mark.parametrize("field", ["response_url", "trigger_id"])
+@pytest.mark.parametrize("button", ["reject", "approve"])
+def test_a_response_url_or_trigger_longer_than_slacks_is_a_400(
+    server: BotServer, slack: FakeSlackApi, rt: Any, image: str, log: Any, field: str, button: str
+) -> None:
+    """The reject dialog carries the response_url in its private_metadata (3,000
+    characters at most): a longer one made views.open fail after the ack, with a
+    traceback and no dialog."""
+    commit = _staged(rt, image)
+    user, action_id, value_of = BUTTONS[button]
+    payload = _press(image, commit, user, action_id, value_of(image, commit))
+    payload["response_url"] = slack.response_url(f"long-{uuid.uuid4().hex}")
+    payload[field] += "x" * 3_000
+    before = snapshot(rt, image)
+
+    answer = server.signed(_payload_body(payload))
+
+    assert answer.status == 400 and f"{field} is longer" in answer.json["error"]
+    assert snapshot(rt, image) == before
+
+
 # -- the signature -------------------------------------------------------------------------
 
 

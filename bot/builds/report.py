@@ -33,11 +33,11 @@ def check_report(report: Any) -> dict[str, Any]:
             raise BadEvent(f"test report notebook {index} has no path")
         if item.get("status") not in STATUSES:
             raise BadEvent(
-                f"test report notebook {item['path']}: unknown status {item.get('status')!r}"
+                f"test report notebook {item['path']!r}: unknown status {item.get('status')!r}"
             )
         failure = item.get("failure")
         if failure is not None and not isinstance(failure, Mapping):
-            raise BadEvent(f"test report notebook {item['path']}: failure is not an object")
+            raise BadEvent(f"test report notebook {item['path']!r}: failure is not an object")
     packages = report.get("packages", [])
     if not isinstance(packages, list):
         raise BadEvent("the test report's `packages` is not a list")

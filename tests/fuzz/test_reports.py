@@ -129,8 +129,26 @@ def test_publish_takes_a_report_or_refuses_it_in_one_line_changing_nothing(
 
 @pytest.mark.parametrize(
     "content",
-    [b"[" * 100_000 + b"]" * 100_000, b"{" * 5000, b"\xff\xfe", b"", b"null", b"1e999999"],
-    ids=["nested without end", "unclosed", "not UTF-8", "empty", "null", "huge number"],
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b"{" * 5000,
+        b"\xff\xfe",
+        b"",
+        b"null",
+        b"1e999999",
+        b'{"notebooks": [{"path": "a\\nb", "status": "x\\ny"}]}',
+        b'{"notebooks": [{"path": "a\\u2028b", "status": "passed", "failure": 1}]}',
+    ],
+    ids=[
+        "nested without end",
+        "unclosed",
+        "not UTF-8",
+        "empty",
+        "null",
+        "huge number",
+        "newline in a path",
+        "line separator in a path",
+    ],
 )
 def test_publish_refuses_a_report_that_is_not_one_in_one_line(publish: Any, content: bytes) -> None:
     code, err, before, after = publish(content)

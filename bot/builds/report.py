@@ -33,11 +33,12 @@ def check_report(report: Any) -> dict[str, Any]:
             raise BadEvent(f"test report notebook {index} has no path")
         if item.get("status") not in STATUSES:
             raise BadEvent(
-                f"test report notebook {item['path']!r}: unknown status {item.get('status')!r}"
+                f"test report notebook {_shown(item['path'])}: unknown status "
+                f"{_shown(item.get('status'))}"
             )
         failure = item.get("failure")
         if failure is not None and not isinstance(failure, Mapping):
-            raise BadEvent(f"test report notebook {item['path']!r}: failure is not an object")
+            raise BadEvent(f"test report notebook {_shown(item['path'])}: failure is not an object")
     packages = report.get("packages", [])
     if not isinstance(packages, list):
         raise BadEvent("the test report's `packages` is not a list")
@@ -48,6 +49,12 @@ def check_report(report: Any) -> dict[str, Any]:
     if not isinstance(report.get("python"), str | None):
         del checked["python"]
     return checked
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """VALUE quoted for a one-line message: control characters escaped, cut to LIMIT."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _is_package(item: Any) -> bool:

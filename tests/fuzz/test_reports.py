@@ -138,6 +138,7 @@ def test_publish_takes_a_report_or_refuses_it_in_one_line_changing_nothing(
         b"1e999999",
         b'{"notebooks": [{"path": "a\\nb", "status": "x\\ny"}]}',
         b'{"notebooks": [{"path": "a\\u2028b", "status": "passed", "failure": 1}]}',
+        b'{"notebooks": [{"path": "a", "status": "' + b"x" * 20_000 + b'"}]}',
     ],
     ids=[
         "nested without end",
@@ -148,6 +149,7 @@ def test_publish_takes_a_report_or_refuses_it_in_one_line_changing_nothing(
         "huge number",
         "newline in a path",
         "line separator in a path",
+        "huge status",
     ],
 )
 def test_publish_refuses_a_report_that_is_not_one_in_one_line(publish: Any, content: bytes) -> None:

@@ -93,6 +93,8 @@ def _check_parsed(body: Any) -> None:
 
 def _check_shape(body: dict[str, Any]) -> None:
     kind = body.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise MalformedRequest("type is not text")
     if "command" in body:
         _need_text(body, "command", "user_id")
         _may_be_text(body, "text", "response_url", "trigger_id")

@@ -372,6 +372,7 @@ def test_a_dialog_whose_metadata_names_no_image_is_refused_in_one_line(
 @pytest.mark.parametrize(
     ("kind", "where", "value"),
     [
+        ("press", ("type",), []),
         ("press", ("team",), True),
         ("press", ("enterprise",), "E1"),
         ("press", ("channel",), 5),

@@ -277,3 +277,20 @@ def test_a_cloudevent_functions_framework_cannot_read_is_a_400_in_one_line(
     check_answered(status, lines)
     assert relay.state() == before
     assert len([line for line in lines if "relay: refused a CloudEvent" in line]) == 1
+
+
+def test_reading_a_build_event_takes_time_linear_in_its_size() -> None:
+    """The parser walks every step and substitution of a Build resource once."""
+    from bot.builds.events import decode_pubsub, parse_build
+
+    def message(size: int) -> dict[str, Any]:
+        build = working_build(sha_of("linear build"))
+        build["steps"] = [dict(build["steps"][0], id=f"step-{i}") for i in range(size)]
+        build["substitutions"].update({f"_X{i}": "y" * 20 for i in range(size)})
+        return event_data(build, attributes_of(build))
+
+    def read(data: dict[str, Any]) -> None:
+        pubsub = decode_pubsub(data)
+        parse_build(pubsub.payload, pubsub.attributes)
+
+    assert_linear(read, message, 300)

@@ -433,6 +433,36 @@ def test_a_response_url_or_trigger_longer_than_slacks_is_a_400(
     assert snapshot(rt, image) == before
 
 
+def _event(user: str) -> dict[str, Any]:
+    """An event_callback envelope: the App Home opened by USER."""
+    return {
+        "token": "verification-token-unused",
+        "team_id": TEAM,
+        "api_app_id": "A0NBENVAPP",
+        "event": {"type": "app_home_opened", "user": user, "tab": "home", "event_ts": "1.0"},
+        "type": "event_callback",
+        "event_id": f"Ev{uuid.uuid4().hex[:10].upper()}",
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": TEAM, "user_id": "U0NBENVBOT", "is_bot": True}],
+    }
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_field_of_an_event(server: BotServer, rt: Any, image: str, log: Any, data: Any) -> None:
+    """An App Home opened, one field of the event broken: never a 5xx, nothing changes."""
+    _staged(rt, image)
+    event = _event(USER)
+    event = apply(event, *data.draw(mutated(event)))
+    before = snapshot(rt, image)
+
+    check_answer(
+        server.signed(encoded(event, depth=5_000).encode(), content_type="application/json")
+    )
+
+    assert snapshot(rt, image) == before
+
+
 # -- the signature -------------------------------------------------------------------------
 
 

@@ -150,6 +150,8 @@ def _check_handles(body: dict[str, Any]) -> None:
     for key in ("response_url", "trigger_id"):
         if len(body.get(key) or "") > MAX_HANDLE:
             raise MalformedRequest(f"{key} is longer than {MAX_HANDLE} characters")
+    if body.get("response_url") and not body["response_url"].startswith(("https://", "http://")):
+        raise MalformedRequest("response_url is not a URL")  # answers to it would fail later
 
 
 def _is_text(value: Any) -> bool:

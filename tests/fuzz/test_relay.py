@@ -75,11 +75,19 @@ class Relay:
         return self.world.counts(), len(self.world.slack.calls())
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def relay(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Relay]:
     folder = tmp_path_factory.mktemp("fuzz-relay")
+    if request.param == "sqlite":
+        url = f"sqlite:///{folder / 'nbenv.db'}"
+    else:
+        url = request.getfixturevalue("pg_cluster").create_database(f"fz_{uuid.uuid4().hex[:10]}")
     with FakeSlackApi(token=TOKEN) as slack:
-        world = World(folder, f"sqlite:///{folder / 'nbenv.db'}", slack)
+        world = World(folder, url, slack)
         with world.function("fuzz") as function:
             yield Relay(world, function)
 

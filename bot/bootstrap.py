@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import Config, load_config
 from bot.domain.audit import AuditKey
-from bot.service.app import Nbenv
 from bot.service.jobs import Handler, JobWorker
+from bot.service.nbenv import Nbenv
 from bot.service.ports import Backend
 from bot.store.database import make_engine, upgrade
 from bot.store.uow import Store

@@ -37,10 +37,10 @@ from bot.builds.thread import (
     finish_action,
     pending_actions,
 )
-from bot.domain.commands import Command
+from bot.domain.commands import Promote
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.names import Env, Pipeline, check_full_sha, short
-from bot.service.app import Nbenv
+from bot.service.nbenv import Nbenv
 from bot.slack.outbox import OutboxSender
 from bot.store.database import is_transient_fault
 from bot.store.group_commit import GroupCommit
@@ -365,9 +365,7 @@ class BuildRelay:
         try:
             # `expect`: if staging moves on between this check and the promotion, the
             # core refuses instead of promoting a commit this build did not build.
-            self.app.execute(
-                actor, Command("promote", image=image), key=key, expect=state.generations()
-            )
+            self.app.execute(actor, Promote(image=image), key=key, expect=state.generations())
         except (Refused, Conflict) as error:
             with self.store.read() as tx:
                 if (

@@ -12,7 +12,7 @@ from typing import Any
 
 from bot.domain import names
 from bot.domain import operations as ops
-from bot.domain.commands import Command
+from bot.domain.commands import Command, to_fields
 from bot.domain.model import Version
 from bot.domain.names import Env, short
 from bot.domain.policy import PolicyCheck
@@ -20,17 +20,8 @@ from bot.domain.text import escape, mention
 
 
 def command_details(command: Command) -> dict[str, Any]:
-    fields = {
-        "sha": command.sha,
-        "to": command.to,
-        "env": command.env.value if command.env else None,
-        "reason": command.reason,
-        "force": command.force or None,
-        "dry_run": command.dry_run or None,
-        "ref": command.ref,
-        "stop": command.stop,
-    }
-    return {k: v for k, v in fields.items() if v is not None}
+    """What COMMAND asked for beyond its name and image, as the audit log keeps it."""
+    return {k: v for k, v in to_fields(command).items() if k not in ("name", "image")}
 
 
 def policy_data(sha: str, check: PolicyCheck) -> dict[str, Any]:

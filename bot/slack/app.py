@@ -29,7 +29,7 @@ from bot.slack.client import web_client
 from bot.slack.interactions import Interactions, Later, Outcome
 
 if TYPE_CHECKING:  # `nbenv serve` builds this app before its worker loads the service
-    from bot.service.app import Nbenv
+    from bot.service.nbenv import Nbenv
 
 log = logging.getLogger(__name__)
 

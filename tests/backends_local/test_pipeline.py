@@ -22,13 +22,13 @@ from slack_sdk import WebClient
 from bot.backends.local import LocalBackend
 from bot.backends.local.git import GitRepo, GitSource
 from bot.backends.local.pipeline import branch_name
-from bot.bootstrap import build_runtime, job_handlers
+from bot.bootstrap import build_runtime, job_handlers, make_differ
 from bot.builds.relay import BuildRelay
 from bot.config import load_config
 from bot.domain.errors import BadInput
-from bot.service.app import Nbenv
 from bot.service.diff import Differ
 from bot.service.jobs import JobWorker
+from bot.service.nbenv import Nbenv
 from bot.slack.outbox import OutboxSender
 from bot.store.uow import Store
 from tests.backends_local.conftest import CHANNEL, local_config_text
@@ -83,7 +83,6 @@ def running_stack(config_file: Path, database_url: str, home: Path) -> Iterator[
     with FakeSlackApi(token=TOKEN) as slack:
         runtime = build_runtime(str(config_file), database_url)
         sender = OutboxSender(runtime.store, WebClient(token=TOKEN, base_url=slack.base_url))
-        relay = BuildRelay(runtime.app, sender)
         events: list[dict[str, Any]] = []
         attributes: list[dict[str, str]] = []
 
@@ -98,17 +97,18 @@ def running_stack(config_file: Path, database_url: str, home: Path) -> Iterator[
                 runtime.config,
                 home,
                 emit_build=emit_build,
-                emit_report=relay.handle_report,
+                emit_report=lambda *args: relay.handle_report(*args),
                 use_docker=False,
                 **options,
             )
 
         backend = make_backend()
-        runtime.app.backend = backend
-        worker = JobWorker(runtime.store, job_handlers(runtime.app))
-        yield Stack(
-            runtime.app, runtime.store, worker, backend, slack, events, attributes, make_backend
-        )
+        # The backend is given at construction, as bootstrap gives it; the relay that
+        # the backend reports to is made from the same app.
+        app = Nbenv(runtime.config, runtime.store, backend, make_differ(runtime.config))
+        relay = BuildRelay(app, sender)
+        worker = JobWorker(runtime.store, job_handlers(app))
+        yield Stack(app, runtime.store, worker, backend, slack, events, attributes, make_backend)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from slack_sdk import WebClient
 from sqlalchemy import select
 
 from bot.builds.relay import BuildRelay
-from bot.service.app import Nbenv
+from bot.service.nbenv import Nbenv
 from bot.slack.outbox import OutboxSender, delivery_pause
 from bot.store import tables as t
 from bot.store.uow import Store

@@ -14,9 +14,9 @@ from slack_sdk import WebClient
 from sqlalchemy import func, select
 
 from bot.builds.relay import BuildRelay
-from bot.domain.commands import Command
+from bot.domain.commands import Promote
 from bot.domain.text import to_plain
-from bot.service.app import Nbenv
+from bot.service.nbenv import Nbenv
 from bot.slack.outbox import OutboxSender
 from bot.store import tables as t
 from bot.store.uow import Store
@@ -429,7 +429,7 @@ def test_promote_command_and_relay_agree_on_the_policy(relay: Any, runtime: Any)
     approve_staging(relay, runtime, sha)
     runtime.app.handle(OWNER, f"freeze {IMAGE} release freeze")
     with pytest.raises(Exception, match="frozen") as by_hand:
-        runtime.app.execute(OWNER, Command("promote", image=IMAGE))
+        runtime.app.execute(OWNER, Promote(image=IMAGE))
 
     feed(relay, build_events(new_build_id(), sha, branch="main", created=900))
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from bot.domain.commands import parse
+from bot.domain.command_table import parse
 from bot.service.jobs import LEASE, MAX_ATTEMPTS, JobWorker
 from bot.slack.interactions import Interactions
 from bot.store import tables as t

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.domain.commands import Command
+from bot.domain.commands import Promote
 from bot.domain.errors import BadInput, Refused
 from bot.domain.names import Pipeline
 from tests.conftest import IMAGE, OWNER, STRANGER, TESTER, TESTER2, USER, VISION_OWNER, sha_of
@@ -358,7 +358,7 @@ def test_idempotency_key_makes_a_retry_a_no_op(runtime):
     runtime.app.handle(TESTER, f"approve {IMAGE}")
     first = runtime.app.handle(OWNER, f"promote {IMAGE}", key="slack:retry-1")
     count = audit_count(runtime)
-    again = runtime.app.execute(OWNER, Command("promote", image=IMAGE), key="slack:retry-1")
+    again = runtime.app.execute(OWNER, Promote(image=IMAGE), key="slack:retry-1")
     assert first.data["applied"] is True
     assert "retried" in again.text
     assert audit_count(runtime) == count
@@ -467,7 +467,7 @@ def test_an_instance_that_fails_to_start_is_on_record_as_failed(db_url, config_f
 def test_status_says_how_long_ago_each_environment_moved(runtime):
     from datetime import timedelta
 
-    from bot.service.app import Nbenv
+    from bot.service.nbenv import Nbenv
     from bot.store.uow import Store, utcnow
 
     in_production(runtime, A)

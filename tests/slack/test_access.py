@@ -9,7 +9,7 @@ import pytest
 
 from bot.config import load_config
 from bot.config_access import read_access
-from bot.domain.commands import parse
+from bot.domain.command_table import parse
 from bot.domain.errors import BadInput
 from bot.domain.names import Pipeline
 from bot.service.access import check

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from bot.domain.commands import USAGE
+from bot.domain.command_table import USAGE
 from tests.conftest import OWNER, TESTER, TESTER2, USER
 from tests.slack.bot import (
     STRANGER,

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 import pytest
 from slack_sdk.signature import SignatureVerifier
 
-from bot.domain.commands import MAX_COMMAND, MAX_REASON
+from bot.domain.command_table import MAX_COMMAND
+from bot.domain.commands import MAX_REASON
 from tests.conftest import OWNER, TESTER
 from tests.slack.bot import (
     SECRET,

@@ -24,6 +24,7 @@ from pydantic import (
 
 from bot.config_access import config_file
 from bot.domain.errors import ConfigError
+from bot.domain.freeze_windows import FreezeWindow, week_second, zone
 from bot.domain.names import image_name_problem, user_id_problem
 from bot.domain.policy import EVERYONE, Role, TeamRoles
 
@@ -47,6 +48,7 @@ class Team(_Strict):
     owners: list[str] = Field(min_length=1)
     testers: list[str] = []
     users: list[str] = []
+    freeze_windows: list[FreezeWindowSpec] = []  # for every image of the team
 
     @field_validator("owners", "testers", "users")
     @classmethod
@@ -113,6 +115,36 @@ def _check_zone(value: str | None) -> str | None:
     return value
 
 
+class FreezeWindowSpec(_Strict):
+    """`{from: "fri 16:00", to: "mon 09:00", timezone: Europe/Berlin, reason: weekend}`"""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    starts: str = Field(alias="from")
+    ends: str = Field(alias="to")
+    timezone: str
+    reason: str
+
+    @model_validator(mode="after")
+    def _window(self) -> FreezeWindowSpec:
+        for key, text in (("from", self.starts), ("to", self.ends)):
+            try:
+                week_second(text)
+            except ValueError as error:
+                raise Problem((key,), str(error)) from None
+        try:
+            zone(self.timezone)
+        except ValueError as error:
+            raise Problem(("timezone",), str(error)) from None
+        try:
+            self.window()
+        except ValueError as error:
+            raise Problem((), str(error)) from None
+        return self
+
+    def window(self) -> FreezeWindow:
+        return FreezeWindow.of(self.starts, self.ends, self.timezone, self.reason)
+
+
 class InstanceDefaults(_Strict):
     machine_type: str = "e2-standard-4"
     # The Workbench zone (gcp backend); default gcp.zone. Never guessed from the region:
@@ -149,6 +181,7 @@ class Image(_Strict):
     approvals: Annotated[int, Field(ge=1, le=20)] = 1
     owner_approval_counts: bool = False
     instance: InstanceDefaults = InstanceDefaults()
+    freeze_windows: list[FreezeWindowSpec] = []  # beside the team's
 
     @field_validator("channel")
     @classmethod
@@ -260,6 +293,12 @@ class Config(_Strict):
 
     def image(self, name: str) -> Image:
         return self.images[name]
+
+    def freeze_windows(self, image: str) -> tuple[FreezeWindow, ...]:
+        """The recurring windows in which IMAGE is not promoted: its team's and its own."""
+        settings = self.images[image]
+        specs = [*self.teams[settings.team].freeze_windows, *settings.freeze_windows]
+        return tuple(spec.window() for spec in specs)
 
     def team_roles(self, image: str) -> TeamRoles:
         return self.teams[self.images[image].team].roles()

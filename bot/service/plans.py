@@ -12,6 +12,7 @@ from bot.domain.names import Env
 from bot.domain.policy import PolicyCheck
 from bot.service import render
 from bot.service.context import Context
+from bot.service.windows import window_data, window_now
 from bot.store.uow import Tx
 
 
@@ -22,7 +23,7 @@ def preview(
     if isinstance(command, Promote):
         plan, check = plan_promote(ctx, tx, actor, command)
         return plan, plan_data(ctx, tx, plan, check)
-    plan = plan_rollback(tx, command)
+    plan = plan_rollback(ctx, tx, command)
     return plan, plan_data(ctx, tx, plan, None)
 
 
@@ -40,18 +41,25 @@ def plan_promote(
         check or PolicyCheck(0, (), (), ()),
         force=command.force,
         reason=command.reason,
+        window=window_now(ctx, image),
     )
     assert check is not None  # plan_promote refuses an empty staging
     return plan, check
 
 
-def plan_rollback(tx: Tx, command: Rollback) -> ops.Plan:
+def plan_rollback(ctx: Context, tx: Tx, command: Rollback) -> ops.Plan:
     image = command.image
     state = tx.pointers.state(image)
     if command.to:
         target = tx.versions.get(image, tx.versions.resolve_sha(image, command.to))
         assert target is not None  # resolved from the versions
-        return ops.plan_rollback_to(state, target, force=command.force, reason=command.reason)
+        return ops.plan_rollback_to(
+            state,
+            target,
+            force=command.force,
+            reason=command.reason,
+            window=window_now(ctx, image),
+        )
     return ops.plan_rollback(state, reason=command.reason)
 
 
@@ -76,6 +84,7 @@ def plan_data(ctx: Context, tx: Tx, plan: ops.Plan, check: PolicyCheck | None) -
     }
     if check is not None:
         data["approvals"] = render.policy_data(plan.sha, check)
+    data["freeze_window"] = window_data(ctx, plan.image)
     if ctx.differ is not None and plan.action == "promote":
         data["diff"] = _diff(ctx, tx, plan)
     return data

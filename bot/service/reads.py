@@ -13,6 +13,7 @@ from bot.domain.text import age, escape
 from bot.service import render
 from bot.service.context import Asked, Context
 from bot.service.replies import Reply
+from bot.service.windows import window_data
 from bot.store.uow import Tx
 
 
@@ -70,6 +71,7 @@ def image_status(ctx: Context, tx: Tx, image: str) -> dict[str, Any]:
             else None
         ),
         "approvals": approvals,
+        "freeze_window": window_data(ctx, image),
     }
 
 

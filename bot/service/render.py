@@ -134,6 +134,8 @@ def status_text(data: dict[str, Any]) -> str:
         lines.append(
             f"Frozen by {mention(data['freeze']['by'])}: {escape(data['freeze']['reason'])}"
         )
+    if data.get("freeze_window"):
+        lines.append(window_text(data["freeze_window"]))
     approvals = data["approvals"]
     if approvals:
         approved = len(approvals["approved_by"])
@@ -148,6 +150,13 @@ def status_text(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def window_text(window: dict[str, Any]) -> str:
+    """The freeze window an image is in, or the next one."""
+    if window["on"]:
+        return f"⏸ In a freeze window: {escape(window['text'])}"
+    return f"Next freeze window: {escape(window['text'])}"
+
+
 def plan_text(plan: ops.Plan, preview: dict[str, Any], *, dry_run: bool) -> str:
     head = "Dry run — would " if dry_run else ""
     lines = [f"{head}{plan.action} {plan.image}: {plan.describe()}"]
@@ -157,6 +166,8 @@ def plan_text(plan: ops.Plan, preview: dict[str, Any], *, dry_run: bool) -> str:
             f"Approvals: {len(approvals['approved_by'])}/{approvals['required']} "
             + " ".join(mention(u) for u in approvals["approved_by"])
         )
+    if preview.get("freeze_window"):
+        lines.append(window_text(preview["freeze_window"]))
     diff = preview.get("diff")
     if diff and diff.get("text"):
         lines.append(str(diff["text"]))

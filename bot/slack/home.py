@@ -12,6 +12,7 @@ from typing import Any
 
 from bot.domain.names import Env
 from bot.domain.text import age, cut, escape, mention, quote
+from bot.service.render import window_text
 from bot.slack.blocks import MAX_HOME_BLOCKS, MAX_TEXT_OBJECT, fit_blocks
 
 BLOCKS_PER_IMAGE = 4
@@ -129,6 +130,8 @@ def _image_blocks(status: dict[str, Any], now: datetime) -> list[dict[str, Any]]
             f"🧊 Frozen by {mention(freeze['by'])} {age(freeze['at'], now)}: "
             f"{quote(freeze['reason'], MAX_QUOTED)}"
         )
+    if status.get("freeze_window"):
+        notes.append(window_text(status["freeze_window"]))
     notes.append(_pending(status))
     return [
         {"type": "divider"},

@@ -15,6 +15,7 @@ from slack_sdk.models.blocks import MarkdownTextObject, SectionBlock
 
 from bot.domain.names import short
 from bot.domain.text import cut, escape, mention, safe_end
+from bot.service.render import window_text
 
 MAX_SECTION = 3000  # characters of one mrkdwn section (Slack's limit)
 MAX_BLOCKS = 50  # blocks of one message (Slack's limit)
@@ -159,12 +160,16 @@ def confirmation(
             "before it can be promoted again"
         )
     details = preview.get("details") or {}
-    if details.get("forced"):
-        overridden = ", ".join(mention(u) for u in details.get("overridden_rejections") or [])
-        lines.append(
-            f"• *forced* over the rejection of {overridden}: {escape(details.get('reason'))}"
-        )
-    elif details.get("reason"):
+    in_window = details.get("overridden_window")
+    rejections = details.get("overridden_rejections") or []
+    if in_window:
+        lines.append(f"• *forced* in the freeze window {escape(in_window)}")
+    elif preview.get("freeze_window"):
+        lines.append("• " + window_text(preview["freeze_window"]))
+    if rejections:
+        overridden = ", ".join(mention(u) for u in rejections)
+        lines.append(f"• *forced* over the rejection of {overridden}")
+    if details.get("reason"):
         lines.append(f"• reason: {escape(details['reason'])}")
     approvals = preview.get("approvals")
     if approvals is not None:

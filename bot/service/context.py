@@ -88,18 +88,19 @@ class Context:
         so the message goes out exactly when the change it tells of is recorded."""
         payload: dict[str, Any] = {"channel": self.config.images[image].channel, "text": text}
         if buttons:
-            payload["buttons"] = [
-                {
-                    "action_id": b.action_id,
-                    "text": b.text,
-                    "value": json.dumps(b.value),
-                    "style": b.style,
-                }
-                for b in buttons
-            ]
+            payload["buttons"] = _buttons(buttons)
         tx.outbox.enqueue(
             f"announce:{key}", "chat.postMessage", payload, thread=(image, sha) if sha else None
         )
+
+    def tell_person(
+        self, tx: Tx, user: str, text: str, *, key: str, buttons: list[Button] | None = None
+    ) -> None:
+        """A direct message to USER (the app's Messages tab), committed with TX."""
+        payload: dict[str, Any] = {"channel": user, "text": text}
+        if buttons:
+            payload["buttons"] = _buttons(buttons)
+        tx.outbox.enqueue(f"tell:{key}", "chat.postMessage", payload)
 
     def queue(
         self,
@@ -139,6 +140,13 @@ class Context:
                 outcome="failed",
                 details={**details, "reason": to_plain(reason)[:MAX_AUDITED_REASON]},
             )
+
+
+def _buttons(buttons: list[Button]) -> list[dict[str, Any]]:
+    return [
+        {"action_id": b.action_id, "text": b.text, "value": json.dumps(b.value), "style": b.style}
+        for b in buttons
+    ]
 
 
 @dataclass(frozen=True)

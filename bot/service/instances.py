@@ -9,13 +9,13 @@ from typing import Any
 
 from bot.domain.commands import Instance, Instances
 from bot.domain.errors import BadInput, NbenvError, Refused
-from bot.domain.names import short
+from bot.domain.names import Env, short
 from bot.domain.policy import Role
 from bot.domain.text import escape, mention
 from bot.service import render
 from bot.service.context import Asked, Context
 from bot.service.ports import InstanceInfo, InstanceRequest, ListsInstances
-from bot.service.replies import Reply
+from bot.service.replies import REPLACE, STOP, Button, Reply
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,16 @@ def instances(ctx: Context, asked: Asked[Instances]) -> Reply:
     images = [command.image] if command.image else ctx.visible_images(actor)
     with ctx.store.read() as tx:
         rows = [row for image in images for row in tx.instances.matching(image=image)]
-    shown = [render.instance_listing(row, actor) for row in rows]
+        revoked = {
+            (row["image"], row["sha"])
+            for row in rows
+            for version in [tx.versions.get(row["image"], row["sha"])]
+            if version is not None and version.revoked
+        }
+    shown = [
+        render.instance_listing(row, actor, revoked=(row["image"], row["sha"]) in revoked)
+        for row in rows
+    ]
     lines = ["*Instances*"] + [render.instance_line(item) for item in shown]
     if not rows:
         lines.append("none")
@@ -166,22 +175,30 @@ def _stop(ctx: Context, actor: str, name: str) -> Reply:
 
 
 def who_runs(ctx: Context, image: str, shas: Iterable[str | None]) -> dict[str, list[str]]:
-    """SHA → the users running an instance of it (one entry per instance).
+    """SHA → the users running an instance of it (one entry per instance)."""
+    wanted = [sha for sha in dict.fromkeys(shas) if sha]
+    running = running_instances(ctx, image, wanted)
+    return {sha: [user for _, user in running[sha]] for sha in wanted}
+
+
+def running_instances(
+    ctx: Context, image: str, shas: list[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """SHA → (instance name, user) of each instance running it that is starting or running.
 
     From the backend's own listing where it has one (gcp: Workbench instances by
     label, so instances stopped or made outside nbenv count as they are), else from
     the instances nbenv recorded. A backend that cannot answer leaves the record.
     """
-    wanted = [sha for sha in dict.fromkeys(shas) if sha]
     with ctx.store.read() as tx:
         found = {
             sha: [
-                row["requested_by"]
+                (row["name"], row["requested_by"])
                 for row in tx.instances.matching(image=image, sha=sha, active=True)
             ]
-            for sha in wanted
+            for sha in shas
         }
-    if not isinstance(ctx.backend, ListsInstances) or not wanted:
+    if not isinstance(ctx.backend, ListsInstances) or not shas:
         return found
     try:
         listed = ctx.backend.instances_by_label(image)
@@ -190,20 +207,26 @@ def who_runs(ctx: Context, image: str, shas: Iterable[str | None]) -> dict[str, 
         return found
     return {
         sha: [
-            i.requested_by
+            (i.name, i.requested_by)
             for i in listed
             if i.sha == sha and i.requested_by and i.state in ("starting", "running")
         ]
-        for sha in wanted
+        for sha in shas
     }
+
+
+MAX_STOP_BUTTONS = 5  # per message: a person with more gets `/nbenv instances --stop NAME`
 
 
 def tell_instance_owners(ctx: Context, image: str, sha: str, operation_id: str) -> None:
     """After a rollback (never before: it is the emergency exit), ask those still
-    running the revoked SHA to move, in its thread."""
-    users = who_runs(ctx, image, [sha])[sha]
-    if not users:
+    running the revoked SHA to move: in its thread, and each of them directly, with a
+    button to start a replacement from production and one to stop each old instance.
+    Nothing is stopped unless its owner presses."""
+    running = running_instances(ctx, image, [sha])[sha]
+    if not running:
         return
+    users = [user for _, user in running]
     people = ", ".join(mention(user) for user in dict.fromkeys(users))
     with ctx.store.write(audited=False) as tx:
         ctx.announce(
@@ -214,3 +237,33 @@ def tell_instance_owners(ctx: Context, image: str, sha: str, operation_id: str) 
             f"Please recreate them from production: `/nbenv instance {image}`.",
             key=f"op:{operation_id}:instance-owners",
         )
+        production = tx.pointers.state(image).sha(Env.PRODUCTION)
+        for user in dict.fromkeys(users):
+            names = [name for name, owner in running if owner == user]
+            ctx.tell_person(
+                tx,
+                user,
+                _move_text(image, sha, production, names),
+                key=f"op:{operation_id}:instance-owner:{user}",
+                buttons=_move_buttons(image, production, names),
+            )
+
+
+def _move_text(image: str, sha: str, production: str | None, names: list[str]) -> str:
+    listed = ", ".join(f"`{name}`" for name in names)
+    return (
+        f"⏪ {image} was rolled back: `{short(sha)}` is revoked, and your instance(s) "
+        f"{listed} still run it. Start a replacement from production "
+        f"(`{short(production)}`), then stop the old one when your work is saved: "
+        "nothing is stopped until you press."
+    )
+
+
+def _move_buttons(image: str, production: str | None, names: list[str]) -> list[Button]:
+    buttons = []
+    if production:
+        value = {"image": image, "env": Env.PRODUCTION.value}
+        buttons.append(Button(REPLACE, "Start a replacement from production", value, "primary"))
+    for name in names[:MAX_STOP_BUTTONS]:
+        buttons.append(Button(STOP, f"Stop {name}", {"image": image, "name": name}, "danger"))
+    return buttons

@@ -68,6 +68,9 @@ class ListedInstance(Protocol):
     """One instance as the backend itself lists it."""
 
     @property
+    def name(self) -> str: ...
+
+    @property
     def sha(self) -> str | None: ...
 
     @property

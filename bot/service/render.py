@@ -208,13 +208,14 @@ def instance_name(image: str, env: str, actor: str, sha: str) -> str:
     return names.instance_name(image, env, sha, salt=uuid.uuid4().hex[:4])
 
 
-def instance_listing(row: dict[str, Any], viewer: str) -> dict[str, Any]:
+def instance_listing(row: dict[str, Any], viewer: str, *, revoked: bool) -> dict[str, Any]:
     """What VIEWER may know of an instance: everyone sees what it is and whose it is; only
     the person who asked for it gets its access link (on the local backend the link holds
     the server's token, so whoever has it can run code in that person's notebook). Image
     owners may stop an instance, but not open it: least privilege."""
     shown = {key: row[key] for key in ("name", "image", "env", "sha", "state", "requested_by")}
     shown["created_at"] = row.get("created_at")
+    shown["revoked"] = revoked  # it runs a SHA that was rolled back
     if row["requested_by"] == viewer:
         shown["url"] = row.get("url")
     return shown
@@ -222,7 +223,8 @@ def instance_listing(row: dict[str, Any], viewer: str) -> dict[str, Any]:
 
 def instance_line(shown: dict[str, Any]) -> str:
     link = f" {shown['url']}" if shown.get("url") else ""
+    revoked = " ⛔ runs a revoked SHA" if shown.get("revoked") else ""
     return (
-        f"• `{shown['name']}` {shown['image']} {shown['env']} `{short(shown['sha'])}` "
+        f"• `{shown['name']}` {shown['image']} {shown['env']} `{short(shown['sha'])}`{revoked} "
         f"{shown['state']} by {mention(shown['requested_by'])}{link}"
     )

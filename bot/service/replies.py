@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The buttons of the direct message to someone running a revoked SHA.
+REPLACE = "nbenv_replace"
+STOP = "nbenv_stop"
+
 
 @dataclass(frozen=True)
 class Button:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # `nbenv serve` builds this app before its worker loads the s
 log = logging.getLogger(__name__)
 
 SLASH = re.compile(r"^/nbenv[-_a-z0-9]*$")  # /nbenv, or /nbenv-dev for a second install
-PRESSES = re.compile(r"^nbenv_(approve|promote|rollback|confirm|cancel)$")
+PRESSES = re.compile(r"^nbenv_(approve|promote|rollback|confirm|cancel|replace|stop)$")
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
 AFTER_ACK_THREADS = 4
 

@@ -33,12 +33,23 @@ from bot.domain.command_table import (
     reads_only,
     spec_of,
 )
-from bot.domain.commands import Approve, Command, Promote, Reject, Rollback, is_dry_run, to_fields
+from bot.domain.commands import (
+    Approve,
+    Command,
+    Instance,
+    Instances,
+    Promote,
+    Reject,
+    Rollback,
+    is_dry_run,
+    to_fields,
+)
 from bot.domain.errors import BadInput, NbenvError
-from bot.domain.names import Env, Person, check_sha_ref, short
+from bot.domain.names import Env, Person, check_sha_ref, parse_env, short
 from bot.domain.operations import Seen, pointers_text
 from bot.domain.policy import Role
 from bot.domain.text import escape
+from bot.service.replies import REPLACE, STOP
 from bot.slack import views
 
 if TYPE_CHECKING:  # `nbenv serve` acks with this module before its worker loads the service
@@ -207,6 +218,21 @@ class Interactions:
             }
             self._queue(key, {**job, "key": key, "response_url": response_url})
             return Outcome(queued=True)
+        if action_id == REPLACE:  # a replacement for an instance running a revoked SHA
+            env = value.get("env")
+            env = parse_env(env if isinstance(env, str) else "")
+            replacement = Instance(image=image, env=env)
+            reply = self.app.execute(user, replacement, key=key, reply_to=response_url)
+            return Outcome(later=Later(user, message=render(reply)), queued=True)
+        if action_id == STOP:  # the old instance, stopped only by this press
+            name = value.get("name")
+            if not isinstance(name, str):
+                raise BadInput("this button is malformed: nothing was changed")
+            stop = Instances(image=image, stop=name)
+            self.app.check(user, stop)
+            job = {"mode": "run", "actor": user, "command": to_fields(stop)}
+            self._queue(key, {**job, "key": key, "response_url": response_url})
+            return Outcome(later=Later(user, message=views.message(_working(stop))), queued=True)
         if action_id == views.CANCEL:
             cancelled = views.message("Cancelled: nothing was changed.")
             return Outcome(later=Later(user, message=cancelled), replace=True)

@@ -153,7 +153,7 @@ def _buttons(buttons: list[Button]) -> list[dict[str, Any]]:
 class Asked(Generic[C]):
     """A command as a handler gets it: who asked, and how the request came."""
 
-    actor: str
+    actor: Actor  # a Person (Slack user ID), or the Pipeline
     command: C
     key: str | None = None  # the request's idempotency key (a retry carries the same)
     # The environments as whoever decided saw them: a promote or rollback does what they

@@ -135,14 +135,53 @@ class Nbenv:
 
     # -- what the pipeline and the job worker call -------------------------------------------
 
-    def publish(self, actor: Actor | str, image: str, sha: str, **details: Any) -> Reply:
-        """Record a tested version and point staging at it (owners and the pipeline).
-        DETAILS: report, subject, branch, build_id, key."""
-        return versions.publish(self.context, as_actor(actor), image, sha, **details)
+    def publish(
+        self,
+        actor: Actor | str,
+        image: str,
+        sha: str,
+        *,
+        report: dict[str, Any] | None = None,
+        subject: str | None = None,
+        branch: str | None = None,
+        build_id: str | None = None,
+        key: str | None = None,
+    ) -> Reply:
+        """Record a tested version and point staging at it (owners and the pipeline)."""
+        return versions.publish(
+            self.context,
+            as_actor(actor),
+            image,
+            sha,
+            report=report,
+            subject=subject,
+            branch=branch,
+            build_id=build_id,
+            key=key,
+        )
 
-    def record_version(self, actor: str, image: str, sha: str, **details: Any) -> None:
+    def record_version(
+        self,
+        actor: str,
+        image: str,
+        sha: str,
+        *,
+        report: dict[str, Any] | None,
+        subject: str | None = None,
+        branch: str | None = None,
+        build_id: str | None = None,
+    ) -> None:
         """Keep a built version (passed or failed) without moving any environment."""
-        versions.record_version(self.context, actor, image, sha, **details)
+        versions.record_version(
+            self.context,
+            actor,
+            image,
+            sha,
+            report=report,
+            subject=subject,
+            branch=branch,
+            build_id=build_id,
+        )
 
     def run_build(self, payload: dict[str, Any]) -> None:
         builds.run_build(self.context, payload)

@@ -15,6 +15,7 @@ from bot.domain.audit import AuditKey
 from bot.service.jobs import Handler, JobWorker
 from bot.service.nbenv import Nbenv
 from bot.service.ports import Backend
+from bot.slack.notifications import SlackNotifier
 from bot.store.database import make_engine, upgrade
 from bot.store.uow import Store
 
@@ -121,9 +122,10 @@ def build_runtime(
         store,
         make_backend(config, relay),
         make_differ(config),
+        notifier=SlackNotifier(),
         run_by_operator=run_by_operator,
     )
-    worker = JobWorker(store, job_handlers(app))
+    worker = JobWorker(store, job_handlers(app), notifier=app.context.notifier)
     return Runtime(config=config, store=store, app=app, worker=worker)
 
 

@@ -7,10 +7,11 @@ from typing import Any
 from bot.domain.commands import Approve, Reject
 from bot.domain.errors import Refused
 from bot.domain.names import Env, short
+from bot.domain.notifications import Act, Offer
 from bot.domain.text import escape, mention
 from bot.service import render
 from bot.service.context import Asked, Context
-from bot.service.replies import Button, Reply
+from bot.service.replies import Reply
 from bot.store.uow import Tx
 
 
@@ -67,14 +68,12 @@ def _verdict(ctx: Context, actor: str, command: Approve | Reject, key: str | Non
                 f"⛔ {mention(actor)} rejected `{short(sha)}`: {escape(reason)} — "
                 "promotion is blocked until they approve or an owner overrides"
             )
-        buttons = []
+        offers: tuple[Offer, ...] = ()
         staging = tx.pointers.state(image).sha(Env.STAGING)
         if approved and check.met and sha == staging:
             text += "\nThe approval policy is met: an owner can promote."
-            buttons.append(
-                Button("nbenv_promote", "Promote", {"image": image, "sha": sha}, "primary")
-            )
+            offers = (Offer(Act.PROMOTE, "Promote", image, sha, emphasis="primary"),)
         ctx.announce(
-            tx, image, sha, text, key=f"{command.name}:{image}:{sha}:{tx.now}", buttons=buttons
+            tx, image, sha, text, key=f"{command.name}:{image}:{sha}:{tx.now}", offers=offers
         )
     return Reply(text, {"image": image, "sha": sha, "policy": render.policy_data(sha, check)})

@@ -4,7 +4,6 @@ an audited failure)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,12 +12,12 @@ from typing import Any, Generic, TypeVar
 from bot.config import Config
 from bot.domain.commands import Command
 from bot.domain.names import Actor
+from bot.domain.notifications import Announcement, Notification, Offer
 from bot.domain.operations import Seen
 from bot.domain.policy import PolicyCheck, Role, check_policy, require_role
 from bot.domain.text import to_plain
 from bot.service.access import as_actor, is_pipeline
-from bot.service.ports import Backend
-from bot.service.replies import Button
+from bot.service.ports import Backend, Notifier
 from bot.store.uow import Store, Tx
 
 MAX_AUDITED_REASON = 2000  # a failure's reason kept in the log (tracebacks can be long)
@@ -30,6 +29,7 @@ C = TypeVar("C", bound=Command)
 class Context:
     config: Config
     store: Store
+    notifier: Notifier
     backend: Backend | None = None
     differ: Callable[..., dict[str, Any]] | None = None
     # Used by the person who runs nbenv (CLI, console), not by people through Slack:
@@ -74,6 +74,11 @@ class Context:
             owner_approval_counts=settings.owner_approval_counts,
         )
 
+    def notify(self, tx: Tx, key: str, notification: Notification) -> None:
+        """Tell people, committed with TX: it goes out exactly when the change it tells of
+        is recorded, and once (KEY)."""
+        self.notifier.notify(tx, key, notification)
+
     def announce(
         self,
         tx: Tx,
@@ -82,25 +87,11 @@ class Context:
         text: str,
         *,
         key: str,
-        buttons: list[Button] | None = None,
+        offers: tuple[Offer, ...] = (),
     ) -> None:
-        """Tell the image's channel, in SHA's thread when there is one; committed with TX,
-        so the message goes out exactly when the change it tells of is recorded."""
-        payload: dict[str, Any] = {"channel": self.config.images[image].channel, "text": text}
-        if buttons:
-            payload["buttons"] = _buttons(buttons)
-        tx.outbox.enqueue(
-            f"announce:{key}", "chat.postMessage", payload, thread=(image, sha) if sha else None
-        )
-
-    def tell_person(
-        self, tx: Tx, user: str, text: str, *, key: str, buttons: list[Button] | None = None
-    ) -> None:
-        """A direct message to USER (the app's Messages tab), committed with TX."""
-        payload: dict[str, Any] = {"channel": user, "text": text}
-        if buttons:
-            payload["buttons"] = _buttons(buttons)
-        tx.outbox.enqueue(f"tell:{key}", "chat.postMessage", payload)
+        """Tell the image's channel, in SHA's thread when there is one."""
+        channel = self.config.images[image].channel
+        self.notify(tx, f"announce:{key}", Announcement(channel, image, sha, text, offers))
 
     def queue(
         self,
@@ -140,13 +131,6 @@ class Context:
                 outcome="failed",
                 details={**details, "reason": to_plain(reason)[:MAX_AUDITED_REASON]},
             )
-
-
-def _buttons(buttons: list[Button]) -> list[dict[str, Any]]:
-    return [
-        {"action_id": b.action_id, "text": b.text, "value": json.dumps(b.value), "style": b.style}
-        for b in buttons
-    ]
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from bot.domain import operations as ops
 from bot.domain.commands import Promote, Rollback, is_dry_run
 from bot.domain.errors import NbenvError, Refused
 from bot.domain.names import short
+from bot.domain.notifications import Act, Offer
 from bot.domain.policy import EVERYONE
 from bot.domain.text import escape, mention
 from bot.service import plans, render, sagas
 from bot.service.context import Asked, Context
 from bot.service.instances import tell_instance_owners
-from bot.service.replies import Button, Reply
+from bot.service.replies import Reply
 from bot.store.uow import Tx
 
 log = logging.getLogger(__name__)
@@ -119,19 +120,18 @@ def _check_versions(ctx: Context, plan: ops.Plan) -> None:
 
 def _announce_plan(ctx: Context, tx: Tx, plan: ops.Plan, text: str, operation_id: str) -> None:
     image = plan.image
-    buttons: list[Button] = []
+    offers: tuple[Offer, ...] = ()
     if plan.action == "promote":
-        buttons.append(Button("nbenv_rollback", "Roll back", {"image": image}, "danger"))
+        offers = (Offer(Act.ROLLBACK, "Roll back", image, emphasis="danger"),)
     elif plan.action == "publish":
-        value = {"image": image, "sha": plan.sha}
-        buttons += [
-            Button("nbenv_approve", "Approve", value, "primary"),
-            Button("nbenv_reject", "Reject", value, "danger"),
-        ]
+        offers = (
+            Offer(Act.APPROVE, "Approve", image, plan.sha, emphasis="primary"),
+            Offer(Act.REJECT, "Reject", image, plan.sha, emphasis="danger"),
+        )
         testers = sorted(ctx.config.team_roles(image).testers - {EVERYONE})
         if testers:
             text += "\nTesters, please try it: " + " ".join(mention(u) for u in testers)
-    ctx.announce(tx, image, plan.sha, text, key=f"op:{operation_id}", buttons=buttons)
+    ctx.announce(tx, image, plan.sha, text, key=f"op:{operation_id}", offers=offers)
     if plan.revoke:
         ctx.announce(
             tx,

@@ -10,12 +10,13 @@ from typing import Any
 from bot.domain.commands import Instance, Instances
 from bot.domain.errors import BadInput, NbenvError, Refused
 from bot.domain.names import Env, short
+from bot.domain.notifications import Act, DirectMessage, Offer, PrivateAnswer
 from bot.domain.policy import Role
 from bot.domain.text import escape, mention
 from bot.service import render
 from bot.service.context import Asked, Context
 from bot.service.ports import InstanceInfo, InstanceRequest, ListsInstances
-from bot.service.replies import REPLACE, STOP, Button, Reply
+from bot.service.replies import Reply
 
 log = logging.getLogger(__name__)
 
@@ -106,24 +107,16 @@ def create_instance(ctx: Context, payload: dict[str, Any]) -> InstanceInfo:
             # opens the requester's notebook.
             details={"name": request.name, "env": request.env, "state": info.state},
         )
-        response_url = payload.get("response_url")
+        reply_to = payload.get("response_url")
         text = (
             f"🖥 instance `{request.name}` of {request.image} ({request.env}, "
             f"`{short(request.sha)}`) is {info.state}"
             + (f": {info.url}" if info.url else "")
             + (f"\n{escape(str(info.details.get('note')))}" if info.details.get("note") else "")
         )
-        if response_url:
-            tx.outbox.enqueue(
-                f"instance-ready:{request.name}",
-                "response_url",
-                {
-                    "url": response_url,
-                    "text": text,
-                    "response_type": "ephemeral",
-                    "user": request.requested_by,  # told directly if the URL expired
-                },
-            )
+        if reply_to:
+            answer = PrivateAnswer(reply_to, request.requested_by, text)
+            ctx.notify(tx, f"instance-ready:{request.name}", answer)
     return info
 
 
@@ -240,13 +233,12 @@ def tell_instance_owners(ctx: Context, image: str, sha: str, operation_id: str) 
         production = tx.pointers.state(image).sha(Env.PRODUCTION)
         for user in dict.fromkeys(users):
             names = [name for name, owner in running if owner == user]
-            ctx.tell_person(
-                tx,
+            message = DirectMessage(
                 user,
                 _move_text(image, sha, production, names),
-                key=f"op:{operation_id}:instance-owner:{user}",
-                buttons=_move_buttons(image, production, names),
+                _move_offers(image, production, names),
             )
+            ctx.notify(tx, f"tell:op:{operation_id}:instance-owner:{user}", message)
 
 
 def _move_text(image: str, sha: str, production: str | None, names: list[str]) -> str:
@@ -259,11 +251,13 @@ def _move_text(image: str, sha: str, production: str | None, names: list[str]) -
     )
 
 
-def _move_buttons(image: str, production: str | None, names: list[str]) -> list[Button]:
-    buttons = []
+def _move_offers(image: str, production: str | None, names: list[str]) -> tuple[Offer, ...]:
+    offers = []
     if production:
-        value = {"image": image, "env": Env.PRODUCTION.value}
-        buttons.append(Button(REPLACE, "Start a replacement from production", value, "primary"))
+        label = "Start a replacement from production"
+        offers.append(
+            Offer(Act.REPLACE, label, image, env=Env.PRODUCTION.value, emphasis="primary")
+        )
     for name in names[:MAX_STOP_BUTTONS]:
-        buttons.append(Button(STOP, f"Stop {name}", {"image": image, "name": name}, "danger"))
-    return buttons
+        offers.append(Offer(Act.STOP, f"Stop {name}", image, name=name, emphasis="danger"))
+    return tuple(offers)

@@ -25,7 +25,7 @@ from bot.service import access, builds, instances, plans, reads, sagas, versions
 from bot.service.access import as_actor
 from bot.service.context import Asked, Context
 from bot.service.handlers import HANDLERS
-from bot.service.ports import Backend, InstanceInfo
+from bot.service.ports import Backend, InstanceInfo, Notifier
 from bot.service.refusals import audit_refusal
 from bot.service.replies import Reply
 from bot.store.uow import Store, Tx
@@ -39,12 +39,13 @@ class Nbenv:
         backend: Backend | None = None,
         differ: Callable[..., dict[str, Any]] | None = None,
         *,
+        notifier: Notifier,
         run_by_operator: bool = False,
     ) -> None:
         """RUN_BY_OPERATOR: this entry point is used by the person who runs nbenv (CLI,
         console), not by people through Slack; instances they ask for may share the bot's
         OS user on the local backend (see `local.shared_instances`)."""
-        self.context = Context(config, store, backend, differ, run_by_operator)
+        self.context = Context(config, store, notifier, backend, differ, run_by_operator)
 
     @property
     def config(self) -> Config:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from bot.store.uow import Store
+    from bot.domain.notifications import Notification
+    from bot.store.uow import Store, Tx
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,11 @@ class DispatchesJobs(Protocol):
     /pubsub/jobs). Without it, the process that queued a job runs it."""
 
     def job_dispatcher(self, store: Store) -> JobDispatch: ...
+
+
+class Notifier(Protocol):
+    """Queues what a use case tells people, in the transaction TX of the change it tells
+    of (the Slack adapter: as Web API calls in the outbox); KEY makes a retry queue it
+    once."""
+
+    def notify(self, tx: Tx, key: str, notification: Notification) -> None: ...

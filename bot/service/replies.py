@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-# The buttons of the direct message to someone running a revoked SHA.
-REPLACE = "nbenv_replace"
-STOP = "nbenv_stop"
-
-
-@dataclass(frozen=True)
-class Button:
-    """An action offered with a message, in domain words: the Slack adapter draws it."""
-
-    action_id: str
-    text: str
-    value: dict[str, Any]
-    style: str | None = None  # primary | danger
+from bot.domain.notifications import Offer
 
 
 @dataclass
@@ -26,4 +14,4 @@ class Reply:
 
     text: str
     data: Any = None
-    buttons: list[Button] = field(default_factory=list)
+    offers: tuple[Offer, ...] = ()  # next steps (buttons in Slack)

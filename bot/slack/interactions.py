@@ -46,11 +46,12 @@ from bot.domain.commands import (
 )
 from bot.domain.errors import BadInput, NbenvError
 from bot.domain.names import Env, Person, check_sha_ref, parse_env, short
+from bot.domain.notifications import Act
 from bot.domain.operations import Seen, pointers_text
 from bot.domain.policy import Role
 from bot.domain.text import escape
-from bot.service.replies import REPLACE, STOP
 from bot.slack import views
+from bot.slack.notifications import action_id, offer_buttons
 
 if TYPE_CHECKING:  # `nbenv serve` acks with this module before its worker loads the service
     from bot.service.nbenv import Nbenv
@@ -96,8 +97,7 @@ def render(reply: Reply, command: Command | None = None) -> dict[str, Any]:
     if command is not None and command.json:
         data = json.dumps(reply.data, indent=1, default=str, ensure_ascii=False)
         return views.message(data, blocks=views.code_sections(escape(data)))
-    buttons = [views.button(b.action_id, b.text, b.value, b.style) for b in reply.buttons]
-    return views.message(reply.text, buttons or None)
+    return views.message(reply.text, offer_buttons(reply.offers) or None)
 
 
 def _comes_later(spec: Spec[Any]) -> bool:
@@ -176,25 +176,25 @@ class Interactions:
     # -- buttons ----------------------------------------------------------------------------
 
     def press(
-        self, user: Person, action_id: str, raw_value: str | None, *, key: str, response_url: str
+        self, user: Person, pressed: str, raw_value: str | None, *, key: str, response_url: str
     ) -> Outcome:
         """A button pressed by USER; the answer goes privately to RESPONSE_URL."""
         try:
-            return self._press(user, action_id, raw_value, key=key, response_url=response_url)
+            return self._press(user, pressed, raw_value, key=key, response_url=response_url)
         except NbenvError as error:
             return Outcome(later=Later(user, message=views.error(error.message)))
 
     def _press(
-        self, user: Person, action_id: str, raw_value: str | None, *, key: str, response_url: str
+        self, user: Person, pressed: str, raw_value: str | None, *, key: str, response_url: str
     ) -> Outcome:
         value = _value(raw_value)
         image = value["image"]
-        if action_id == "nbenv_approve":
+        if pressed == action_id(Act.APPROVE):
             command: Command = Approve(image=image, sha=_sha(value))
             message = render(self.app.execute(user, command, key=key))
             return Outcome(later=Later(user, message=message), queued=True)
-        if action_id in ("nbenv_promote", "nbenv_rollback"):
-            shape = Promote if action_id == "nbenv_promote" else Rollback
+        if pressed in (action_id(Act.PROMOTE), action_id(Act.ROLLBACK)):
+            shape = Promote if pressed == action_id(Act.PROMOTE) else Rollback
             command = shape(image=image)
             self.app.check(user, command)
             # The thread's button stands for one SHA: refuse it once that SHA has moved on.
@@ -203,7 +203,7 @@ class Interactions:
             if value.get("sha"):
                 shown["sha"] = _sha(value)
             return Outcome(later=Later(user, to_fields(command), shown))
-        if action_id == views.CONFIRM:
+        if pressed == views.CONFIRM:
             command = from_fields(value.get("cmd"), allowed=lambda spec: spec.confirm)
             expect = value.get("expect")
             if not isinstance(expect, dict) or not all(isinstance(v, int) for v in expect.values()):
@@ -218,13 +218,13 @@ class Interactions:
             }
             self._queue(key, {**job, "key": key, "response_url": response_url})
             return Outcome(queued=True)
-        if action_id == REPLACE:  # a replacement for an instance running a revoked SHA
+        if pressed == action_id(Act.REPLACE):  # for an instance running a revoked SHA
             env = value.get("env")
             env = parse_env(env if isinstance(env, str) else "")
             replacement = Instance(image=image, env=env)
             reply = self.app.execute(user, replacement, key=key, reply_to=response_url)
             return Outcome(later=Later(user, message=render(reply)), queued=True)
-        if action_id == STOP:  # the old instance, stopped only by this press
+        if pressed == action_id(Act.STOP):  # the old instance, stopped only by this press
             name = value.get("name")
             if not isinstance(name, str):
                 raise BadInput("this button is malformed: nothing was changed")
@@ -233,10 +233,10 @@ class Interactions:
             job = {"mode": "run", "actor": user, "command": to_fields(stop)}
             self._queue(key, {**job, "key": key, "response_url": response_url})
             return Outcome(later=Later(user, message=views.message(_working(stop))), queued=True)
-        if action_id == views.CANCEL:
+        if pressed == views.CANCEL:
             cancelled = views.message("Cancelled: nothing was changed.")
             return Outcome(later=Later(user, message=cancelled), replace=True)
-        raise BadInput(f"unknown button {action_id!r}")
+        raise BadInput(f"unknown button {pressed!r}")
 
     def answer(
         self,

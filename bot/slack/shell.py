@@ -23,7 +23,9 @@ from typing import Any, TextIO
 
 from bot.bootstrap import Runtime
 from bot.domain.names import Person
+from bot.domain.notifications import Act
 from bot.slack.interactions import Interactions, Outcome
+from bot.slack.notifications import action_id
 from bot.slack.outbox import OutboxSender
 from bot.store.uow import Store
 
@@ -249,7 +251,7 @@ class Shell:
     def _press(self, button: ShownButton) -> None:
         key = f"shell:{uuid.uuid4()}"
         response_url = button.response_url or f"{CONSOLE_URL}{key}"
-        if button.action_id == "nbenv_reject":
+        if button.action_id == action_id(Act.REJECT):
             outcome = self.interactions.reject_dialog(
                 self.user, button.value, response_url=response_url
             )

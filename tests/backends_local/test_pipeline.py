@@ -29,6 +29,7 @@ from bot.domain.errors import BadInput
 from bot.service.diff import Differ
 from bot.service.jobs import JobWorker
 from bot.service.nbenv import Nbenv
+from bot.slack.notifications import SlackNotifier
 from bot.slack.outbox import OutboxSender
 from bot.store.uow import Store
 from tests.backends_local.conftest import CHANNEL, local_config_text
@@ -105,9 +106,15 @@ def running_stack(config_file: Path, database_url: str, home: Path) -> Iterator[
         backend = make_backend()
         # The backend is given at construction, as bootstrap gives it; the relay that
         # the backend reports to is made from the same app.
-        app = Nbenv(runtime.config, runtime.store, backend, make_differ(runtime.config))
+        app = Nbenv(
+            runtime.config,
+            runtime.store,
+            backend,
+            make_differ(runtime.config),
+            notifier=SlackNotifier(),
+        )
         relay = BuildRelay(app, sender)
-        worker = JobWorker(runtime.store, job_handlers(app))
+        worker = JobWorker(runtime.store, job_handlers(app), notifier=SlackNotifier())
         yield Stack(app, runtime.store, worker, backend, slack, events, attributes, make_backend)
 
 

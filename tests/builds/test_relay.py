@@ -17,6 +17,7 @@ from bot.builds.relay import BuildRelay
 from bot.domain.commands import Promote
 from bot.domain.text import to_plain
 from bot.service.nbenv import Nbenv
+from bot.slack.notifications import SlackNotifier
 from bot.slack.outbox import OutboxSender
 from bot.store import tables as t
 from bot.store.uow import Store
@@ -335,7 +336,7 @@ def test_slack_outage_keeps_messages_until_delivered(slack: FakeSlackApi, runtim
     now = [datetime.now(UTC)]
     store = Store(runtime.store.engine, clock=lambda: now[0])
     sender = OutboxSender(store, WebClient(token=TOKEN, base_url=slack.base_url))
-    relay = BuildRelay(Nbenv(runtime.config, store), sender)
+    relay = BuildRelay(Nbenv(runtime.config, store, notifier=SlackNotifier()), sender)
     sha = sha_of("outage")
     events = build_events(new_build_id(), sha, branch="feature")
     slack.fail_next(1, status=503)

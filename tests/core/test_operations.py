@@ -468,6 +468,7 @@ def test_status_says_how_long_ago_each_environment_moved(runtime):
     from datetime import timedelta
 
     from bot.service.nbenv import Nbenv
+    from bot.slack.notifications import SlackNotifier
     from bot.store.uow import Store, utcnow
 
     in_production(runtime, A)
@@ -475,7 +476,7 @@ def test_status_says_how_long_ago_each_environment_moved(runtime):
     assert "UTC (just now) by <@U01OWNER>" in now.text
     assert now.data["environments"]["production"]["age"] == "just now"
     later = Store(runtime.store.engine, clock=lambda: utcnow() + timedelta(hours=2, minutes=5))
-    status = Nbenv(runtime.config, later).handle(USER, f"status {IMAGE}")
+    status = Nbenv(runtime.config, later, notifier=SlackNotifier()).handle(USER, f"status {IMAGE}")
     line = next(line for line in status.text.splitlines() if "production" in line)
     moved = status.data["environments"]["production"]["updated_at"]
     assert line == (

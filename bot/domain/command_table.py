@@ -470,6 +470,13 @@ def from_fields(data: Any, *, allowed: Callable[[Spec[Any]], bool]) -> Command:
     spec = COMMANDS.get(data.get("name")) if isinstance(data, dict) else None
     if spec is None or not allowed(spec):
         raise BadInput("this button or job carries no command nbenv can run")
+    known_names = {known.name for known in dataclasses.fields(spec.type)}
+    for key in data:
+        if key != "name" and key not in known_names:
+            raise BadInput(
+                f"this button carries {str(key)[:40]!r}, which {spec.name} does not take: "
+                "nothing was changed"
+            )
     values: dict[str, Any] = {}
     for known in dataclasses.fields(spec.type):
         if known.name not in data:

@@ -143,3 +143,8 @@ def test_every_command_is_checked_however_it_is_made() -> None:
         given = {"image": "Not An Image", "reason": "r"}
         with pytest.raises(BadInput):
             spec.type(**{k: v for k, v in given.items() if k in fields})
+
+
+def test_a_button_carrying_a_field_its_command_does_not_take_is_refused() -> None:
+    with pytest.raises(BadInput, match="'env', which promote does not take"):
+        from_fields({"name": "promote", "image": IMAGE, "env": "qa"}, allowed=lambda s: True)

@@ -311,7 +311,8 @@ def test_a_confirm_button_naming_an_unknown_environment_changes_nothing(
 
     # Like every forged button value: the press is acked, and the person is told privately.
     assert answer.status == 200
-    assert "unknown environment 'qa'" in wait_response(slack, url)["text"]
+    # A promote takes no environment: the forged field is named, nothing else is read.
+    assert "'env', which promote does not take" in wait_response(slack, url)["text"]
     assert "Traceback" not in log.since()
     assert audit(rt, image) == before
 

@@ -13,10 +13,11 @@ the message "unsure": before it is sent again it is looked up in Slack by the ke
 metadata (conversations.history, or conversations.replies in a thread, with
 include_all_metadata), and a message found there is recorded as sent.
 
-Rate limits are Slack's, per method and channel: chat.postMessage goes at most at PACE
-per channel (about one a second, short bursts), and a 429 holds every message behind it
-for that method in that channel until its Retry-After is over, so nothing overtakes it
-and each thread keeps its order.
+Rate limits are Slack's, per method and channel: a 429 holds every message behind it for
+that method in that channel until its Retry-After is over (the rows it held are due no
+sooner, for every instance), so nothing overtakes it and each thread keeps its order; a
+channel Slack rate-limited then gets chat.postMessage calls at Slack's pace, about one a
+second, until it has been calm a minute (SLACK_PACE; `Pace` paces from the start).
 
 A message Slack refuses for good is parked as `dead` and never holds its thread up: the
 messages behind it go out, and a root update whose root never made it is posted as the
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable
@@ -93,6 +95,7 @@ PROBE_EVERY = timedelta(minutes=1)
 # some aspect of the operation succeeded"): a message is looked up before it is sent again.
 MAYBE_DONE_ERRORS = {"fatal_error", "internal_error", "request_timeout", "service_unavailable"}
 UNSURE = "unsure: "  # last_error of a message Slack may have: looked up before a resend
+MAX_RETRY_AFTER_S = 3600.0  # a Retry-After beyond an hour is read as an hour
 LOOKUP_LIMIT = 200  # messages read back when looking one up (the newest in its channel)
 # Refusals that end once the bot is invited to the channel: sent again when it joins.
 MISSING_FROM_CHANNEL = ("not_in_channel", "channel_not_found")
@@ -850,8 +853,9 @@ def _error_code(error: SlackApiError) -> str | None:
 
 
 def _retry_after(headers: Any) -> float:
+    """Slack's Retry-After in seconds, within 0..MAX_RETRY_AFTER_S (1 when unreadable)."""
     try:
-        value = headers.get("Retry-After") or headers.get("retry-after")
-        return max(float(value), 0.0)
+        value = float(headers.get("Retry-After") or headers.get("retry-after"))
     except (AttributeError, TypeError, ValueError):
         return 1.0
+    return min(max(value, 0.0), MAX_RETRY_AFTER_S) if math.isfinite(value) else 1.0

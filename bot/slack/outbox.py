@@ -853,9 +853,10 @@ def _error_code(error: SlackApiError) -> str | None:
 
 
 def _retry_after(headers: Any) -> float:
-    """Slack's Retry-After in seconds, within 0..MAX_RETRY_AFTER_S (1 when unreadable)."""
+    """Slack's Retry-After in seconds, within 1..MAX_RETRY_AFTER_S (1 when unreadable):
+    never less than a second, so what the 429 holds cannot go out in the same pass."""
     try:
         value = float(headers.get("Retry-After") or headers.get("retry-after"))
     except (AttributeError, TypeError, ValueError):
         return 1.0
-    return min(max(value, 0.0), MAX_RETRY_AFTER_S) if math.isfinite(value) else 1.0
+    return min(max(value, 1.0), MAX_RETRY_AFTER_S) if math.isfinite(value) else 1.0

@@ -167,6 +167,20 @@ def test_a_429_holds_every_message_behind_it_in_that_channel_until_retry_after(
     assert len(slack.failed_calls("chat.postMessage")) == 1
 
 
+@pytest.mark.parametrize("retry_after", ["nan", "inf", "-5", "0", "soon", str(10**12)])
+def test_a_retry_after_that_makes_no_sense_delays_the_channel_but_never_stops_delivery(
+    world: _World, slack: FakeSlackApi, retry_after: str
+) -> None:
+    slack.fail_next(1, status=429, retry_after=retry_after, method="chat.postMessage")
+    world.post("announce:1", "first")
+    world.post("announce:2", "second")
+
+    world.later(0)
+    world.later(3601)  # at most an hour, whatever the header says
+
+    assert world.texts() == ["first", "second"]
+
+
 def test_posts_are_paced_per_channel_so_slack_does_not_rate_limit_them(
     runtime: Any, slack: FakeSlackApi
 ) -> None:

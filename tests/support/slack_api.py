@@ -148,7 +148,7 @@ class Message:
 class _Fault:
     remaining: int
     status: int
-    retry_after: int | None
+    retry_after: int | str | None
     method: str | None
 
     def matches(self, method: str) -> bool:
@@ -365,15 +365,16 @@ class FakeSlackApi(Startable):
         self,
         n: int = 1,
         status: int = 429,
-        retry_after: int | None = 1,
+        retry_after: int | str | None = 1,
         *,
         method: str | None = None,
     ) -> None:
         """Answer the next `n` API calls (of `method`, if given) with HTTP `status`.
 
         429 carries ``Retry-After: retry_after`` and {"ok": false, "error": "ratelimited"}
-        as Slack sends it. `method="response_url"` targets response_url posts, which
-        unqualified faults leave alone.
+        as Slack sends it (a string is sent as it is, to try what Slack never sends).
+        `method="response_url"` targets response_url posts, which unqualified faults leave
+        alone.
         """
         if n < 1:
             raise ValueError("n must be at least 1")

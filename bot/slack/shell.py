@@ -140,25 +140,33 @@ class Console:
         return {"ok": True}
 
 
-class ConsoleSender(OutboxSender):
-    """The outbox delivered to the console instead of Slack's Web API."""
+class ConsoleTransport:
+    """The outbox's transport (bot.slack.outbox.Transport) on the console: what would go
+    to Slack's Web API is printed."""
 
-    def __init__(self, store: Store, console: Console) -> None:
-        super().__init__(store, client=None)  # type: ignore[arg-type]
+    def __init__(self, console: Console) -> None:
         self.console = console
 
-    def _call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def send(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
         return self.console.deliver(method, payload)
 
-    def _find_posted(self, row: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
-        return None  # the console cannot have posted half a message
+    def find_posted(self, channel: str, thread_ts: str | None, key: str) -> dict[str, Any] | None:
+        return None  # a print cannot have half happened: nothing is ever unsure
+
+    def check(self) -> None:
+        return None  # the console never refuses the app
+
+
+def console_sender(store: Store, console: Console) -> OutboxSender:
+    """The outbox delivered to CONSOLE instead of Slack's Web API, as fast as it prints."""
+    return OutboxSender(store, ConsoleTransport(console), pace=None)
 
 
 class Shell:
     def __init__(self, runtime: Runtime, out: TextIO, user: str) -> None:
         self.runtime = runtime
         self.console = Console(out)
-        self.sender = ConsoleSender(runtime.store, self.console)
+        self.sender = console_sender(runtime.store, self.console)
         self.interactions = Interactions(runtime.app)
         self.user = Person(user)
         self.dialog: dict[str, Any] | None = None

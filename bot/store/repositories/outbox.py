@@ -24,7 +24,11 @@ _QUEUE_COLUMNS = (
     "status",
     "attempts",
     "next_attempt_at",
+    "last_error",  # marks a message Slack may already have (bot.slack.outbox.UNSURE)
 )
+# Where a message goes, read from its payload without loading it: the sender paces and
+# holds messages per method and channel.
+_CHANNEL = t.outbox.c.payload["channel"].as_string().label("channel")
 _REVIVE_COLUMNS = ("id", "dedupe_key", "method", "payload", "thread_image", "thread_sha")
 _UNSENT = ("pending", "sending")
 # Built once: the relay counts a thread's messages when it decides whose root it is.
@@ -82,10 +86,10 @@ class Outbox(Repository):
 
     def unsent(self, limit: int) -> list[Any]:
         """Up to LIMIT unsent rows in queue order, without their payloads (read by `claim`,
-        only for the rows sent)."""
+        only for the rows sent) but with the channel they name, if any."""
         return list(
             self.connection.execute(
-                select(*(t.outbox.c[name] for name in _QUEUE_COLUMNS))
+                select(*(t.outbox.c[name] for name in _QUEUE_COLUMNS), _CHANNEL)
                 .where(t.outbox.c.status.in_(_UNSENT))
                 .order_by(t.outbox.c.id)
                 .limit(limit)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from bot.slack.outbox import OutboxSender, Transport, WebApiTransport
+from bot.slack.outbox import OutboxSender
 from bot.slack.shell import ConsoleTransport, Shell
+from bot.slack.transport import Transport, WebApiTransport
 from tests.conftest import OWNER
 
 

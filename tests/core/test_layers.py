@@ -1,25 +1,32 @@
 """Imports point one way: the layering of nbenv, read from the source.
 
-Every import statement counts, at any depth: at the top, deferred inside a function, or
-only for the type checker (`if TYPE_CHECKING:`), since each is a dependency a reader has
-to follow and a cycle waiting for the day it runs. So a forbidden import is caught even
+Every import counts, at any depth: at the top, deferred inside a function, only for the
+type checker (`if TYPE_CHECKING:`), relative, or by name (a string naming one of our
+modules, as `importlib` and gunicorn take them). Each is a dependency a reader has to
+follow, and a cycle waiting for the day it runs; so a forbidden import is caught even
 where no test runs it.
 
-The layers, lowest first (each may import those listed for it, and itself):
+The layers, lowest first; each may import itself and what its row names:
 
-    domain          nothing of ours: the rules, pure
-    config          domain: the config file, its schema, nbenv's home folder
-    runner          nothing of ours: the notebook test runner, a program of its own
-    processes       nothing of ours: whether a process is alive
-    store           domain, config: the unit of work, its repositories, all SQL
-    service         domain, config, store: the use cases, the ports they need
-    adapters        service and everything below it, never each other:
-                    slack, builds (the relay), backends.gcp, backends.local
-    entry points    anything: they wire the rest (cli, bootstrap, the programs)
+    domain          -                        the rules, pure (no I/O)
+    config          domain                   the config file, its schema, nbenv's home
+    runner          -                        the notebook test runner, a program of its own
+    processes       -                        whether a process is alive
+    terminal        domain                   who runs nbenv at a terminal
+    store           domain, config           the unit of work, its repositories, all SQL
+    service         domain, config, store    the use cases, and the ports they need
+    adapters        service, store, config,  slack, builds (the relay), backends.gcp,
+                    domain, runner,          backends.local: never each other
+                    processes
+    entry points    anything                 they wire the rest (see ENTRY_POINTS)
 
-Nothing below the entry points imports an entry point or a sibling adapter, and no
-module imports itself back through others (no cycles). A new module is covered by the
-row of its package; a new package or entry point needs a row here.
+The store is the service's unit of work, used as it is (there is no abstract one to
+swap): it sits below the service, so the service and the adapters may use it, and it
+imports neither. Nothing below the entry points imports an entry point or a sibling
+adapter: a relay that queues Slack messages does it through the store's outbox and
+delivers them through a port (`bot.service.ports.DeliversMessages`). No module imports
+itself back through others (no cycles). A new module is covered by its package's row;
+a new package or entry point needs a row here.
 """
 
 from __future__ import annotations
@@ -81,7 +88,8 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "backends.gcp": ADAPTER_MAY_IMPORT,
     "backends.local": ADAPTER_MAY_IMPORT,
 }
-# (importing module, imported module): allowed for now, while a change lands elsewhere.
+# (importing module, imported module): allowed for now, while a change lands elsewhere,
+# e.g. ("bot.service.example", "bot.slack.outbox"): "until … moves to …; remove then".
 # Each entry says why and what removes it; one that is no longer needed fails the test.
 TEMPORARY_EXCEPTIONS: dict[tuple[str, str], str] = {}
 

@@ -80,7 +80,7 @@ class Team(_Strict):
         return self
 
     def roles(self) -> TeamRoles:
-        return team_roles(self.model_dump())
+        return team_roles(self.model_dump(include={"owners", "testers", "users"}))
 
 
 class Source(_Strict):

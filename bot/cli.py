@@ -29,8 +29,9 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.domain.errors import BadInput, NbenvError
-from bot.domain.names import Person, Pipeline
+from bot.domain.errors import NbenvError
+from bot.domain.names import Pipeline
+from bot.terminal import person
 
 LOG_FILE = "nbenv.log"
 LOG_FILE_BYTES = 1_000_000  # then it rolls over once: at most two such files
@@ -57,19 +58,6 @@ def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     # The person at this terminal runs nbenv: an instance that shares its OS user is theirs.
     return build_runtime(args.config, run_by_operator=True)
-
-
-def person(args: argparse.Namespace) -> Person | None:
-    """Who runs the command: --as USER or $NBENV_USER, a Slack user ID (never the pipeline)."""
-    source, user = (
-        ("--as", args.as_user) if args.as_user else ("NBENV_USER", os.environ.get("NBENV_USER"))
-    )
-    if not user:
-        return None
-    try:
-        return Person(user)
-    except BadInput as error:
-        raise BadInput(f"{source}: {error.message}") from None
 
 
 def _slash(args: argparse.Namespace, words: list[str]) -> int:
@@ -471,7 +459,7 @@ class _LogFileInHome(logging.Handler):
 
     @staticmethod
     def _open() -> logging.Handler:
-        from bot.store.database import nbenv_home
+        from bot.config_file import nbenv_home
 
         home = nbenv_home()
         try:

@@ -114,3 +114,12 @@ class Notifier(Protocol):
     once."""
 
     def notify(self, tx: Tx, key: str, notification: Notification) -> None: ...
+
+
+class DeliversMessages(Protocol):
+    """Sends what the store's outbox holds (Slack's `bot.slack.outbox.OutboxSender`): the
+    build relay delivers the messages it queued through this, never naming Slack."""
+
+    def deliver_due(self, limit: int = 100) -> int:
+        """Send what is due, in order; how many messages were delivered."""
+        ...

@@ -24,11 +24,11 @@ from slack_sdk import WebClient
 from bot.domain.names import Person, user_id_problem
 from bot.domain.notifications import Act
 from bot.slack import views
-from bot.slack.answers import post_answer
 from bot.slack.blocks import fit_message
 from bot.slack.client import web_client
 from bot.slack.interactions import Interactions, Later, Outcome
 from bot.slack.notifications import action_id
+from bot.slack.response_url import post_answer
 from bot.slack.views import CANCEL, CONFIRM
 
 if TYPE_CHECKING:  # `nbenv serve` builds this app before its worker loads the service

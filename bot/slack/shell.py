@@ -21,9 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from bot.bootstrap import Runtime
 from bot.domain.names import Person
 from bot.domain.notifications import Act
+from bot.domain.text import to_plain as plain
+from bot.service.runtime import Runtime
 from bot.slack.interactions import Interactions, Outcome
 from bot.slack.notifications import action_id
 from bot.slack.outbox import OutboxSender
@@ -40,12 +41,6 @@ LABEL            press the last button shown with that label (e.g. Approve)
 /buttons         list the buttons you can press
 /help            this list
 /quit            leave (so does end of input)"""
-
-
-def plain(text: str) -> str:
-    from bot.cli import plain as cli_plain
-
-    return cli_plain(text)
 
 
 @dataclass
@@ -315,7 +310,7 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="nbenv shell", description=HELP)
     parser.parse_args(rest)
     from bot.bootstrap import build_runtime
-    from bot.cli import person
+    from bot.terminal import person
 
     chosen = person(args)  # a malformed --as stops here, before the database is opened
     runtime = build_runtime(args.config, run_by_operator=True)  # the console is the operator's

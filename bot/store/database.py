@@ -10,13 +10,11 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy import exc as sql
 from sqlalchemy.pool import QueuePool
 
+from bot.config_file import nbenv_home
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "nbenv_read_only"  # execution option of Store.read() connections
 _PG_MIGRATION_LOCK = 7_244_633  # any constant: serialises concurrent start-ups
-
-
-def nbenv_home() -> Path:
-    return Path(os.environ.get("NBENV_HOME") or Path.home() / ".nbenv").expanduser()
 
 
 def database_url() -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, tuple_, update
 
 from bot.domain.errors import BadInput
 from bot.domain.model import Version
 from bot.domain.names import check_sha_ref, is_full_sha, short
+from bot.domain.paging import Page, check_limit, parse_version_cursor, version_cursor
 from bot.domain.policy import kept_by_revocation
 from bot.store import tables as t
 from bot.store.repositories._base import Repository
@@ -36,6 +37,36 @@ class Versions(Repository):
             .order_by(t.versions.c.created_at.desc())
         )
         return [Version(**row._mapping) for row in rows]
+
+    def page(self, image: str, *, limit: int, before: str | None = None) -> Page[Version]:
+        """IMAGE's versions, newest first (by creation, then SHA): LIMIT of them, after the
+        one the cursor BEFORE names (from a previous page), or from the newest.
+
+        Keyset paging on ix_versions_image_created: each page costs the same however deep
+        it is, and versions recorded meanwhile do not shift the pages not yet seen.
+        """
+        limit = check_limit(limit)
+        v = t.versions
+        key = tuple_(v.c.created_at, v.c.sha)
+        conditions = [v.c.image == image]
+        if before is not None:
+            conditions.append(key < tuple_(*parse_version_cursor(before)))
+        rows = self.connection.execute(
+            select(v)
+            .where(*conditions)
+            .order_by(v.c.created_at.desc(), v.c.sha.desc())
+            .limit(limit)
+        ).all()
+        items = [Version(**row._mapping) for row in rows]
+        if len(items) < limit:
+            return Page(items, 0, None)
+        last = items[-1]
+        more = self.connection.execute(
+            select(func.count())
+            .select_from(v)
+            .where(v.c.image == image, key < tuple_(last.created_at, last.sha))
+        ).scalar_one()
+        return Page(items, more, version_cursor(last.created_at, last.sha) if more else None)
 
     def resolve_sha(self, image: str, ref: str) -> str:
         """A full SHA of a known version of IMAGE from a full SHA or a 7+ digit prefix."""

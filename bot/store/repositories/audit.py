@@ -124,14 +124,19 @@ class AuditLog(Repository):
             ]
             items, more = matching[:limit], max(0, len(matching) - limit)
         else:
-            items = [_readable(row) for row in self.connection.execute(newest_first.limit(limit))]
-            more = 0
-            if len(items) == limit:
-                more = self.connection.execute(
-                    select(func.count())
-                    .select_from(t.audit_log)
-                    .where(*conditions, t.audit_log.c.seq < items[-1].seq)
-                ).scalar_one()
+            # The page and how many entries there are from the cursor on, in one round trip
+            # (the count reads only the index).
+            matching = (
+                select(func.count())
+                .select_from(t.audit_log)
+                .where(*conditions, *older)
+                .scalar_subquery()
+            )
+            rows = self.connection.execute(
+                newest_first.add_columns(matching.label("matching")).limit(limit)
+            ).all()
+            items = [_readable(row) for row in rows]
+            more = rows[0].matching - len(items) if rows else 0
         return Page(items, more, audit_cursor(items[-1].seq) if more else None)
 
     def chain(self) -> Iterator[AuditEntry | UnreadableEntry]:
@@ -206,12 +211,18 @@ def _readable(row: Any) -> AuditEntry:
     """The entry of ROW; one whose details cannot be read says so in its details."""
     entry = _audit_entry(row)
     if isinstance(entry, UnreadableEntry):
-        return AuditEntry(**{**row._mapping, "details": {"unreadable": entry.problem}})
+        return AuditEntry(**{**_entry_values(row), "details": {"unreadable": entry.problem}})
     return entry
 
 
+def _entry_values(row: Any) -> dict[str, Any]:
+    """The entry's fields of ROW (a page's row also holds how many entries match)."""
+    mapping = row._mapping
+    return {name: mapping[name] for name in _ENTRY_FIELDS}
+
+
 def _audit_entry(row: Any) -> AuditEntry | UnreadableEntry:
-    values = dict(row._mapping)
+    values = _entry_values(row)
     try:
         values["details"] = json.loads(values["details"])
     except (TypeError, ValueError, RecursionError):

@@ -51,22 +51,21 @@ class Versions(Repository):
         conditions = [v.c.image == image]
         if before is not None:
             conditions.append(key < tuple_(*parse_version_cursor(before)))
+        # The page and how many versions there are from the cursor on, in one round trip
+        # (the count reads only the index).
+        matching = select(func.count()).select_from(v).where(*conditions).scalar_subquery()
         rows = self.connection.execute(
-            select(v)
+            select(v, matching.label("matching"))
             .where(*conditions)
             .order_by(v.c.created_at.desc(), v.c.sha.desc())
             .limit(limit)
         ).all()
-        items = [Version(**row._mapping) for row in rows]
-        if len(items) < limit:
+        items = [Version(**dict(zip(row._fields[:-1], row[:-1], strict=True))) for row in rows]
+        more = rows[0].matching - len(items) if rows else 0
+        if not more:
             return Page(items, 0, None)
         last = items[-1]
-        more = self.connection.execute(
-            select(func.count())
-            .select_from(v)
-            .where(v.c.image == image, key < tuple_(last.created_at, last.sha))
-        ).scalar_one()
-        return Page(items, more, version_cursor(last.created_at, last.sha) if more else None)
+        return Page(items, more, version_cursor(last.created_at, last.sha))
 
     def resolve_sha(self, image: str, ref: str) -> str:
         """A full SHA of a known version of IMAGE from a full SHA or a 7+ digit prefix."""

@@ -31,6 +31,10 @@ def store_for(db_url: str) -> Store:
     return Store(engine)
 
 
+def version(sha: str, created: datetime, image: str = IMAGE) -> Version:
+    return Version(image, sha, tests_passed=True, created_at=iso(created), recorded_by=OWNER)
+
+
 def record_versions(store: Store, image: str, count: int, *, tie_every: int = 4) -> list[str]:
     """COUNT versions of IMAGE; every TIE_EVERY-th shares its creation time with the one
     before (a tie the order must still break). Their SHAs, newest first."""
@@ -41,9 +45,7 @@ def record_versions(store: Store, image: str, count: int, *, tie_every: int = 4)
             if number % tie_every:
                 moment += timedelta(minutes=1)
             sha = sha_of(f"{image}/{number}")
-            tx.versions.record(
-                Version(image, sha, tests_passed=True, created_at=iso(moment), recorded_by=OWNER)
-            )
+            tx.versions.record(version(sha, moment, image))
             created.append((iso(moment), sha))
     return [sha for _, sha in sorted(created, reverse=True)]
 
@@ -85,10 +87,7 @@ def test_a_version_recorded_while_someone_reads_does_not_shift_the_next_page(db_
     with store.read() as tx:
         first = tx.versions.page(IMAGE, limit=10)
     with store.write(audited=False) as tx:
-        tx.versions.record(
-            Version(IMAGE, sha_of("late"), True, created_at=iso(START + timedelta(days=9)),
-                    recorded_by=OWNER)
-        )  # fmt: skip
+        tx.versions.record(version(sha_of("late"), START + timedelta(days=9)))
     with store.read() as tx:
         second = tx.versions.page(IMAGE, limit=10, before=first.next)
         assert [v.sha for v in tx.versions.page(IMAGE, limit=1).items] == [sha_of("late")]
@@ -136,11 +135,8 @@ def test_a_page_costs_the_same_few_queries_however_long_the_history(db_url):
     record_versions(store, OTHER, 1)
     with store.write(audited=False) as tx:
         for number in range(45, 150):
-            tx.versions.record(
-                Version(IMAGE, sha_of(f"{IMAGE}/{number}"), True,
-                        created_at=iso(START + timedelta(days=1, minutes=number)),
-                        recorded_by=OWNER)
-            )  # fmt: skip
+            moment = START + timedelta(days=1, minutes=number)
+            tx.versions.record(version(sha_of(f"{IMAGE}/{number}"), moment))
     assert queries_for_a_page() == few <= 12
 
 
@@ -171,14 +167,16 @@ def test_history_of_one_sha_pages_over_the_entries_that_concern_it(db_url):
     target, other = sha_of("target"), sha_of("other")
     with store.write() as tx:
         for number in range(23):
-            tx.audit.append(actor=TESTER, action="approve", image=IMAGE, sha=target,
-                            details={"n": number})  # fmt: skip
+            tx.audit.append(
+                actor=TESTER, action="approve", image=IMAGE, sha=target, details={"n": number}
+            )
         # A rollback filed under its target, which revoked TARGET: it concerns TARGET.
-        tx.audit.append(actor=OWNER, action="rollback", image=IMAGE, sha=other,
-                        details={"revoked": target})  # fmt: skip
+        tx.audit.append(
+            actor=OWNER, action="rollback", image=IMAGE, sha=other, details={"revoked": target}
+        )
         # A reason that quotes TARGET does not make an entry about it.
-        tx.audit.append(actor=OWNER, action="freeze", image=IMAGE, sha=None,
-                        details={"reason": f"waiting on {target}"})  # fmt: skip
+        reason = {"reason": f"waiting on {target}"}
+        tx.audit.append(actor=OWNER, action="freeze", image=IMAGE, sha=None, details=reason)
         tx.audit.append(actor=OWNER, action="approve", image=OTHER, sha=target)
     pages = []
     cursor = None

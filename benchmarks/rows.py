@@ -29,7 +29,10 @@ def ms(seconds: float) -> str:
 
 
 def ratio(measured: float, baseline: float) -> str:
-    return f"{measured / baseline:.2f}×" if baseline > 0 else "—"
+    if baseline <= 0:
+        return "—"
+    value = measured / baseline
+    return f"{value:.2f}×" if value >= 0.1 else f"{value:.2g}×"
 
 
 def p50(samples: Sequence[float]) -> float:

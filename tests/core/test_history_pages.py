@@ -111,6 +111,18 @@ def test_a_page_of_versions_shows_each_ones_environments_and_approvals(db_url):
     assert second["items"][1]["rejections"] == [TESTER]
 
 
+def test_get_many_reads_the_versions_asked_for_of_that_image_only(db_url):
+    store = store_for(db_url)
+    newest_first = record_versions(store, IMAGE, 5)
+    record_versions(store, OTHER, 5)
+    wanted = [newest_first[0], newest_first[3], sha_of("unknown")]
+    with store.read() as tx:
+        found = tx.versions.get_many(IMAGE, wanted)
+        assert found == {sha: tx.versions.get(IMAGE, sha) for sha in wanted[:2]}
+        assert tx.versions.get_many(IMAGE, []) == {}
+    assert all(version.image == IMAGE for version in found.values())
+
+
 def test_a_page_costs_the_same_few_queries_however_long_the_history(db_url):
     store = store_for(db_url)
 

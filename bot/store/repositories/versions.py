@@ -29,6 +29,15 @@ class Versions(Repository):
         ).first()
         return None if row is None else Version(**row._mapping)
 
+    def get_many(self, image: str, shas: list[str]) -> dict[str, Version]:
+        """The versions of IMAGE among SHAS, by SHA, in one query (unknown ones left out)."""
+        if not shas:
+            return {}
+        rows = self.connection.execute(
+            select(t.versions).where(t.versions.c.image == image, t.versions.c.sha.in_(shas))
+        )
+        return {row.sha: Version(**row._mapping) for row in rows}
+
     def of_image(self, image: str) -> list[Version]:
         """IMAGE's versions, newest first."""
         rows = self.connection.execute(

@@ -79,6 +79,8 @@ versions = Table(
     Column("revoked_at", TIME),
     Column("revoked_by", USER),
     Column("revoked_reason", StoredText),
+    # `versions IMAGE`, newest first, a page at a time (keyset on created_at, sha).
+    Index("ix_versions_image_created", "image", "created_at", "sha"),
 )
 
 environments = Table(
@@ -163,6 +165,8 @@ audit_log = Table(
     # The ID of the audit key whose HMAC `hash` is; NULL: a plain SHA-256 entry.
     Column("key_id", StoredString(16)),
     Index("ix_audit_image_sha", "image", "sha"),
+    # `history IMAGE`, newest first, a page at a time (keyset on seq).
+    Index("ix_audit_image_seq", "image", "seq"),
 )
 
 audit_head = Table(

@@ -592,3 +592,38 @@ def test_an_accelerator_without_a_usable_count_is_a_config_error(tmp_path, count
         f"images.{GPU_IMAGE}.instance.accelerator_count: {count} with accelerator_type "
         "NVIDIA_TESLA_T4: give 1, 2, 4 or 8"
     ) in str(error.value)
+
+
+def test_instances_shows_when_each_running_instance_stops_if_idle(db_url, google, tmp_path) -> None:
+    from bot.bootstrap import build_runtime
+
+    path = write_config(tmp_path)
+    text = path.read_text().replace(
+        "      boot_disk_gb: 200\n", "      boot_disk_gb: 200\n      idle_timeout: 0\n"
+    )
+    path.write_text(text.replace("testers: [U05VTESTER]", f"testers: [U05VTESTER, {USER}]"))
+    runtime = build_runtime(str(path), db_url)
+    sha = release(runtime, google, "first")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    google.push(GPU_IMAGE, sha)
+    runtime.app.publish(Pipeline("gpu"), GPU_IMAGE, sha, report=PASSED, branch="staging")
+    runtime.app.handle(USER, f"instance {IMAGE} --name cheap")
+    runtime.app.handle(USER, f"instance {GPU_IMAGE} --env staging --name forever")
+    runtime.worker.run_until_idle()
+
+    reply = runtime.app.handle(USER, "instances")
+
+    lines = reply.text.splitlines()
+    (cheap,) = [line for line in lines if "`cheap`" in line]
+    (forever,) = [line for line in lines if "`forever`" in line]
+    assert "starting (stops after 3h idle) by" in cheap
+    assert "starting (never stops when idle) by" in forever
+    # --json: the same, as data.
+    shown = {item["name"]: item for item in reply.data}
+    assert shown["cheap"]["idle_timeout_s"] == 10800
+    assert shown["cheap"]["idle_stop"] == "stops after 3h idle"
+    assert shown["forever"]["idle_timeout_s"] is None
+    # A stopped instance costs nothing: no idle stop to announce.
+    runtime.app.handle(USER, "instances --stop cheap")
+    (cheap,) = [i for i in runtime.app.handle(USER, "instances").data if i["name"] == "cheap"]
+    assert "idle_stop" not in cheap

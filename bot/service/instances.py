@@ -111,12 +111,12 @@ def create_instance(ctx: Context, payload: dict[str, Any]) -> InstanceInfo:
         text = (
             f"🖥 instance `{request.name}` of {request.image} ({request.env}, "
             f"`{short(request.sha)}`) is {info.state}"
-            + (f": {info.url}" if info.url else "")
             + (
-                f"; it {idle_stop_text(info.details['idle_timeout_s'])}"
+                f" ({idle_stop_text(info.details['idle_timeout_s'])})"
                 if "idle_timeout_s" in info.details
                 else ""
             )
+            + (f": {info.url}" if info.url else "")
             + (f"\n{escape(str(info.details.get('note')))}" if info.details.get("note") else "")
         )
         if response_url:

@@ -249,3 +249,18 @@ def test_an_idle_instance_stops_itself_kernel_first_then_the_server(
     finally:
         os.close(exited)
         runtime.app.backend.stop_instance("idle-box", details)
+
+
+def test_an_instance_in_docker_is_given_the_same_idle_shutdown(tmp_path: Path) -> None:
+    from bot.backends.local.instances import docker_instance_command, idle_shutdown_options
+    from bot.service.ports import InstanceRequest
+
+    request = InstanceRequest("box", IMAGE, "production", "a" * 40, USER)
+    command = docker_instance_command(request, 8890, tmp_path, "nbenv-local/x:a", "nb/x", 5400)
+    never = docker_instance_command(request, 8890, tmp_path, "nbenv-local/x:a", "nb/x", None)
+
+    # Options of the `jupyter lab` run inside the image, after the image's name.
+    assert command[-len(idle_shutdown_options(5400)) :] == idle_shutdown_options(5400)
+    assert "--ServerApp.shutdown_no_activity_timeout=5400" in command
+    assert "--MappingKernelManager.cull_idle_timeout=5400" in command
+    assert not [option for option in never if "cull" in option or "no_activity" in option]

@@ -219,7 +219,8 @@ def instance_listing(row: dict[str, Any], viewer: str, *, revoked: bool) -> dict
     shown["revoked"] = revoked  # it runs a SHA that was rolled back
     details = row.get("details") or {}
     # Recorded since instances stop themselves when idle; None: never.
-    if "idle_timeout_s" in details and row["state"] in ("starting", "running"):
+    idle = details.get("idle_timeout_s", False)
+    if (idle is None or type(idle) is int) and row["state"] in ("starting", "running"):
         shown["idle_timeout_s"] = details["idle_timeout_s"]
         shown["idle_stop"] = idle_stop_text(details["idle_timeout_s"])
     if row["requested_by"] == viewer:

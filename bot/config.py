@@ -25,6 +25,7 @@ from pydantic import (
 from bot.config_file import KeyPath, config_file, key_path, read_config_file, team_roles
 from bot.domain.errors import ConfigError
 from bot.domain.freeze_windows import FreezeWindow, week_second, zone
+from bot.domain.idle import DEFAULT_IDLE_TIMEOUT_S, parse_idle_timeout
 from bot.domain.names import image_name_problem, user_id_problem
 from bot.domain.policy import EVERYONE, Role, TeamRoles
 
@@ -147,11 +148,19 @@ class InstanceDefaults(_Strict):
     accelerator_type: str | None = None
     accelerator_count: int = 0
     boot_disk_gb: int = 150
+    # Seconds an instance may sit idle before it stops itself (None: never). Written as
+    # `3h`, `90m`, `1h30m`, or 0 / null; forgotten GPU instances are what cost money.
+    idle_timeout: int | None = DEFAULT_IDLE_TIMEOUT_S
 
     @field_validator("location")
     @classmethod
     def _location(cls, value: str | None) -> str | None:
         return _check_zone(value)
+
+    @field_validator("idle_timeout", mode="before")
+    @classmethod
+    def _idle_timeout(cls, value: object) -> int | None:
+        return parse_idle_timeout(value)
 
     @model_validator(mode="after")
     def _accelerator(self) -> InstanceDefaults:

@@ -9,6 +9,7 @@ from typing import Any
 
 from bot.domain.commands import Instance, Instances
 from bot.domain.errors import BadInput, NbenvError, Refused
+from bot.domain.idle import idle_stop_text
 from bot.domain.names import Env, short
 from bot.domain.notifications import Act, DirectMessage, Offer, PrivateAnswer
 from bot.domain.policy import Role
@@ -111,6 +112,11 @@ def create_instance(ctx: Context, payload: dict[str, Any]) -> InstanceInfo:
         text = (
             f"🖥 instance `{request.name}` of {request.image} ({request.env}, "
             f"`{short(request.sha)}`) is {info.state}"
+            + (
+                f" ({idle_stop_text(info.details['idle_timeout_s'])})"
+                if "idle_timeout_s" in info.details
+                else ""
+            )
             + (f": {info.url}" if info.url else "")
             + (f"\n{escape(str(info.details.get('note')))}" if info.details.get("note") else "")
         )

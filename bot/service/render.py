@@ -13,6 +13,7 @@ from typing import Any
 from bot.domain import names
 from bot.domain import operations as ops
 from bot.domain.commands import Command, to_fields
+from bot.domain.idle import idle_stop_text
 from bot.domain.model import Version
 from bot.domain.names import Env, short
 from bot.domain.policy import PolicyCheck
@@ -216,6 +217,12 @@ def instance_listing(row: dict[str, Any], viewer: str, *, revoked: bool) -> dict
     shown = {key: row[key] for key in ("name", "image", "env", "sha", "state", "requested_by")}
     shown["created_at"] = row.get("created_at")
     shown["revoked"] = revoked  # it runs a SHA that was rolled back
+    details = row.get("details") or {}
+    # Recorded since instances stop themselves when idle; None: never.
+    idle = details.get("idle_timeout_s", False)
+    if (idle is None or type(idle) is int) and row["state"] in ("starting", "running"):
+        shown["idle_timeout_s"] = details["idle_timeout_s"]
+        shown["idle_stop"] = idle_stop_text(details["idle_timeout_s"])
     if row["requested_by"] == viewer:
         shown["url"] = row.get("url")
     return shown
@@ -224,7 +231,8 @@ def instance_listing(row: dict[str, Any], viewer: str, *, revoked: bool) -> dict
 def instance_line(shown: dict[str, Any]) -> str:
     link = f" {shown['url']}" if shown.get("url") else ""
     revoked = " ⛔ runs a revoked SHA" if shown.get("revoked") else ""
+    idle = f" ({shown['idle_stop']})" if shown.get("idle_stop") else ""
     return (
         f"• `{shown['name']}` {shown['image']} {shown['env']} `{short(shown['sha'])}`{revoked} "
-        f"{shown['state']} by {mention(shown['requested_by'])}{link}"
+        f"{shown['state']}{idle} by {mention(shown['requested_by'])}{link}"
     )

@@ -910,6 +910,17 @@ class FakeGoogleApis(Startable):
                 return email == owners[0] and (email == self.creator or email in users)
             return email in users
 
+    def idle_shutdown_after(self, instance_id: str) -> int | None:
+        """Seconds of inactivity after which Workbench stops the instance; None: never."""
+        with self._lock:
+            (setup,) = [
+                i.get("gceSetup", {})
+                for n, i in self.instances.items()
+                if n.endswith(f"/instances/{instance_id}")
+            ]
+            value = (setup.get("metadata") or {}).get(IDLE_TIMEOUT_KEY)
+            return int(value) if value is not None else None
+
     def gpu_driver_installed(self, instance_id: str) -> bool:
         """Whether the instance's VM got a GPU driver: only when it has a GPU and the request
         said so (GPUDriverConfig.enable_gpu_driver: "If this field is empty or set to false,
@@ -971,6 +982,13 @@ _ACCELERATORS = {
 }
 _ACCELERATOR_BY_NUMBER = {number: name for name, (number, _) in _ACCELERATORS.items()}
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[a-z]{2,}")
+# Workbench idle shutdown (cloud.google.com/vertex-ai/docs/workbench/instances/
+# manage-metadata): metadata key `idle-timeout-seconds`, "An integer representing the idle
+# time in seconds. The default value is 10800 seconds (180 minutes)"; and (idle-shutdown):
+# "To enable idle shutdown, create the instance with the idle-timeout-seconds key in
+# metadata", so an instance created without it has none.
+IDLE_TIMEOUT_KEY = "idle-timeout-seconds"
+_IDLE_SECONDS = re.compile(r"[0-9]{1,9}")
 
 
 def _check_zone(zone: str) -> None:
@@ -1010,6 +1028,14 @@ def _check_instance(instance: Json, zone: str) -> list[str]:
                 f"Accelerator type {kind} is not supported with machine type {machine} "
                 f"(it attaches to {family}* machines)",
             )
+    idle = (setup.get("metadata") or {}).get(IDLE_TIMEOUT_KEY)
+    if idle is not None and not _IDLE_SECONDS.fullmatch(str(idle)):
+        # "An integer representing the idle time in seconds" (manage-metadata).
+        raise _HttpError(
+            400,
+            f"Invalid value for field 'gce_setup.metadata[{IDLE_TIMEOUT_KEY}]': {idle!r}: "
+            "expected an integer number of seconds",
+        )
     owners = instance.get("instanceOwners") or []
     if len(owners) > 1:  # Instance.instance_owners: "Currently supports one owner only."
         raise _HttpError(400, "instance_owners: currently supports one owner only")

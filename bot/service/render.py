@@ -171,6 +171,8 @@ def plan_text(plan: ops.Plan, preview: dict[str, Any], *, dry_run: bool) -> str:
     diff = preview.get("diff")
     if diff and diff.get("text"):
         lines.append(str(diff["text"]))
+    if preview.get("vulnerabilities"):
+        lines.append(str(preview["vulnerabilities"]["text"]))
     return "\n".join(lines)
 
 
@@ -192,6 +194,10 @@ def announcement(actor: str, plan: ops.Plan) -> str:
                 f"{', '.join(mention(u) for u in plan.details['overridden_rejections'])}: "
                 f"{escape(plan.details.get('reason'))}"
             )
+        overridden = plan.details.get("overridden_vulnerabilities")
+        if overridden:
+            named = ", ".join(escape(f["cve"]) for f in overridden[:3])
+            lines.append(f"forced over {len(overridden)} known vulnerabilities ({named})")
         return "\n".join(lines)
     production = plan.change(Env.PRODUCTION)
     assert production is not None

@@ -169,6 +169,10 @@ def confirmation(
     if rejections:
         overridden = ", ".join(mention(u) for u in rejections)
         lines.append(f"• *forced* over the rejection of {overridden}")
+    overridden = details.get("overridden_vulnerabilities") or []
+    if overridden:
+        named = ", ".join(escape(f["cve"]) for f in overridden[:3])
+        lines.append(f"• *forced* over {len(overridden)} known vulnerabilities ({named})")
     if details.get("reason"):
         lines.append(f"• reason: {escape(details['reason'])}")
     approvals = preview.get("approvals")
@@ -188,6 +192,9 @@ def confirmation(
             lines.append("*Base image and packages:*\n" + str(diff["text"]))
         else:
             lines.append("_Base image and package diff: not available here._")
+    vulnerabilities = preview.get("vulnerabilities")
+    if vulnerabilities and vulnerabilities.get("text"):
+        lines.append(str(vulnerabilities["text"]))
     lines.append(_instances_text(preview, instances))
     text = "\n".join(lines)
     value = {"image": image, "cmd": command, "expect": preview["expect"]}

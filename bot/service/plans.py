@@ -27,7 +27,11 @@ def preview(
         return plan, plan_data(ctx, tx, plan, check, moved)
     plan = plan_rollback(ctx, tx, command)
     production = plan.change(Env.PRODUCTION)
-    moved = vulns.delta(ctx, plan.image, production.old, plan.sha) if production else None
+    # Shown in the confirmation only: a rollback carried out is the emergency exit, and
+    # must not wait for a scanner that may be slow or down.
+    moved = None
+    if production is not None and not command.confirmed:
+        moved = vulns.delta(ctx, plan.image, production.old, plan.sha)
     return plan, plan_data(ctx, tx, plan, None, moved)
 
 

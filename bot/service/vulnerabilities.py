@@ -58,8 +58,10 @@ def known_counts(ctx: Context, image: str, sha: str) -> dict[str, int] | None:
 def delta(ctx: Context, image: str, old_sha: str | None, new_sha: str) -> ScanDelta:
     """What moving from OLD_SHA (None: nothing yet) to NEW_SHA does to known vulnerabilities."""
     new = scan_of(ctx, image, new_sha)
-    if new.state is ScanState.UNAVAILABLE and new.note == NO_SCANNER:
-        return compare(old_sha, None, new_sha, new)  # asking for the other side says no more
+    if new.state is ScanState.UNAVAILABLE:
+        # No scanner, or it did not answer: the other side cannot make the move known,
+        # and asking it would only make the owner wait once more.
+        return compare(old_sha, None, new_sha, new)
     old = scan_of(ctx, image, old_sha) if old_sha else None
     return compare(old_sha, old, new_sha, new)
 

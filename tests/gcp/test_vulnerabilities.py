@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from bot.domain.commands import Rollback
+from bot.domain.commands import Promote, Rollback, to_fields
 from bot.domain.errors import BadInput, ConfigError, Refused
 from bot.slack import views
 from bot.slack.home import home_view
+from bot.slack.interactions import Interactions, Later
 from tests.conftest import IMAGE, OWNER, TESTER
 from tests.gcp.conftest import REGISTRY, release, write_config
 from tests.support.fake_google import FakeGoogleApis
@@ -142,6 +143,30 @@ def test_block_on_severity_refuses_a_promotion_that_introduces_one_and_audits_it
     }
 
 
+def test_the_slack_confirmation_shows_the_refusal_then_the_forced_plan(
+    db_url, tmp_path, google
+) -> None:
+    runtime = _runtime(db_url, tmp_path, block_on="CRITICAL")
+    old, new = _in_production(runtime, google)
+    google.scan(IMAGE, old, [OPENSSL])
+    google.scan(IMAGE, new, [CURL])
+    slack = Interactions(runtime.app)
+
+    refused = json.dumps(slack.compute(Later(OWNER, to_fields(Promote(image=IMAGE)))))
+    forced = slack.compute(
+        Later(OWNER, to_fields(Promote(image=IMAGE, force=True, reason="curl unused")))
+    )
+
+    assert "at or above CRITICAL" in refused
+    assert "CVE-2024-0004" in refused
+    shown = json.dumps(forced, ensure_ascii=False)
+    assert "*forced* over 1 known vulnerabilities (CVE-2024-0004)" in shown
+    assert "introduced: 1 critical — CVE-2024-0004 (critical) in `curl`" in shown
+    assert "fixed: 1 critical — CVE-2024-0001 (critical) in `openssl`" in shown
+    assert "Promote to production" in shown
+    assert google.env_tags(IMAGE)["production"] == old
+
+
 def test_only_an_owner_can_force_past_block_on_severity(db_url, tmp_path, google) -> None:
     runtime = _runtime(db_url, tmp_path, block_on="HIGH")
     old, new = _in_production(runtime, google)
@@ -179,6 +204,38 @@ def test_a_scan_not_finished_is_said_and_blocks_nothing(db_url, tmp_path, google
         "from": "done",
         "to": "pending",
     }
+
+
+def test_a_scanner_that_refuses_is_named_in_the_plan_and_blocks_nothing(
+    db_url, tmp_path, google
+) -> None:
+    runtime = _runtime(db_url, tmp_path, block_on="CRITICAL")
+    _old, new = _in_production(runtime, google)
+    google.scan(IMAGE, new, [CURL])
+    google.deny("containeranalysis.occurrences.list")
+
+    plan = runtime.app.handle(OWNER, f"promote {IMAGE} --dry-run")
+
+    assert (
+        "Artifact Analysis denied the bot permission to read the discovery of "
+        f"{new[:7]}" in plan.text
+    )
+    assert "containeranalysis.occurrences.list (e.g. role " in plan.text
+    assert "nothing is blocked for it" in plan.text
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    assert google.env_tags(IMAGE)["production"] == new
+
+
+def test_a_rollback_carried_out_does_not_wait_for_the_scanner(db_url, tmp_path, google) -> None:
+    runtime = _runtime(db_url, tmp_path)
+    old, _new = _in_production(runtime, google)
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    google.reset_requests()
+
+    runtime.app.handle(OWNER, f"rollback {IMAGE} --yes")
+
+    assert google.env_tags(IMAGE)["production"] == old
+    assert [r for r in google.requests() if r.api == "containeranalysis"] == []
 
 
 def test_an_image_not_scanned_at_all_says_so(db_url, tmp_path, google) -> None:

@@ -206,7 +206,9 @@ def plan_promote(
         details["overridden_rejections"] = [v.user for v in policy.rejections]
         details.update(overridden)
         if blocking:
-            details["overridden_vulnerabilities"] = [f.as_dict() for f in blocking]
+            # The worst few on record (an image may have hundreds), and how many there were.
+            details["overridden_vulnerabilities"] = [f.as_dict() for f in blocking[:20]]
+            details["overridden_vulnerability_count"] = len(blocking)
     return Plan("promote", image, staging_sha, tuple(changes), details=details)
 
 

@@ -188,16 +188,21 @@ def announcement(actor: str, plan: ops.Plan) -> str:
         fallback = plan.change(Env.FALLBACK)
         if fallback:
             lines.append(f"fallback: `{short(fallback.old)}` → `{short(fallback.new)}`")
-        if plan.details.get("forced"):
+        rejections = plan.details.get("overridden_rejections")
+        if plan.details.get("forced") and rejections:
             lines.append(
                 f"forced over the rejection(s) of "
-                f"{', '.join(mention(u) for u in plan.details['overridden_rejections'])}: "
+                f"{', '.join(mention(u) for u in rejections)}: "
                 f"{escape(plan.details.get('reason'))}"
             )
         overridden = plan.details.get("overridden_vulnerabilities")
         if overridden:
             named = ", ".join(escape(f["cve"]) for f in overridden[:3])
-            lines.append(f"forced over {len(overridden)} known vulnerabilities ({named})")
+            count = plan.details.get("overridden_vulnerability_count") or len(overridden)
+            lines.append(
+                f"forced over {count} known vulnerabilities ({named}): "
+                f"{escape(plan.details.get('reason'))}"
+            )
         return "\n".join(lines)
     production = plan.change(Env.PRODUCTION)
     assert production is not None

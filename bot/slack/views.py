@@ -169,10 +169,11 @@ def confirmation(
     if rejections:
         overridden = ", ".join(mention(u) for u in rejections)
         lines.append(f"• *forced* over the rejection of {overridden}")
-    overridden = details.get("overridden_vulnerabilities") or []
-    if overridden:
-        named = ", ".join(escape(f["cve"]) for f in overridden[:3])
-        lines.append(f"• *forced* over {len(overridden)} known vulnerabilities ({named})")
+    vulnerable = details.get("overridden_vulnerabilities") or []
+    if vulnerable:
+        named = ", ".join(escape(f["cve"]) for f in vulnerable[:3])
+        count = details.get("overridden_vulnerability_count") or len(vulnerable)
+        lines.append(f"• *forced* over {count} known vulnerabilities ({named})")
     if details.get("reason"):
         lines.append(f"• reason: {escape(details['reason'])}")
     approvals = preview.get("approvals")

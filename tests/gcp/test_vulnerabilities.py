@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from bot.domain.commands import Promote, Rollback, to_fields
 from bot.domain.errors import BadInput, ConfigError, Refused
 from bot.slack import views
 from bot.slack.home import home_view
 from bot.slack.interactions import Interactions, Later
+from bot.store import tables as t
 from tests.conftest import IMAGE, OWNER, TESTER
 from tests.gcp.conftest import REGISTRY, release, write_config
 from tests.support.fake_google import FakeGoogleApis
@@ -136,6 +138,13 @@ def test_block_on_severity_refuses_a_promotion_that_introduces_one_and_audits_it
     forced = next(e for e in history if e["action"] == "promote" and e["outcome"] == "ok")
     assert forced["details"]["reason"] == "curl not reachable"
     assert [f["cve"] for f in forced["details"]["overridden_vulnerabilities"]] == ["CVE-2024-0004"]
+    assert forced["details"]["overridden_vulnerability_count"] == 1
+    with runtime.store.read() as tx:
+        told = [r.payload["text"] for r in tx.connection.execute(select(t.outbox))]
+    assert any(
+        "forced over 1 known vulnerabilities (CVE-2024-0004): curl not reachable" in text
+        for text in told
+    )
     assert forced["details"]["vulnerabilities"] == {
         "known": True,
         "introduced": {"CRITICAL": 1, "HIGH": 1},

@@ -106,6 +106,9 @@ def versions(ctx: Context, asked: Asked[Versions]) -> Reply:
         lines.append("no versions yet")
     elif not vulns.scans_here(ctx):
         lines.append(f"_Known vulnerabilities: {vulns.NO_SCANNER}._")
+    for scan in scans.values():
+        if scan.get("note"):
+            lines.append(f"_Known vulnerabilities: {escape(scan['note'])}_")
     return Reply("\n".join(lines), rows)
 
 

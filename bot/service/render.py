@@ -203,6 +203,8 @@ def announcement(actor: str, plan: ops.Plan) -> str:
                 f"forced over {count} known vulnerabilities ({named}): "
                 f"{escape(plan.details.get('reason'))}"
             )
+        if plan.details.get("forced") and not rejections and not overridden:
+            lines.append(f"forced: {escape(plan.details.get('reason'))}")
         return "\n".join(lines)
     production = plan.change(Env.PRODUCTION)
     assert production is not None

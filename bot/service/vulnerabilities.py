@@ -130,6 +130,12 @@ def version_counts(ctx: Context, image: str, shas: list[str]) -> dict[str, dict[
         entry: dict[str, Any] = {"state": scan.state.value}
         if scan.done:
             entry["counts"] = scan.counts()
+        if scan.state is ScanState.UNAVAILABLE:
+            # The scanner refused or did not answer: asking again for each version would
+            # only make the person wait as many times.
+            entry["note"] = scan.note
+            found[sha] = entry
+            break
         found[sha] = entry
     return found
 

@@ -281,6 +281,18 @@ def test_versions_and_app_home_show_each_versions_counts(db_url, tmp_path, googl
     assert "vulns: 1 critical, 1 medium" in home
 
 
+def test_versions_ask_a_failing_scanner_once_and_say_why(db_url, tmp_path, google) -> None:
+    runtime = _runtime(db_url, tmp_path)
+    _in_production(runtime, google)
+    google.deny("containeranalysis.occurrences.list")
+    google.reset_requests()
+
+    reply = runtime.app.handle(OWNER, f"versions {IMAGE}")
+
+    assert len([r for r in google.requests() if r.api == "containeranalysis"]) == 1
+    assert "_Known vulnerabilities: Artifact Analysis denied the bot permission" in reply.text
+
+
 def test_the_container_analysis_api_refuses_a_malformed_filter(google) -> None:
     import requests
 

@@ -297,12 +297,19 @@ def test_the_container_analysis_api_refuses_a_malformed_filter(google) -> None:
     import requests
 
     base = f"{google.url}/v1/projects/nbenv-test/occurrences"
-    for bad in ('kind="VULNERABILITY" AND', "kind=VULNERABILITY", 'color="red"', 'kind="NOPE"'):
+    for bad in (
+        'kind="VULNERABILITY" AND',
+        "kind=VULNERABILITY",
+        'color="red"',
+        'kind="NOPE"',
+        '(kind="DISCOVERY"',
+        'kind="DISCOVERY" OR kind="BUILD"',
+    ):
         answer = requests.get(base, params={"filter": bad}, timeout=5)
         assert answer.status_code == 400, bad
         assert answer.json()["error"]["status"] == "INVALID_ARGUMENT"
-    good = requests.get(base, params={"filter": 'kind="DISCOVERY"'}, timeout=5)
-    assert good.status_code == 200
+    for good in ('kind="DISCOVERY"', '(kind="VULNERABILITY" AND resourceUrl="https://x@y")'):
+        assert requests.get(base, params={"filter": good}, timeout=5).status_code == 200
 
 
 def test_an_invalid_block_on_severity_is_a_clear_config_error(tmp_path) -> None:

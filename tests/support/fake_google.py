@@ -1112,6 +1112,9 @@ _FILTER_TERM = re.compile(r'\s*([A-Za-z]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*')
 
 def _occurrence_filter(text: str) -> list[tuple[str, str]]:
     """`kind="VULNERABILITY" AND resourceUrl="…"` as (field, value) pairs; 400 otherwise."""
+    text = text.strip()
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1]  # as Google's guide writes it: `(kind="…" AND resourceUrl="…")`
     if not text.strip():
         return []
     terms: list[tuple[str, str]] = []

@@ -28,6 +28,7 @@ from bot.domain.freeze_windows import FreezeWindow, week_second, zone
 from bot.domain.idle import DEFAULT_IDLE_TIMEOUT_S, parse_idle_timeout
 from bot.domain.names import image_name_problem, user_id_problem
 from bot.domain.policy import EVERYONE, Role, TeamRoles
+from bot.domain.vulnerabilities import Severity
 
 
 class Problem(ValueError):
@@ -185,6 +186,23 @@ class Image(_Strict):
     owner_approval_counts: bool = False
     instance: InstanceDefaults = InstanceDefaults()
     freeze_windows: list[FreezeWindowSpec] = []  # beside the team's
+    # A promotion that introduces a known vulnerability this bad or worse is refused
+    # unless an owner forces it with a reason (gcp: Artifact Analysis). None: never.
+    block_on_severity: str | None = None
+
+    @field_validator("block_on_severity")
+    @classmethod
+    def _severity(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        severity = Severity.parse(value)  # ValueError names the choices
+        if severity is Severity.UNSPECIFIED:
+            raise ValueError(f"expected a severity such as CRITICAL or HIGH, not {value!r}")
+        return severity.name
+
+    @property
+    def blocking_severity(self) -> Severity | None:
+        return Severity[self.block_on_severity] if self.block_on_severity else None
 
     @field_validator("channel")
     @classmethod

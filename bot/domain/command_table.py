@@ -500,7 +500,8 @@ def help_text() -> str:
     lines += [
         "A REASON runs to the end of the command or to the next `--option`: no quotes "
         f"needed (at most {MAX_REASON:,} characters). `promote --force` overrides a "
-        "rejection or a freeze window; `rollback --to SHA --force` uses a revoked SHA or "
+        "rejection, a freeze window or a known vulnerability at or above the image's "
+        "`block_on_severity` (gcp); `rollback --to SHA --force` uses a revoked SHA or "
         "overrides a freeze window; both need `--reason R`."
     ]
     return "\n".join(lines)

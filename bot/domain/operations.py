@@ -16,6 +16,7 @@ from bot.domain.model import ImageState, Version
 from bot.domain.names import Env, short
 from bot.domain.policy import PolicyCheck
 from bot.domain.text import escape, mention
+from bot.domain.vulnerabilities import ScanDelta, Severity, blocked_text
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,15 @@ def plan_promote(
     force: bool = False,
     reason: str | None = None,
     window: WindowTime | None = None,
+    vulnerabilities: ScanDelta | None = None,
+    block_on: Severity | None = None,
 ) -> Plan:
     """fallback := production (when there is one and it differs); production := staging.
 
-    WINDOW: the recurring freeze window it is now, if any."""
+    WINDOW: the recurring freeze window it is now, if any. VULNERABILITIES: what the move
+    does to known vulnerabilities; with BLOCK_ON (the image's `block_on_severity`), one
+    that introduces a vulnerability that bad or worse is refused unless forced. A scan
+    not finished blocks nothing: the plan says so and the owner decides."""
     image = state.image
     staging_sha = state.sha(Env.STAGING)
     production_sha = state.sha(Env.PRODUCTION)
@@ -177,6 +183,10 @@ def plan_promote(
             f"{short(staging_sha)} of {image} has {len(policy.counted)} of {policy.required} "
             f"required approvals.{revoked}{not_counted}"
         )
+    blocking = vulnerabilities.at_or_above(block_on) if vulnerabilities and block_on else []
+    if blocking and not force:
+        assert block_on is not None
+        raise Refused(blocked_text(image, staging_sha, blocking, block_on))
     changes = []
     if production_sha is not None:
         changes.append(_change(state, Env.FALLBACK, production_sha))
@@ -188,11 +198,17 @@ def plan_promote(
         "fallback": [state.sha(Env.FALLBACK), production_sha or state.sha(Env.FALLBACK)],
         "approvals": list(policy.counted),
     }
+    if vulnerabilities is not None:
+        details["vulnerabilities"] = vulnerabilities.summary()
     if force:
         details["forced"] = True
         details["reason"] = reason
         details["overridden_rejections"] = [v.user for v in policy.rejections]
         details.update(overridden)
+        if blocking:
+            # The worst few on record (an image may have hundreds), and how many there were.
+            details["overridden_vulnerabilities"] = [f.as_dict() for f in blocking[:20]]
+            details["overridden_vulnerability_count"] = len(blocking)
     return Plan("promote", image, staging_sha, tuple(changes), details=details)
 
 

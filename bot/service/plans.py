@@ -10,7 +10,9 @@ from bot.domain.commands import Promote, Rollback
 from bot.domain.errors import NbenvError
 from bot.domain.names import Env
 from bot.domain.policy import PolicyCheck
+from bot.domain.vulnerabilities import ScanDelta
 from bot.service import render
+from bot.service import vulnerabilities as vulns
 from bot.service.context import Context
 from bot.service.windows import window_data, window_now
 from bot.store.uow import Tx
@@ -21,20 +23,33 @@ def preview(
 ) -> tuple[ops.Plan, dict[str, Any]]:
     """COMMAND's plan as things are in TX, and that plan as data."""
     if isinstance(command, Promote):
-        plan, check = plan_promote(ctx, tx, actor, command)
-        return plan, plan_data(ctx, tx, plan, check)
+        plan, check, moved = plan_promote(ctx, tx, actor, command)
+        return plan, plan_data(ctx, tx, plan, check, moved)
     plan = plan_rollback(ctx, tx, command)
-    return plan, plan_data(ctx, tx, plan, None)
+    production = plan.change(Env.PRODUCTION)
+    # Shown in the confirmation only: a rollback carried out is the emergency exit, and
+    # must not wait for a scanner that may be slow or down.
+    moved = None
+    if production is not None and not command.confirmed:
+        moved = vulns.delta(ctx, plan.image, production.old, plan.sha)
+    return plan, plan_data(ctx, tx, plan, None, moved)
 
 
 def plan_promote(
     ctx: Context, tx: Tx, actor: str, command: Promote
-) -> tuple[ops.Plan, PolicyCheck]:
+) -> tuple[ops.Plan, PolicyCheck, ScanDelta | None]:
     image = command.image
     state = tx.pointers.state(image)
     staging_sha = state.sha(Env.STAGING)
+    production_sha = state.sha(Env.PRODUCTION)
     staging = tx.versions.get(image, staging_sha) if staging_sha else None
     check = ctx.policy(tx, image, staging_sha, promoter=actor) if staging_sha else None
+    # Asked of the scanner only for a move that can happen (the rest is refused anyway).
+    moved = (
+        vulns.delta(ctx, image, production_sha, staging_sha)
+        if staging_sha and staging_sha != production_sha
+        else None
+    )
     plan = ops.plan_promote(
         state,
         staging,
@@ -42,9 +57,11 @@ def plan_promote(
         force=command.force,
         reason=command.reason,
         window=window_now(ctx, image),
+        vulnerabilities=moved,
+        block_on=ctx.config.images[image].blocking_severity,
     )
     assert check is not None  # plan_promote refuses an empty staging
-    return plan, check
+    return plan, check, moved
 
 
 def plan_rollback(ctx: Context, tx: Tx, command: Rollback) -> ops.Plan:
@@ -63,7 +80,13 @@ def plan_rollback(ctx: Context, tx: Tx, command: Rollback) -> ops.Plan:
     return ops.plan_rollback(state, reason=command.reason)
 
 
-def plan_data(ctx: Context, tx: Tx, plan: ops.Plan, check: PolicyCheck | None) -> dict[str, Any]:
+def plan_data(
+    ctx: Context,
+    tx: Tx,
+    plan: ops.Plan,
+    check: PolicyCheck | None,
+    moved: ScanDelta | None = None,
+) -> dict[str, Any]:
     state = tx.pointers.state(plan.image)
     data: dict[str, Any] = {
         "action": plan.action,
@@ -85,6 +108,8 @@ def plan_data(ctx: Context, tx: Tx, plan: ops.Plan, check: PolicyCheck | None) -
     if check is not None:
         data["approvals"] = render.policy_data(plan.sha, check)
     data["freeze_window"] = window_data(ctx, plan.image)
+    if moved is not None:
+        data["vulnerabilities"] = vulns.delta_data(ctx, plan.image, moved)
     if ctx.differ is not None and plan.action == "promote":
         data["diff"] = _diff(ctx, tx, plan)
     return data

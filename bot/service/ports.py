@@ -1,7 +1,7 @@
 """What the service layer needs from a backend (local or gcp). Adapters implement this.
 
 `Backend` is what every backend does. What only some can do is a capability of its own
-(`ListsInstances`, `DispatchesJobs`): the service asks `isinstance(backend, …)` and
+(`ListsInstances`, `DispatchesJobs`, `ScansImages`): the service asks `isinstance(backend, …)` and
 falls back to what it does without, so each optional method is declared here, once.
 """
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from bot.domain.notifications import Notification
+    from bot.domain.vulnerabilities import Scan
     from bot.store.uow import Store, Tx
 
 
@@ -122,4 +123,20 @@ class DeliversMessages(Protocol):
 
     def deliver_due(self, limit: int = 100) -> int:
         """Send what is due, in order; how many messages were delivered."""
+        ...
+
+
+@runtime_checkable
+class ScansImages(Protocol):
+    """A backend whose registry scans pushed images for known vulnerabilities (gcp:
+    Artifact Analysis). Without it, nbenv says that scanning needs the gcp backend."""
+
+    def vulnerability_scan(self, image: str, sha: str) -> Scan:
+        """What the scanner knows of SHA's image now: its findings once the scan finished,
+        else why not (a Scan saying so, never an exception for a scan not there yet).
+        Refused (NbenvError) when the scanner cannot be asked. May call the network."""
+        ...
+
+    def known_scan(self, image: str, sha: str) -> Scan | None:
+        """The last scan of SHA read recently, if any; no remote call (for App Home)."""
         ...

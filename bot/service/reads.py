@@ -11,6 +11,7 @@ from bot.domain.model import ImageState
 from bot.domain.names import Env, short
 from bot.domain.text import age, escape
 from bot.service import render
+from bot.service import vulnerabilities as vulns
 from bot.service.context import Asked, Context
 from bot.service.replies import Reply
 from bot.service.windows import window_data
@@ -52,6 +53,8 @@ def image_status(ctx: Context, tx: Tx, image: str) -> dict[str, Any]:
             "updated_by": pointer.updated_by,
             "subject": version.subject if version else None,
             "revoked": bool(version and version.revoked),
+            # Counts by severity when a finished scan was read lately (no remote call).
+            "vulnerabilities": vulns.known_counts(ctx, image, pointer.sha),
         }
     staging_sha = state.sha(Env.STAGING)
     approvals = None
@@ -84,17 +87,28 @@ def versions(ctx: Context, asked: Asked[Versions]) -> Reply:
             envs = [env.value for env in Env if state.sha(env) == version.sha]
             verdicts = tx.approvals.standing(image, version.sha)
             rows.append(render.version_data(version, envs, verdicts))
+    # Read after the transaction: the scanner is remote (gcp), and slow at worst.
+    scans = vulns.version_counts(ctx, image, [r["sha"] for r in rows if r["tests_passed"]])
+    for row in rows:
+        row["vulnerabilities"] = scans.get(row["sha"])
     lines = [f"*Versions of {image}* (newest first)"]
     for row in rows:
+        scanned = vulns.counts_label(row["vulnerabilities"])
         tests = "tests passed" if row["tests_passed"] else "TESTS FAILED"
         where = f" [{', '.join(row['environments'])}]" if row["environments"] else ""
         revoked = " REVOKED" if row["revoked"] else ""
         lines.append(
             f"• `{row['short']}`{where} {tests}{revoked}, {row['approvals']} approval(s), "
             f"{row['created_at'][:16]} {escape(row['subject'] or '')}".rstrip()
+            + (f" · {scanned}" if scanned else "")
         )
     if not rows:
         lines.append("no versions yet")
+    elif not vulns.scans_here(ctx):
+        lines.append(f"_Known vulnerabilities: {vulns.NO_SCANNER}._")
+    for scan in scans.values():
+        if scan.get("note"):
+            lines.append(f"_Known vulnerabilities: {escape(scan['note'])}_")
     return Reply("\n".join(lines), rows)
 
 

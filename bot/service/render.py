@@ -172,6 +172,8 @@ def plan_text(plan: ops.Plan, preview: dict[str, Any], *, dry_run: bool) -> str:
     diff = preview.get("diff")
     if diff and diff.get("text"):
         lines.append(str(diff["text"]))
+    if preview.get("vulnerabilities"):
+        lines.append(str(preview["vulnerabilities"]["text"]))
     return "\n".join(lines)
 
 
@@ -187,12 +189,23 @@ def announcement(actor: str, plan: ops.Plan) -> str:
         fallback = plan.change(Env.FALLBACK)
         if fallback:
             lines.append(f"fallback: `{short(fallback.old)}` → `{short(fallback.new)}`")
-        if plan.details.get("forced"):
+        rejections = plan.details.get("overridden_rejections")
+        if plan.details.get("forced") and rejections:
             lines.append(
                 f"forced over the rejection(s) of "
-                f"{', '.join(mention(u) for u in plan.details['overridden_rejections'])}: "
+                f"{', '.join(mention(u) for u in rejections)}: "
                 f"{escape(plan.details.get('reason'))}"
             )
+        overridden = plan.details.get("overridden_vulnerabilities")
+        if overridden:
+            named = ", ".join(escape(f["cve"]) for f in overridden[:3])
+            count = plan.details.get("overridden_vulnerability_count") or len(overridden)
+            lines.append(
+                f"forced over {count} known vulnerabilities ({named}): "
+                f"{escape(plan.details.get('reason'))}"
+            )
+        if plan.details.get("forced") and not rejections and not overridden:
+            lines.append(f"forced: {escape(plan.details.get('reason'))}")
         return "\n".join(lines)
     production = plan.change(Env.PRODUCTION)
     assert production is not None

@@ -185,6 +185,11 @@ def confirmation(
     if rejections:
         overridden = ", ".join(mention(u) for u in rejections)
         lines.append(f"• *forced* over the rejection of {overridden}")
+    vulnerable = details.get("overridden_vulnerabilities") or []
+    if vulnerable:
+        named = ", ".join(escape(f["cve"]) for f in vulnerable[:3])
+        count = details.get("overridden_vulnerability_count") or len(vulnerable)
+        lines.append(f"• *forced* over {count} known vulnerabilities ({named})")
     if details.get("reason"):
         lines.append(f"• reason: {escape(details['reason'])}")
     approvals = preview.get("approvals")
@@ -204,6 +209,9 @@ def confirmation(
             lines.append("*Base image and packages:*\n" + str(diff["text"]))
         else:
             lines.append("_Base image and package diff: not available here._")
+    vulnerabilities = preview.get("vulnerabilities")
+    if vulnerabilities and vulnerabilities.get("text"):
+        lines.append(str(vulnerabilities["text"]))
     lines.append(_instances_text(preview, instances))
     text = "\n".join(lines)
     value = {"image": image, "cmd": command, "expect": preview["expect"]}

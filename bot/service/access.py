@@ -1,7 +1,7 @@
 """Who may ask about what, from the config alone: the check every command passes first.
 
 Kept apart from the use cases (`bot.service.nbenv`), and so from SQLAlchemy and pydantic,
-because `nbenv serve` acks slash commands with it, from a `bot.config_access.Access`,
+because `nbenv serve` acks slash commands with it, from a `bot.config_file.Access`,
 while the rest of its worker is still loading.
 """
 

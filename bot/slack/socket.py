@@ -9,8 +9,19 @@ no signing secret to check. The same Bolt app, outbox delivery and job worker as
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from slack_bolt import App
+    from slack_bolt.adapter.socket_mode.base_handler import BaseSocketModeHandler
+
+log = logging.getLogger(__name__)
 
 
 def main(args: argparse.Namespace, rest: list[str]) -> int:
@@ -41,7 +52,7 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
         )
         return 2
 
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
+    from slack_sdk.errors import SlackApiError
 
     from bot.bootstrap import build_runtime, recover_at_start
     from bot.slack.app import build_app
@@ -56,14 +67,78 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
         OutboxSender(runtime.store, web_client(token)),
         jobs=runtime.worker.run_once,
     ).start()
-    bolt = build_app(runtime.app, token=token, signing_secret=None, wake=background.wake)
-    handler = SocketModeHandler(bolt, app_token)
-    print("nbenv: connecting to Slack over Socket Mode (Ctrl-C to stop)", file=sys.stderr)
-    try:
-        handler.start()  # blocks until interrupted
+    handler: BaseSocketModeHandler | None = None
+    try:  # from here on, Ctrl-C or a refusal stops the background threads too
+        bolt = build_app(runtime.app, token=token, signing_secret=None, wake=background.wake)
+        handler = socket_mode_handler(bolt, app_token)
+        # Ctrl-C (or a SIGTERM from a service manager) only sets STOP: raised as
+        # KeyboardInterrupt inside the client's own threads or connect, it could be
+        # swallowed there and leave the process running.
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        print("nbenv: connecting to Slack over Socket Mode (Ctrl-C to stop)", file=sys.stderr)
+        handler.connect()  # the client reconnects by itself from here on
+        while not stop.wait(1.0):
+            pass
     except KeyboardInterrupt:
         pass
+    except SlackApiError as error:  # apps.connections.open refused the app-level token
+        code = error.response.get("error") if error.response is not None else None
+        print(
+            f"nbenv socket: Slack refused to open a Socket Mode connection ({code or error}): "
+            "check SLACK_APP_TOKEN (an app-level token with connections:write) and that "
+            "Socket Mode is turned on for the app",
+            file=sys.stderr,
+        )
+        return 2
     finally:
-        handler.close()
+        if handler is not None:
+            _close(handler)
         background.stop()
     return 0
+
+
+def _close(handler: BaseSocketModeHandler, timeout_s: float = 5.0) -> None:
+    """Close the Socket Mode client, giving up after TIMEOUT_S. When Ctrl-C comes while
+    the client is (re)opening its connection, slack_sdk's close can wait forever for a
+    reader thread stuck on the socket it just closed; that thread is a daemon, so not
+    waiting for it lets the process exit."""
+    closing = threading.Thread(target=handler.close, name="socket-mode-close", daemon=True)
+    closing.start()
+    closing.join(timeout_s)
+    if closing.is_alive():
+        log.warning("the Socket Mode client did not close within %.0fs: leaving it", timeout_s)
+
+
+def socket_mode_handler(bolt: App, app_token: str) -> BaseSocketModeHandler:
+    """Bolt's Socket Mode adapter, with every envelope acknowledged.
+
+    Over HTTP a request the bot refuses (400) or has no listener for (404) still gets an
+    answer. Bolt's adapter sends no ack at all for them, and an unacknowledged envelope
+    is worse than a refusal: Slack shows the person an error or, for an event, sends it
+    again up to three times. Here the ack goes out whatever Bolt answered (the refusal
+    is logged), so only the listeners decide what happens.
+    """
+    from slack_bolt.adapter.socket_mode.internals import run_bolt_app, send_response
+    from slack_bolt.adapter.socket_mode.websocket_client import SocketModeHandler
+    from slack_sdk.socket_mode.client import BaseSocketModeClient
+    from slack_sdk.socket_mode.request import SocketModeRequest
+    from slack_sdk.socket_mode.response import SocketModeResponse
+
+    class AcknowledgingHandler(SocketModeHandler):  # type: ignore[misc]
+        def handle(self, client: BaseSocketModeClient, req: SocketModeRequest) -> None:
+            start = time.time()
+            response = run_bolt_app(self.app, req)
+            if response.status == 200:
+                send_response(client, req, response, start)
+                return
+            log.info(
+                "socket mode %s envelope answered %s by the app: acknowledged, %s",
+                req.type,
+                response.status,
+                response.body or "no listener",
+            )
+            client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+
+    return AcknowledgingHandler(bolt, app_token)

@@ -4,6 +4,12 @@ Needs SLACK_APP_TOKEN (an app-level token, xapp-…, with connections:write) and
 SLACK_BOT_TOKEN. Requests arrive over the app's own authenticated WebSocket, so there is
 no signing secret to check. The same Bolt app, outbox delivery and job worker as
 `nbenv serve` run in this one process.
+
+The connection is slack_sdk's Socket Mode client over websocket-client: it reconnects
+when Slack asks (`disconnect`, e.g. refresh_requested) and as soon as the connection
+drops; every envelope is acknowledged within Slack's 3 s; a command Slack delivers again
+after a reconnect has one effect (the same idempotency key as over HTTP: the trigger_id
+of a slash command, the action_ts of a button press).
 """
 
 from __future__ import annotations

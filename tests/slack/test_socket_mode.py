@@ -97,6 +97,11 @@ class SocketBot:
 def socket_mode(slack: FakeSlackApi) -> Iterator[FakeSocketMode]:
     with FakeSocketMode(slack) as fake:
         yield fake
+        # Every envelope of the module was acknowledged in time, but those a test cut off
+        # with their connection and had Slack deliver again.
+        missed = [d for d in fake.deliveries() if d.missed and d.redelivered_as is None]
+        assert missed == [], f"unacknowledged within {ACK_DEADLINE_S}s: {missed}"
+        assert fake.refused == []
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +181,22 @@ def press(
                 "action_ts": f"{time.time():.6f}",
             }
         ],
+    }
+
+
+def submission(user: str, view: dict[str, Any], reason: str) -> dict[str, Any]:
+    submitted = {**view, "state": {"values": {"reason": {"reason_input": {"value": reason}}}}}
+    return {
+        "type": "view_submission",
+        "team": {"id": TEAM, "domain": "nbenv-test"},
+        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
+        "api_app_id": APP_ID,
+        "token": "verification-token-unused",
+        "trigger_id": f"{uuid.uuid4().int % 10**13}.1.{uuid.uuid4().hex}",
+        "view": submitted,
+        "response_urls": [],
+        "is_enterprise_install": False,
+        "enterprise": None,
     }
 
 
@@ -301,6 +322,37 @@ def test_a_button_press_and_the_app_home_are_acknowledged_and_acted_on(
     assert socket_mode.refused == []
 
 
+def test_the_reject_dialog_answers_in_the_ack_of_its_submission(
+    bot: SocketBot, rt: Any, image: str, slack: FakeSlackApi, socket_mode: FakeSocketMode
+) -> None:
+    commit = published(rt, image)
+    root = wait_message(slack, f"now in staging for {image}")
+    opened = len(slack.calls("views.open"))
+    url = slack.response_url(f"reject-{uuid.uuid4().hex}")
+    pressed = socket_mode.send(
+        "interactive", press(TESTER, buttons({"blocks": root.blocks})["Reject"], root, url)
+    )
+    acked_in_time(socket_mode, pressed)
+    view = slack.wait_for("views.open", opened + 1)[-1].response["view"]
+
+    empty = socket_mode.send("interactive", submission(TESTER, view, "   "))
+    refused = acked_in_time(socket_mode, empty)["payload"]
+    with rt.store.read() as tx:
+        assert tx.approvals.standing(image, commit) == []
+    done = acked_in_time(
+        socket_mode, socket_mode.send("interactive", submission(TESTER, view, "no"))
+    )
+
+    # as tests/slack/test_buttons.py shows over HTTP
+    assert refused["response_action"] == "errors" and "reason" in refused["errors"]
+    assert "payload" not in done  # the dialog closes
+    reply = wait_message(slack, f"<@{TESTER}> rejected")
+    assert reply.thread_ts == root.ts
+    with rt.store.read() as tx:
+        (verdict,) = tx.approvals.standing(image, commit)
+    assert (verdict.user, verdict.approved, verdict.reason) == (TESTER, False, "no")
+
+
 def test_what_the_bot_does_not_handle_is_still_acknowledged(
     bot: SocketBot, rt: Any, image: str, slack: FakeSlackApi, socket_mode: FakeSocketMode
 ) -> None:
@@ -364,7 +416,10 @@ def test_after_a_dropped_connection_a_redelivered_command_is_acted_on_once(
     again = socket_mode.redeliver(first)
 
     ack = acked_in_time(socket_mode, again)
-    assert "already" in blocks_text(ack["payload"])  # as a retry over HTTP answers
+    # "already …" as a retry over HTTP answers, if the first delivery got through before
+    # the connection dropped; the approval itself if it did not
+    answer = blocks_text(ack["payload"])
+    assert "already" in answer or f"approved `{commit[:7]}`" in answer
     with rt.store.read() as tx:
         assert [(v.user, v.approved) for v in tx.approvals.standing(image, commit)] == [
             (TESTER, True)

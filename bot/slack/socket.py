@@ -24,10 +24,16 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from slack_bolt import App
     from slack_bolt.adapter.socket_mode.base_handler import BaseSocketModeHandler
+    from slack_sdk.socket_mode.request import SocketModeRequest
 
 log = logging.getLogger(__name__)
+
+ACK_WITHIN_S = 2.5  # Slack waits 3 s for an ack
+ACK_RETRY_S = 0.05
 
 
 def main(args: argparse.Namespace, rest: list[str]) -> int:
@@ -129,7 +135,6 @@ def socket_mode_handler(bolt: App, app_token: str) -> BaseSocketModeHandler:
     from slack_bolt.adapter.socket_mode.internals import run_bolt_app, send_response
     from slack_bolt.adapter.socket_mode.websocket_client import SocketModeHandler
     from slack_sdk.socket_mode.client import BaseSocketModeClient
-    from slack_sdk.socket_mode.request import SocketModeRequest
     from slack_sdk.socket_mode.response import SocketModeResponse
 
     class AcknowledgingHandler(SocketModeHandler):  # type: ignore[misc]
@@ -137,7 +142,7 @@ def socket_mode_handler(bolt: App, app_token: str) -> BaseSocketModeHandler:
             start = time.time()
             response = run_bolt_app(self.app, req)
             if response.status == 200:
-                send_response(client, req, response, start)
+                _acknowledge(req, start, lambda: send_response(client, req, response, start))
                 return
             log.info(
                 "socket mode %s envelope answered %s by the app: acknowledged, %s",
@@ -145,6 +150,35 @@ def socket_mode_handler(bolt: App, app_token: str) -> BaseSocketModeHandler:
                 response.status,
                 response.body or "no listener",
             )
-            client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+            _acknowledge(
+                req,
+                start,
+                lambda: client.send_socket_mode_response(
+                    SocketModeResponse(envelope_id=req.envelope_id)
+                ),
+            )
 
     return AcknowledgingHandler(bolt, app_token)
+
+
+def _acknowledge(req: SocketModeRequest, received: float, send: Callable[[], None]) -> None:
+    """Send an ack, trying again until ACK_WITHIN_S after the envelope came in.
+
+    When Slack asks for a refresh, slack_sdk swaps in the new connection before it is
+    open and closes the old one: an ack sent in between fails although the envelope was
+    acted on, and Slack would report the command as failed (or send the event again).
+    There is no event to wait on for the new connection, hence the short polling."""
+    while True:
+        try:
+            send()
+            return
+        except Exception as error:  # the client raises its transport's own errors
+            if time.time() - received >= ACK_WITHIN_S:
+                log.warning(
+                    "socket mode %s envelope %s: ack not sent (%s)",
+                    req.type,
+                    req.envelope_id,
+                    error,
+                )
+                return
+            time.sleep(ACK_RETRY_S)

@@ -391,12 +391,21 @@ def test_the_bot_reconnects_when_slack_asks_and_loses_no_command(
 ) -> None:
     commit = published(rt, image)
     opened = socket_mode.connections_opened
+    url = slack.response_url(f"refresh-{uuid.uuid4().hex}")
+
+    # a command in flight when Slack asks for the refresh: its ack goes out meanwhile
+    in_between = socket_mode.send(
+        "slash_commands", slash(TESTER, f"approve {image}", response_url=url)
+    )
     old = socket_mode.disconnect("refresh_requested")
-
     socket_mode.wait_connected(opened + 1)
-    shown = ask(socket_mode, slack, TESTER, f"approve {image}")
+    after = ask(socket_mode, slack, TESTER, f"status {image}")
 
-    assert f"approved `{commit[:7]}`" in shown
+    assert in_between.connection == old
+    assert f"approved `{commit[:7]}`" in blocks_text(
+        acked_in_time(socket_mode, in_between)["payload"]
+    )
+    assert f"staging: `{commit[:7]}`" in after
     socket_mode.wait_closed(old)  # the app let the old connection go
     assert socket_mode.open_connections() == [opened]
     assert [e.action for e in audit(rt, image)] == ["publish", "approve"]

@@ -28,7 +28,8 @@ What it does, as Slack does:
   Slack does not retry slash commands or interactions by itself; `redeliver()` sends
   one again on demand, as a payload that was in flight when its connection dropped;
 * ``disconnect`` (``refresh_requested``, ``warning``, ``link_disabled``) is sent by
-  `disconnect()`; `drop()` closes the TCP connection with no close frame, as a network
+  `disconnect()`; nothing more goes out on that connection (acks are still taken on any
+  connection, by envelope_id); `drop()` closes the TCP connection with no close frame, as a network
   failure does.
 """
 
@@ -100,6 +101,7 @@ class _Connection:
     number: int
     websocket: ServerConnection
     open: bool = True
+    told_to_disconnect: bool = False  # Slack sends nothing more on it
 
 
 class FakeSocketMode(Startable):
@@ -246,7 +248,8 @@ class FakeSocketMode(Startable):
         message = {"type": "disconnect", "reason": reason, "debug_info": {"host": "fake-wss"}}
         with self._cond:
             connection = self._newest_open(5.0)
-        connection.websocket.send(json.dumps(message))
+            connection.told_to_disconnect = True
+            connection.websocket.send(json.dumps(message))
         return connection.number
 
     def drop(self) -> int:
@@ -323,14 +326,15 @@ class FakeSocketMode(Startable):
                 self._cond.wait(left)
 
     def _newest_open(self, wait_s: float) -> _Connection:
+        def usable() -> list[_Connection]:
+            return [c for c in self._connections if c.open and not c.told_to_disconnect]
+
         self._wait(
-            lambda: self._stopping or any(c.open for c in self._connections),
-            wait_s,
-            "an open Socket Mode connection",
+            lambda: self._stopping or bool(usable()), wait_s, "an open Socket Mode connection"
         )
         if self._stopping:
             raise RuntimeError("FakeSocketMode is stopping")
-        return [c for c in self._connections if c.open][-1]
+        return usable()[-1]
 
     def _check_ticket(self, websocket: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)

@@ -304,6 +304,10 @@ class FakeSocketMode(Startable):
                 found.append(current)
         return found
 
+    def wait_refused(self, count: int, timeout: float = 5.0) -> list[Refused]:
+        self._wait(lambda: len(self._refused) >= count, timeout, f"{count} refused messages")
+        return self.refused
+
     @property
     def refused(self) -> list[Refused]:
         with self._cond:

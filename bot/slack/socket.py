@@ -15,6 +15,7 @@ of a slash command, the action_ts of a button press).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -124,50 +125,110 @@ def _close(handler: BaseSocketModeHandler, timeout_s: float = 5.0) -> None:
 
 
 def socket_mode_handler(bolt: App, app_token: str) -> BaseSocketModeHandler:
-    """Bolt's Socket Mode adapter, with every envelope acknowledged.
+    """Bolt's Socket Mode adapter (slack_sdk's client over websocket-client), with every
+    envelope acknowledged in time.
 
-    Over HTTP a request the bot refuses (400) or has no listener for (404) still gets an
-    answer. Bolt's adapter sends no ack at all for them, and an unacknowledged envelope
-    is worse than a refusal: Slack shows the person an error or, for an event, sends it
-    again up to three times. Here the ack goes out whatever Bolt answered (the refusal
-    is logged), so only the listeners decide what happens.
+    * Over HTTP a request the bot refuses (400) or has no listener for (404) still gets
+      an answer. Bolt's adapter sends no ack at all for them, and an unacknowledged
+      envelope is worse than a refusal: Slack shows the person an error or, for an event,
+      sends it again up to three times. Here the ack goes out whatever Bolt answered.
+    * When Slack asks for a refresh (`disconnect`), slack_sdk closes the old connection
+      at once and the new one opens a moment later: the ack of a command the old
+      connection had just delivered found no open connection, so the command was acted
+      on but reported failed. The refresh now waits (briefly) for those acks, and an ack
+      that still finds no connection is tried again until Slack's deadline is near.
     """
     from slack_bolt.adapter.socket_mode.internals import run_bolt_app, send_response
     from slack_bolt.adapter.socket_mode.websocket_client import SocketModeHandler
-    from slack_sdk.socket_mode.client import BaseSocketModeClient
     from slack_sdk.socket_mode.response import SocketModeResponse
+    from slack_sdk.socket_mode.websocket_client import SocketModeClient
+
+    in_flight = _InFlight()
+
+    class RefreshingClient(SocketModeClient):  # type: ignore[misc]
+        def enqueue_message(self, message: str) -> None:
+            in_flight.received(_envelope_id(message))
+            super().enqueue_message(message)
+
+        def connect_to_new_endpoint(self, force: bool = False) -> None:
+            # force: Slack sent `disconnect` and the old connection is still open (a
+            # dropped connection or a failed ping reconnects without force)
+            if force:
+                in_flight.wait_acknowledged()
+            super().connect_to_new_endpoint(force)
 
     class AcknowledgingHandler(SocketModeHandler):  # type: ignore[misc]
-        def handle(self, client: BaseSocketModeClient, req: SocketModeRequest) -> None:
-            start = time.time()
-            response = run_bolt_app(self.app, req)
-            if response.status == 200:
-                _acknowledge(req, start, lambda: send_response(client, req, response, start))
-                return
-            log.info(
-                "socket mode %s envelope answered %s by the app: acknowledged, %s",
-                req.type,
-                response.status,
-                response.body or "no listener",
+        def __init__(self) -> None:  # Bolt's own, with the client above
+            self.app = bolt
+            self.app_token = app_token
+            self.client = RefreshingClient(
+                app_token=app_token, logger=bolt.logger, web_client=bolt.client
             )
-            _acknowledge(
-                req,
-                start,
-                lambda: client.send_socket_mode_response(
-                    SocketModeResponse(envelope_id=req.envelope_id)
-                ),
-            )
+            self.client.socket_mode_request_listeners.append(self.handle)
 
-    return AcknowledgingHandler(bolt, app_token)
+        def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:
+            start = time.time()
+            try:
+                response = run_bolt_app(self.app, req)
+                if response.status == 200:
+                    _acknowledge(req, start, lambda: send_response(client, req, response, start))
+                    return
+                log.info(
+                    "socket mode %s envelope answered %s by the app: acknowledged, %s",
+                    req.type,
+                    response.status,
+                    response.body or "no listener",
+                )
+                ack = SocketModeResponse(envelope_id=req.envelope_id)
+                _acknowledge(req, start, lambda: client.send_socket_mode_response(ack))
+            finally:
+                in_flight.done(req.envelope_id)
+
+    return AcknowledgingHandler()
+
+
+class _InFlight:
+    """Envelopes received and not acknowledged yet (those older than Slack's deadline
+    no longer count: an envelope no listener took must not hold a refresh up)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._received: dict[str, float] = {}
+
+    def received(self, envelope_id: str | None) -> None:
+        if envelope_id:
+            with self._cond:
+                self._received[envelope_id] = time.monotonic()
+
+    def done(self, envelope_id: str | None) -> None:
+        with self._cond:
+            self._received.pop(envelope_id or "", None)
+            self._cond.notify_all()
+
+    def wait_acknowledged(self, timeout_s: float = ACK_WITHIN_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                pending = [t for t in self._received.values() if now - t < ACK_WITHIN_S]
+                if not pending or now >= deadline:
+                    return
+                self._cond.wait(deadline - now)
+
+
+def _envelope_id(message: str) -> str | None:
+    try:
+        parsed = json.loads(message)
+    except ValueError:
+        return None
+    envelope_id = parsed.get("envelope_id") if isinstance(parsed, dict) else None
+    return envelope_id if isinstance(envelope_id, str) else None
 
 
 def _acknowledge(req: SocketModeRequest, received: float, send: Callable[[], None]) -> None:
-    """Send an ack, trying again until ACK_WITHIN_S after the envelope came in.
-
-    When Slack asks for a refresh, slack_sdk swaps in the new connection before it is
-    open and closes the old one: an ack sent in between fails although the envelope was
-    acted on, and Slack would report the command as failed (or send the event again).
-    There is no event to wait on for the new connection, hence the short polling."""
+    """Send an ack, trying again while no connection is open, until ACK_WITHIN_S after
+    the envelope came in (slack_sdk offers no event to wait on for its next connection,
+    hence the short polling)."""
     while True:
         try:
             send()

@@ -277,6 +277,7 @@ class FakeSlackApi(Startable):
         self._clock_offset_s = 0.0
         self._users: dict[str, Payload] = {}
         self._overrides: dict[str, Payload | Handler] = {}
+        self._socket_mode_url: Callable[[], str] | None = None
         self._server: ThreadingHTTPServer | None = None
         self._closing = threading.Event()  # releases requests held without an answer
         self._thread: threading.Thread | None = None
@@ -395,6 +396,12 @@ class FakeSlackApi(Startable):
                 self._overrides.pop(method, None)
             else:
                 self._overrides[method] = response
+
+    def serve_socket_mode(self, new_url: Callable[[], str] | None) -> None:
+        """apps.connections.open answers {"ok": true, "url": NEW_URL()} (a Socket Mode
+        server, tests/support/socket_mode.py); None: no Socket Mode here."""
+        with self._cond:
+            self._socket_mode_url = new_url
 
     def add_user(
         self, user_id: str, name: str, real_name: str | None = None, **profile: Any
@@ -630,6 +637,8 @@ class FakeSlackApi(Startable):
         token = Call(method, args, headers).token
         if token is None:
             return _error("not_authed")
+        if method == "apps.connections.open":
+            return self._apps_connections_open(token, args)
         if (self.token is not None and token != self.token) or not token.startswith("xox"):
             return _error("invalid_auth")
         for refusal in self._state.refusals:
@@ -665,6 +674,24 @@ class FakeSlackApi(Startable):
             "bot_id": BOT_ID,
             "is_enterprise_install": False,
         }
+
+    def _apps_connections_open(self, token: str, args: Payload) -> Payload:
+        """Socket Mode's WebSocket URL (docs.slack.dev/reference/methods/apps.connections.open):
+        only for an app-level token (xapp-…), which must come in the Authorization header.
+        Only `refuse(..., method="apps.connections.open")` applies: the others model the bot
+        token."""
+        for refusal in self._state.refusals:
+            if refusal.method == "apps.connections.open" and refusal.take(refusal.method):
+                if refusal.remaining == 0:
+                    self._state.refusals.remove(refusal)
+                return _error(refusal.error)
+        if "token" in args:
+            return _error("invalid_auth")  # "passing it as a POST parameter … an error"
+        if not token.startswith("xapp-"):
+            return _error("not_allowed_token_type")
+        if self._socket_mode_url is None:
+            return _error("unknown_method", req_method="apps.connections.open")
+        return {"ok": True, "url": self._socket_mode_url()}
 
     def _message_payload(self, message: Message, *, with_metadata: bool = True) -> Payload:
         payload: Payload = {

@@ -39,12 +39,13 @@ from bot.domain.commands import (
 )
 from bot.domain.errors import BadInput
 from bot.domain.names import Env, check_sha_ref, looks_like_sha, parse_env
+from bot.domain.paging import DEFAULT_PAGE
 from bot.domain.policy import Role
 from bot.domain.words import split_words
 
 MAX_COMMAND = 4000  # characters of the text after /nbenv: room for any command and its reason
 
-_FLAGS_WITH_VALUE = {"--to", "--reason", "--env", "--name", "--stop"}
+_FLAGS_WITH_VALUE = {"--to", "--reason", "--env", "--name", "--stop", "--limit", "--before"}
 _BOOL_FLAGS = {"--dry-run", "--force", "--json", "--yes"}
 _FLAGS_TAKING_THE_REST = {"--reason"}  # a reason runs on to the next option, quoted or not
 
@@ -125,6 +126,14 @@ class Words:
     def has(self, flag: str) -> bool:
         return self.flags.get(flag) is True
 
+    def number(self, flag: str, default: int) -> int:
+        text = self.text(flag)
+        if text is None:
+            return default
+        if not (text.isascii() and text.isdigit() and len(text) <= 6):
+            raise BadInput(f"{flag} takes a whole number, not {text[:20]!r}. {self.usage()}")
+        return int(text)
+
 
 def _status(words: Words) -> Status:
     given = words.at_most(1)
@@ -133,13 +142,24 @@ def _status(words: Words) -> Status:
 
 def _versions(words: Words) -> Versions:
     words.at_most(1)
-    return Versions(image=words.image(), json=words.has("--json"))
+    return Versions(
+        image=words.image(),
+        json=words.has("--json"),
+        limit=words.number("--limit", DEFAULT_PAGE),
+        before=words.text("--before"),
+    )
 
 
 def _history(words: Words) -> History:
     given = words.at_most(2)
     sha = check_sha_ref(given[1]) if len(given) > 1 else None
-    return History(image=words.image(), sha=sha, json=words.has("--json"))
+    return History(
+        image=words.image(),
+        sha=sha,
+        json=words.has("--json"),
+        limit=words.number("--limit", DEFAULT_PAGE),
+        before=words.text("--before"),
+    )
 
 
 def _diff(words: Words) -> Diff:
@@ -265,10 +285,10 @@ COMMANDS: dict[str, Spec[Any]] = _table(
     ),
     Spec(
         Versions,
-        "versions IMAGE [--json]",
-        "every recorded version with its test result and approvals",
+        "versions IMAGE [--limit N] [--before CURSOR] [--json]",
+        "recorded versions, newest first, with test results and approvals (a page at a time)",
         _versions,
-        options=frozenset({"--json"}),
+        options=frozenset({"--json", "--limit", "--before"}),
     ),
     Spec(
         Build,
@@ -350,10 +370,10 @@ COMMANDS: dict[str, Spec[Any]] = _table(
     ),
     Spec(
         History,
-        "history IMAGE [SHA] [--json]",
-        "the audit log of the image, or of one SHA",
+        "history IMAGE [SHA] [--limit N] [--before CURSOR] [--json]",
+        "the audit log of the image, or of one SHA, newest first (a page at a time)",
         _history,
-        options=frozenset({"--json"}),
+        options=frozenset({"--json", "--limit", "--before"}),
         concerns=lambda command: command.sha,
     ),
     Spec(
@@ -484,8 +504,15 @@ def from_fields(data: Any, *, allowed: Callable[[Spec[Any]], bool]) -> Command:
         value = data[known.name]
         if known.name == "env":
             value = parse_env(value) if isinstance(value, str) else value
-        kind = bool if isinstance(known.default, bool) else (Env if known.name == "env" else str)
-        if not (isinstance(value, kind) or (value is None and known.default is None)):
+        kind: type = str
+        if isinstance(known.default, bool):
+            kind = bool
+        elif isinstance(known.default, int):
+            kind = int
+        elif known.name == "env":
+            kind = Env
+        unset = value is None and known.default is None
+        if not (unset or type(value) is kind):  # `type`: True is an int, but not a limit
             raise BadInput(f"this button carries a malformed {known.name}: nothing was changed")
         values[known.name] = value
     try:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from bot.domain.errors import BadInput
 from bot.domain.names import INSTANCE_NAME, Env, check_image_name, check_sha_ref
+from bot.domain.paging import DEFAULT_PAGE, check_limit, parse_audit_cursor, parse_version_cursor
 
 MAX_REASON = 1000  # characters of a reason, as many as the reject dialog lets a tester type
 
@@ -54,6 +55,14 @@ class Status(Command):
 class Versions(Command):
     name: ClassVar[str] = "versions"
     image: str = field()  # required: a bare `image: str` would inherit the default None
+    limit: int = DEFAULT_PAGE  # newest first, a page at a time
+    before: str | None = None  # the cursor of the page to show (from the one before)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_limit(self.limit)
+        if self.before is not None:
+            parse_version_cursor(self.before)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +70,14 @@ class History(Command):
     name: ClassVar[str] = "history"
     image: str = field()  # required: a bare `image: str` would inherit the default None
     sha: str | None = None  # a full SHA or a 7+ digit prefix, lowercased
+    limit: int = DEFAULT_PAGE  # newest first, a page at a time
+    before: str | None = None  # the cursor of the page to show (from the one before)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_limit(self.limit)
+        if self.before is not None:
+            parse_audit_cursor(self.before)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ class Act(StrEnum):
     ROLLBACK = "rollback"
     REPLACE = "replace"  # start a replacement instance
     STOP = "stop"  # stop an instance
+    MORE = "more"  # the next page of a listing, in place of this one
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,20 @@ class Offer:
     sha: str | None = None
     env: str | None = None
     name: str | None = None  # an instance's
+    listing: str | None = None  # the command whose next page it is (versions, history)
+    cursor: str | None = None  # where that page starts
     emphasis: Literal["primary", "danger"] | None = None
 
     def value(self) -> dict[str, Any]:
         """What the offer carries back when taken: its image, and what else it names."""
-        carried = {"image": self.image, "sha": self.sha, "env": self.env, "name": self.name}
+        carried = {
+            "image": self.image,
+            "sha": self.sha,
+            "env": self.env,
+            "name": self.name,
+            "listing": self.listing,
+            "cursor": self.cursor,
+        }
         return {key: value for key, value in carried.items() if value is not None}
 
 

@@ -9,8 +9,9 @@ from bot.domain.commands import Diff, Help, History, Status, Versions
 from bot.domain.errors import Refused
 from bot.domain.model import ImageState
 from bot.domain.names import Env, short
+from bot.domain.notifications import Act, Offer
 from bot.domain.text import age, escape
-from bot.service import render
+from bot.service import pages, render
 from bot.service import vulnerabilities as vulns
 from bot.service.context import Asked, Context
 from bot.service.replies import Reply
@@ -79,14 +80,11 @@ def image_status(ctx: Context, tx: Tx, image: str) -> dict[str, Any]:
 
 
 def versions(ctx: Context, asked: Asked[Versions]) -> Reply:
-    image = asked.command.image
+    command = asked.command
+    image = command.image
     with ctx.store.read() as tx:
-        state = tx.pointers.state(image)
-        rows = []
-        for version in tx.versions.of_image(image):
-            envs = [env.value for env in Env if state.sha(env) == version.sha]
-            verdicts = tx.approvals.standing(image, version.sha)
-            rows.append(render.version_data(version, envs, verdicts))
+        page = pages.versions_page(tx, image, limit=command.limit, before=command.before)
+    rows = page["items"]
     # Read after the transaction: the scanner is remote (gcp), and slow at worst.
     scans = vulns.version_counts(ctx, image, [r["sha"] for r in rows if r["tests_passed"]])
     for row in rows:
@@ -109,20 +107,38 @@ def versions(ctx: Context, asked: Asked[Versions]) -> Reply:
     for scan in scans.values():
         if scan.get("note"):
             lines.append(f"_Known vulnerabilities: {escape(scan['note'])}_")
-    return Reply("\n".join(lines), rows)
+    lines += _more_line(page, f"versions {image}")
+    return Reply("\n".join(lines), page, _more_offer(page, image, "versions"))
 
 
 def history(ctx: Context, asked: Asked[History]) -> Reply:
-    image, ref = asked.command.image, asked.command.sha
+    command = asked.command
+    image = command.image
     with ctx.store.read() as tx:
-        sha = tx.versions.resolve_sha(image, ref) if ref else None
-        entries = tx.audit.entries(image=image, sha=sha)
-    data = [render.audit_data(entry) for entry in entries]
-    title = f"*History of {image}*" + (f" at `{short(sha)}`" if sha else "")
-    lines = [title] + [render.history_line(entry, about=sha) for entry in data]
-    if not data:
+        sha = tx.versions.resolve_sha(image, command.sha) if command.sha else None
+        page = pages.history_page(tx, image, sha, limit=command.limit, before=command.before)
+    title = f"*History of {image}*" + (f" at `{short(sha)}`" if sha else "") + " (newest first)"
+    lines = [title] + [render.history_line(entry, about=sha) for entry in page["items"]]
+    if not page["items"]:
         lines.append("nothing recorded yet")
-    return Reply("\n".join(lines), data)
+    lines += _more_line(page, f"history {image}" + (f" {short(sha)}" if sha else ""))
+    return Reply("\n".join(lines), page, _more_offer(page, image, "history", sha))
+
+
+def _more_line(page: dict[str, Any], command: str) -> list[str]:
+    if not page["more"]:
+        return []
+    return [f"_… {page['more']:,} older: `/nbenv {command} --before {page['next']}`_"]
+
+
+def _more_offer(
+    page: dict[str, Any], image: str, listing: str, sha: str | None = None
+) -> tuple[Offer, ...]:
+    """The next page, in place of this one (Slack: a button that replaces the answer)."""
+    if not page["next"]:
+        return ()
+    label = f"Older ({page['more']:,} more)"
+    return (Offer(Act.MORE, label, image, sha=sha, listing=listing, cursor=page["next"]),)
 
 
 def diff(ctx: Context, asked: Asked[Diff]) -> Reply:

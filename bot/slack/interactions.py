@@ -36,11 +36,13 @@ from bot.domain.command_table import (
 from bot.domain.commands import (
     Approve,
     Command,
+    History,
     Instance,
     Instances,
     Promote,
     Reject,
     Rollback,
+    Versions,
     is_dry_run,
     to_fields,
 )
@@ -233,6 +235,17 @@ class Interactions:
             job = {"mode": "run", "actor": user, "command": to_fields(stop)}
             self._queue(key, {**job, "key": key, "response_url": response_url})
             return Outcome(later=Later(user, message=views.message(_working(stop))), queued=True)
+        if pressed == action_id(Act.MORE):  # the next page, in place of this one
+            listing, cursor = value.get("listing"), value.get("cursor")
+            if listing not in ("versions", "history") or not isinstance(cursor, str):
+                raise BadInput("this button is malformed: nothing was changed")
+            page = (
+                Versions(image=image, before=cursor)
+                if listing == "versions"
+                else History(image=image, sha=_sha(value), before=cursor)
+            )
+            self.app.check(user, page)
+            return Outcome(later=Later(user, to_fields(page)), replace=True)
         if pressed == views.CANCEL:
             cancelled = views.message("Cancelled: nothing was changed.")
             return Outcome(later=Later(user, message=cancelled), replace=True)

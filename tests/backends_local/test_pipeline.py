@@ -188,7 +188,7 @@ def test_a_passing_staging_commit_is_built_recorded_and_published(
     assert "2 passed" in log_text
 
     # The version is recorded with its report and package manifest.
-    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data}
+    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[sha]["tests_passed"] is True
     assert versions[sha]["notebooks"] == {"passed": 2, "total": 2}
     with stack.store.read() as tx:
@@ -240,7 +240,7 @@ def test_a_failing_commit_leaves_staging_untouched_and_names_notebook_cell_and_l
     assert final["steps"][1]["exitCode"] == 1
 
     assert stack.staging()["sha"] == good
-    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data}
+    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[sha]["tests_passed"] is False
     assert versions[sha]["notebooks"] == {"passed": 1, "total": 2}
 
@@ -286,7 +286,7 @@ def test_a_build_of_an_explicit_sha_is_test_only_even_on_the_staging_branch(
     assert final["status"] == "SUCCESS"
     assert final["substitutions"]["BRANCH_NAME"] == ""
     assert stack.staging() is None
-    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data}
+    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[sha]["tests_passed"] is True
     assert not any("now in staging" in text for text in stack.thread_texts(sha))
 
@@ -301,7 +301,7 @@ def test_an_unknown_ref_is_refused_before_anything_happens(stack: Stack) -> None
         stack.backend.run_build(IMAGE, "--upload-pack=evil", OWNER)
 
     assert stack.events == []
-    assert stack.app.handle(USER, f"versions {IMAGE}").data == []
+    assert stack.app.handle(USER, f"versions {IMAGE}").data["items"] == []
     assert stack.slack.messages(CHANNEL) == {}
 
 

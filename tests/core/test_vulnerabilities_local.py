@@ -29,4 +29,4 @@ def test_the_local_backend_says_scanning_needs_the_gcp_backend(runtime) -> None:
     assert plan.data["vulnerabilities"]["known"] is False
     assert plan.data["vulnerabilities"]["scans"]["to"]["state"] == "unavailable"
     assert NO_SCANNER in versions.text
-    assert all(row["vulnerabilities"] is None for row in versions.data)
+    assert all(row["vulnerabilities"] is None for row in versions.data["items"])

@@ -19,7 +19,7 @@ from bot.slack import views
 from bot.slack.home import home_view
 from bot.slack.interactions import Interactions, Later
 from bot.store import tables as t
-from tests.conftest import IMAGE, OWNER, TESTER
+from tests.conftest import IMAGE, OWNER, TESTER, history_of
 from tests.gcp.conftest import REGISTRY, release, write_config
 from tests.support.fake_google import FakeGoogleApis
 
@@ -126,7 +126,7 @@ def test_block_on_severity_refuses_a_promotion_that_introduces_one_and_audits_it
     )
     assert "--force --reason R" in refused.value.message
     assert google.env_tags(IMAGE)["production"] == old
-    history = runtime.app.handle(OWNER, f"history {IMAGE} {new}").data
+    history = history_of(runtime.app, OWNER, f"history {IMAGE} {new}")
     refusal = next(e for e in history if e["action"] == "promote")
     assert refusal["outcome"] == "refused"
     assert "CVE-2024-0004" in refusal["details"]["reason"]
@@ -134,7 +134,7 @@ def test_block_on_severity_refuses_a_promotion_that_introduces_one_and_audits_it
     runtime.app.handle(OWNER, f"promote {IMAGE} --force --reason 'curl not reachable'")
 
     assert google.env_tags(IMAGE)["production"] == new
-    history = runtime.app.handle(OWNER, f"history {IMAGE} {new}").data
+    history = history_of(runtime.app, OWNER, f"history {IMAGE} {new}")
     forced = next(e for e in history if e["action"] == "promote" and e["outcome"] == "ok")
     assert forced["details"]["reason"] == "curl not reachable"
     assert [f["cve"] for f in forced["details"]["overridden_vulnerabilities"]] == ["CVE-2024-0004"]
@@ -206,7 +206,7 @@ def test_a_scan_not_finished_is_said_and_blocks_nothing(db_url, tmp_path, google
     runtime.app.handle(OWNER, f"promote {IMAGE}")
 
     assert google.env_tags(IMAGE)["production"] == new
-    history = runtime.app.handle(OWNER, f"history {IMAGE} {new}").data
+    history = history_of(runtime.app, OWNER, f"history {IMAGE} {new}")
     promoted = next(e for e in history if e["action"] == "promote" and e["outcome"] == "ok")
     assert promoted["details"]["vulnerabilities"] == {
         "known": False,
@@ -264,7 +264,7 @@ def test_versions_and_app_home_show_each_versions_counts(db_url, tmp_path, googl
 
     reply = runtime.app.handle(OWNER, f"versions {IMAGE}")
 
-    rows = {row["sha"]: row["vulnerabilities"] for row in reply.data}
+    rows = {row["sha"]: row["vulnerabilities"] for row in reply.data["items"]}
     assert rows[old] == {"state": "done", "counts": {"CRITICAL": 1, "MEDIUM": 1}}
     assert rows[new] == {"state": "pending"}
     assert f"`{old[:7]}` [production]" in reply.text

@@ -42,6 +42,18 @@ def storable(value: str) -> str:
     return _UNSTORABLE.sub(REPLACEMENT, value)
 
 
+def storable_json(value: Any) -> Any:
+    """VALUE (JSON-able) with every string in it made `storable`: for JSON the store also
+    reads inside with SQL (PostgreSQL's `->>` cannot turn `\\u0000` into text)."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable_json(key): storable_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_json(item) for item in value]
+    return value
+
+
 class StoredString(TypeDecorator[str]):
     """VARCHAR whose values are made `storable` on the way in (in filters too)."""
 

@@ -73,7 +73,8 @@ class Outbox(Repository):
         return {
             "dedupe_key": dedupe_key[:255],
             "method": method,
-            "payload": payload,
+            # Stored as text the store can also read inside with SQL (the channel).
+            "payload": t.storable_json(payload),
             "thread_image": thread[0] if thread else None,
             "thread_sha": thread[1] if thread else None,
             "status": "pending",

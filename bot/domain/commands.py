@@ -7,6 +7,7 @@ How each is written and parsed, who may ask it and how it is answered is in one 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -52,32 +53,32 @@ class Status(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Versions(Command):
-    name: ClassVar[str] = "versions"
+class _Paged(Command):
+    """A listing shown newest first, a page at a time."""
+
     image: str = field()  # required: a bare `image: str` would inherit the default None
-    limit: int = DEFAULT_PAGE  # newest first, a page at a time
+    limit: int = DEFAULT_PAGE
     before: str | None = None  # the cursor of the page to show (from the one before)
+    read_cursor: ClassVar[Callable[[str], object]]  # refuses a cursor of another listing
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_limit(self.limit)
         if self.before is not None:
-            parse_version_cursor(self.before)
+            type(self).read_cursor(self.before)
 
 
 @dataclass(frozen=True, kw_only=True)
-class History(Command):
-    name: ClassVar[str] = "history"
-    image: str = field()  # required: a bare `image: str` would inherit the default None
-    sha: str | None = None  # a full SHA or a 7+ digit prefix, lowercased
-    limit: int = DEFAULT_PAGE  # newest first, a page at a time
-    before: str | None = None  # the cursor of the page to show (from the one before)
+class Versions(_Paged):
+    name: ClassVar[str] = "versions"
+    read_cursor = staticmethod(parse_version_cursor)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_limit(self.limit)
-        if self.before is not None:
-            parse_audit_cursor(self.before)
+
+@dataclass(frozen=True, kw_only=True)
+class History(_Paged):
+    name: ClassVar[str] = "history"
+    sha: str | None = None  # a full SHA or a 7+ digit prefix, lowercased
+    read_cursor = staticmethod(parse_audit_cursor)
 
 
 @dataclass(frozen=True, kw_only=True)

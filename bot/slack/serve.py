@@ -374,40 +374,29 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     global _first_answers
     _first_answers = _prepare(args.config)
 
-    from gunicorn.app.base import BaseApplication
-
-    from bot.slack.http_worker import RequestBufferingWorker
+    from bot.slack.http_worker import NbenvServer, RequestBufferingWorker
 
     RequestBufferingWorker.read_timeout_s = options.read_timeout  # the workers fork from here
-
-    class Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            settings = {
-                "bind": f"{options.host}:{options.port}",
-                "workers": options.workers,
-                # gthread, but whole requests reach its threads: slow clients hold none.
-                "worker_class": "bot.slack.http_worker.RequestBufferingWorker",
-                "threads": options.threads,
-                "timeout": 120,
-                "graceful_timeout": 10,
-                "keepalive": 75,  # longer than the load balancer's idle timeout
-                "post_fork": _post_fork,
-                "worker_exit": _worker_exit,
-                "loglevel": "warning",
-                "accesslog": None,
-                "proc_name": "nbenv-serve",
-            }
-            for key, value in settings.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            return build_worker_app(args.config, token, signing_secret)
-
+    settings = {
+        "bind": f"{options.host}:{options.port}",
+        "workers": options.workers,
+        # gthread, but whole requests reach its threads: slow clients hold none.
+        "worker_class": "bot.slack.http_worker.RequestBufferingWorker",
+        "threads": options.threads,
+        "timeout": 120,
+        "graceful_timeout": 10,
+        "keepalive": 75,  # longer than the load balancer's idle timeout
+        "post_fork": _post_fork,
+        "worker_exit": _worker_exit,
+        "loglevel": "warning",
+        "accesslog": None,
+        "proc_name": "nbenv-serve",
+    }
     print(
         f"nbenv: serving Slack on http://{options.host}:{options.port} "
         "(POST /slack/events, GET /healthz, POST /pubsub/jobs)",
         file=sys.stderr,
         flush=True,
     )
-    Server().run()
+    NbenvServer(settings, lambda: build_worker_app(args.config, token, signing_secret)).run()
     return 0

@@ -80,15 +80,17 @@ class Nbenv:
         Seen); a promote or rollback is refused, and the refusal audited, if they moved.
         """
         self.check(actor, command)
-        if key is not None and not reads_only(command):
+        remembered = key is not None and not reads_only(command)
+        if remembered:
             with self.store.read() as tx:
-                if tx.idempotency.claimed(key) is not None:
-                    return Reply("already done (retried request)", {"retried": True})
+                done = tx.idempotency.claimed(key)
+            if done is not None:
+                return _retried(done)
         seen = ops.Seen(expect) if isinstance(expect, dict) else expect
         asked = Asked(as_actor(actor), command, key=key, seen=seen, reply_to=reply_to)
         try:
             self._require_table_role(asked.actor, command)
-            return HANDLERS[type(command)](self.context, asked)
+            reply = HANDLERS[type(command)](self.context, asked)
         except (Refused, Conflict) as refusal:
             if is_dry_run(command):
                 # Said as a dry run, like the plan it would have shown: nothing was tried.
@@ -99,6 +101,12 @@ class Nbenv:
                 raise dry from refusal
             audit_refusal(self.context, asked.actor, command, refusal)
             raise
+        if remembered and key is not None:
+            # So that a retry whose first answer was lost (a dropped connection) hears
+            # what happened, not only that something did.
+            with self.store.write(audited=False) as tx:
+                tx.idempotency.remember(key, {"text": reply.text})
+        return reply
 
     def _require_table_role(self, actor: str, command: Command) -> None:
         spec = spec_of(command)
@@ -210,3 +218,11 @@ class Nbenv:
     def verify_audit(self) -> ChainCheck:
         with self.store.read() as tx, closing(tx.audit.chain()) as entries:
             return verify_chain(entries, tx.audit.head(), self.store.audit_key)
+
+
+def _retried(done: dict[str, Any]) -> Reply:
+    """The answer to a request handled before: what it answered then, when known."""
+    text = done.get("text")
+    if not isinstance(text, str):
+        return Reply("already done (retried request)", {"retried": True})
+    return Reply(f"{text}\n_(already done: this was a retried request)_", {"retried": True})

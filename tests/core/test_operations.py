@@ -492,3 +492,13 @@ def test_status_says_how_long_ago_each_environment_moved(runtime):
     assert line == (
         f"• production: `{A[:7]}` since {moved[:10]} {moved[11:16]} UTC (2h ago) by <@U01OWNER>"
     )
+
+
+def test_a_retry_whose_first_answer_was_lost_hears_what_happened(runtime):
+    runtime.app.publish(OWNER, IMAGE, A)
+    first = runtime.app.handle(TESTER, f"approve {IMAGE}", key="socket:envelope-1")
+    count = audit_count(runtime)
+    again = runtime.app.handle(TESTER, f"approve {IMAGE}", key="socket:envelope-1")
+    assert first.text.splitlines()[0] in again.text and "retried request" in again.text
+    assert again.data == {"retried": True}
+    assert audit_count(runtime) == count

@@ -1,0 +1,366 @@
+"""A scripted lifecycle per image, run against a Deployment, and the checks that follow it.
+
+Each image goes: build v1 (events duplicated, reordered, spread over both relays) →
+testers approve (each press delivered twice, to both bots at once) → promote through the
+plan, its confirmation pressed on both bots at once → build v2 → approve → promote
+`--yes`, the slash command retried to the other bot → roll back through the plan, the
+same confirming press delivered to both bots. A seeded schedule interleaves the images
+and runs two images' steps at a time, so every step of one image meets another's.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from tests.builds.conftest import attributes_of, build_events, event_data, report, roots
+from tests.conftest import OWNER, TESTER, TESTER2, sha_of
+from tests.slack.bot import (
+    BotServer,
+    blocks_text,
+    buttons,
+    channel_messages,
+    response_payloads,
+    wait_response,
+    wait_until,
+)
+from tests.support.deployment import Deployment
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TWO_APPROVALS = "nlp.two-approvals"
+IMAGES = ("nlp.t01", "nlp.t02", TWO_APPROVALS)
+WAIT_S = 30.0  # generous: two bots, two relays and PostgreSQL share 2 loaded cores
+
+
+def testers_of(image: str) -> tuple[str, ...]:
+    return (TESTER, TESTER2) if image == TWO_APPROVALS else (TESTER,)
+
+
+@dataclass
+class Expected:
+    """What the lifecycle asked for, to compare with what happened."""
+
+    shas: dict[str, list[str]] = field(default_factory=dict)  # image → SHAs built
+    promotes: Counter[str] = field(default_factory=Counter)
+    rollbacks: Counter[str] = field(default_factory=Counter)
+    # response_url → how many answers it must get (a retried request shares its URL)
+    answers: dict[str, int] = field(default_factory=dict)
+
+
+class Lifecycle:
+    def __init__(self, deployment: Deployment, runtime: Any, seed: int) -> None:
+        self.deployment = deployment
+        self.slack = deployment.slack
+        self.runtime = runtime
+        self.seed = seed
+        self.expected = Expected()
+
+    # -- the schedule ---------------------------------------------------------------------
+
+    def steps(self, image: str) -> Iterator[Callable[[], None]]:
+        rng = random.Random(f"{self.seed}:{image}")
+        v1, v2 = sha_of(f"{image}:v1"), sha_of(f"{image}:v2")
+        self.expected.shas[image] = [v1, v2]
+        yield lambda: self.build(image, v1, created=0, rng=rng)
+        yield lambda: self.approve(image, v1, rng=rng)
+        yield lambda: self.promote_by_confirming_twice(image, v1, rng=rng)
+        yield lambda: self.build(image, v2, created=600, rng=rng)
+        yield lambda: self.approve(image, v2, rng=rng)
+        yield lambda: self.promote_yes_retried(image, v2, rng=rng)
+        yield lambda: self.rollback_press_redelivered(image, v1, rng=rng)
+
+    def run(
+        self, images: tuple[str, ...] = IMAGES, between: Callable[[int], None] | None = None
+    ) -> None:
+        """Run every image's steps, two images at a time in a seeded order; BETWEEN(round)
+        is called between rounds (a fault to inject)."""
+        rng = random.Random(self.seed)
+        chains = {image: self.steps(image) for image in images}
+        pending: dict[str, Callable[[], None]] = {}
+        for image, chain in chains.items():
+            pending[image] = next(chain)
+        round_ = 0
+        with ThreadPoolExecutor(2) as pool:
+            while pending:
+                chosen = rng.sample(sorted(pending), min(2, len(pending)))
+                list(pool.map(lambda image: pending[image](), chosen))
+                for image in chosen:
+                    following = next(chains[image], None)
+                    if following is None:
+                        del pending[image]
+                    else:
+                        pending[image] = following
+                round_ += 1
+                if between is not None:
+                    between(round_)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def bot(self, rng: random.Random) -> BotServer:
+        return rng.choice(self.deployment.bots)
+
+    def both_bots(self, rng: random.Random) -> list[BotServer]:
+        bots = list(self.deployment.bots)
+        rng.shuffle(bots)
+        return bots
+
+    def url(self, name: str, answers: int = 1) -> str:
+        url = self.slack.response_url(f"{name}-{uuid.uuid4().hex[:8]}")
+        self.expected.answers[url] = answers
+        return url
+
+    def build(self, image: str, sha: str, *, created: float, rng: random.Random) -> None:
+        """A staging build's events and its test report, each delivered twice, reordered,
+        to either relay, four at a time."""
+        build_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"build:{image}:{sha}"))
+        stream = [
+            event_data(event, attributes_of(event), message_id=f"{build_id}:{n}")
+            for n, event in enumerate(build_events(build_id, sha, created=created, image=image))
+        ]
+        attributes = {"nbenv": "test-report", "image": image, "sha": sha, "buildId": build_id}
+        report_data = event_data(report(passed=3), attributes, message_id=f"{build_id}:report")
+        stream.append(report_data)
+        stream = stream * 2
+        rng.shuffle(stream)
+        # The report is a step of the build: its first delivery precedes the SUCCESS.
+        first_report = stream.index(report_data)
+        first_success = next(
+            i
+            for i, data in enumerate(stream)
+            if data["message"]["attributes"].get("status") == "SUCCESS"
+        )
+        if first_success < first_report:
+            stream[first_success], stream[first_report] = (
+                stream[first_report],
+                stream[first_success],
+            )
+        relays = [rng.choice(self.deployment.relays) for _ in stream]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(lambda pair: pair[0].binary(pair[1]), zip(relays, stream, strict=True))
+            )
+        assert answers == [(200, "OK")] * len(stream), answers
+        wait_until(lambda: self.staging(image) == sha, WAIT_S, f"{image} staging at {sha[:7]}")
+        self.announcement(image, sha)
+
+    def announcement(self, image: str, sha: str) -> Any:
+        text = f"`{sha[:7]}` is now in staging"
+        return wait_until(
+            lambda: [m for m in channel_messages(self.slack, text) if image in m.text],
+            WAIT_S,
+            f"the staging announcement of {image} {sha[:7]}",
+        )[-1]
+
+    def approve(self, image: str, sha: str, *, rng: random.Random) -> None:
+        """Each tester presses Approve once; Slack delivers each press twice (a retry),
+        once to each bot, at the same time."""
+        approve = buttons({"blocks": self.announcement(image, sha).blocks})["Approve"]
+        presses = []
+        for tester in testers_of(image):
+            url = self.url(f"approve-{tester}-{image}", answers=2)
+            action_ts = f"{rng.randrange(10**9)}.{rng.randrange(10**6):06d}"
+            for retry, bot in zip((None, 1), self.both_bots(rng), strict=True):
+                presses.append((bot, tester, url, action_ts, retry))
+        with ThreadPoolExecutor(len(presses)) as pool:
+            statuses = list(
+                pool.map(
+                    lambda p: (
+                        p[0]
+                        .action(p[1], approve, response_url=p[2], action_ts=p[3], retry=p[4])
+                        .status
+                    ),
+                    presses,
+                )
+            )
+        assert statuses == [200] * len(presses)
+        for url in {p[2] for p in presses}:
+            texts = [blocks_text(wait_response(self.slack, url, n, WAIT_S)) for n in (1, 2)]
+            assert sum("approved" in t for t in texts) >= 1, texts
+
+    def promote_by_confirming_twice(self, image: str, sha: str, *, rng: random.Random) -> None:
+        """`/nbenv promote IMAGE`; its confirmation pressed on both bots at once (two
+        presses): one promotes, the other is refused."""
+        plan_url = self.url(f"plan-{image}")
+        assert self.bot(rng).slash(OWNER, f"promote {image}", response_url=plan_url).status == 200
+        confirm = buttons(wait_response(self.slack, plan_url, timeout=WAIT_S))[
+            "Promote to production"
+        ]
+        urls = [self.url(f"confirm-{n}-{image}") for n in range(2)]
+        bots = self.both_bots(rng)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda n: bots[n].action(OWNER, confirm, response_url=urls[n]), range(2)))
+        texts = [blocks_text(wait_response(self.slack, url, timeout=WAIT_S)) for url in urls]
+        assert sum("promoted" in t for t in texts) == 1, texts
+        # The other is refused, whichever check it meets first (the plan moved, or its
+        # SHA already is in production).
+        assert sum(t.startswith("⚠️") for t in texts) == 1, texts
+        self.expected.promotes[image] += 1
+        assert self.production(image) == sha
+
+    def promote_yes_retried(self, image: str, sha: str, *, rng: random.Random) -> None:
+        """`/nbenv promote IMAGE --yes`, the request retried by Slack to the other bot."""
+        url = self.url(f"yes-{image}")
+        bots = self.both_bots(rng)
+        body = bots[0].slash_body(OWNER, f"promote {image} --yes", response_url=url)
+        with ThreadPoolExecutor(2) as pool:
+            acks = list(pool.map(lambda n: bots[n].signed(body, retry=n or None), range(2)))
+        assert [a.status for a in acks] == [200, 200]
+        text = blocks_text(wait_response(self.slack, url, timeout=WAIT_S))
+        assert "promoted" in text, text
+        self.expected.promotes[image] += 1
+        assert self.production(image) == sha
+
+    def rollback_press_redelivered(self, image: str, sha: str, *, rng: random.Random) -> None:
+        """`/nbenv rollback IMAGE`; the confirming press delivered to both bots at once."""
+        plan_url = self.url(f"rollback-plan-{image}")
+        command = f"rollback {image} --reason broken"
+        assert self.bot(rng).slash(OWNER, command, response_url=plan_url).status == 200
+        confirm = buttons(wait_response(self.slack, plan_url, timeout=WAIT_S))[
+            "Roll back production"
+        ]
+        url = self.url(f"rollback-{image}")
+        action_ts = f"{rng.randrange(10**9)}.{rng.randrange(10**6):06d}"
+        bots = self.both_bots(rng)
+        with ThreadPoolExecutor(2) as pool:
+            list(
+                pool.map(
+                    lambda n: bots[n].action(
+                        OWNER, confirm, response_url=url, action_ts=action_ts, retry=n or None
+                    ),
+                    range(2),
+                )
+            )
+        text = blocks_text(wait_response(self.slack, url, timeout=WAIT_S))
+        assert "rolled back" in text, text
+        self.expected.rollbacks[image] += 1
+        assert self.production(image) == sha
+
+    # -- state ----------------------------------------------------------------------------
+
+    def pointers(self, image: str) -> dict[str, str | None]:
+        from bot.domain.names import Env
+
+        with self.runtime.store.read() as tx:
+            state = tx.pointers.state(image)
+        return {env.value: state.sha(env) for env in Env}
+
+    def staging(self, image: str) -> str | None:
+        return self.pointers(image)["staging"]
+
+    def production(self, image: str) -> str | None:
+        return self.pointers(image)["production"]
+
+
+# -- the checks ---------------------------------------------------------------------------
+
+
+def wait_delivered(runtime: Any, timeout: float = WAIT_S) -> None:
+    """Nothing queued for Slack is left unsent: the bots' senders are done."""
+
+    def settled() -> bool:
+        with runtime.store.read() as tx:
+            return tx.outbox.unsent_count() == 0
+
+    wait_until(settled, timeout, "every outbox message delivered")
+
+
+def check_invariants(life: Lifecycle, config: Path, db_url: str) -> None:
+    from bot.store import tables as t
+
+    runtime, slack, expected = life.runtime, life.slack, life.expected
+    wait_delivered(runtime)
+
+    # One thread root per SHA, and every thread message posted once.
+    for image, shas in expected.shas.items():
+        for sha in shas:
+            assert len(roots(slack, sha, image)) == 1, (image, sha)
+    keys = [
+        call.args["metadata"]["event_payload"]["key"]
+        for call in slack.calls("chat.postMessage")
+        if call.args.get("metadata")
+    ]
+    assert [k for k, n in Counter(keys).items() if n > 1] == []
+    with runtime.store.read() as tx:
+        dead = tx.connection.execute(select(t.outbox).where(t.outbox.c.status == "dead")).all()
+    assert dead == []
+
+    # Every person who asked got their answers, no more.
+    for url, count in expected.answers.items():
+        assert len(response_payloads(slack, url)) == count, url
+
+    with runtime.store.read() as tx:
+        verdicts = tx.connection.execute(select(t.verdicts)).all()
+        history = tx.connection.execute(
+            select(t.pointer_history).order_by(t.pointer_history.c.id)
+        ).all()
+        audit = tx.audit.entries()
+        environments = tx.connection.execute(select(t.environments)).all()
+
+    # Each approval counted once: one verdict per tester and SHA, and one audit entry.
+    approvals = Counter((v.image, v.sha, v.user_id) for v in verdicts if v.approved)
+    wanted = {
+        (image, sha, tester): 1
+        for image, shas in expected.shas.items()
+        for sha in shas
+        for tester in testers_of(image)
+    }
+    assert dict(approvals) == wanted
+    audited = Counter(
+        (e.image, e.sha, e.actor) for e in audit if e.action == "approve" and e.outcome == "ok"
+    )
+    assert dict(audited) == wanted
+
+    # Each promote and rollback applied once.
+    ok = Counter((e.action, e.image) for e in audit if e.outcome == "ok")
+    for image in expected.shas:
+        assert ok["promote", image] == expected.promotes[image], image
+        assert ok["rollback", image] == expected.rollbacks[image], image
+
+    # The pointer history: production and fallback never empty once set; replayed, it
+    # gives the pointers and generations as they are; move for move, the audit log.
+    replayed: dict[tuple[str, str], tuple[str | None, int]] = {}
+    for move in history:
+        before_sha, before_generation = replayed.get((move.image, move.env), (None, 0))
+        assert move.old_sha == before_sha, move
+        assert move.generation == before_generation + 1, move
+        if move.env in ("production", "fallback") and before_sha is not None:
+            assert move.new_sha is not None, move
+        replayed[move.image, move.env] = (move.new_sha, move.generation)
+    assert {
+        (e.image, e.env): (e.sha, e.generation) for e in environments if e.generation
+    } == replayed
+    moves = Counter((m.image, m.env, m.old_sha, m.new_sha) for m in history)
+    changes = Counter(
+        (e.image, change["env"], change["old"], change["new"])
+        for e in audit
+        if e.outcome == "ok" and e.action in ("publish", "promote", "rollback")
+        for change in e.details.get("changes") or []
+    )
+    assert moves == changes
+
+    # The audit chain is intact, as `nbenv audit verify` checks it.
+    verify = subprocess.run(
+        [sys.executable, "-m", "bot", "--config", str(config), "audit", "verify"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**_env(), "NBENV_DATABASE_URL": db_url},
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)

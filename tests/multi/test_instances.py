@@ -1,0 +1,57 @@
+"""Two `nbenv serve` processes and two relay processes on one PostgreSQL database, as
+Cloud Run runs nbenv: every guarantee that matters when several instances share a store,
+shown on one seeded, interleaved lifecycle of three images (see tests/multi/lifecycle.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.multi.lifecycle import IMAGES, Lifecycle, check_invariants
+from tests.slack.bot import config_text
+from tests.support.deployment import Deployment, deployment
+
+pytestmark = pytest.mark.postgres
+SEED = 14
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "nbenv.yaml"
+    path.write_text(config_text(images=2), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def database(pg_cluster: Any) -> str:
+    return pg_cluster.create_database(f"multi_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def running(tmp_path: Path, config: Path, database: str) -> Iterator[Deployment]:
+    with deployment(tmp_path, config=config, db_url=database) as started:
+        yield started
+
+
+@pytest.fixture
+def runtime(running: Deployment, config: Path, database: str) -> Any:
+    from bot.bootstrap import build_runtime
+
+    return build_runtime(str(config), database, migrate=False)
+
+
+def test_two_bots_and_two_relays_on_one_database_apply_everything_once(
+    running: Deployment, runtime: Any, config: Path, database: str
+) -> None:
+    """Interleaved slash commands, presses delivered twice and confirmed on both bots at
+    once, build events duplicated and reordered over both relays, for three images:
+    one thread per SHA, each approval, promotion and rollback applied once, production
+    and fallback never emptied, the pointer history in line with an intact audit log."""
+    life = Lifecycle(running, runtime, SEED)
+    life.run(IMAGES)
+    check_invariants(life, config, database)

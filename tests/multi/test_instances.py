@@ -55,3 +55,32 @@ def test_two_bots_and_two_relays_on_one_database_apply_everything_once(
     life = Lifecycle(running, runtime, SEED)
     life.run(IMAGES)
     check_invariants(life, config, database)
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Any]:
+    """A PostgreSQL server of this test's own: it is restarted mid-test."""
+    from tests.support.postgres import PostgresCluster, require_postgres_bin
+
+    require_postgres_bin()
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+def test_a_lifecycle_survives_postgres_restarting(
+    tmp_path: Path, config: Path, own_cluster: Any
+) -> None:
+    from bot.bootstrap import build_runtime
+
+    database = own_cluster.create_database("faults")
+    with deployment(tmp_path, config=config, db_url=database) as running:
+        runtime = build_runtime(str(config), database, migrate=False)
+        life = Lifecycle(running, runtime, SEED + 1)
+
+        def between(round_: int) -> None:
+            if round_ in (2, 6):
+                own_cluster.restart()
+                runtime.store.engine.dispose()  # the test's own connections: not under test
+
+        life.run(IMAGES, between=between)
+        check_invariants(life, config, database)

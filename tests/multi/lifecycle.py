@@ -10,14 +10,19 @@ and runs two images' steps at a time, so every step of one image meets another's
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +36,12 @@ from tests.slack.bot import (
     buttons,
     channel_messages,
     response_payloads,
-    wait_response,
     wait_until,
 )
-from tests.support.deployment import Deployment
+from tests.slack.bot import (
+    report as bot_report,
+)
+from tests.support.deployment import Deployment, pid_of_client
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TWO_APPROVALS = "nlp.two-approvals"
@@ -51,6 +58,7 @@ class Expected:
     """What the lifecycle asked for, to compare with what happened."""
 
     shas: dict[str, list[str]] = field(default_factory=dict)  # image → SHAs built
+    approvals: set[tuple[str, str, str]] = field(default_factory=set)  # image, SHA, tester
     promotes: Counter[str] = field(default_factory=Counter)
     rollbacks: Counter[str] = field(default_factory=Counter)
     # response_url → how many answers it must get (a retried request shares its URL)
@@ -64,6 +72,9 @@ class Lifecycle:
         self.runtime = runtime
         self.seed = seed
         self.expected = Expected()
+        self.kills: list[Any] = []  # kill hooks armed in the fake Slack (tests.support.deployment)
+        self._healed: set[int] = set()
+        self._heal_lock = threading.Lock()
 
     # -- the schedule ---------------------------------------------------------------------
 
@@ -144,20 +155,47 @@ class Lifecycle:
                 stream[first_report],
                 stream[first_success],
             )
-        relays = [rng.choice(self.deployment.relays) for _ in stream]
+        relays = [rng.randrange(len(self.deployment.relays)) for _ in stream]
         with ThreadPoolExecutor(4) as pool:
-            answers = list(
-                pool.map(lambda pair: pair[0].binary(pair[1]), zip(relays, stream, strict=True))
-            )
-        assert answers == [(200, "OK")] * len(stream), answers
-        wait_until(lambda: self.staging(image) == sha, WAIT_S, f"{image} staging at {sha[:7]}")
+            answers = list(pool.map(self.deliver_event, relays, stream))
+        # What a killed relay did not acknowledge, Pub/Sub delivers again, to a live one.
+        for data, answer in zip(stream, answers, strict=True):
+            while answer != (200, "OK"):
+                assert answer is None, answer  # only a lost connection is redelivered
+                self.heal()
+                answer = self.deliver_event(rng.randrange(len(self.deployment.relays)), data)
+        self.wait(lambda: self.staging(image) == sha, f"{image} staging at {sha[:7]}")
         self.announcement(image, sha)
+
+    def deliver_event(self, relay: int, data: dict[str, Any]) -> tuple[int, str] | None:
+        """Pub/Sub's push to relay RELAY: its answer, or None when the relay is gone."""
+        try:
+            return self.deployment.relays[relay].binary(data)
+        except OSError:  # killed mid-request, or not restarted yet
+            return None
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def wait(self, predicate: Callable[[], Any], what: str) -> Any:
+        """Wait for PREDICATE, healing what a fault broke meanwhile (as the platform would)."""
+        return wait_until(lambda: self.heal() or predicate(), WAIT_S, what)
+
+    def heal(self) -> None:
+        """After a kill: start the process again (Cloud Run, Cloud Functions and gunicorn
+        do), and let the next sender take over what the dead one had claimed, once its
+        lease is over (the test moves that sender's clock; see take_over_outbox)."""
+        with self._heal_lock:
+            for n, hook in enumerate(self.kills):
+                if n in self._healed or not hook.fired.is_set():
+                    continue
+                self._healed.add(n)
+                self.deployment.revive()
+                take_over_outbox(self.runtime, self.slack, hook.at)
 
     def announcement(self, image: str, sha: str) -> Any:
         text = f"`{sha[:7]}` is now in staging"
-        return wait_until(
+        return self.wait(
             lambda: [m for m in channel_messages(self.slack, text) if image in m.text],
-            WAIT_S,
             f"the staging announcement of {image} {sha[:7]}",
         )[-1]
 
@@ -183,8 +221,9 @@ class Lifecycle:
                 )
             )
         assert statuses == [200] * len(presses)
+        self.expected.approvals.update((image, sha, tester) for tester in testers_of(image))
         for url in {p[2] for p in presses}:
-            texts = [blocks_text(wait_response(self.slack, url, n, WAIT_S)) for n in (1, 2)]
+            texts = [blocks_text(self.answer(url, n)) for n in (1, 2)]
             assert sum("approved" in t for t in texts) >= 1, texts
 
     def promote_by_confirming_twice(self, image: str, sha: str, *, rng: random.Random) -> None:
@@ -192,14 +231,12 @@ class Lifecycle:
         presses): one promotes, the other is refused."""
         plan_url = self.url(f"plan-{image}")
         assert self.bot(rng).slash(OWNER, f"promote {image}", response_url=plan_url).status == 200
-        confirm = buttons(wait_response(self.slack, plan_url, timeout=WAIT_S))[
-            "Promote to production"
-        ]
+        confirm = buttons(self.answer(plan_url))["Promote to production"]
         urls = [self.url(f"confirm-{n}-{image}") for n in range(2)]
         bots = self.both_bots(rng)
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda n: bots[n].action(OWNER, confirm, response_url=urls[n]), range(2)))
-        texts = [blocks_text(wait_response(self.slack, url, timeout=WAIT_S)) for url in urls]
+        texts = [blocks_text(self.answer(url)) for url in urls]
         assert sum("promoted" in t for t in texts) == 1, texts
         # The other is refused, whichever check it meets first (the plan moved, or its
         # SHA already is in production).
@@ -215,7 +252,7 @@ class Lifecycle:
         with ThreadPoolExecutor(2) as pool:
             acks = list(pool.map(lambda n: bots[n].signed(body, retry=n or None), range(2)))
         assert [a.status for a in acks] == [200, 200]
-        text = blocks_text(wait_response(self.slack, url, timeout=WAIT_S))
+        text = blocks_text(self.answer(url))
         assert "promoted" in text, text
         self.expected.promotes[image] += 1
         assert self.production(image) == sha
@@ -225,9 +262,7 @@ class Lifecycle:
         plan_url = self.url(f"rollback-plan-{image}")
         command = f"rollback {image} --reason broken"
         assert self.bot(rng).slash(OWNER, command, response_url=plan_url).status == 200
-        confirm = buttons(wait_response(self.slack, plan_url, timeout=WAIT_S))[
-            "Roll back production"
-        ]
+        confirm = buttons(self.answer(plan_url))["Roll back production"]
         url = self.url(f"rollback-{image}")
         action_ts = f"{rng.randrange(10**9)}.{rng.randrange(10**6):06d}"
         bots = self.both_bots(rng)
@@ -240,9 +275,61 @@ class Lifecycle:
                     range(2),
                 )
             )
-        text = blocks_text(wait_response(self.slack, url, timeout=WAIT_S))
+        text = blocks_text(self.answer(url))
         assert "rolled back" in text, text
         self.expected.rollbacks[image] += 1
+        assert self.production(image) == sha
+
+    def answer(self, url: str, count: int = 1) -> dict[str, Any]:
+        """The COUNT-th answer posted to response_url URL."""
+        return self.wait(
+            lambda: response_payloads(self.slack, url)[count - 1 : count], f"an answer at {url}"
+        )[0]
+
+    def promote_with_its_job_worker_killed(self, image: str) -> None:
+        """`/nbenv promote IMAGE --yes` queues a job; the bot worker running it is killed
+        (SIGKILL) mid-job; another worker takes the job up after its lease, and the owner
+        is answered once: promoted."""
+        from sqlalchemy import text
+
+        from bot.bootstrap import job_handlers
+        from bot.service.jobs import LEASE, JobWorker
+        from bot.store.uow import Store, utcnow
+
+        sha = sha_of(f"{image}:job")
+        self.runtime.app.publish(OWNER, image, sha, report=bot_report(True))
+        self.runtime.app.handle(TESTER, f"approve {image}")
+        self.expected.approvals.add((image, sha, TESTER))
+        engine = self.runtime.store.engine
+        url = self.url(f"job-{image}")
+        # The job is held mid-way: every audited write waits for the audit head's lock.
+        with engine.connect() as holder:
+            me = holder.execute(text("SELECT pg_backend_pid()")).scalar()
+            holder.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"))
+            ack = self.deployment.bots[0].slash(OWNER, f"promote {image} --yes", response_url=url)
+            assert ack.status == 200
+
+            def waiting_worker() -> int | None:
+                with engine.connect() as probe:
+                    return probe.execute(
+                        text(
+                            "SELECT client_port FROM pg_stat_activity WHERE wait_event_type ="
+                            " 'Lock' AND query LIKE '%audit_head%' AND pid <> :me"
+                        ),
+                        {"me": me},
+                    ).scalar()
+
+            port = wait_until(waiting_worker, WAIT_S, "the promote job waiting for the lock")
+            os.kill(pid_of_client(port), signal.SIGKILL)
+            killed_at = time.time()
+            holder.rollback()
+        self.deployment.revive()
+        take_over_outbox(self.runtime, self.slack, killed_at)
+        after_lease = utcnow() + LEASE + timedelta(seconds=1)
+        worker = JobWorker(Store(engine, clock=lambda: after_lease), job_handlers(self.runtime.app))
+        assert worker.run_once() is True
+        assert "promoted" in blocks_text(self.answer(url))
+        self.expected.promotes[image] += 1
         assert self.production(image) == sha
 
     # -- state ----------------------------------------------------------------------------
@@ -259,6 +346,23 @@ class Lifecycle:
 
     def production(self, image: str) -> str | None:
         return self.pointers(image)["production"]
+
+
+def take_over_outbox(runtime: Any, slack: Any, killed_at: float) -> None:
+    """Another sender takes over the messages a killed process had claimed, as any sender
+    does once their lease is over: its clock is set just past that lease, so that only
+    claims made before the kill look expired (live senders' claims are newer)."""
+    from datetime import UTC, datetime
+
+    from slack_sdk import WebClient
+
+    from bot.slack.outbox import LEASE, OutboxSender
+    from bot.store.uow import Store
+
+    time.sleep(1.0)  # the live senders finish the calls they were making at the kill
+    after_lease = datetime.fromtimestamp(killed_at, UTC) + LEASE + timedelta(seconds=0.5)
+    store = Store(runtime.store.engine, clock=lambda: after_lease)
+    OutboxSender(store, WebClient(token="xoxb-take-over", base_url=slack.base_url)).deliver_due()
 
 
 # -- the checks ---------------------------------------------------------------------------
@@ -308,12 +412,7 @@ def check_invariants(life: Lifecycle, config: Path, db_url: str) -> None:
 
     # Each approval counted once: one verdict per tester and SHA, and one audit entry.
     approvals = Counter((v.image, v.sha, v.user_id) for v in verdicts if v.approved)
-    wanted = {
-        (image, sha, tester): 1
-        for image, shas in expected.shas.items()
-        for sha in shas
-        for tester in testers_of(image)
-    }
+    wanted = dict.fromkeys(expected.approvals, 1)
     assert dict(approvals) == wanted
     audited = Counter(
         (e.image, e.sha, e.actor) for e in audit if e.action == "approve" and e.outcome == "ok"
@@ -322,7 +421,7 @@ def check_invariants(life: Lifecycle, config: Path, db_url: str) -> None:
 
     # Each promote and rollback applied once.
     ok = Counter((e.action, e.image) for e in audit if e.outcome == "ok")
-    for image in expected.shas:
+    for image in {*expected.promotes, *expected.rollbacks}:
         assert ok["promote", image] == expected.promotes[image], image
         assert ok["rollback", image] == expected.rollbacks[image], image
 

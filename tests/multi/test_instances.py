@@ -14,7 +14,7 @@ import pytest
 
 from tests.multi.lifecycle import IMAGES, Lifecycle, check_invariants
 from tests.slack.bot import config_text
-from tests.support.deployment import Deployment, deployment
+from tests.support.deployment import Deployment, bot_token, deployment, relay_token
 
 pytestmark = pytest.mark.postgres
 SEED = 14
@@ -23,7 +23,7 @@ SEED = 14
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "nbenv.yaml"
-    path.write_text(config_text(images=2), encoding="utf-8")
+    path.write_text(config_text(images=3), encoding="utf-8")
     return path
 
 
@@ -67,9 +67,13 @@ def own_cluster() -> Iterator[Any]:
         yield cluster
 
 
-def test_a_lifecycle_survives_postgres_restarting(
+def test_a_lifecycle_survives_postgres_restarts_and_killed_processes(
     tmp_path: Path, config: Path, own_cluster: Any
 ) -> None:
+    """The same lifecycle, while PostgreSQL is restarted twice, a relay is killed (SIGKILL)
+    before Slack took its message, a bot worker right after Slack took one, and the bot
+    worker running a promote job mid-job: afterwards every guarantee above still holds,
+    every thread message went out once, and every person who asked was answered."""
     from bot.bootstrap import build_runtime
 
     database = own_cluster.create_database("faults")
@@ -77,10 +81,23 @@ def test_a_lifecycle_survives_postgres_restarting(
         runtime = build_runtime(str(config), database, migrate=False)
         life = Lifecycle(running, runtime, SEED + 1)
 
+        def thread_message(method: str, args: dict[str, Any], token: str | None) -> bool:
+            return method in ("chat.postMessage", "chat.update")
+
         def between(round_: int) -> None:
             if round_ in (2, 6):
                 own_cluster.restart()
                 runtime.store.engine.dispose()  # the test's own connections: not under test
+            if round_ == 1:
+                victims = {relay_token(0): running.relays[0].process.pid}
+                life.kills.append(running.slack.kill_on(thread_message, victims))
+            if round_ == 3:
+                victims = {bot_token(1): running.bot_worker_pid(1)}
+                life.kills.append(running.slack.kill_on(thread_message, victims, after=True))
+            if round_ == 4:
+                life.promote_with_its_job_worker_killed("nlp.t03")
 
         life.run(IMAGES, between=between)
+        assert [hook.fired.is_set() for hook in life.kills] == [True, True]
+        life.heal()
         check_invariants(life, config, database)

@@ -16,13 +16,15 @@ Each process gets its own Slack token, so the fake Slack knows who is calling.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +67,10 @@ class _KillHook:
     match: Callable[[str, dict[str, Any], str | None], bool]
     victims: dict[str, int]  # token → pid, read when the hook fires
     count: int = 1
-    fired: threading.Event | None = None
+    after: bool = False  # Slack takes the call first; the caller dies before the answer
+    fired: threading.Event = field(default_factory=threading.Event)
     killed: str | None = None  # the token of the process killed
-
-    def __post_init__(self) -> None:
-        self.fired = threading.Event()
+    at: float = 0.0  # when (time.time())
 
 
 class SlackWithHooks(FakeSlackApi):
@@ -87,9 +88,11 @@ class SlackWithHooks(FakeSlackApi):
         victims: dict[str, int],
         *,
         count: int = 1,
+        after: bool = False,
     ) -> _KillHook:
-        """MATCH(method, args, token): the calls that count; VICTIMS: token → pid."""
-        hook = _KillHook(match, victims, count)
+        """MATCH(method, args, token): the calls that count; VICTIMS: token → pid; AFTER:
+        the call takes effect in Slack before its caller is killed."""
+        hook = _KillHook(match, victims, count, after)
         with self._cond:
             self._hooks.append(hook)
         return hook
@@ -107,10 +110,12 @@ class SlackWithHooks(FakeSlackApi):
                 if hook.count > 0:
                     continue
                 self._hooks.remove(hook)
+                answered = super()._handle(method, args, headers) if hook.after else None
                 os.kill(hook.victims[token], signal.SIGKILL)
-                hook.killed = token
-                assert hook.fired is not None
+                hook.killed, hook.at = token, time.time()
                 hook.fired.set()
+                if answered is not None:
+                    return answered  # to nobody: the caller is gone
                 self._state.failed.append(_killed_call(method, args, headers))
                 return 599, {}, "killed"
         return super()._handle(method, args, headers)
@@ -195,12 +200,21 @@ class Deployment:
             except Exception:  # stop the others regardless
                 continue
 
-    def restart_relay(self, n: int) -> FunctionProcess:
-        """A fresh relay process in place of relay N (as Cloud Functions starts one)."""
-        old = self.relays[n]
-        old.stop()
+    def revive(self) -> None:
+        """Processes killed come back: a fresh relay instance in place of a dead one (as
+        Cloud Functions starts one); gunicorn forks a new bot worker by itself, which is
+        waited for."""
+        for n, relay in enumerate(self.relays):
+            if relay.process is not None and relay.process.poll() is not None:
+                relay.process = None
+                self._start_relay_fresh(n)
+        for n in range(len(self.bots)):
+            self.bot_worker_pid(n, timeout=30)
+            wait_healthy(self.bots[n])
+
+    def _start_relay_fresh(self, n: int) -> None:
         self.relays[n] = self._relay(n)
-        return self.relays[n].start()
+        self._start_relay(n)
 
     def bot_worker_pid(self, n: int, timeout: float = 10.0) -> int:
         """The pid of the gunicorn worker serving bot N (the one a SIGKILL should hit)."""
@@ -226,19 +240,36 @@ class Deployment:
         return found
 
 
+def wait_healthy(bot: BotServer, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if bot.http.get(f"{bot.url}/healthz", timeout=5).status_code == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"bot at {bot.url} did not come back")
+
+
 def _is_gunicorn_worker(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            words = cmdline.read().split(b"\0")
-    except OSError:
-        return False
-    # gunicorn renames its worker "nbenv-serve [worker]"-like only with setproctitle; without
-    # it both children run `python -m bot serve`: the worker is the one with threads.
-    del words
+    # Both children of the master run `python -m bot serve`: the answer process the master
+    # started before forking (one thread), and the worker, which runs threads.
     try:
         return len(os.listdir(f"/proc/{pid}/task")) > 2
     except OSError:
         return False
+
+
+def pid_of_client(port: int) -> int:
+    """The local process whose TCP connection has local port PORT (a database client)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"pid=(\d+)", out)
+    if found is None:
+        raise AssertionError(f"no process has a connection from port {port}: {out!r}")
+    return int(found.group(1))
 
 
 def bot_token(n: int) -> str:

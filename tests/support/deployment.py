@@ -222,10 +222,14 @@ class Deployment:
         assert process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            workers = [pid for pid in child_pids(process.pid) if process_alive(pid)]
-            # The master's children: the worker, and the master's answer process (adopted
-            # by the first worker). The worker is the one with children of its own.
-            serving = [pid for pid in workers if _is_gunicorn_worker(pid)]
+            # The master's children: the worker, and the answer process it started before
+            # it listened (adopted by the first worker). The worker serves the socket.
+            inode = _listening_inode(self.bots[n].port)
+            serving = [
+                pid
+                for pid in child_pids(process.pid)
+                if inode is not None and process_alive(pid) and _holds_socket(pid, inode)
+            ]
             if serving:
                 return serving[0]
             time.sleep(0.05)
@@ -252,13 +256,28 @@ def wait_healthy(bot: BotServer, timeout: float = 30.0) -> None:
     raise AssertionError(f"bot at {bot.url} did not come back")
 
 
-def _is_gunicorn_worker(pid: int) -> bool:
-    # Both children of the master run `python -m bot serve`: the answer process the master
-    # started before forking (one thread), and the worker, which runs threads.
+def _listening_inode(port: int) -> str | None:
+    """The socket inode listening on 127.0.0.1:PORT (/proc/net/tcp)."""
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+                return fields[9]
+    return None
+
+
+def _holds_socket(pid: int, inode: str) -> bool:
     try:
-        return len(os.listdir(f"/proc/{pid}/task")) > 2
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def pid_of_client(port: int) -> int:

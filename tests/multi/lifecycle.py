@@ -21,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -72,6 +73,7 @@ class Lifecycle:
         self.runtime = runtime
         self.seed = seed
         self.expected = Expected()
+        self.log: list[str] = []
         self.kills: list[Any] = []  # kill hooks armed in the fake Slack (tests.support.deployment)
         self._healed: set[int] = set()
         self._heal_lock = threading.Lock()
@@ -101,10 +103,11 @@ class Lifecycle:
         for image, chain in chains.items():
             pending[image] = next(chain)
         round_ = 0
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(2) as pool, self._steps_noted():
             while pending:
                 chosen = rng.sample(sorted(pending), min(2, len(pending)))
-                list(pool.map(lambda image: pending[image](), chosen))
+                steps = [(round_, image, pending[image]) for image in chosen]
+                list(pool.map(lambda step: self._timed(*step), steps))
                 for image in chosen:
                     following = next(chains[image], None)
                     if following is None:
@@ -114,6 +117,22 @@ class Lifecycle:
                 round_ += 1
                 if between is not None:
                     between(round_)
+
+    @contextmanager
+    def _steps_noted(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException as error:
+            error.add_note("steps so far:\n" + "\n".join(self.log))
+            raise
+
+    def _timed(self, round_: int, image: str, step: Callable[[], None]) -> None:
+        began = time.monotonic()
+        try:
+            step()
+        finally:
+            # Shown when the test fails: which step of which round waited, and how long.
+            self.log.append(f"round {round_} {image}: {time.monotonic() - began:.1f}s")
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -409,6 +428,13 @@ def check_invariants(life: Lifecycle, config: Path, db_url: str) -> None:
         ).all()
         audit = tx.audit.entries()
         environments = tx.connection.execute(select(t.environments)).all()
+
+    # Only this lifecycle's images: another may share the database.
+    images = {*expected.shas, *expected.promotes, *(a[0] for a in expected.approvals)}
+    verdicts = [v for v in verdicts if v.image in images]
+    history = [m for m in history if m.image in images]
+    audit = [e for e in audit if e.image in images]
+    environments = [e for e in environments if e.image in images]
 
     # Each approval counted once: one verdict per tester and SHA, and one audit entry.
     approvals = Counter((v.image, v.sha, v.user_id) for v in verdicts if v.approved)

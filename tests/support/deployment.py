@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from tests.builds.process import FunctionProcess
 from tests.slack.bot import BotServer
 from tests.support.slack_api import FakeSlackApi
@@ -194,11 +196,15 @@ class Deployment:
                 self.relays[n] = self._relay(n)  # a fresh port
 
     def stop(self) -> None:
-        for process in [*self.bots, *self.relays]:
+        def stop(process: BotServer | FunctionProcess) -> None:
             try:
                 process.stop()
-            except Exception:  # stop the others regardless
-                continue
+            except Exception:  # the others stop regardless
+                return
+
+        # Together: each waits a moment for its process to finish.
+        with ThreadPoolExecutor(len(self.bots) + len(self.relays)) as pool:
+            list(pool.map(stop, [*self.bots, *self.relays]))
 
     def revive(self) -> None:
         """Processes killed come back: a fresh relay instance in place of a dead one (as
@@ -208,9 +214,12 @@ class Deployment:
             if relay.process is not None and relay.process.poll() is not None:
                 relay.process = None
                 self._start_relay_fresh(n)
-        for n in range(len(self.bots)):
+        for n, bot in enumerate(self.bots):
             self.bot_worker_pid(n, timeout=30)
-            wait_healthy(self.bots[n])
+            # Kept-alive connections were the dead worker's: Slack's next request opens a
+            # new one, which the new worker accepts.
+            bot.http = requests.Session()
+            wait_healthy(bot)
 
     def _start_relay_fresh(self, n: int) -> None:
         self.relays[n] = self._relay(n)

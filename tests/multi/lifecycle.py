@@ -42,7 +42,7 @@ from tests.slack.bot import (
 from tests.slack.bot import (
     report as bot_report,
 )
-from tests.support.deployment import Deployment, pid_of_client
+from tests.support.deployment import Deployment, pid_of_client, relay_token
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TWO_APPROVALS = "nlp.two-approvals"
@@ -74,7 +74,9 @@ class Lifecycle:
         self.seed = seed
         self.expected = Expected()
         self.log: list[str] = []
-        self.retried: set[str] = set()  # response_urls whose request was made again
+        self.retried: set[str] = set()
+        self.restarts: list[float] = []  # when the database was restarted, not yet healed
+        self.prefer_relay: int | None = None  # response_urls whose request was made again
         self.kills: list[Any] = []  # kill hooks armed in the fake Slack (tests.support.deployment)
         self._healed: set[int] = set()
         self._heal_lock = threading.Lock()
@@ -176,6 +178,8 @@ class Lifecycle:
                 stream[first_success],
             )
         relays = [rng.randrange(len(self.deployment.relays)) for _ in stream]
+        if self.prefer_relay is not None:  # a kill is armed there: the first half goes to it
+            relays[: len(relays) // 2] = [self.prefer_relay] * (len(relays) // 2)
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(self.deliver_event, relays, stream))
         # What a killed relay did not acknowledge, Pub/Sub delivers again, to a live one.
@@ -215,15 +219,32 @@ class Lifecycle:
 
     def heal(self) -> None:
         """After a kill: start the process again (Cloud Run, Cloud Functions and gunicorn
-        do), and let the next sender take over what the dead one had claimed, once its
-        lease is over (the test moves that sender's clock; see take_over_outbox)."""
+        do); after a kill or a database restart: let the next sender take over what a
+        sender had claimed and could not finish, once its lease is over (the test moves
+        that sender's clock; see take_over_outbox)."""
         with self._heal_lock:
             for n, hook in enumerate(self.kills):
                 if n in self._healed or not hook.fired.is_set():
                     continue
                 self._healed.add(n)
+                self.prefer_relay = None
                 self.deployment.revive()
                 take_over_outbox(self.runtime, self.slack, hook.at)
+            while self.restarts:
+                take_over_outbox(self.runtime, self.slack, self.restarts.pop(0))
+
+    def database_restarted(self) -> None:
+        """The database was restarted: a sender cut off mid-message keeps its claim until
+        its lease is over (the message is late, not lost)."""
+        self.restarts.append(time.time())
+
+    def kill_relay_on_its_next_message(self, relay: int, match: Callable[..., bool]) -> None:
+        """Arm a kill of relay RELAY on its next Slack call, and send it the next build's
+        events so that it makes one."""
+        assert self.deployment.relays[relay].process is not None
+        victims = {relay_token(relay): self.deployment.relays[relay].process.pid}
+        self.kills.append(self.slack.kill_on(match, victims))
+        self.prefer_relay = relay
 
     def announcement(self, image: str, sha: str) -> Any:
         text = f"`{sha[:7]}` is now in staging"

@@ -18,7 +18,7 @@ import pytest
 
 from tests.multi.lifecycle import TWO_APPROVALS, Lifecycle, check_invariants
 from tests.slack.bot import config_text
-from tests.support.deployment import Deployment, bot_token, deployment, relay_token
+from tests.support.deployment import Deployment, bot_token, deployment
 
 pytestmark = pytest.mark.postgres
 SEED = 14
@@ -94,9 +94,9 @@ def test_a_lifecycle_survives_postgres_restarts_and_killed_processes(
         if round_ in (2, 6):
             cluster.restart()
             runtime.store.engine.dispose()  # the test's own connections: not under test
+            life.database_restarted()
         if round_ == 1:
-            victims = {relay_token(0): running.relays[0].process.pid}
-            life.kills.append(running.slack.kill_on(thread_message, victims))
+            life.kill_relay_on_its_next_message(0, thread_message)
         if round_ == 3:
             victims = {bot_token(1): running.bot_worker_pid(1)}
             life.kills.append(running.slack.kill_on(thread_message, victims, after=True))

@@ -402,7 +402,7 @@ class Lifecycle:
                     ).scalar()
 
             port = wait_until(waiting_worker, WAIT_S, "the promote job waiting for the lock")
-            os.kill(pid_of_client(port), signal.SIGKILL)
+            os.kill(pid_of_client(port, self.deployment.bot_worker_pids()), signal.SIGKILL)
             killed_at = time.time()
             holder.rollback()
         self.deployment.revive()

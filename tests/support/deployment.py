@@ -16,9 +16,7 @@ Each process gets its own Slack token, so the fake Slack knows who is calling.
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -233,7 +231,7 @@ class Deployment:
         while time.monotonic() < deadline:
             # The master's children: the worker, and the answer process it started before
             # it listened (adopted by the first worker). The worker serves the socket.
-            inode = _listening_inode(self.bots[n].port)
+            inode = _socket_inode(self.bots[n].port, listening=True)
             serving = [
                 pid
                 for pid in child_pids(process.pid)
@@ -243,6 +241,9 @@ class Deployment:
                 return serving[0]
             time.sleep(0.05)
         raise AssertionError(f"bot {n} has no gunicorn worker")
+
+    def bot_worker_pids(self) -> list[int]:
+        return [self.bot_worker_pid(n) for n in range(len(self.bots))]
 
     def tokens_to_pids(self) -> dict[str, int]:
         """Every process's Slack token → the pid that uses it."""
@@ -265,13 +266,14 @@ def wait_healthy(bot: BotServer, timeout: float = 30.0) -> None:
     raise AssertionError(f"bot at {bot.url} did not come back")
 
 
-def _listening_inode(port: int) -> str | None:
-    """The socket inode listening on 127.0.0.1:PORT (/proc/net/tcp)."""
+def _socket_inode(port: int, *, listening: bool) -> str | None:
+    """The inode of the TCP socket whose local port is PORT (/proc/net/tcp): the one
+    listening there, or else the connection made from it."""
     with open("/proc/net/tcp", encoding="ascii") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
-            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
-                return fields[9]
+            if fields[1].endswith(f":{port:04X}") and (fields[3] == "0A") == listening:
+                return fields[9]  # 0A: LISTEN
     return None
 
 
@@ -289,15 +291,14 @@ def _holds_socket(pid: int, inode: str) -> bool:
     return False
 
 
-def pid_of_client(port: int) -> int:
-    """The local process whose TCP connection has local port PORT (a database client)."""
-    out = subprocess.run(
-        ["ss", "-tnpH", f"sport = :{port}"], capture_output=True, text=True, check=True
-    ).stdout
-    found = re.search(r"pid=(\d+)", out)
-    if found is None:
-        raise AssertionError(f"no process has a connection from port {port}: {out!r}")
-    return int(found.group(1))
+def pid_of_client(port: int, candidates: list[int]) -> int:
+    """Which of the processes CANDIDATES holds the TCP connection made from local port
+    PORT (a database client, as the server's pg_stat_activity names it)."""
+    inode = _socket_inode(port, listening=False)
+    for pid in candidates:
+        if inode is not None and _holds_socket(pid, inode):
+            return pid
+    raise AssertionError(f"none of {candidates} has a connection from port {port}")
 
 
 def bot_token(n: int) -> str:

@@ -8,7 +8,8 @@ handles it needs to feed them and to hurt them:
 * `relays[i]` (tests.builds.process.FunctionProcess): CloudEvents carrying Build resources;
 * `bot_worker_pid(i)`: the gunicorn worker that serves requests (its master only forks);
 * `slack.kill_on(...)` (SlackWithHooks): SIGKILL whichever process makes a matching Slack
-  call, before Slack has answered it — a process killed mid-request.
+  call, before Slack has taken it (or, with after=True, once it has) — a process killed
+  mid-request.
 
 Each process gets its own Slack token, so the fake Slack knows who is calling.
 """

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import OWNER
 from tests.multi.lifecycle import TWO_APPROVALS, Lifecycle, check_invariants
 from tests.slack.bot import config_text
 from tests.support.deployment import Deployment, bot_token, deployment
@@ -32,7 +33,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def config(workdir: Path) -> Path:
     path = workdir / "nbenv.yaml"
-    path.write_text(config_text(images=4), encoding="utf-8")
+    path.write_text(config_text(images=5), encoding="utf-8")
     return path
 
 
@@ -107,3 +108,27 @@ def test_a_lifecycle_survives_postgres_restarts_and_killed_processes(
     assert [hook.fired.is_set() for hook in life.kills] == [True, True]
     life.heal()
     check_invariants(life, config, database)
+
+
+def test_after_postgres_restarts_the_next_command_on_each_bot_is_answered(
+    running: Deployment, runtime: Any, cluster: Any
+) -> None:
+    """Cloud SQL restarts (maintenance, a failover): the connections each process kept
+    are cut. The next command on each bot is answered all the same, at once; none fails
+    on a cut connection with no answer to the person who asked."""
+    from tests.slack.bot import blocks_text, published, wait_response
+
+    image = "nlp.t05"
+    published(runtime, image, "after-restart")
+    for bot in running.bots:  # every process has connections in its pool now
+        url = running.slack.response_url(f"warm-{bot.port}")
+        assert bot.slash(OWNER, f"status {image}", response_url=url).status == 200
+        wait_response(running.slack, url, timeout=30)
+
+    cluster.restart()
+    runtime.store.engine.dispose()  # the test's own connections: not under test
+
+    for bot in running.bots:
+        url = running.slack.response_url(f"after-{bot.port}")
+        assert bot.slash(OWNER, f"status {image}", response_url=url).status == 200
+        assert image in blocks_text(wait_response(running.slack, url, timeout=30))

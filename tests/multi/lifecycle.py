@@ -42,7 +42,7 @@ from tests.slack.bot import (
 from tests.slack.bot import (
     report as bot_report,
 )
-from tests.support.deployment import Deployment, pid_of_client, relay_token
+from tests.support.deployment import Deployment, relay_token
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TWO_APPROVALS = "nlp.two-approvals"
@@ -369,9 +369,10 @@ class Lifecycle:
         )[0]
 
     def promote_with_its_job_worker_killed(self, image: str) -> None:
-        """`/nbenv promote IMAGE --yes` queues a job; the bot worker running it is killed
-        (SIGKILL) mid-job; another worker takes the job up after its lease, and the owner
-        is answered once: promoted."""
+        """`/nbenv promote IMAGE --yes` queues a job; the bot workers, the one running it
+        among them, are killed (SIGKILL) while it is held mid-way (the test holds the lock
+        every audited write takes); another worker takes the job up after its lease, and
+        the owner is answered once: promoted."""
         from sqlalchemy import text
 
         from bot.bootstrap import job_handlers
@@ -385,24 +386,25 @@ class Lifecycle:
         engine = self.runtime.store.engine
         url = self.url(f"job-{image}")
         # The job is held mid-way: every audited write waits for the audit head's lock.
+        trigger = f"{uuid.uuid5(uuid.NAMESPACE_URL, image).int % 10**13}.1.job"
         with engine.connect() as holder:
-            me = holder.execute(text("SELECT pg_backend_pid()")).scalar()
             holder.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"))
-            ack = self.deployment.bots[0].slash(OWNER, f"promote {image} --yes", response_url=url)
-            assert ack.status == 200
+            bot = self.deployment.bots[0]
+            command = f"promote {image} --yes"
+            assert bot.slash(OWNER, command, response_url=url, trigger=trigger).status == 200
 
-            def waiting_worker() -> int | None:
+            def job_status() -> str | None:
                 with engine.connect() as probe:
                     return probe.execute(
-                        text(
-                            "SELECT client_port FROM pg_stat_activity WHERE wait_event_type ="
-                            " 'Lock' AND query LIKE '%audit_head%' AND pid <> :me"
-                        ),
-                        {"me": me},
+                        text("SELECT status FROM jobs WHERE dedupe_key LIKE :key"),
+                        {"key": f"%{trigger}%"},
                     ).scalar()
 
-            port = wait_until(waiting_worker, WAIT_S, "the promote job waiting for the lock")
-            os.kill(pid_of_client(port, self.deployment.bot_worker_pids()), signal.SIGKILL)
+            # Claimed by one of the bots' job threads, which cannot finish it: both bot
+            # workers are killed, the one running it among them.
+            wait_until(lambda: job_status() == "running", WAIT_S, "the promote job claimed")
+            for pid in self.deployment.bot_worker_pids():
+                os.kill(pid, signal.SIGKILL)
             killed_at = time.time()
             holder.rollback()
         self.deployment.revive()

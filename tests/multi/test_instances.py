@@ -99,7 +99,9 @@ def test_a_lifecycle_survives_postgres_restarts_and_killed_processes(
         if round_ == 1:
             life.kill_relay_on_its_next_message(0, thread_message)
         if round_ == 3:
-            victims = {bot_token(1): running.bot_worker_pid(1)}
+            # Whichever bot worker sends the next thread message (after=True: once Slack
+            # has taken it, so its sender must find it there rather than post it again).
+            victims = {bot_token(n): running.bot_worker_pid(n) for n in range(2)}
             life.kills.append(running.slack.kill_on(thread_message, victims, after=True))
         if round_ == 4:
             life.promote_with_its_job_worker_killed("nlp.t04")

@@ -232,7 +232,7 @@ class Deployment:
         while time.monotonic() < deadline:
             # The master's children: the worker, and the answer process it started before
             # it listened (adopted by the first worker). The worker serves the socket.
-            inode = _socket_inode(self.bots[n].port, listening=True)
+            inode = _listening_inode(self.bots[n].port)
             serving = [
                 pid
                 for pid in child_pids(process.pid)
@@ -267,14 +267,13 @@ def wait_healthy(bot: BotServer, timeout: float = 30.0) -> None:
     raise AssertionError(f"bot at {bot.url} did not come back")
 
 
-def _socket_inode(port: int, *, listening: bool) -> str | None:
-    """The inode of the TCP socket whose local port is PORT (/proc/net/tcp): the one
-    listening there, or else the connection made from it."""
+def _listening_inode(port: int) -> str | None:
+    """The inode of the TCP socket listening on local port PORT (/proc/net/tcp)."""
     with open("/proc/net/tcp", encoding="ascii") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
-            if fields[1].endswith(f":{port:04X}") and (fields[3] == "0A") == listening:
-                return fields[9]  # 0A: LISTEN
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+                return fields[9]
     return None
 
 
@@ -290,16 +289,6 @@ def _holds_socket(pid: int, inode: str) -> bool:
         except OSError:
             continue
     return False
-
-
-def client_pid(port: int, candidates: list[int]) -> int | None:
-    """Which of the processes CANDIDATES holds the TCP connection made from local port
-    PORT (a database client, as the server's pg_stat_activity names it), if any."""
-    inode = _socket_inode(port, listening=False)
-    for pid in candidates:
-        if inode is not None and _holds_socket(pid, inode):
-            return pid
-    return None
 
 
 def bot_token(n: int) -> str:

@@ -57,9 +57,11 @@ def make_engine(url: str | None = None) -> Engine:
             connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    # No pre-ping (a round trip per transaction): connections are recycled before Cloud
-    # SQL's idle timeout instead, and a dropped one fails its transaction, which retries.
-    return create_engine(url, pool_recycle=300, pool_size=5, max_overflow=5)
+    # Pre-ping: a connection is checked as it leaves the pool (one short round trip), so
+    # after the server restarted (a Cloud SQL failover or maintenance) requests get fresh
+    # connections instead of failing on the ones it cut, with no answer to whoever asked.
+    # Recycled before Cloud SQL's idle timeout as well.
+    return create_engine(url, pool_pre_ping=True, pool_recycle=300, pool_size=5, max_overflow=5)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -45,6 +45,10 @@ import nbformat
 from nbformat import v4
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from rows import Row, print_rows  # noqa: E402
+
 RUNNER = REPO / "bot" / "runner" / "notebook_tests.py"
 TARGET_RATIO = 1.25
 STALL_S = 2.0
@@ -110,7 +114,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all cases (default 3)")
     args = parser.parse_args()
+    return print_rows(measured_rows(args.rounds))
 
+
+def rows(quick: bool = False) -> list[Row]:
+    """The rows of `make bench` (benchmarks/run.py)."""
+    return measured_rows(1 if quick else 2)  # within make bench's 10 minutes
+
+
+def measured_rows(rounds: int) -> list[Row]:
     sys.path.insert(0, str(REPO))
     from bot.runner.notebook_tests import default_jobs, run_notebooks
 
@@ -128,7 +140,7 @@ def main() -> int:
         write_notebooks(root / "four", 4)
         write_notebooks(root / "one", 1)
         run_case_warm(root / "one", None, run_notebooks)  # start the fork server
-        for round_no in range(args.rounds):
+        for round_no in range(rounds):
             # Rotate the order so no case always runs first (cold caches) or last.
             shift = round_no % len(cases)
             for label, folder, _, jobs in cases[shift:] + cases[:shift]:
@@ -137,43 +149,35 @@ def main() -> int:
                 timings.extend(notebook_timings)
                 warm[label].append(run_case_warm(root / folder, jobs, run_notebooks))
 
-    print(
-        f"notebook runner: {os.cpu_count()} CPUs, default jobs {cpus}, "
-        f"{args.rounds} rounds, Python {sys.version.split()[0]}; wall seconds"
-    )
-    print(
-        f"{'case':<32} {'CLI median':>10} {'min':>6} {'max':>6} "
-        f"{'warm median':>11} {'min':>6} {'max':>6}"
-    )
-    for label, *_ in cases:
-        print(
-            f"{label:<32} {statistics.median(cli[label]):>10.2f} {min(cli[label]):>6.2f} "
-            f"{max(cli[label]):>6.2f} {statistics.median(warm[label]):>11.2f} "
-            f"{min(warm[label]):>6.2f} {max(warm[label]):>6.2f}"
+    serial, default, single = (label for label, *_ in cases)
+    found = []
+    for how, walls in (("command line", cli), ("in process, warm", warm)):
+        four, one = statistics.median(walls[default]), statistics.median(walls[single])
+        found.append(
+            Row(
+                f"4 test notebooks on {os.cpu_count()} cores, default jobs ({how}, "
+                f"median of {rounds}; --jobs 1: {statistics.median(walls[serial]):.2f} s)",
+                f"{four:.2f} s",
+                f"{one:.2f} s (one notebook)",
+                f"{four / (2 * one):.2f} (÷ 2 × one)",
+                f"≤ {TARGET_RATIO} × 2 × one" if how == "command line" else "—",
+                four <= TARGET_RATIO * 2 * one if how == "command line" else None,
+            )
         )
-    default_label, single_label = cases[1][0], cases[2][0]
-    ratios = {}
-    for name, walls in (("CLI", cli), ("warm", warm)):
-        ratios[name] = statistics.median(walls[default_label]) / (
-            2 * statistics.median(walls[single_label])
-        )
-    verdict = "OK" if ratios["CLI"] <= TARGET_RATIO else "MISSED"
-    print(
-        f"ratio default / (2 x single): CLI {ratios['CLI']:.2f} (target <= {TARGET_RATIO}: "
-        f"{verdict}); warm {ratios['warm']:.2f}"
-    )
-
     stalls = [
         t for t in timings if t["duration_s"] - t["kernel_start_s"] - t["execute_s"] > STALL_S
     ]
     shutdowns = [t["shutdown_s"] for t in timings]
-    starts = [t["kernel_start_s"] for t in timings]
-    print(
-        f"kernels: {len(timings)} CLI notebook runs; start med {statistics.median(starts):.2f} s;"
-        f" shutdown med {statistics.median(shutdowns):.2f} s, max {max(shutdowns):.2f} s;"
-        f" stalls (wall > start + execution + {STALL_S:g} s): {len(stalls)}"
+    found.append(
+        Row(
+            f"kernel-shutdown stalls (wall > start + execution + {STALL_S:g} s), "
+            f"{len(timings)} notebook runs; shutdown max {max(shutdowns):.2f} s",
+            str(len(stalls)),
+            target="0",
+            met=not stalls,
+        )
     )
-    return 0 if ratios["CLI"] <= TARGET_RATIO and not stalls else 1
+    return found
 
 
 if __name__ == "__main__":

@@ -7,14 +7,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Config, load_config
 from bot.domain.audit import AuditKey
-from bot.service.app import Nbenv
 from bot.service.jobs import Handler, JobWorker
+from bot.service.nbenv import Nbenv
 from bot.service.ports import Backend
+from bot.service.runtime import Runtime
+from bot.slack.notifications import SlackNotifier
 from bot.store.database import make_engine, upgrade
 from bot.store.uow import Store
 
@@ -48,7 +49,7 @@ def make_backend(config: Config, relay: Callable[[], BuildRelay]) -> Backend:
 
         return GcpBackend(config)
     from bot.backends.local import LocalBackend
-    from bot.store.database import nbenv_home
+    from bot.config_file import nbenv_home
 
     return LocalBackend(
         config,
@@ -79,14 +80,6 @@ def audit_key() -> AuditKey | None:
     CLI, worker) seals its entries with it (an HMAC chain)."""
     text = os.environ.get("NBENV_AUDIT_KEY", "")
     return AuditKey.from_text(text) if text else None
-
-
-@dataclass
-class Runtime:
-    config: Config
-    store: Store
-    app: Nbenv
-    worker: JobWorker
 
 
 def build_runtime(
@@ -121,9 +114,10 @@ def build_runtime(
         store,
         make_backend(config, relay),
         make_differ(config),
+        notifier=SlackNotifier(),
         run_by_operator=run_by_operator,
     )
-    worker = JobWorker(store, job_handlers(app))
+    worker = JobWorker(store, job_handlers(app), notifier=app.context.notifier)
     return Runtime(config=config, store=store, app=app, worker=worker)
 
 
@@ -147,3 +141,23 @@ def recover_at_start(runtime: Runtime) -> threading.Thread | None:
     thread = threading.Thread(target=run, name="nbenv-recover", daemon=True)
     thread.start()
     return thread
+
+
+def relay_from_env() -> BuildRelay:
+    """The build relay as its Cloud Function runs it: config, store and Slack from the
+    environment: NBENV_CONFIG, NBENV_DATABASE_URL, SLACK_BOT_TOKEN, SLACK_API_URL (see
+    DESIGN.md §5). Without a bot token the relay still records everything; the bot's
+    sender delivers."""
+    from bot.builds.relay import BuildRelay
+    from bot.slack.client import web_client
+    from bot.slack.outbox import OutboxSender
+
+    runtime = build_runtime(os.environ.get("NBENV_CONFIG"), os.environ.get("NBENV_DATABASE_URL"))
+    sender = None
+    if os.environ.get("SLACK_BOT_TOKEN"):
+        sender = OutboxSender(runtime.store, web_client())
+    else:
+        logging.getLogger(__name__).warning(
+            "relay: SLACK_BOT_TOKEN is not set: messages stay queued in the outbox"
+        )
+    return BuildRelay(runtime.app, sender, background=True)

@@ -29,30 +29,15 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.domain.errors import BadInput, NbenvError
-from bot.domain.names import Person, Pipeline
+from bot.domain.errors import NbenvError
+from bot.domain.names import Pipeline
+from bot.terminal import person
 
 LOG_FILE = "nbenv.log"
 LOG_FILE_BYTES = 1_000_000  # then it rolls over once: at most two such files
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # What each slash command does, for `nbenv --help` and `nbenv COMMAND --help`.
-SLASH_SUMMARIES = {
-    "help": "this list; help COMMAND: one of them",
-    "status": "staging / production / fallback with SHA, age, who moved them",
-    "versions": "every recorded version with its test result and approvals",
-    "build": "run the staging pipeline at REF (owners)",
-    "approve": "approve the version in staging, or SHA (testers)",
-    "reject": "block promotion of that SHA until approved or forced (testers)",
-    "promote": "fallback := production, production := staging (owners)",
-    "rollback": "production := fallback, or SHA (owners)",
-    "instance": "a notebook instance pinned to the environment's SHA",
-    "instances": "list instances; stop yours (owners: any)",
-    "history": "the audit log of the image, or of one SHA",
-    "diff": "base image and package changes between two versions",
-    "freeze": "block promotions and rollbacks-to-SHA (owners)",
-    "unfreeze": "lift a freeze (owners)",
-}
 HELP_FLAGS = frozenset({"-h", "--help"})
 
 
@@ -75,21 +60,8 @@ def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return build_runtime(args.config, run_by_operator=True)
 
 
-def person(args: argparse.Namespace) -> Person | None:
-    """Who runs the command: --as USER or $NBENV_USER, a Slack user ID (never the pipeline)."""
-    source, user = (
-        ("--as", args.as_user) if args.as_user else ("NBENV_USER", os.environ.get("NBENV_USER"))
-    )
-    if not user:
-        return None
-    try:
-        return Person(user)
-    except BadInput as error:
-        raise BadInput(f"{source}: {error.message}") from None
-
-
 def _slash(args: argparse.Namespace, words: list[str]) -> int:
-    from bot.domain.commands import parse_words
+    from bot.domain.command_table import parse_words
 
     user = person(args)
     if not user:
@@ -357,11 +329,11 @@ def _listing(rows: dict[str, str], column: int = 24) -> list[str]:
 
 
 def _overview() -> str:
-    from bot.domain.commands import USAGE
+    from bot.domain.command_table import COMMANDS
 
     slash = {
-        "help [COMMAND]" if name == "help" else USAGE[name]: SLASH_SUMMARIES.get(name, "")
-        for name in USAGE
+        "help [COMMAND]" if name == "help" else spec.usage: spec.summary
+        for name, spec in COMMANDS.items()
     }
     return "\n".join(
         [
@@ -402,7 +374,7 @@ def _help_wanted(words: list[str]) -> bool:
 
 def _help(args: argparse.Namespace, words: list[str]) -> int:
     """Usage only: nothing is run, read or written, and no identity is needed."""
-    from bot.domain.commands import USAGE
+    from bot.domain.command_table import COMMANDS
 
     if words and words[0].lower() == "help":
         words = words[1:]
@@ -416,11 +388,11 @@ def _help(args: argparse.Namespace, words: list[str]) -> int:
         except SystemExit as done:
             return done.code if isinstance(done.code, int) else 0
     name = topic.lower()
-    if name not in USAGE:
+    if name not in COMMANDS:
         return _fail(f"unknown command {topic!r}: `nbenv --help` lists them", 2)
-    print(f"usage: nbenv [--as USER] {USAGE[name]}")
+    print(f"usage: nbenv [--as USER] {COMMANDS[name].usage}")
     print()
-    print(SLASH_SUMMARIES.get(name, ""))
+    print(COMMANDS[name].summary)
     print()
     print(f"The same as `/nbenv {name} …` in Slack, as Slack user USER (default $NBENV_USER).")
     return 0
@@ -493,7 +465,7 @@ class _LogFileInHome(logging.Handler):
 
     @staticmethod
     def _open() -> logging.Handler:
-        from bot.store.database import nbenv_home
+        from bot.config_file import nbenv_home
 
         home = nbenv_home()
         try:

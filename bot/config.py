@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
@@ -22,12 +22,13 @@ from pydantic import (
     model_validator,
 )
 
-from bot.config_access import config_file
+from bot.config_file import KeyPath, config_file, key_path, read_config_file, team_roles
 from bot.domain.errors import ConfigError
+from bot.domain.freeze_windows import FreezeWindow, week_second, zone
+from bot.domain.idle import DEFAULT_IDLE_TIMEOUT_S, parse_idle_timeout
 from bot.domain.names import image_name_problem, user_id_problem
 from bot.domain.policy import EVERYONE, Role, TeamRoles
-
-KeyPath = tuple[str | int, ...]  # where in the file: keys and list indexes
+from bot.domain.vulnerabilities import Severity
 
 
 class Problem(ValueError):
@@ -47,6 +48,7 @@ class Team(_Strict):
     owners: list[str] = Field(min_length=1)
     testers: list[str] = []
     users: list[str] = []
+    freeze_windows: list[FreezeWindowSpec] = []  # for every image of the team
 
     @field_validator("owners", "testers", "users")
     @classmethod
@@ -80,11 +82,7 @@ class Team(_Strict):
         return self
 
     def roles(self) -> TeamRoles:
-        return TeamRoles(
-            owners=frozenset(self.owners),
-            testers=frozenset(self.testers),
-            users=frozenset(self.users),
-        )
+        return team_roles(self.model_dump(include={"owners", "testers", "users"}))
 
 
 class Source(_Strict):
@@ -113,6 +111,36 @@ def _check_zone(value: str | None) -> str | None:
     return value
 
 
+class FreezeWindowSpec(_Strict):
+    """`{from: "fri 16:00", to: "mon 09:00", timezone: Europe/Berlin, reason: weekend}`"""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    starts: str = Field(alias="from")
+    ends: str = Field(alias="to")
+    timezone: str
+    reason: str
+
+    @model_validator(mode="after")
+    def _window(self) -> FreezeWindowSpec:
+        for key, text in (("from", self.starts), ("to", self.ends)):
+            try:
+                week_second(text)
+            except ValueError as error:
+                raise Problem((key,), str(error)) from None
+        try:
+            zone(self.timezone)
+        except ValueError as error:
+            raise Problem(("timezone",), str(error)) from None
+        try:
+            self.window()
+        except ValueError as error:
+            raise Problem((), str(error)) from None
+        return self
+
+    def window(self) -> FreezeWindow:
+        return FreezeWindow.of(self.starts, self.ends, self.timezone, self.reason)
+
+
 class InstanceDefaults(_Strict):
     machine_type: str = "e2-standard-4"
     # The Workbench zone (gcp backend); default gcp.zone. Never guessed from the region:
@@ -121,11 +149,19 @@ class InstanceDefaults(_Strict):
     accelerator_type: str | None = None
     accelerator_count: int = 0
     boot_disk_gb: int = 150
+    # Seconds an instance may sit idle before it stops itself (None: never). Written as
+    # `3h`, `90m`, `1h30m`, or 0 / null; forgotten GPU instances are what cost money.
+    idle_timeout: int | None = DEFAULT_IDLE_TIMEOUT_S
 
     @field_validator("location")
     @classmethod
     def _location(cls, value: str | None) -> str | None:
         return _check_zone(value)
+
+    @field_validator("idle_timeout", mode="before")
+    @classmethod
+    def _idle_timeout(cls, value: object) -> int | None:
+        return parse_idle_timeout(value)
 
     @model_validator(mode="after")
     def _accelerator(self) -> InstanceDefaults:
@@ -149,6 +185,24 @@ class Image(_Strict):
     approvals: Annotated[int, Field(ge=1, le=20)] = 1
     owner_approval_counts: bool = False
     instance: InstanceDefaults = InstanceDefaults()
+    freeze_windows: list[FreezeWindowSpec] = []  # beside the team's
+    # A promotion that introduces a known vulnerability this bad or worse is refused
+    # unless an owner forces it with a reason (gcp: Artifact Analysis). None: never.
+    block_on_severity: str | None = None
+
+    @field_validator("block_on_severity")
+    @classmethod
+    def _severity(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        severity = Severity.parse(value)  # ValueError names the choices
+        if severity is Severity.UNSPECIFIED:
+            raise ValueError(f"expected a severity such as CRITICAL or HIGH, not {value!r}")
+        return severity.name
+
+    @property
+    def blocking_severity(self) -> Severity | None:
+        return Severity[self.block_on_severity] if self.block_on_severity else None
 
     @field_validator("channel")
     @classmethod
@@ -261,6 +315,12 @@ class Config(_Strict):
     def image(self, name: str) -> Image:
         return self.images[name]
 
+    def freeze_windows(self, image: str) -> tuple[FreezeWindow, ...]:
+        """The recurring windows in which IMAGE is not promoted: its team's and its own."""
+        settings = self.images[image]
+        specs = [*self.teams[settings.team].freeze_windows, *settings.freeze_windows]
+        return tuple(spec.window() for spec in specs)
+
     def team_roles(self, image: str) -> TeamRoles:
         return self.teams[self.images[image].team].roles()
 
@@ -276,141 +336,6 @@ class Config(_Strict):
 
     def knows_user(self, user: str) -> bool:
         return any(team.roles().role_of(user) is not None for team in self.teams.values())
-
-
-MAX_NESTING = 32  # levels of lists and mappings; a config needs fewer than ten
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping: YAML would keep the
-    second silently (a second `owners:` line would demote the first owners); and nesting
-    deeper than MAX_NESTING: PyYAML reads a level with a call of its own (a thousand end
-    in a RecursionError) and rescans every open flow level at each token (time grows with
-    the square of the depth)."""
-
-    _depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        if self._depth >= MAX_NESTING:
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                f"nested more than {MAX_NESTING} levels deep",
-                self.peek_event().start_mark,
-            )
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[Any, yaml.Node] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *defaults` then a key of its own: an override, meant
-            key = self.construct_object(key_node, deep=True)
-            try:
-                earlier = first.setdefault(key, key_node)
-            except TypeError:  # unhashable: the base class says so
-                continue
-            if earlier is not key_node:
-                raise DuplicateKey(node, key_node, earlier)
-        return super().construct_mapping(node, deep=deep)
-
-
-class DuplicateKey(yaml.constructor.ConstructorError):
-    def __init__(self, mapping: yaml.Node, key: yaml.Node, first: yaml.Node) -> None:
-        super().__init__(
-            problem=f"given twice (first on line {first.start_mark.line + 1}): YAML would "
-            "keep only the last",
-            problem_mark=key.start_mark,
-        )
-        self.mapping = mapping
-        self.key = key.value
-
-
-def _read(file: Path) -> tuple[Any, yaml.Node | None]:
-    """The file's YAML, and its nodes (their marks say where each value is)."""
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: config file not found (set NBENV_CONFIG)") from None
-    except OSError as error:
-        raise ConfigError(f"{file}: cannot read the config file: {error.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise ConfigError(
-            f"{file}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}): save the "
-            "config file as UTF-8"
-        ) from None
-    root = None
-    try:
-        loader = _ConfigLoader(text)
-        try:
-            root = loader.get_single_node()
-            return (loader.construct_document(root) if root is not None else None), root
-        finally:
-            loader.dispose()
-    except DuplicateKey as error:
-        assert error.problem_mark is not None
-        key = _key_path((*_node_path(root, error.mapping), error.key))
-        raise ConfigError(f"{file}:{error.problem_mark.line + 1}: {key}: {error.problem}") from None
-    except yaml.MarkedYAMLError as error:
-        raise ConfigError(_yaml_problem(file, error)) from None
-    except yaml.reader.ReaderError as error:
-        line = text.count("\n", 0, error.position) + 1
-        column = error.position - text.rfind("\n", 0, error.position)
-        raise ConfigError(
-            f"{file}:{line}:{column}: not valid YAML: character #x{error.character:04x} "
-            "is not allowed"
-        ) from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{file}: not valid YAML: {' '.join(str(error).split())}") from None
-
-
-def _yaml_problem(file: Path, error: yaml.MarkedYAMLError) -> str:
-    """FILE:LINE:COLUMN: not valid YAML: PROBLEM (CONTEXT) — on one line."""
-    mark = error.problem_mark or error.context_mark
-    where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
-    problem = " ".join((error.problem or "").split())
-    context = " ".join((error.context or "").split())
-    if context and error.context_mark is not None and error.context_mark is not mark:
-        context += f" (line {error.context_mark.line + 1})"
-    return f"{where}: not valid YAML: " + (f"{context}: {problem}" if context else problem)
-
-
-def _node_path(root: yaml.Node | None, target: yaml.Node) -> KeyPath:
-    """The keys and indexes from ROOT down to TARGET (each node visited once: aliases)."""
-    stack: list[tuple[yaml.Node | None, KeyPath]] = [(root, ())]
-    seen: set[int] = set()
-    while stack:
-        node, at = stack.pop()
-        if node is target:
-            return at
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            stack += [(v, (*at, k.value)) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
-        elif isinstance(node, yaml.SequenceNode):
-            stack += [(v, (*at, i)) for i, v in enumerate(node.value)]
-    return ()
-
-
-def _key_path(at: KeyPath) -> str:
-    text = ""
-    for part in at:
-        if not isinstance(part, int) and not _PLAIN_KEY.fullmatch(str(part)):
-            part = repr(str(part))  # a key with a newline or a blank must not split the line
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-# A key as it is named in the message; any other is quoted, its control characters escaped.
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 def _line_of(root: yaml.Node | None, at: KeyPath) -> int:
@@ -441,7 +366,7 @@ def _describe(file: Path, error: ValidationError, root: yaml.Node | None) -> str
         cause = (item.get("ctx") or {}).get("error")
         at = tuple(item["loc"]) + (cause.at if isinstance(cause, Problem) else ())
         message = item["msg"].removeprefix("Value error, ")
-        described.append((_line_of(root, at), _key_path(at) or "(the top level)", message))
+        described.append((_line_of(root, at), key_path(at) or "(the top level)", message))
     (line, key, message), *more = described
     return f"{file}:{line}: {key}: {message}" + "".join(
         f"; line {line}: {key}: {message}" for line, key, message in more
@@ -452,7 +377,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read and validate the config; ConfigError names the file, the line, the key and the
     problem, on one line."""
     file = config_file(path)
-    raw, root = _read(file)
+    raw, root = read_config_file(file)
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: expected a mapping at the top level")
     raw.setdefault("base_dir", str(file.resolve().parent))

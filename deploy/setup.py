@@ -39,6 +39,8 @@ APIS = [
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
     "compute.googleapis.com",
+    "containeranalysis.googleapis.com",  # reading scan results (the plan's vulnerabilities)
+    "containerscanning.googleapis.com",  # Artifact Analysis scans each pushed image
     "eventarc.googleapis.com",
     "iam.googleapis.com",
     "notebooks.googleapis.com",
@@ -298,6 +300,8 @@ def plan(s: Settings) -> Script:
     project_role(bot, "roles/cloudsql.client")
     project_role(bot, "roles/cloudbuild.builds.editor")
     project_role(bot, "roles/notebooks.admin")
+    # Read what Artifact Analysis found in each image (the plan's known vulnerabilities).
+    project_role(bot, "roles/containeranalysis.occurrences.viewer")
     # The relay: its database and its Eventarc (Pub/Sub) triggers.
     project_role(relay, "roles/cloudsql.client")
     project_role(relay, "roles/eventarc.eventReceiver")

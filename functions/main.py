@@ -42,7 +42,8 @@ try:
 except ImportError:  # run from a checkout: the package is one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.builds.relay import BuildRelay, relay_from_env
+from bot.bootstrap import relay_from_env
+from bot.builds.relay import BuildRelay
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 _log = logging.getLogger("relay")

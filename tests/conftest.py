@@ -8,6 +8,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +112,16 @@ def runtime(db_url: str, config_file: Path):  # type: ignore[no-untyped-def]
     from bot.bootstrap import build_runtime
 
     return build_runtime(str(config_file), db_url)
+
+
+def history_of(app: Any, actor: str, text: str) -> list[dict[str, Any]]:
+    """Every entry `history …` shows, following its pages, oldest first (as recorded):
+    the command itself shows the newest page first."""
+    entries: list[dict[str, Any]] = []
+    before = None
+    while True:
+        page = app.handle(actor, f"{text} --limit 100" + (f" --before {before}" if before else ""))
+        entries += page.data["items"]
+        before = page.data["next"]
+        if not before:
+            return entries[::-1]

@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from bot.slack.outbox import OutboxSender
+from bot.service.ports import DeliversMessages
 
 log = logging.getLogger(__name__)
 
-BATCH = 100  # rows per pass (OutboxSender.deliver_due's limit)
+BATCH = 100  # rows per pass (DeliversMessages.deliver_due's limit)
 QUIET = 3  # a pass that sent at most one event's messages: the outbox keeps up
 # During a burst, passes start at most this often: the root updates queued meanwhile
 # collapse into the newest (fewer Slack calls, far below chat.update's rate limit).
@@ -29,7 +29,11 @@ BUSY_INTERVAL_S = 0.1
 
 class Deliverer:
     def __init__(
-        self, sender: OutboxSender, *, poll_s: float = 0.5, busy_interval_s: float = BUSY_INTERVAL_S
+        self,
+        sender: DeliversMessages,
+        *,
+        poll_s: float = 0.5,
+        busy_interval_s: float = BUSY_INTERVAL_S,
     ) -> None:
         self.sender = sender
         self.poll_s = poll_s  # also retries what Slack refused for a while

@@ -15,7 +15,6 @@ commit until it settles, so a crash between the two cannot drop it.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -37,11 +36,11 @@ from bot.builds.thread import (
     finish_action,
     pending_actions,
 )
-from bot.domain.commands import Command
+from bot.domain.commands import Promote
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.names import Env, Pipeline, check_full_sha, short
-from bot.service.app import Nbenv
-from bot.slack.outbox import OutboxSender
+from bot.service.nbenv import Nbenv
+from bot.service.ports import DeliversMessages
 from bot.store.database import is_transient_fault
 from bot.store.group_commit import GroupCommit
 from bot.store.repositories.threads import ThreadKey
@@ -60,7 +59,7 @@ class BuildRelay:
     def __init__(
         self,
         app: Nbenv,
-        sender: OutboxSender | None,
+        sender: DeliversMessages | None,
         *,
         background: bool = False,
         deliver_wait_s: float = DELIVER_WAIT_S,
@@ -365,9 +364,7 @@ class BuildRelay:
         try:
             # `expect`: if staging moves on between this check and the promotion, the
             # core refuses instead of promoting a commit this build did not build.
-            self.app.execute(
-                actor, Command("promote", image=image), key=key, expect=state.generations()
-            )
+            self.app.execute(actor, Promote(image=image), key=key, expect=state.generations())
         except (Refused, Conflict) as error:
             with self.store.read() as tx:
                 if (
@@ -422,21 +419,3 @@ def _transient(error: BaseException) -> bool:
     What a value of the event sets off (a DataError, an IntegrityError, a bug) is not.
     """
     return isinstance(error, Conflict | ConnectionError) or is_transient_fault(error)
-
-
-def relay_from_env() -> BuildRelay:
-    """The relay as the Cloud Function runs it: config, store and Slack from the environment.
-
-    NBENV_CONFIG, NBENV_DATABASE_URL, SLACK_BOT_TOKEN, SLACK_API_URL (see DESIGN.md §5).
-    Without a bot token the relay still records everything; the bot's sender delivers.
-    """
-    from bot.bootstrap import build_runtime
-    from bot.slack.client import web_client
-
-    runtime = build_runtime(os.environ.get("NBENV_CONFIG"), os.environ.get("NBENV_DATABASE_URL"))
-    sender = None
-    if os.environ.get("SLACK_BOT_TOKEN"):
-        sender = OutboxSender(runtime.store, web_client())
-    else:
-        log.warning("relay: SLACK_BOT_TOKEN is not set: messages stay queued in the outbox")
-    return BuildRelay(runtime.app, sender, background=True)

@@ -127,8 +127,13 @@ def shas_in_details(details: Any) -> set[str]:
     return {value for value in found if isinstance(value, str) and value}
 
 
+# One encoder for every entry: json.dumps with options builds a new one per call, which
+# costs a quarter of hashing an entry (`audit verify` hashes every entry of the log).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def entry_hash(

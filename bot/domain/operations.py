@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.domain.errors import Conflict, Refused
+from bot.domain.freeze_windows import WindowTime
 from bot.domain.model import ImageState, Version
 from bot.domain.names import Env, short
 from bot.domain.policy import PolicyCheck
 from bot.domain.text import escape, mention
+from bot.domain.vulnerabilities import ScanDelta, Severity, blocked_text
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,21 @@ def _refuse_if_frozen(state: ImageState, action: str) -> None:
         )
 
 
+def _refuse_if_in_window(
+    image: str, window: WindowTime | None, action: str, *, force: bool, how: str
+) -> dict[str, Any]:
+    """Refused inside a recurring freeze window, unless forced (then what was overridden,
+    for the audit entry)."""
+    if window is None:
+        return {}
+    if not force:
+        raise Refused(
+            f"{image} is in its freeze window {escape(window.describe())}: {action} is "
+            f"blocked until then; an owner may {how} with --force --reason R"
+        )
+    return {"overridden_window": window.window.describe()}
+
+
 def plan_publish(state: ImageState, version: Version) -> Plan:
     """staging := SHA, for a version whose automated tests passed."""
     if not version.tests_passed:
@@ -122,8 +139,16 @@ def plan_promote(
     *,
     force: bool = False,
     reason: str | None = None,
+    window: WindowTime | None = None,
+    vulnerabilities: ScanDelta | None = None,
+    block_on: Severity | None = None,
 ) -> Plan:
-    """fallback := production (when there is one and it differs); production := staging."""
+    """fallback := production (when there is one and it differs); production := staging.
+
+    WINDOW: the recurring freeze window it is now, if any. VULNERABILITIES: what the move
+    does to known vulnerabilities; with BLOCK_ON (the image's `block_on_severity`), one
+    that introduces a vulnerability that bad or worse is refused unless forced. A scan
+    not finished blocks nothing: the plan says so and the owner decides."""
     image = state.image
     staging_sha = state.sha(Env.STAGING)
     production_sha = state.sha(Env.PRODUCTION)
@@ -134,6 +159,7 @@ def plan_promote(
     _refuse_if_frozen(state, "promotion")
     if force and not (reason and reason.strip()):
         raise Refused("--force needs --reason R: say why the rejection is overridden")
+    overridden = _refuse_if_in_window(image, window, "promotion", force=force, how="promote")
     if policy.rejections and not force:
         who = ", ".join(
             f"{mention(v.user)} ({escape(v.reason)})" if v.reason else mention(v.user)
@@ -157,6 +183,10 @@ def plan_promote(
             f"{short(staging_sha)} of {image} has {len(policy.counted)} of {policy.required} "
             f"required approvals.{revoked}{not_counted}"
         )
+    blocking = vulnerabilities.at_or_above(block_on) if vulnerabilities and block_on else []
+    if blocking and not force:
+        assert block_on is not None
+        raise Refused(blocked_text(image, staging_sha, blocking, block_on))
     changes = []
     if production_sha is not None:
         changes.append(_change(state, Env.FALLBACK, production_sha))
@@ -168,10 +198,17 @@ def plan_promote(
         "fallback": [state.sha(Env.FALLBACK), production_sha or state.sha(Env.FALLBACK)],
         "approvals": list(policy.counted),
     }
+    if vulnerabilities is not None:
+        details["vulnerabilities"] = vulnerabilities.summary()
     if force:
         details["forced"] = True
         details["reason"] = reason
         details["overridden_rejections"] = [v.user for v in policy.rejections]
+        details.update(overridden)
+        if blocking:
+            # The worst few on record (an image may have hundreds), and how many there were.
+            details["overridden_vulnerabilities"] = [f.as_dict() for f in blocking[:20]]
+            details["overridden_vulnerability_count"] = len(blocking)
     return Plan("promote", image, staging_sha, tuple(changes), details=details)
 
 
@@ -206,12 +243,21 @@ def plan_rollback(state: ImageState, *, reason: str | None = None) -> Plan:
 
 
 def plan_rollback_to(
-    state: ImageState, target: Version, *, force: bool = False, reason: str | None = None
+    state: ImageState,
+    target: Version,
+    *,
+    force: bool = False,
+    reason: str | None = None,
+    window: WindowTime | None = None,
 ) -> Plan:
-    """production := an earlier version whose tests passed; refused while frozen."""
+    """production := an earlier version whose tests passed; refused while frozen, and in
+    a freeze window unless forced."""
     image = state.image
     production_sha = state.sha(Env.PRODUCTION)
     _refuse_if_frozen(state, "rollback to a chosen SHA")
+    overridden = _refuse_if_in_window(
+        image, window, "rollback to a chosen SHA", force=force, how="roll back to it"
+    )
     if not target.tests_passed:
         raise Refused(f"{short(target.sha)} of {image} failed its automated tests")
     if target.sha == production_sha:
@@ -229,5 +275,10 @@ def plan_rollback_to(
         target.sha,
         (_change(state, Env.PRODUCTION, target.sha),),
         revoke=revoke,
-        details={"production": [production_sha, target.sha], "to": target.sha, "reason": reason},
+        details={
+            "production": [production_sha, target.sha],
+            "to": target.sha,
+            "reason": reason,
+            **overridden,
+        },
     )

@@ -1,8 +1,8 @@
 """Who may ask about what, from the config alone: the check every command passes first.
 
-Kept apart from `bot.service.app` (and so from SQLAlchemy and pydantic) because
-`nbenv serve` acks slash commands with it, from a `bot.config_access.Access`, while the
-rest of its worker is still loading.
+Kept apart from the use cases (`bot.service.nbenv`), and so from SQLAlchemy and pydantic,
+because `nbenv serve` acks slash commands with it, from a `bot.config_file.Access`,
+while the rest of its worker is still loading.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ from datetime import timedelta
 from typing import Any
 
 from bot.domain.errors import NbenvError
+from bot.domain.notifications import PrivateAnswer
 from bot.domain.text import escape
+from bot.service.ports import Notifier
 from bot.store.uow import Store, iso
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,16 @@ MAX_ATTEMPTS = 3
 
 class JobWorker:
     def __init__(
-        self, store: Store, handlers: dict[str, Handler], *, lease: timedelta = LEASE
+        self,
+        store: Store,
+        handlers: dict[str, Handler],
+        *,
+        notifier: Notifier,
+        lease: timedelta = LEASE,
     ) -> None:
         self.store = store
         self.handlers = handlers
+        self.notifier = notifier  # tells whoever asked when their job failed for good
         self.lease = lease
 
     def _claim(self) -> dict[str, Any] | None:
@@ -58,20 +66,12 @@ class JobWorker:
             tx.jobs.finish(job_id, status, error)
             # Whoever asked is told when their slow work failed for good, not left waiting.
             payload = (job or {}).get("payload", {})
-            response_url = payload.get("response_url")
-            if status == "failed" and response_url:
+            reply_to = payload.get("response_url")
+            if status == "failed" and isinstance(reply_to, str):
                 actor = payload.get("actor")
-                tx.outbox.enqueue(
-                    f"job-failed:{job_id}",
-                    "response_url",
-                    {
-                        "url": response_url,
-                        "text": f"⚠️ {job['kind']} failed: {escape(error)}",  # type: ignore[index]
-                        "response_type": "ephemeral",
-                        # Told directly should the response_url have expired meanwhile.
-                        **({"user": actor} if isinstance(actor, str) else {}),
-                    },
-                )
+                text = f"⚠️ {job['kind']} failed: {escape(error)}"  # type: ignore[index]
+                answer = PrivateAnswer(reply_to, actor if isinstance(actor, str) else None, text)
+                self.notifier.notify(tx, f"job-failed:{job_id}", answer)
 
     def run_once(self) -> bool:
         """Run one due job; False when there was none."""

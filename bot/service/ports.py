@@ -1,7 +1,7 @@
 """What the service layer needs from a backend (local or gcp). Adapters implement this.
 
 `Backend` is what every backend does. What only some can do is a capability of its own
-(`ListsInstances`, `DispatchesJobs`): the service asks `isinstance(backend, …)` and
+(`ListsInstances`, `DispatchesJobs`, `ScansImages`): the service asks `isinstance(backend, …)` and
 falls back to what it does without, so each optional method is declared here, once.
 """
 
@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from bot.store.uow import Store
+    from bot.domain.notifications import Notification
+    from bot.domain.vulnerabilities import Scan
+    from bot.store.uow import Store, Tx
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class ListedInstance(Protocol):
     """One instance as the backend itself lists it."""
 
     @property
+    def name(self) -> str: ...
+
+    @property
     def sha(self) -> str | None: ...
 
     @property
@@ -102,3 +107,36 @@ class DispatchesJobs(Protocol):
     /pubsub/jobs). Without it, the process that queued a job runs it."""
 
     def job_dispatcher(self, store: Store) -> JobDispatch: ...
+
+
+class Notifier(Protocol):
+    """Queues what a use case tells people, in the transaction TX of the change it tells
+    of (the Slack adapter: as Web API calls in the outbox); KEY makes a retry queue it
+    once."""
+
+    def notify(self, tx: Tx, key: str, notification: Notification) -> None: ...
+
+
+class DeliversMessages(Protocol):
+    """Sends what the store's outbox holds (Slack's `bot.slack.outbox.OutboxSender`): the
+    build relay delivers the messages it queued through this, never naming Slack."""
+
+    def deliver_due(self, limit: int = 100) -> int:
+        """Send what is due, in order; how many messages were delivered."""
+        ...
+
+
+@runtime_checkable
+class ScansImages(Protocol):
+    """A backend whose registry scans pushed images for known vulnerabilities (gcp:
+    Artifact Analysis). Without it, nbenv says that scanning needs the gcp backend."""
+
+    def vulnerability_scan(self, image: str, sha: str) -> Scan:
+        """What the scanner knows of SHA's image now: its findings once the scan finished,
+        else why not (a Scan saying so, never an exception for a scan not there yet).
+        Refused (NbenvError) when the scanner cannot be asked. May call the network."""
+        ...
+
+    def known_scan(self, image: str, sha: str) -> Scan | None:
+        """The last scan of SHA read recently, if any; no remote call (for App Home)."""
+        ...

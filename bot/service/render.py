@@ -12,7 +12,8 @@ from typing import Any
 
 from bot.domain import names
 from bot.domain import operations as ops
-from bot.domain.commands import Command
+from bot.domain.commands import Command, to_fields
+from bot.domain.idle import idle_stop_text
 from bot.domain.model import Version
 from bot.domain.names import Env, short
 from bot.domain.policy import PolicyCheck
@@ -20,17 +21,8 @@ from bot.domain.text import escape, mention
 
 
 def command_details(command: Command) -> dict[str, Any]:
-    fields = {
-        "sha": command.sha,
-        "to": command.to,
-        "env": command.env.value if command.env else None,
-        "reason": command.reason,
-        "force": command.force or None,
-        "dry_run": command.dry_run or None,
-        "ref": command.ref,
-        "stop": command.stop,
-    }
-    return {k: v for k, v in fields.items() if v is not None}
+    """What COMMAND asked for beyond its name and image, as the audit log keeps it."""
+    return {k: v for k, v in to_fields(command).items() if k not in ("name", "image")}
 
 
 def policy_data(sha: str, check: PolicyCheck) -> dict[str, Any]:
@@ -143,6 +135,8 @@ def status_text(data: dict[str, Any]) -> str:
         lines.append(
             f"Frozen by {mention(data['freeze']['by'])}: {escape(data['freeze']['reason'])}"
         )
+    if data.get("freeze_window"):
+        lines.append(window_text(data["freeze_window"]))
     approvals = data["approvals"]
     if approvals:
         approved = len(approvals["approved_by"])
@@ -157,6 +151,13 @@ def status_text(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def window_text(window: dict[str, Any]) -> str:
+    """The freeze window an image is in, or the next one."""
+    if window["on"]:
+        return f"⏸ In a freeze window: {escape(window['text'])}"
+    return f"Next freeze window: {escape(window['text'])}"
+
+
 def plan_text(plan: ops.Plan, preview: dict[str, Any], *, dry_run: bool) -> str:
     head = "Dry run — would " if dry_run else ""
     lines = [f"{head}{plan.action} {plan.image}: {plan.describe()}"]
@@ -166,9 +167,13 @@ def plan_text(plan: ops.Plan, preview: dict[str, Any], *, dry_run: bool) -> str:
             f"Approvals: {len(approvals['approved_by'])}/{approvals['required']} "
             + " ".join(mention(u) for u in approvals["approved_by"])
         )
+    if preview.get("freeze_window"):
+        lines.append(window_text(preview["freeze_window"]))
     diff = preview.get("diff")
     if diff and diff.get("text"):
         lines.append(str(diff["text"]))
+    if preview.get("vulnerabilities"):
+        lines.append(str(preview["vulnerabilities"]["text"]))
     return "\n".join(lines)
 
 
@@ -184,12 +189,23 @@ def announcement(actor: str, plan: ops.Plan) -> str:
         fallback = plan.change(Env.FALLBACK)
         if fallback:
             lines.append(f"fallback: `{short(fallback.old)}` → `{short(fallback.new)}`")
-        if plan.details.get("forced"):
+        rejections = plan.details.get("overridden_rejections")
+        if plan.details.get("forced") and rejections:
             lines.append(
                 f"forced over the rejection(s) of "
-                f"{', '.join(mention(u) for u in plan.details['overridden_rejections'])}: "
+                f"{', '.join(mention(u) for u in rejections)}: "
                 f"{escape(plan.details.get('reason'))}"
             )
+        overridden = plan.details.get("overridden_vulnerabilities")
+        if overridden:
+            named = ", ".join(escape(f["cve"]) for f in overridden[:3])
+            count = plan.details.get("overridden_vulnerability_count") or len(overridden)
+            lines.append(
+                f"forced over {count} known vulnerabilities ({named}): "
+                f"{escape(plan.details.get('reason'))}"
+            )
+        if plan.details.get("forced") and not rejections and not overridden:
+            lines.append(f"forced: {escape(plan.details.get('reason'))}")
         return "\n".join(lines)
     production = plan.change(Env.PRODUCTION)
     assert production is not None
@@ -206,13 +222,20 @@ def instance_name(image: str, env: str, actor: str, sha: str) -> str:
     return names.instance_name(image, env, sha, salt=uuid.uuid4().hex[:4])
 
 
-def instance_listing(row: dict[str, Any], viewer: str) -> dict[str, Any]:
+def instance_listing(row: dict[str, Any], viewer: str, *, revoked: bool) -> dict[str, Any]:
     """What VIEWER may know of an instance: everyone sees what it is and whose it is; only
     the person who asked for it gets its access link (on the local backend the link holds
     the server's token, so whoever has it can run code in that person's notebook). Image
     owners may stop an instance, but not open it: least privilege."""
     shown = {key: row[key] for key in ("name", "image", "env", "sha", "state", "requested_by")}
     shown["created_at"] = row.get("created_at")
+    shown["revoked"] = revoked  # it runs a SHA that was rolled back
+    details = row.get("details") or {}
+    # Recorded since instances stop themselves when idle; None: never.
+    idle = details.get("idle_timeout_s", False)
+    if (idle is None or type(idle) is int) and row["state"] in ("starting", "running"):
+        shown["idle_timeout_s"] = details["idle_timeout_s"]
+        shown["idle_stop"] = idle_stop_text(details["idle_timeout_s"])
     if row["requested_by"] == viewer:
         shown["url"] = row.get("url")
     return shown
@@ -220,7 +243,9 @@ def instance_listing(row: dict[str, Any], viewer: str) -> dict[str, Any]:
 
 def instance_line(shown: dict[str, Any]) -> str:
     link = f" {shown['url']}" if shown.get("url") else ""
+    revoked = " ⛔ runs a revoked SHA" if shown.get("revoked") else ""
+    idle = f" ({shown['idle_stop']})" if shown.get("idle_stop") else ""
     return (
-        f"• `{shown['name']}` {shown['image']} {shown['env']} `{short(shown['sha'])}` "
-        f"{shown['state']} by {mention(shown['requested_by'])}{link}"
+        f"• `{shown['name']}` {shown['image']} {shown['env']} `{short(shown['sha'])}`{revoked} "
+        f"{shown['state']}{idle} by {mention(shown['requested_by'])}{link}"
     )

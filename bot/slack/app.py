@@ -22,19 +22,27 @@ from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
 from bot.domain.names import Person, user_id_problem
+from bot.domain.notifications import Act
 from bot.slack import views
-from bot.slack.answers import post_answer
 from bot.slack.blocks import fit_message
 from bot.slack.client import web_client
 from bot.slack.interactions import Interactions, Later, Outcome
+from bot.slack.notifications import action_id
+from bot.slack.response_url import post_answer
+from bot.slack.views import CANCEL, CONFIRM
 
 if TYPE_CHECKING:  # `nbenv serve` builds this app before its worker loads the service
-    from bot.service.app import Nbenv
+    from bot.service.nbenv import Nbenv
 
 log = logging.getLogger(__name__)
 
 SLASH = re.compile(r"^/nbenv[-_a-z0-9]*$")  # /nbenv, or /nbenv-dev for a second install
-PRESSES = re.compile(r"^nbenv_(approve|promote|rollback|confirm|cancel)$")
+# Every button but Reject, which opens a dialog (its own listener).
+PRESSES = re.compile(
+    "^("
+    + "|".join([*(action_id(act) for act in Act if act is not Act.REJECT), CONFIRM, CANCEL])
+    + ")$"
+)
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
 AFTER_ACK_THREADS = 4
 
@@ -127,7 +135,7 @@ def build_app(
         )
         follow_up(outcome, response_url)
 
-    @app.action("nbenv_reject")
+    @app.action(action_id(Act.REJECT))
     def reject(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
         ack()
         response_url = body.get("response_url") or ""

@@ -13,8 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from bot.bootstrap import Runtime
 from bot.service.ports import DispatchesJobs
+from bot.service.runtime import Runtime
 from bot.slack.outbox import REVIVE_EVERY, OutboxSender
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 from slack_sdk.models.blocks import ButtonElement, HeaderBlock, SectionBlock
 
 from bot.domain.text import TRUNCATED, cut
-from bot.slack.views import chunks
+from bot.slack import views
 
 MAX_MESSAGE_TEXT = 40_000  # chat.postMessage `text`: beyond it, msg_too_long
 MAX_BLOCKS = 50  # blocks of a message (a Home tab: 100)
@@ -32,28 +32,12 @@ MAX_BUTTON_VALUE = ButtonElement.value_max_length  # 2000
 
 
 def message_blocks(text: str, buttons: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """TEXT as sections (cut at line ends, as many as fit), then the BUTTONS."""
-    room = MAX_BLOCKS - (1 if buttons else 0)
-    pieces = chunks(text, MAX_TEXT_OBJECT)
-    if len(pieces) > room:
-        pieces = [*pieces[: room - 1], "_" + TRUNCATED + "_"]
-    blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": piece or " "}} for piece in pieces
-    ]
-    if buttons:
-        elements = []
-        for button in buttons:
-            element: dict[str, Any] = {
-                "type": "button",
-                "action_id": button["action_id"],
-                "text": {"type": "plain_text", "text": button["text"]},
-                "value": button["value"],
-            }
-            if button.get("style"):
-                element["style"] = button["style"]
-            elements.append(element)
-        blocks.append({"type": "actions", "elements": elements})
-    return fit_blocks(blocks)
+    """TEXT and the BUTTONS as the outbox keeps them ({action_id, text, value, style}), as
+    Block Kit within Slack's limits."""
+    # A button whose value Slack would refuse is left out (the text still goes).
+    specs = [spec for spec in buttons or [] if len(str(spec.get("value"))) <= MAX_BUTTON_VALUE]
+    elements = [views.button(**spec) for spec in specs]
+    return fit_blocks(views.message_blocks(text, elements))
 
 
 def fit_message(payload: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,9 @@ def api_url() -> str:
 
 
 def web_client(token: str | None = None, *, timeout: int = 10) -> WebClient:
-    # Retries are the outbox's job (it persists them); the client itself tries once.
+    # Retries are the outbox's job (it persists them, and looks a message up before it
+    # sends it again); the outbox's own client drops slack_sdk's retry after a dropped
+    # connection, which would re-post blindly.
     return WebClient(
         token=token or os.environ.get("SLACK_BOT_TOKEN"), base_url=api_url(), timeout=timeout
     )

@@ -12,6 +12,8 @@ from typing import Any
 
 from bot.domain.names import Env
 from bot.domain.text import age, cut, escape, mention, quote
+from bot.domain.vulnerabilities import counts_text
+from bot.service.render import window_text
 from bot.slack.blocks import MAX_HOME_BLOCKS, MAX_TEXT_OBJECT, fit_blocks
 
 BLOCKS_PER_IMAGE = 4
@@ -129,6 +131,8 @@ def _image_blocks(status: dict[str, Any], now: datetime) -> list[dict[str, Any]]
             f"🧊 Frozen by {mention(freeze['by'])} {age(freeze['at'], now)}: "
             f"{quote(freeze['reason'], MAX_QUOTED)}"
         )
+    if status.get("freeze_window"):
+        notes.append(window_text(status["freeze_window"]))
     notes.append(_pending(status))
     return [
         {"type": "divider"},
@@ -149,6 +153,8 @@ def _env_field(env: str, pointer: dict[str, Any] | None, now: datetime) -> dict[
     moved = age(pointer.get("updated_at"), now)
     subject = pointer.get("subject")
     text = f"*{env}*\n`{pointer['short']}`{revoked}\n{moved} by {who}"
+    if pointer.get("vulnerabilities") is not None:
+        text += f"\nvulns: {counts_text(pointer['vulnerabilities'])}"
     if subject:
         text += f"\n_{escape(subject[:80])}_"
     return {"type": "mrkdwn", "text": text}

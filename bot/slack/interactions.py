@@ -21,25 +21,48 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from bot.domain.commands import Command, help_text, parse
+from bot.domain.command_table import (
+    Answered,
+    Spec,
+    from_fields,
+    help_text,
+    parse,
+    reads_only,
+    spec_of,
+)
+from bot.domain.commands import (
+    Approve,
+    Command,
+    History,
+    Instance,
+    Instances,
+    Promote,
+    Reject,
+    Rollback,
+    Versions,
+    is_dry_run,
+    to_fields,
+)
 from bot.domain.errors import BadInput, NbenvError
 from bot.domain.names import Env, Person, check_sha_ref, parse_env, short
+from bot.domain.notifications import Act
 from bot.domain.operations import Seen, pointers_text
 from bot.domain.policy import Role
 from bot.domain.text import escape
 from bot.slack import views
+from bot.slack.notifications import action_id, offer_buttons
 
 if TYPE_CHECKING:  # `nbenv serve` acks with this module before its worker loads the service
-    from bot.service.app import Nbenv, Reply
+    from bot.service.nbenv import Nbenv
+    from bot.service.replies import Reply
     from bot.store.uow import Store
 
 log = logging.getLogger(__name__)
 
 JOB_KIND = "slack"
-CONFIRMED = ("promote", "rollback")  # what a button press asks to confirm first
 
 
 @dataclass(frozen=True)
@@ -76,52 +99,12 @@ def render(reply: Reply, command: Command | None = None) -> dict[str, Any]:
     if command is not None and command.json:
         data = json.dumps(reply.data, indent=1, default=str, ensure_ascii=False)
         return views.message(data, blocks=views.code_sections(escape(data)))
-    buttons = [views.button(b.action_id, b.text, b.value, b.style) for b in reply.buttons]
-    return views.message(reply.text, buttons or None)
+    return views.message(reply.text, offer_buttons(reply.offers) or None)
 
 
-LATER = frozenset({"status", "versions", "history", "instances", "diff"})
-SLOW = frozenset({"diff", *CONFIRMED})  # may take seconds (git): say it is coming
-
-
-def route(command: Command) -> str:
-    """inline | later | job (see the module's docstring)."""
-    if command.name in CONFIRMED:
-        return "later" if command.dry_run or not command.confirmed else "job"
-    if command.name == "instances" and command.stop:
-        return "job"  # stopping asks the backend (a cloud call on gcp)
-    if command.name in LATER:
-        return "later"
-    return "inline"
-
-
-def command_fields(command: Command) -> dict[str, Any]:
-    """COMMAND as JSON, only what differs from the defaults (it rides in a button value)."""
-    data: dict[str, Any] = {}
-    for field in fields(Command):
-        value = getattr(command, field.name)
-        if value != field.default:
-            data[field.name] = value.value if isinstance(value, Env) else value
-    return data
-
-
-def command_from(data: Any) -> Command:
-    """The Command a button or a job carries, checked like typed input."""
-    if not isinstance(data, dict) or data.get("name") not in (*CONFIRMED, "diff", "instances"):
-        raise BadInput("this button or job carries no command nbenv can run")
-    known = {field.name: field for field in fields(Command)}
-    values = {k: v for k, v in data.items() if k in known}
-    for name, value in values.items():
-        # Each value of the type its field has by default: text, a flag (bool), or unset.
-        kind = bool if isinstance(known[name].default, bool) else str
-        if value is not None and not isinstance(value, kind):
-            raise BadInput(f"this button carries a malformed {name}: nothing was changed")
-    for name in ("sha", "to"):
-        if values.get(name) is not None:
-            values[name] = check_sha_ref(values[name])
-    if values.get("env") is not None:
-        values["env"] = parse_env(values["env"])
-    return Command(**values)
+def _comes_later(spec: Spec[Any]) -> bool:
+    """Only commands Slack never answers in the ack may come back in a button or a job."""
+    return spec.answered is not Answered.AT_ONCE
 
 
 def _value(raw: str | None) -> dict[str, Any]:
@@ -152,40 +135,41 @@ class Interactions:
             if command.name == "help":  # for anyone, even someone no team lists yet
                 return Outcome(answer=_help_message())
             self.app.check(user, command)
-            way = route(command)
-            if way != "inline" and not response_url:
+            way = spec_of(command).answered_for(command)
+            if way is not Answered.AT_ONCE and not response_url:
                 raise BadInput("this command answers later, and Slack sent no response_url")
-            if way == "later":
-                hint = views.message(_working(command)) if command.name in SLOW else None
-                return Outcome(answer=hint, later=Later(user, command_fields(command)))
-            if way == "job":
-                payload = {"mode": "run", "actor": user, "command": command_fields(command)}
+            if way is Answered.LATER:
+                hint = views.message(_working(command)) if spec_of(command).slow else None
+                return Outcome(answer=hint, later=Later(user, to_fields(command)))
+            if way is Answered.QUEUED:
+                payload = {"mode": "run", "actor": user, "command": to_fields(command)}
                 # A promote or rollback with --yes carries the environments as they are
                 # now: when the job runs, it does this or nothing (see Seen).
-                seen = command.image if command.name in CONFIRMED else None
+                seen = command.image if spec_of(command).confirm else None
                 self._queue(key, {**payload, "key": key, "response_url": response_url}, seen)
                 return Outcome(answer=views.message(_working(command)), queued=True)
             reply = self.app.execute(user, command, key=key, reply_to=response_url)
         except NbenvError as error:
             return Outcome(answer=views.error(error.message))
-        return Outcome(answer=render(reply, command), queued=not command.read_only)
+        return Outcome(answer=render(reply, command), queued=not reads_only(command))
 
     def compute(self, later: Later) -> dict[str, Any]:
         """The message a Later stands for."""
         if later.message is not None:
             return later.message
         assert later.command is not None
-        fields_ = dict(later.command)
-        if fields_.get("env") is not None:
-            fields_["env"] = Env(fields_["env"])
-        return self._answer(later.user, Command(**fields_), later.shown)
+        try:
+            command = from_fields(later.command, allowed=_comes_later)
+        except NbenvError as error:
+            return views.error(error.message)
+        return self._answer(later.user, command, later.shown)
 
     def _answer(
         self, user: str, command: Command, shown: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """The later route: a read, or the plan of a promote / rollback to confirm."""
         try:
-            if command.name in CONFIRMED and not command.dry_run:
+            if isinstance(command, Promote | Rollback) and not is_dry_run(command):
                 return self._confirmation(user, command, shown)
             return render(self.app.execute(user, command), command)
         except NbenvError as error:
@@ -194,36 +178,35 @@ class Interactions:
     # -- buttons ----------------------------------------------------------------------------
 
     def press(
-        self, user: Person, action_id: str, raw_value: str | None, *, key: str, response_url: str
+        self, user: Person, pressed: str, raw_value: str | None, *, key: str, response_url: str
     ) -> Outcome:
         """A button pressed by USER; the answer goes privately to RESPONSE_URL."""
         try:
-            return self._press(user, action_id, raw_value, key=key, response_url=response_url)
+            return self._press(user, pressed, raw_value, key=key, response_url=response_url)
         except NbenvError as error:
             return Outcome(later=Later(user, message=views.error(error.message)))
 
     def _press(
-        self, user: Person, action_id: str, raw_value: str | None, *, key: str, response_url: str
+        self, user: Person, pressed: str, raw_value: str | None, *, key: str, response_url: str
     ) -> Outcome:
         value = _value(raw_value)
         image = value["image"]
-        if action_id == "nbenv_approve":
-            command = Command("approve", image=image, sha=_sha(value))
+        if pressed == action_id(Act.APPROVE):
+            command: Command = Approve(image=image, sha=_sha(value))
             message = render(self.app.execute(user, command, key=key))
             return Outcome(later=Later(user, message=message), queued=True)
-        if action_id in ("nbenv_promote", "nbenv_rollback"):
-            name = "promote" if action_id == "nbenv_promote" else "rollback"
-            command = Command(name, image=image)
+        if pressed in (action_id(Act.PROMOTE), action_id(Act.ROLLBACK)):
+            shape = Promote if pressed == action_id(Act.PROMOTE) else Rollback
+            command = shape(image=image)
             self.app.check(user, command)
             # The thread's button stands for one SHA: refuse it once that SHA has moved on.
-            shown: dict[str, Any] = {"env": "staging" if name == "promote" else "production"}
+            env = Env.STAGING if isinstance(command, Promote) else Env.PRODUCTION
+            shown: dict[str, Any] = {"env": env.value}
             if value.get("sha"):
                 shown["sha"] = _sha(value)
-            return Outcome(later=Later(user, command_fields(command), shown))
-        if action_id == views.CONFIRM:
-            command = command_from(value.get("cmd"))
-            if command.name not in CONFIRMED:
-                raise BadInput("this button carries no command to confirm")
+            return Outcome(later=Later(user, to_fields(command), shown))
+        if pressed == views.CONFIRM:
+            command = from_fields(value.get("cmd"), allowed=lambda spec: spec.confirm)
             expect = value.get("expect")
             if not isinstance(expect, dict) or not all(isinstance(v, int) for v in expect.values()):
                 raise BadInput("this button is malformed: nothing was changed")
@@ -231,16 +214,42 @@ class Interactions:
             job = {
                 "mode": "run",
                 "actor": user,
-                "command": command_fields(command),
+                "command": to_fields(command),
                 "expect": expect,
                 "replace": True,
             }
             self._queue(key, {**job, "key": key, "response_url": response_url})
             return Outcome(queued=True)
-        if action_id == views.CANCEL:
+        if pressed == action_id(Act.REPLACE):  # for an instance running a revoked SHA
+            env = value.get("env")
+            env = parse_env(env if isinstance(env, str) else "")
+            replacement = Instance(image=image, env=env)
+            reply = self.app.execute(user, replacement, key=key, reply_to=response_url)
+            return Outcome(later=Later(user, message=render(reply)), queued=True)
+        if pressed == action_id(Act.STOP):  # the old instance, stopped only by this press
+            name = value.get("name")
+            if not isinstance(name, str):
+                raise BadInput("this button is malformed: nothing was changed")
+            stop = Instances(image=image, stop=name)
+            self.app.check(user, stop)
+            job = {"mode": "run", "actor": user, "command": to_fields(stop)}
+            self._queue(key, {**job, "key": key, "response_url": response_url})
+            return Outcome(later=Later(user, message=views.message(_working(stop))), queued=True)
+        if pressed == action_id(Act.MORE):  # the next page, in place of this one
+            listing, cursor = value.get("listing"), value.get("cursor")
+            if listing not in ("versions", "history") or not isinstance(cursor, str):
+                raise BadInput("this button is malformed: nothing was changed")
+            page = (
+                Versions(image=image, before=cursor)
+                if listing == "versions"
+                else History(image=image, sha=_sha(value), before=cursor)
+            )
+            self.app.check(user, page)
+            return Outcome(later=Later(user, to_fields(page)), replace=True)
+        if pressed == views.CANCEL:
             cancelled = views.message("Cancelled: nothing was changed.")
             return Outcome(later=Later(user, message=cancelled), replace=True)
-        raise BadInput(f"unknown button {action_id!r}")
+        raise BadInput(f"unknown button {pressed!r}")
 
     def answer(
         self,
@@ -273,7 +282,8 @@ class Interactions:
         """Reject pressed: the dialog asking why, or a private refusal (roles checked now)."""
         try:
             value = _value(raw_value)
-            command = Command("reject", image=value["image"], sha=_sha(value))
+            # The reason comes from the dialog: asked for only once the role allows it.
+            command = Reject(image=value["image"], sha=_sha(value), reason="")
             self.app.require(user, command, Role.TESTER)
         except NbenvError as error:
             return Outcome(later=Later(user, message=views.error(error.message)))
@@ -291,9 +301,7 @@ class Interactions:
             return "Say why: the testers and owners will read it."
         try:
             metadata = json.loads(raw_metadata or "")
-            command = Command(
-                "reject", image=metadata["image"], sha=check_sha_ref(metadata["sha"]), reason=reason
-            )
+            command = Reject(image=metadata["image"], sha=metadata["sha"], reason=reason)
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return "This dialog is malformed: nothing was changed."
         except NbenvError as error:
@@ -339,7 +347,7 @@ class Interactions:
     def run(self, job: dict[str, Any]) -> None:
         """A job of kind "slack", run by the job worker; it answers through the outbox."""
         try:
-            command = command_from(job.get("command"))
+            command = from_fields(job.get("command"), allowed=_comes_later)
             actor = str(job["actor"])
             if job.get("mode") == "confirm":
                 message = self._answer(actor, command, job.get("shown"))
@@ -357,9 +365,8 @@ class Interactions:
         )
 
     def _confirmation(
-        self, actor: str, command: Command, shown: dict[str, Any] | None
+        self, actor: str, command: Promote | Rollback, shown: dict[str, Any] | None
     ) -> dict[str, Any]:
-        assert command.image
         self.app.require(actor, command, Role.OWNER)
         if shown and shown.get("sha"):
             # The thread's button stood for one SHA: refuse it once that SHA has moved on.
@@ -375,7 +382,7 @@ class Interactions:
         preview = self.app.preview(actor, command)
         shas = [c["old"] for c in preview["changes"]] + [c["new"] for c in preview["changes"]]
         instances = self.app.who_runs(command.image, shas)
-        fields_ = command_fields(Command(**{**_plain(command), "confirmed": True}))
+        fields_ = to_fields(replace(command, confirmed=True))
         value = {"image": command.image, "cmd": fields_, "expect": preview["expect"]}
         if not views.value_fits(value):
             raise BadInput(
@@ -407,10 +414,6 @@ def _generations(value: Any) -> bool:
     )
 
 
-def _plain(command: Command) -> dict[str, Any]:
-    return {field.name: getattr(command, field.name) for field in fields(Command)}
-
-
 def _sha(value: dict[str, Any]) -> str | None:
     sha = value.get("sha")
     if sha is None:
@@ -422,7 +425,8 @@ def _sha(value: dict[str, Any]) -> str | None:
 
 def _working(command: Command) -> str:
     image = f" {command.image}" if command.image else ""
-    if command.name in CONFIRMED and not command.dry_run and not command.confirmed:
+    plan_first = isinstance(command, Promote | Rollback) and not command.confirmed
+    if plan_first and not is_dry_run(command):
         return f"⏳ preparing the plan for {command.name}{image}: it appears here in a moment…"
     return f"⏳ working on `{command.name}{image}`: the answer appears here in a moment…"
 

@@ -2,10 +2,22 @@
 posts twice, survives a restart.
 
 Every message is first committed to the `outbox` table together with the state change
-that caused it. The sender claims due rows with a lease, calls the Web API and records
-the outcome. Messages of one thread go out in order: a reply waits for its root's `ts`.
-A row whose lease expired while it was being sent (the process died mid-call) is looked
-up in Slack by its metadata key before it is sent again, so a crash cannot double-post.
+that caused it. The sender claims due rows with a lease, calls the Web API (through a
+`Transport`: Slack's Web API, or the console) and records the outcome. Messages of one
+thread go out in order: a reply waits for its root's `ts`.
+
+Never twice: an outcome that is neither a clear success nor a clear refusal (a read
+time-out after Slack stored the message, a dropped connection, HTTP 5xx, `fatal_error`,
+`internal_error`, `request_timeout`), like a crash mid-send (a lease that expired), leaves
+the message "unsure": before it is sent again it is looked up in Slack by the key in its
+metadata (conversations.history, or conversations.replies in a thread, with
+include_all_metadata), and a message found there is recorded as sent.
+
+Rate limits are Slack's, per method and channel: a 429 holds every message behind it for
+that method in that channel until its Retry-After is over (the rows it held are due no
+sooner, for every instance), so nothing overtakes it and each thread keeps its order; a
+channel Slack rate-limited then gets chat.postMessage calls at Slack's pace, about one a
+second, until it has been calm a minute (SLACK_PACE; `Pace` paces from the start).
 
 A message Slack refuses for good is parked as `dead` and never holds its thread up: the
 messages behind it go out, and a root update whose root never made it is posted as the
@@ -32,10 +44,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient
 
 from bot.slack.blocks import fit_message, message_blocks
+from bot.slack.transport import (
+    METADATA_EVENT,
+    AppRefused,
+    DeliveryError,
+    RateLimited,
+    Refused,
+    Transport,
+    Unsure,
+    WebApiTransport,
+)
 from bot.store.repositories.threads import ThreadRoot
 from bot.store.uow import Store, iso
 
@@ -44,37 +65,8 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)
 MAX_BACKOFF_S = 300
 MAX_ATTEMPTS = 15
-METADATA_EVENT = "nbenv_outbox"
-# Errors that a retry cannot fix: the message is parked as `dead` with the reason.
-PERMANENT_ERRORS = {
-    "channel_not_found",
-    "not_in_channel",
-    "is_archived",
-    "invalid_blocks",
-    "msg_too_long",
-    "no_text",
-    "cant_update_message",
-    "message_not_found",
-    "edit_window_closed",
-    "unknown_method",
-    "invalid_arguments",
-    "no_permission",
-    "too_many_attachments",
-    "ekm_access_denied",
-}
-# ...and so is every `restricted_action*` (a channel where posting is restricted).
-PERMANENT_PREFIXES = ("restricted_action",)
-# Errors that say the app cannot send anything right now, whatever the message: delivery
-# pauses (nothing is discarded) until Slack takes messages again.
-APP_WIDE_ERRORS = {
-    "token_revoked",
-    "token_expired",
-    "account_inactive",
-    "invalid_auth",
-    "not_authed",
-    "missing_scope",
-}
 PROBE_EVERY = timedelta(minutes=1)
+UNSURE = "unsure: "  # last_error of a message Slack may have: looked up before a resend
 # Refusals that end once the bot is invited to the channel: sent again when it joins.
 MISSING_FROM_CHANNEL = ("not_in_channel", "channel_not_found")
 REVIVE_WITHIN = timedelta(days=7)  # older messages are history: not posted after the fact
@@ -103,33 +95,52 @@ def delivery_pause(store: Store) -> DeliveryPause | None:
     return _pauses.get(store)
 
 
-class _Pause(Exception):
-    """Slack refused for a reason that concerns the app, not the message."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+# -- the sender ----------------------------------------------------------------------------
 
 
-class _Retry(Exception):
-    def __init__(self, delay_s: float, reason: str, *, counts: bool = True) -> None:
-        super().__init__(reason)
-        self.delay_s = delay_s
-        self.reason = reason
-        self.counts = counts
+@dataclass(frozen=True)
+class Pace:
+    """How fast a paced method may post in one channel: BURST at once, then PER_SECOND.
+    With ONCE_LIMITED, only in a channel where Slack answered 429 in the last CALM_S
+    seconds; until then it goes as fast as Slack takes it."""
+
+    per_second: float
+    burst: int = 1
+    once_limited: bool = False
+    calm_s: float = 60.0
+
+
+# Slack: chat.postMessage "generally allows posting one message per second per channel",
+# and short bursts are tolerated (api.slack.com/apis/rate-limits): a channel goes at full
+# speed until Slack rate-limits it, then at one a second until it has been calm a minute.
+SLACK_PACE = Pace(per_second=1.0, burst=1, once_limited=True)
+PACED_METHODS = frozenset({"chat.postMessage"})
+
+Destination = tuple[str, str]  # (Web API method, channel): what Slack rate-limits
 
 
 class OutboxSender:
     def __init__(
         self,
         store: Store,
-        client: WebClient,
+        transport: Transport | WebClient,
         *,
         webhook_factory: Callable[[str], WebhookClient] = WebhookClient,
+        pace: Pace | None = SLACK_PACE,
     ) -> None:
+        """Deliver STORE's outbox through TRANSPORT (a WebClient is Slack's Web API); each
+        channel gets chat.postMessage calls at most at PACE (None: as fast as Slack takes
+        them; a 429's Retry-After is honoured whatever the pace)."""
         self.store = store
-        self.client = client
-        self.webhook_factory = webhook_factory
+        self.transport: Transport = (
+            WebApiTransport(transport, webhook_factory=webhook_factory)
+            if isinstance(transport, WebClient)
+            else transport
+        )
+        self.pace = pace
+        self._holds: dict[Destination, datetime] = {}  # Retry-After, until (store clock)
+        self._buckets: dict[Destination, tuple[float, float]] = {}  # (tokens, at) monotonic
+        self._limited: dict[Destination, float] = {}  # Slack's last 429 there (monotonic)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -139,14 +150,16 @@ class OutboxSender:
         Three short transactions a pass, whatever it sends: one read finds the unsent rows
         and their threads, one claims the due ones, one records the outcomes. A response_url
         answer, which Slack cannot be asked about after a crash, is recorded as soon as it
-        is sent; a Web API message posted but not yet recorded when the process dies is
-        found in Slack by its key before it is sent again.
+        is sent; a Web API message posted but not yet recorded when the process dies, or
+        whose answer never came, is found in Slack by its key before it is sent again.
         """
         now = self.store.clock()
         if not self._may_send(now):
             return 0
         rows, threads = self._queue(limit)
-        lanes, superseded = _plan(rows, iso(now), limit)
+        lanes, superseded = _plan(
+            rows, iso(now), limit, admit=lambda row: self._admit(_destination(row, threads), now)
+        )
         payloads = self._claim([row for lane in lanes for row in lane], superseded, now)
         outcomes: list[tuple[Any, dict[str, Any]]] = []
         roots: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
@@ -161,8 +174,7 @@ class OutboxSender:
                         # Another sender has it, or an earlier message of its thread failed.
                         stopped = True
                         if payload is not None:  # give it back as it was
-                            values = {"status": row.status, "next_attempt_at": row.next_attempt_at}
-                            outcomes.append((row, values))
+                            outcomes.append((row, _given_back(row)))
                         continue
                     outcome = self._send(row, payload, threads, now)
                     outcomes.append((row, outcome.values))
@@ -228,13 +240,11 @@ class OutboxSender:
             return False
         if pause.reason != "missing_scope":
             try:
-                self.client.auth_test()
-            except SlackApiError as error:
-                code = _error_code(error)
-                reason = code if code in APP_WIDE_ERRORS else pause.reason
-                _pauses[self.store] = DeliveryPause(reason, pause.since, now + PROBE_EVERY)
+                self.transport.check()
+            except AppRefused as refusal:
+                _pauses[self.store] = DeliveryPause(refusal.reason, pause.since, now + PROBE_EVERY)
                 return False
-            except (SlackRequestError, OSError):
+            except DeliveryError:
                 _pauses[self.store] = DeliveryPause(pause.reason, pause.since, now + PROBE_EVERY)
                 return False
         return True  # the pass tells: it pauses again, or `_resume` ends the pause
@@ -256,6 +266,56 @@ class OutboxSender:
         else:
             since = _pauses[self.store].since
         _pauses[self.store] = DeliveryPause(reason, since, now + PROBE_EVERY)
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    def _admit(self, destination: Destination, now: datetime) -> bool:
+        """Whether a message may go to DESTINATION in this pass: not while a Retry-After
+        holds it, and, for a paced method, only as fast as PACE lets it."""
+        if self._held_until(destination, now) is not None:
+            return False
+        clock = time.monotonic()
+        pace = self._pace_of(destination, clock)
+        if pace is None:
+            return True
+        burst = float(pace.burst)
+        tokens, at = self._buckets.get(destination, (burst, clock))
+        tokens = min(burst, tokens + (clock - at) * pace.per_second)
+        if tokens < 1.0:
+            self._buckets[destination] = (tokens, clock)
+            return False
+        self._buckets[destination] = (tokens - 1.0, clock)
+        return True
+
+    def _pace_of(self, destination: Destination, clock: float) -> Pace | None:
+        """The pace DESTINATION keeps now, if any (see Pace.once_limited)."""
+        pace = self.pace
+        if pace is None or destination[0] not in PACED_METHODS:
+            return None
+        if pace.once_limited:
+            limited_at = self._limited.get(destination)
+            if limited_at is None:
+                return None
+            if clock - limited_at > pace.calm_s:
+                del self._limited[destination]
+                self._buckets.pop(destination, None)
+                return None
+        return pace
+
+    def _rate_limited(self, destination: Destination, retry_after_s: float, now: datetime) -> None:
+        """Slack answered 429 for DESTINATION: everything for it waits RETRY_AFTER_S, then
+        goes at the pace (from an empty bucket: no burst straight after a 429)."""
+        self._holds[destination] = now + timedelta(seconds=retry_after_s)
+        clock = time.monotonic()
+        self._limited[destination] = clock
+        self._buckets[destination] = (0.0, clock)
+
+    def _held_until(self, destination: Destination, now: datetime) -> datetime | None:
+        until = self._holds.get(destination)
+        if until is not None and until <= now:
+            del self._holds[destination]
+            return None
+        return until
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -288,50 +348,47 @@ class OutboxSender:
         now: datetime,
     ) -> _Outcome:
         """Send one claimed row; what to record of it."""
-        crashed_mid_send = row.status == "sending"
         payload = stored
         method = row.method
+        # Slack may hold this message already: a crash left it mid-send, or its last
+        # answer was unclear. Until a look-up says it is not there, it stays so.
+        unsure = row.status == "sending" or (row.last_error or "").startswith(UNSURE)
         try:
             method, payload = self._prepare(row, stored, threads)
+            destination = (method, str(payload.get("channel") or ""))
+            held = self._held_until(destination, now) if method != "response_url" else None
+            if held is not None:
+                # Slack asked this method to wait in this channel: the message keeps its
+                # place behind the one that was refused.
+                return _Outcome(_given_back(row, held), payload, method)
             response: dict[str, Any] | None = None
-            if crashed_mid_send and method == "chat.postMessage":
+            if unsure and method == "chat.postMessage":
                 response = self._find_posted(row, payload)
+            unsure = False
             if response is None:
-                response = self._call(method, payload)
-        except _Pause as pause:
+                response = self.transport.send(method, payload)
+        except AppRefused as refusal:
             # Not this message's fault: it keeps its place, its attempts and its due time.
             kept = {
                 "status": "pending",
                 "next_attempt_at": row.next_attempt_at,
-                "last_error": pause.reason,
+                "last_error": _mark(refusal.reason, unsure),
             }
-            return _Outcome(kept, payload, method, paused_by=pause.reason)
-        except _Retry as retry:
-            attempts = row.attempts + (1 if retry.counts else 0)
-            log.warning(
-                "outbox %s %s: %s (retry in %.1fs)", row.id, row.method, retry.reason, retry.delay_s
-            )
-            later = self.store.clock() + timedelta(seconds=retry.delay_s)
-            retry_values = {
-                "status": "dead" if attempts >= MAX_ATTEMPTS else "pending",
-                "attempts": attempts,
-                "last_error": retry.reason,
-                "next_attempt_at": iso(later),
-            }
-            return _Outcome(retry_values, payload, method)
-        except SlackApiError as error:
-            reason = str(error.response.get("error") or error)
-            log.error("outbox %s %s failed for good: %s", row.id, method, reason)
-            if reason in MISSING_FROM_CHANNEL:
+            return _Outcome(kept, payload, method, paused_by=refusal.reason)
+        except Refused as refusal:
+            log.error("outbox %s %s failed for good: %s", row.id, method, refusal.reason)
+            if refusal.reason in MISSING_FROM_CHANNEL:
                 log.error(
                     "outbox: the bot is not in channel %s (%s): invite it there "
                     "(/invite @nbenv), or correct the channel ID in the config; its messages "
                     "are sent once it joins",
                     payload.get("channel"),
-                    reason,
+                    refusal.reason,
                 )
-            dead = {"status": "dead", "attempts": row.attempts + 1, "last_error": reason}
+            dead = {"status": "dead", "attempts": row.attempts + 1, "last_error": refusal.reason}
             return _Outcome(dead, payload, method)
+        except DeliveryError as error:
+            return self._later(row, method, payload, error, unsure, now)
         sent = {
             "status": "sent",
             "attempts": row.attempts + 1,
@@ -340,6 +397,63 @@ class OutboxSender:
             "response": {k: response.get(k) for k in ("channel", "ts") if k in response},
         }
         return _Outcome(sent, payload, method, response)
+
+    def _later(
+        self,
+        row: Any,
+        method: str,
+        payload: dict[str, Any],
+        error: DeliveryError,
+        unsure: bool,
+        now: datetime,
+    ) -> _Outcome:
+        """ROW goes again after ERROR's delay; a 429 holds its method in its channel."""
+        counts = not isinstance(error, RateLimited)
+        if isinstance(error, RateLimited) and method != "response_url":
+            self._rate_limited((method, str(payload.get("channel") or "")), error.delay_s, now)
+        if isinstance(error, Unsure) and method == "chat.postMessage":
+            log.warning(
+                "outbox %s: Slack may have posted it (%s): it is looked up before any resend",
+                row.id,
+                error.reason,
+            )
+            unsure = True
+        attempts = row.attempts + (1 if counts else 0)
+        log.warning(
+            "outbox %s %s: %s (retry in %.1fs)", row.id, method, error.reason, error.delay_s
+        )
+        later = self.store.clock() + timedelta(seconds=error.delay_s)
+        values = {
+            "status": "dead" if attempts >= MAX_ATTEMPTS else "pending",
+            "attempts": attempts,
+            "last_error": _mark(error.reason, unsure),
+            "next_attempt_at": iso(later),
+        }
+        return _Outcome(values, payload, method)
+
+    def _find_posted(self, row: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The message ROW if Slack has it; None when it does not, or can never tell.
+        Raises Unsure when it cannot tell now (the look-up is tried again later)."""
+        channel = str(payload["channel"])
+        try:
+            found = self.transport.find_posted(channel, payload.get("thread_ts"), row.dedupe_key)
+        except (AppRefused, Unsure):
+            raise
+        except Refused as refusal:
+            # Slack will not let the bot read there (e.g. it posts without being a member):
+            # sending again risks a double, not sending loses the message for good.
+            log.warning(
+                "outbox %s: cannot look it up in %s (%s): sending it again",
+                row.id,
+                channel,
+                refusal.reason,
+            )
+            return None
+        except DeliveryError as error:
+            raise Unsure(f"look-up: {error.reason}", error.delay_s) from None
+        if found is not None:
+            log.info("outbox %s: Slack had posted it (ts %s): not sent again", row.id, found["ts"])
+        return found
 
     def _record(
         self,
@@ -374,9 +488,7 @@ class OutboxSender:
         thread = threads.get((row.thread_image, row.thread_sha)) if row.thread_image else None
         if method == "chat.update":
             if thread is None:
-                raise SlackApiError(
-                    "no thread to update", {"ok": False, "error": "thread_not_found"}
-                )
+                raise Refused("thread_not_found")
             if thread.ts is None:
                 # Nothing ahead of it in its thread is still to be sent, so the root failed
                 # for good: this update, the thread's newest state, opens it instead.
@@ -395,73 +507,6 @@ class OutboxSender:
                 "event_payload": {"key": row.dedupe_key},
             }
         return method, fit_message(payload)
-
-    def _call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
-        try:
-            if method == "response_url":
-                url = payload.pop("url")
-                user = payload.pop("user", None)  # who asked, when the answer names them
-                result = self.webhook_factory(url).send_dict(payload)
-                if result.status_code == 429:
-                    raise _Retry(_retry_after(result.headers), "rate limited", counts=False)
-                if result.status_code >= 500:
-                    raise _Retry(5, f"HTTP {result.status_code}")
-                if result.status_code in (404, 410) and user:
-                    # The response_url is gone (Slack: 30 minutes or 5 uses; it answers
-                    # 404 expired_url): the answer goes to the person as a DM instead.
-                    log.info("response_url gone (%s): answering %s directly", result.body, user)
-                    direct = {k: payload[k] for k in ("text", "blocks") if k in payload}
-                    return self.client.api_call(  # type: ignore[return-value]
-                        "chat.postMessage", json={"channel": user, **direct}
-                    ).data
-                if result.status_code >= 400:
-                    # An expired response_url (30 minutes, 5 uses) cannot be fixed by retrying.
-                    raise SlackApiError(
-                        f"response_url answered {result.status_code}",
-                        {"ok": False, "error": f"http_{result.status_code}"},
-                    )
-                return {"ok": True}
-            return self.client.api_call(method, json=payload).data  # type: ignore[return-value]
-        except SlackApiError as error:
-            status = getattr(error.response, "status_code", 200)
-            code = _error_code(error)
-            if code in APP_WIDE_ERRORS:
-                raise _Pause(code) from None
-            if status == 429 or code == "ratelimited":
-                raise _Retry(
-                    _retry_after(error.response.headers), "rate limited", counts=False
-                ) from None
-            if status >= 500 or code in {"internal_error", "fatal_error", "service_unavailable"}:
-                raise _Retry(5, f"HTTP {status} {code or ''}".strip()) from None
-            if code in PERMANENT_ERRORS or (code or "").startswith(PERMANENT_PREFIXES):
-                raise
-            raise _Retry(10, f"{code or status}") from None
-        except (SlackRequestError, OSError) as error:
-            raise _Retry(5, f"network: {error}") from None
-
-    def _find_posted(self, row: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """After a crash mid-send, look for the message in Slack before posting it again."""
-        try:
-            if payload.get("thread_ts"):
-                found = self.client.conversations_replies(
-                    channel=payload["channel"], ts=payload["thread_ts"], include_all_metadata=True
-                )
-            else:
-                found = self.client.conversations_history(
-                    channel=payload["channel"], include_all_metadata=True, limit=100
-                )
-        except SlackApiError as error:
-            if _error_code(error) in APP_WIDE_ERRORS:
-                raise _Pause(str(_error_code(error))) from None
-            return None  # can't tell: sending again is better than losing the message
-        for message in found.get("messages") or []:
-            metadata = message.get("metadata") or {}
-            if (
-                metadata.get("event_type") == METADATA_EVENT
-                and (metadata.get("event_payload") or {}).get("key") == row.dedupe_key
-            ):
-                return {"ok": True, "channel": payload["channel"], "ts": message["ts"]}
-        return None
 
 
 def revive_missing_channel(store: Store, channel: str | None = None) -> int:
@@ -532,9 +577,11 @@ def _newest_root_texts(rows: list[Any]) -> dict[tuple[str, str], int]:
     return newest
 
 
-def _plan(rows: list[Any], due: str, limit: int) -> tuple[list[list[Any]], list[int]]:
-    """What a pass sends, by thread in order (at most LIMIT rows), and the root updates
-    that a newer one queued for the same thread makes pointless."""
+def _plan(
+    rows: list[Any], due: str, limit: int, admit: Callable[[Any], bool] = lambda row: True
+) -> tuple[list[list[Any]], list[int]]:
+    """What a pass sends, by thread in order (at most LIMIT rows, each one ADMIT lets go
+    now), and the root updates that a newer one queued for the same thread makes pointless."""
     lanes: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
         lanes.setdefault(_lane(row), []).append(row)
@@ -553,13 +600,36 @@ def _plan(rows: list[Any], due: str, limit: int) -> tuple[list[list[Any]], list[
         for row in lane_rows:
             if row.id in skip:
                 continue
-            if row.next_attempt_at > due or count >= limit:
+            if row.next_attempt_at > due or count >= limit or not admit(row):
                 break
             lane.append(row)
             count += 1
         if lane:
             chosen.append(lane)
     return chosen, superseded
+
+
+def _destination(row: Any, threads: dict[tuple[str, str], ThreadRoot]) -> Destination:
+    """The method and channel ROW will be sent with (see OutboxSender._prepare)."""
+    thread = threads.get((row.thread_image, row.thread_sha)) if row.thread_image else None
+    channel = thread.channel if thread is not None else row.channel
+    method = row.method
+    if method == "chat.update" and (thread is None or thread.ts is None):
+        method = "chat.postMessage"  # an update whose root never made it opens the thread
+    return method, str(channel or "")
+
+
+def _given_back(row: Any, held_until: datetime | None = None) -> dict[str, Any]:
+    """ROW as it was before it was claimed; due no sooner than HELD_UNTIL."""
+    due = row.next_attempt_at
+    if held_until is not None:
+        due = max(due, iso(held_until))
+    return {"status": row.status, "next_attempt_at": due}
+
+
+def _mark(reason: str, unsure: bool) -> str:
+    """last_error for REASON; marked when Slack may have the message (see UNSURE)."""
+    return f"{UNSURE}{reason}" if unsure and not reason.startswith(UNSURE) else reason
 
 
 def _lane(row: Any) -> tuple[Any, ...]:
@@ -592,17 +662,3 @@ class _Outcome:
 def _opens_thread(row: Any, method: str, payload: dict[str, Any]) -> bool:
     """The first message delivered for (image, sha) is its thread's root."""
     return bool(method == "chat.postMessage" and row.thread_image and not payload.get("thread_ts"))
-
-
-def _error_code(error: SlackApiError) -> str | None:
-    response = error.response
-    code = response.get("error") if hasattr(response, "get") else None
-    return code if isinstance(code, str) else None
-
-
-def _retry_after(headers: Any) -> float:
-    try:
-        value = headers.get("Retry-After") or headers.get("retry-after")
-        return max(float(value), 0.0)
-    except (AttributeError, TypeError, ValueError):
-        return 1.0

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from bot.bootstrap import Runtime
+from bot.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

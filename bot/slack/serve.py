@@ -12,7 +12,7 @@ start uses both cores:
   reports to the master (a mistake stops the start with a one-line reason), then loads
   the service and the store, while the master loads Flask and Bolt;
 * a worker serves as soon as Flask and Bolt are up: acking a slash command needs only
-  the config's teams and images (bot.config_access, no pydantic), and answers are
+  the config's teams and images (bot.config_file, no pydantic), and answers are
   computed in the answer process. Its runtime (pydantic, SQLAlchemy,
   the service, the outbox delivery thread and, on the local backend, the job worker
   thread) loads on a thread of its own; whatever needs it waits until it is there.
@@ -31,10 +31,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bot.bootstrap import Runtime
     from bot.config import Config
-    from bot.config_access import Access
+    from bot.config_file import Access
     from bot.domain.commands import Command
+    from bot.service.runtime import Runtime
     from bot.slack.answers import AnswerProcess
     from bot.slack.background import Background
     from bot.slack.pubsub import JobPush
@@ -218,7 +218,7 @@ def build_worker_app(config_path: str | None, token: str, signing_secret: str) -
         # First, while this process has no thread and no database connection to inherit.
         _answers = AnswerProcess(config_path)
 
-    from bot.config_access import read_access
+    from bot.config_file import read_access
     from bot.slack.app import build_app
 
     _worker = WorkerRuntime(config_path, token, _answers)
@@ -266,7 +266,7 @@ def _preload() -> None:
     import gunicorn.app.base  # noqa: F401
     import slack_bolt.adapter.flask  # noqa: F401
 
-    import bot.config_access
+    import bot.config_file
     import bot.service.access
     import bot.slack.app  # noqa: F401
 
@@ -283,7 +283,7 @@ def _prepare(config_path: str | None) -> AnswerProcess:
     import slack_sdk  # noqa: F401
     import yaml  # noqa: F401
 
-    import bot.config_access  # noqa: F401
+    import bot.config_file  # noqa: F401
     from bot.domain.errors import NbenvError
     from bot.slack.answers import AnswerProcess
 
@@ -374,40 +374,29 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     global _first_answers
     _first_answers = _prepare(args.config)
 
-    from gunicorn.app.base import BaseApplication
-
-    from bot.slack.http_worker import RequestBufferingWorker
+    from bot.slack.http_worker import NbenvServer, RequestBufferingWorker
 
     RequestBufferingWorker.read_timeout_s = options.read_timeout  # the workers fork from here
-
-    class Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            settings = {
-                "bind": f"{options.host}:{options.port}",
-                "workers": options.workers,
-                # gthread, but whole requests reach its threads: slow clients hold none.
-                "worker_class": "bot.slack.http_worker.RequestBufferingWorker",
-                "threads": options.threads,
-                "timeout": 120,
-                "graceful_timeout": 10,
-                "keepalive": 75,  # longer than the load balancer's idle timeout
-                "post_fork": _post_fork,
-                "worker_exit": _worker_exit,
-                "loglevel": "warning",
-                "accesslog": None,
-                "proc_name": "nbenv-serve",
-            }
-            for key, value in settings.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            return build_worker_app(args.config, token, signing_secret)
-
+    settings = {
+        "bind": f"{options.host}:{options.port}",
+        "workers": options.workers,
+        # gthread, but whole requests reach its threads: slow clients hold none.
+        "worker_class": "bot.slack.http_worker.RequestBufferingWorker",
+        "threads": options.threads,
+        "timeout": 120,
+        "graceful_timeout": 10,
+        "keepalive": 75,  # longer than the load balancer's idle timeout
+        "post_fork": _post_fork,
+        "worker_exit": _worker_exit,
+        "loglevel": "warning",
+        "accesslog": None,
+        "proc_name": "nbenv-serve",
+    }
     print(
         f"nbenv: serving Slack on http://{options.host}:{options.port} "
         "(POST /slack/events, GET /healthz, POST /pubsub/jobs)",
         file=sys.stderr,
         flush=True,
     )
-    Server().run()
+    NbenvServer(settings, lambda: build_worker_app(args.config, token, signing_secret)).run()
     return 0

@@ -21,9 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from bot.bootstrap import Runtime
 from bot.domain.names import Person
+from bot.domain.notifications import Act
+from bot.domain.text import to_plain as plain
+from bot.service.runtime import Runtime
 from bot.slack.interactions import Interactions, Outcome
+from bot.slack.notifications import action_id
 from bot.slack.outbox import OutboxSender
 from bot.store.uow import Store
 
@@ -38,12 +41,6 @@ LABEL            press the last button shown with that label (e.g. Approve)
 /buttons         list the buttons you can press
 /help            this list
 /quit            leave (so does end of input)"""
-
-
-def plain(text: str) -> str:
-    from bot.cli import plain as cli_plain
-
-    return cli_plain(text)
 
 
 @dataclass
@@ -138,25 +135,33 @@ class Console:
         return {"ok": True}
 
 
-class ConsoleSender(OutboxSender):
-    """The outbox delivered to the console instead of Slack's Web API."""
+class ConsoleTransport:
+    """The outbox's transport (bot.slack.outbox.Transport) on the console: what would go
+    to Slack's Web API is printed."""
 
-    def __init__(self, store: Store, console: Console) -> None:
-        super().__init__(store, client=None)  # type: ignore[arg-type]
+    def __init__(self, console: Console) -> None:
         self.console = console
 
-    def _call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def send(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
         return self.console.deliver(method, payload)
 
-    def _find_posted(self, row: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
-        return None  # the console cannot have posted half a message
+    def find_posted(self, channel: str, thread_ts: str | None, key: str) -> dict[str, Any] | None:
+        return None  # a print cannot have half happened: nothing is ever unsure
+
+    def check(self) -> None:
+        return None  # the console never refuses the app
+
+
+def console_sender(store: Store, console: Console) -> OutboxSender:
+    """The outbox delivered to CONSOLE instead of Slack's Web API, as fast as it prints."""
+    return OutboxSender(store, ConsoleTransport(console), pace=None)
 
 
 class Shell:
     def __init__(self, runtime: Runtime, out: TextIO, user: str) -> None:
         self.runtime = runtime
         self.console = Console(out)
-        self.sender = ConsoleSender(runtime.store, self.console)
+        self.sender = console_sender(runtime.store, self.console)
         self.interactions = Interactions(runtime.app)
         self.user = Person(user)
         self.dialog: dict[str, Any] | None = None
@@ -249,7 +254,7 @@ class Shell:
     def _press(self, button: ShownButton) -> None:
         key = f"shell:{uuid.uuid4()}"
         response_url = button.response_url or f"{CONSOLE_URL}{key}"
-        if button.action_id == "nbenv_reject":
+        if button.action_id == action_id(Act.REJECT):
             outcome = self.interactions.reject_dialog(
                 self.user, button.value, response_url=response_url
             )
@@ -305,7 +310,7 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="nbenv shell", description=HELP)
     parser.parse_args(rest)
     from bot.bootstrap import build_runtime
-    from bot.cli import person
+    from bot.terminal import person
 
     chosen = person(args)  # a malformed --as stops here, before the database is opened
     runtime = build_runtime(args.config, run_by_operator=True)  # the console is the operator's

@@ -11,14 +11,23 @@ import json
 import re
 from typing import Any
 
-from slack_sdk.models.blocks import MarkdownTextObject, SectionBlock
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    ButtonElement,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
 
 from bot.domain.names import short
-from bot.domain.text import cut, escape, mention, safe_end
+from bot.domain.text import TRUNCATED, cut, escape, mention, safe_end
+from bot.service.render import window_text
 
 MAX_SECTION = 3000  # characters of one mrkdwn section (Slack's limit)
 MAX_BLOCKS = 50  # blocks of one message (Slack's limit)
-MAX_VALUE = 2000  # characters of a button value (Slack's limit)
+MAX_VALUE = ButtonElement.value_max_length  # 2000: characters of a button value
+MAX_BUTTON_TEXT = ButtonElement.text_max_length  # 75
+MAX_ACTION_ELEMENTS = 25
 MAX_REASON = 1000  # a reason typed in the reject dialog
 FALLBACK_TEXT = 300  # the notification text beside blocks
 
@@ -79,28 +88,36 @@ def code_sections(text: str) -> Blocks:
 def button(
     action_id: str, text: str, value: dict[str, Any] | str, style: str | None = None
 ) -> dict[str, Any]:
-    element: dict[str, Any] = {
-        "type": "button",
-        "action_id": action_id,
-        "text": {"type": "plain_text", "text": text[:75], "emoji": True},
-        "value": value if isinstance(value, str) else json.dumps(value, separators=(",", ":")),
-    }
-    if style:
-        element["style"] = style
-    return element
+    """A button, built and validated by slack_sdk's Block Kit model."""
+    return ButtonElement(
+        action_id=action_id,
+        text=PlainTextObject(text=text[:MAX_BUTTON_TEXT], emoji=True),
+        value=value if isinstance(value, str) else json.dumps(value, separators=(",", ":")),
+        style=style,
+    ).to_dict()
+
+
+def message_blocks(text: str, buttons: Blocks | None = None) -> Blocks:
+    """TEXT as sections (cut at line ends, as many as fit), then the BUTTONS (elements)."""
+    room = MAX_BLOCKS - (1 if buttons else 0)
+    pieces = chunks(text)
+    if len(pieces) > room:
+        pieces = [*pieces[: room - 1], "_" + TRUNCATED + "_"]
+    blocks = [section(piece) for piece in pieces]
+    if buttons:
+        blocks.append(ActionsBlock(elements=buttons[:MAX_ACTION_ELEMENTS]).to_dict())
+    return blocks
 
 
 def message(
-    text: str, buttons: list[dict[str, Any]] | None = None, *, blocks: Blocks | None = None
+    text: str, buttons: Blocks | None = None, *, blocks: Blocks | None = None
 ) -> dict[str, Any]:
     """A message (ephemeral answer or response_url post): text as sections (or BLOCKS),
     then buttons."""
-    blocks = blocks if blocks is not None else [section(piece) for piece in chunks(text)]
-    limit = MAX_BLOCKS - (1 if buttons else 0)
-    if len(blocks) > limit:
-        blocks = [*blocks[: limit - 1], section("_… cut short: the rest did not fit in Slack_")]
-    if buttons:
-        blocks.append({"type": "actions", "elements": buttons[:25]})
+    if blocks is None:
+        return {"text": fallback(text), "blocks": message_blocks(text, buttons)}
+    if len(blocks) > MAX_BLOCKS:
+        blocks = [*blocks[: MAX_BLOCKS - 1], section("_" + TRUNCATED + "_")]
     return {"text": fallback(text), "blocks": blocks}
 
 
@@ -159,12 +176,21 @@ def confirmation(
             "before it can be promoted again"
         )
     details = preview.get("details") or {}
-    if details.get("forced"):
-        overridden = ", ".join(mention(u) for u in details.get("overridden_rejections") or [])
-        lines.append(
-            f"• *forced* over the rejection of {overridden}: {escape(details.get('reason'))}"
-        )
-    elif details.get("reason"):
+    in_window = details.get("overridden_window")
+    rejections = details.get("overridden_rejections") or []
+    if in_window:
+        lines.append(f"• *forced* in the freeze window {escape(in_window)}")
+    elif preview.get("freeze_window"):
+        lines.append("• " + window_text(preview["freeze_window"]))
+    if rejections:
+        overridden = ", ".join(mention(u) for u in rejections)
+        lines.append(f"• *forced* over the rejection of {overridden}")
+    vulnerable = details.get("overridden_vulnerabilities") or []
+    if vulnerable:
+        named = ", ".join(escape(f["cve"]) for f in vulnerable[:3])
+        count = details.get("overridden_vulnerability_count") or len(vulnerable)
+        lines.append(f"• *forced* over {count} known vulnerabilities ({named})")
+    if details.get("reason"):
         lines.append(f"• reason: {escape(details['reason'])}")
     approvals = preview.get("approvals")
     if approvals is not None:
@@ -183,6 +209,9 @@ def confirmation(
             lines.append("*Base image and packages:*\n" + str(diff["text"]))
         else:
             lines.append("_Base image and package diff: not available here._")
+    vulnerabilities = preview.get("vulnerabilities")
+    if vulnerabilities and vulnerabilities.get("text"):
+        lines.append(str(vulnerabilities["text"]))
     lines.append(_instances_text(preview, instances))
     text = "\n".join(lines)
     value = {"image": image, "cmd": command, "expect": preview["expect"]}

@@ -10,13 +10,11 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy import exc as sql
 from sqlalchemy.pool import QueuePool
 
+from bot.config_file import nbenv_home
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "nbenv_read_only"  # execution option of Store.read() connections
 _PG_MIGRATION_LOCK = 7_244_633  # any constant: serialises concurrent start-ups
-
-
-def nbenv_home() -> Path:
-    return Path(os.environ.get("NBENV_HOME") or Path.home() / ".nbenv").expanduser()
 
 
 def database_url() -> str:
@@ -59,9 +57,11 @@ def make_engine(url: str | None = None) -> Engine:
             connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    # No pre-ping (a round trip per transaction): connections are recycled before Cloud
-    # SQL's idle timeout instead, and a dropped one fails its transaction, which retries.
-    return create_engine(url, pool_recycle=300, pool_size=5, max_overflow=5)
+    # Pre-ping: a connection is checked as it leaves the pool (one short round trip), so
+    # after the server restarted (a Cloud SQL failover or maintenance) requests get fresh
+    # connections instead of failing on the ones it cut, with no answer to whoever asked.
+    # Recycled before Cloud SQL's idle timeout as well.
+    return create_engine(url, pool_pre_ping=True, pool_recycle=300, pool_size=5, max_overflow=5)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -42,6 +42,18 @@ def storable(value: str) -> str:
     return _UNSTORABLE.sub(REPLACEMENT, value)
 
 
+def storable_json(value: Any) -> Any:
+    """VALUE (JSON-able) with every string in it made `storable`: for JSON the store also
+    reads inside with SQL (PostgreSQL's `->>` cannot turn `\\u0000` into text)."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable_json(key): storable_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_json(item) for item in value]
+    return value
+
+
 class StoredString(TypeDecorator[str]):
     """VARCHAR whose values are made `storable` on the way in (in filters too)."""
 
@@ -79,6 +91,8 @@ versions = Table(
     Column("revoked_at", TIME),
     Column("revoked_by", USER),
     Column("revoked_reason", StoredText),
+    # `versions IMAGE`, newest first, a page at a time (keyset on created_at, sha).
+    Index("ix_versions_image_created", "image", "created_at", "sha"),
 )
 
 environments = Table(
@@ -163,6 +177,8 @@ audit_log = Table(
     # The ID of the audit key whose HMAC `hash` is; NULL: a plain SHA-256 entry.
     Column("key_id", StoredString(16)),
     Index("ix_audit_image_sha", "image", "sha"),
+    # `history IMAGE`, newest first, a page at a time (keyset on seq).
+    Index("ix_audit_image_seq", "image", "seq"),
 )
 
 audit_head = Table(

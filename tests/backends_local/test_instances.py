@@ -3,6 +3,9 @@ pinned to the environment's SHA; it is recorded, listed, and stopped."""
 
 from __future__ import annotations
 
+import os
+import re
+import select
 import socket
 import urllib.error
 import urllib.request
@@ -191,3 +194,73 @@ def test_stopping_an_instance_that_is_already_gone_is_fine(
     )
 
     assert not directory.exists()
+
+
+def test_an_idle_instance_stops_itself_kernel_first_then_the_server(
+    tmp_path: Path, repo: ImageRepo, sqlite_url: str
+) -> None:
+    from bot.bootstrap import build_runtime
+    from bot.config import load_config
+
+    config_file = tmp_path / "idle.yaml"
+    config_file.write_text(local_config_text(repo.path, free_port_range()), encoding="utf-8")
+    config = load_config(config_file)
+    assert config.images[IMAGE].instance.idle_timeout == 3 * 3600  # the documented default
+    # One second idle (the config's floor is ten minutes: a Config built here may go below).
+    image = config.images[IMAGE]
+    instance = image.instance.model_copy(update={"idle_timeout": 1})
+    images = {IMAGE: image.model_copy(update={"instance": instance})}
+    runtime = build_runtime(
+        None, sqlite_url, config=config.model_copy(update={"images": images}), run_by_operator=True
+    )
+    in_production(runtime, repo.sha("initial"))
+    runtime.app.handle(USER, f"instance {IMAGE} --name idle-box")
+    runtime.worker.run_until_idle()
+    with runtime.store.read() as tx:
+        row = tx.instances.get("idle-box")
+    details = row["details"]
+    port, pid = details["port"], details["pid"]
+    token = row["url"].split("token=", 1)[1]
+    exited = os.pidfd_open(pid)  # readable once the server has exited: an event, no polling
+    try:
+        assert details["idle_timeout_s"] == 1
+        (line,) = runtime.app.handle(USER, "instances").text.splitlines()[1:]
+        assert "running (stops after 1s idle)" in line
+
+        # A kernel, as opening a notebook starts one; left idle, it is culled, and then the
+        # server, with no kernel and no activity, shuts itself down (Jupyter looks once a
+        # minute: this test takes about that long).
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/kernels",
+            data=b"{}",
+            method="POST",
+            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as created:
+            assert created.status == 201
+        readable, _, _ = select.select([exited], [], [], 150)
+
+        assert readable, "the idle server did not shut itself down"
+        assert not port_open(port)
+        log = Path(details["log"]).read_text(encoding="utf-8", errors="replace")
+        # Never used, the kernel is still 'starting' when the culler takes it.
+        assert re.search(r"Culling '\w+' kernel 'python3' .* seconds of inactivity", log), log
+        assert "No kernels for" in log and "shutting down" in log
+    finally:
+        os.close(exited)
+        runtime.app.backend.stop_instance("idle-box", details)
+
+
+def test_an_instance_in_docker_is_given_the_same_idle_shutdown(tmp_path: Path) -> None:
+    from bot.backends.local.instances import docker_instance_command, idle_shutdown_options
+    from bot.service.ports import InstanceRequest
+
+    request = InstanceRequest("box", IMAGE, "production", "a" * 40, USER)
+    command = docker_instance_command(request, 8890, tmp_path, "nbenv-local/x:a", "nb/x", 5400)
+    never = docker_instance_command(request, 8890, tmp_path, "nbenv-local/x:a", "nb/x", None)
+
+    # Options of the `jupyter lab` run inside the image, after the image's name.
+    assert command[-len(idle_shutdown_options(5400)) :] == idle_shutdown_options(5400)
+    assert "--ServerApp.shutdown_no_activity_timeout=5400" in command
+    assert "--MappingKernelManager.cull_idle_timeout=5400" in command
+    assert not [option for option in never if "cull" in option or "no_activity" in option]

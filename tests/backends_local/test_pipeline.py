@@ -22,13 +22,14 @@ from slack_sdk import WebClient
 from bot.backends.local import LocalBackend
 from bot.backends.local.git import GitRepo, GitSource
 from bot.backends.local.pipeline import branch_name
-from bot.bootstrap import build_runtime, job_handlers
+from bot.bootstrap import build_runtime, job_handlers, make_differ
 from bot.builds.relay import BuildRelay
 from bot.config import load_config
 from bot.domain.errors import BadInput
-from bot.service.app import Nbenv
 from bot.service.diff import Differ
 from bot.service.jobs import JobWorker
+from bot.service.nbenv import Nbenv
+from bot.slack.notifications import SlackNotifier
 from bot.slack.outbox import OutboxSender
 from bot.store.uow import Store
 from tests.backends_local.conftest import CHANNEL, local_config_text
@@ -83,7 +84,6 @@ def running_stack(config_file: Path, database_url: str, home: Path) -> Iterator[
     with FakeSlackApi(token=TOKEN) as slack:
         runtime = build_runtime(str(config_file), database_url)
         sender = OutboxSender(runtime.store, WebClient(token=TOKEN, base_url=slack.base_url))
-        relay = BuildRelay(runtime.app, sender)
         events: list[dict[str, Any]] = []
         attributes: list[dict[str, str]] = []
 
@@ -98,17 +98,24 @@ def running_stack(config_file: Path, database_url: str, home: Path) -> Iterator[
                 runtime.config,
                 home,
                 emit_build=emit_build,
-                emit_report=relay.handle_report,
+                emit_report=lambda *args: relay.handle_report(*args),
                 use_docker=False,
                 **options,
             )
 
         backend = make_backend()
-        runtime.app.backend = backend
-        worker = JobWorker(runtime.store, job_handlers(runtime.app))
-        yield Stack(
-            runtime.app, runtime.store, worker, backend, slack, events, attributes, make_backend
+        # The backend is given at construction, as bootstrap gives it; the relay that
+        # the backend reports to is made from the same app.
+        app = Nbenv(
+            runtime.config,
+            runtime.store,
+            backend,
+            make_differ(runtime.config),
+            notifier=SlackNotifier(),
         )
+        relay = BuildRelay(app, sender)
+        worker = JobWorker(runtime.store, job_handlers(app), notifier=SlackNotifier())
+        yield Stack(app, runtime.store, worker, backend, slack, events, attributes, make_backend)
 
 
 @pytest.fixture
@@ -181,7 +188,7 @@ def test_a_passing_staging_commit_is_built_recorded_and_published(
     assert "2 passed" in log_text
 
     # The version is recorded with its report and package manifest.
-    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data}
+    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[sha]["tests_passed"] is True
     assert versions[sha]["notebooks"] == {"passed": 2, "total": 2}
     with stack.store.read() as tx:
@@ -233,7 +240,7 @@ def test_a_failing_commit_leaves_staging_untouched_and_names_notebook_cell_and_l
     assert final["steps"][1]["exitCode"] == 1
 
     assert stack.staging()["sha"] == good
-    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data}
+    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[sha]["tests_passed"] is False
     assert versions[sha]["notebooks"] == {"passed": 1, "total": 2}
 
@@ -279,7 +286,7 @@ def test_a_build_of_an_explicit_sha_is_test_only_even_on_the_staging_branch(
     assert final["status"] == "SUCCESS"
     assert final["substitutions"]["BRANCH_NAME"] == ""
     assert stack.staging() is None
-    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data}
+    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[sha]["tests_passed"] is True
     assert not any("now in staging" in text for text in stack.thread_texts(sha))
 
@@ -294,7 +301,7 @@ def test_an_unknown_ref_is_refused_before_anything_happens(stack: Stack) -> None
         stack.backend.run_build(IMAGE, "--upload-pack=evil", OWNER)
 
     assert stack.events == []
-    assert stack.app.handle(USER, f"versions {IMAGE}").data == []
+    assert stack.app.handle(USER, f"versions {IMAGE}").data["items"] == []
     assert stack.slack.messages(CHANNEL) == {}
 
 

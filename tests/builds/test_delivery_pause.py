@@ -12,7 +12,8 @@ from slack_sdk import WebClient
 from sqlalchemy import select
 
 from bot.builds.relay import BuildRelay
-from bot.service.app import Nbenv
+from bot.service.nbenv import Nbenv
+from bot.slack.notifications import SlackNotifier
 from bot.slack.outbox import OutboxSender, delivery_pause
 from bot.store import tables as t
 from bot.store.uow import Store
@@ -28,7 +29,9 @@ class _World:
         self.now = datetime.now(UTC)
         self.store = Store(runtime.store.engine, clock=lambda: self.now)
         self.sender = OutboxSender(self.store, WebClient(token=TOKEN, base_url=slack.base_url))
-        self.relay = BuildRelay(Nbenv(runtime.config, self.store), self.sender)
+        self.relay = BuildRelay(
+            Nbenv(runtime.config, self.store, notifier=SlackNotifier()), self.sender
+        )
 
     def feed(self, events: list[dict[str, Any]]) -> None:
         for event in events:

@@ -14,9 +14,10 @@ from slack_sdk import WebClient
 from sqlalchemy import func, select
 
 from bot.builds.relay import BuildRelay
-from bot.domain.commands import Command
+from bot.domain.commands import Promote
 from bot.domain.text import to_plain
-from bot.service.app import Nbenv
+from bot.service.nbenv import Nbenv
+from bot.slack.notifications import SlackNotifier
 from bot.slack.outbox import OutboxSender
 from bot.store import tables as t
 from bot.store.uow import Store
@@ -32,7 +33,7 @@ from tests.builds.conftest import (
     report,
     roots,
 )
-from tests.conftest import IMAGE, OWNER, TESTER, TESTER2, sha_of
+from tests.conftest import IMAGE, OWNER, TESTER, TESTER2, history_of, sha_of
 from tests.support.slack_api import FakeSlackApi
 
 
@@ -189,7 +190,7 @@ def test_test_failure_details_reach_the_thread(
     assert "```" in failure and "----&gt; 2 tokens['missing']" in failure
     assert "\x1b" not in failure
     # Recorded as a failed version; staging untouched.
-    versions = runtime.app.handle(OWNER, f"versions {IMAGE}").data
+    versions = runtime.app.handle(OWNER, f"versions {IMAGE}").data["items"]
     assert [(v["sha"], v["tests_passed"]) for v in versions] == [(sha, False)]
     assert status(runtime)["environments"]["staging"] is None
 
@@ -248,7 +249,7 @@ def test_production_branch_success_promotes_under_the_policy(
     assert environments["production"]["updated_by"] == f"build:{build_id}"
     (root,) = roots(slack, sha)
     assert f"build:{build_id} promoted `{sha[:7]}` to production" in replies(slack, root)[-1].text
-    history = runtime.app.handle(OWNER, f"history {IMAGE} {sha}").data
+    history = history_of(runtime.app, OWNER, f"history {IMAGE} {sha}")
     assert [(e["action"], e["outcome"]) for e in history][-1] == ("promote", "ok")
 
 
@@ -268,7 +269,7 @@ def test_production_branch_success_without_approval_posts_the_refusal(
         f"🚫 `{sha[:7]}` was not promoted to production (build `{build_id[:8]}`)"
     )
     assert "has 0 of 1 required approvals" in refusal
-    history = runtime.app.handle(OWNER, f"history {IMAGE}").data
+    history = history_of(runtime.app, OWNER, f"history {IMAGE}")
     assert (history[-1]["action"], history[-1]["outcome"]) == ("promote", "refused")
     assert history[-1]["actor"] == f"build:{build_id}"
 
@@ -288,7 +289,7 @@ def test_production_build_of_a_commit_not_in_staging_is_refused(
     refusal = replies(slack, root)[-1].text
     assert f"`{merge[:7]}` is not what staging points to (`{approved[:7]}`)" in refusal
     assert "git merge --ff-only" in refusal
-    history = runtime.app.handle(OWNER, f"history {IMAGE}").data
+    history = history_of(runtime.app, OWNER, f"history {IMAGE}")
     assert (history[-1]["action"], history[-1]["sha"], history[-1]["outcome"]) == (
         "promote",
         merge,
@@ -308,7 +309,7 @@ def test_redelivered_production_success_promotes_once(
     assert feed(relay, events[-1:] * 3) == ["duplicate"] * 3
 
     assert len(slack.calls()) == calls
-    history = runtime.app.handle(OWNER, f"history {IMAGE} {sha}").data
+    history = history_of(runtime.app, OWNER, f"history {IMAGE} {sha}")
     assert [e["action"] for e in history].count("promote") == 1
 
 
@@ -335,7 +336,7 @@ def test_slack_outage_keeps_messages_until_delivered(slack: FakeSlackApi, runtim
     now = [datetime.now(UTC)]
     store = Store(runtime.store.engine, clock=lambda: now[0])
     sender = OutboxSender(store, WebClient(token=TOKEN, base_url=slack.base_url))
-    relay = BuildRelay(Nbenv(runtime.config, store), sender)
+    relay = BuildRelay(Nbenv(runtime.config, store, notifier=SlackNotifier()), sender)
     sha = sha_of("outage")
     events = build_events(new_build_id(), sha, branch="feature")
     slack.fail_next(1, status=503)
@@ -429,12 +430,12 @@ def test_promote_command_and_relay_agree_on_the_policy(relay: Any, runtime: Any)
     approve_staging(relay, runtime, sha)
     runtime.app.handle(OWNER, f"freeze {IMAGE} release freeze")
     with pytest.raises(Exception, match="frozen") as by_hand:
-        runtime.app.execute(OWNER, Command("promote", image=IMAGE))
+        runtime.app.execute(OWNER, Promote(image=IMAGE))
 
     feed(relay, build_events(new_build_id(), sha, branch="main", created=900))
 
     assert status(runtime)["environments"]["production"] is None
-    history = runtime.app.handle(OWNER, f"history {IMAGE}").data
+    history = history_of(runtime.app, OWNER, f"history {IMAGE}")
     assert history[-1]["outcome"] == "refused"
     # The record keeps refusals as plain text (`@U01OWNER`, not Slack's `<@U01OWNER>`).
     assert history[-1]["details"]["reason"] == to_plain(str(by_hand.value))

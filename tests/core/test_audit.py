@@ -145,8 +145,8 @@ def test_details_that_are_not_json_are_named(
     )
     # The other readers of the log answer too, showing what they cannot read.
     history = audited.app.handle(USER, f"history {IMAGE}")
-    assert [h["seq"] for h in history.data] == [1, 2, 3, 4, 5]
-    assert "not valid JSON" in json.dumps(history.data[2]["details"])
+    assert [h["seq"] for h in history.data["items"]] == [5, 4, 3, 2, 1]  # newest first
+    assert "not valid JSON" in json.dumps(history.data["items"][2]["details"])
 
 
 def test_deleted_head_row_is_named_and_nothing_more_is_recorded(

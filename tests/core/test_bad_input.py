@@ -160,9 +160,11 @@ def test_nbenv_user_env_and_json_contracts(cli, monkeypatch):
     code, out, _ = cli("--as", USER, "status", "--json")
     assert next(item["image"] for item in json.loads(out)) == IMAGE
     code, out, _ = cli("--as", USER, "versions", IMAGE, "--json")
-    assert json.loads(out)[0]["sha"] == sha_of("a")
+    assert json.loads(out)["items"][0]["sha"] == sha_of("a")
     code, out, _ = cli("--as", USER, "history", IMAGE, "--json")
-    assert [e["action"] for e in json.loads(out)] == ["publish", "approve"]
+    page = json.loads(out)  # newest first, and where the next page starts
+    assert [e["action"] for e in page["items"]] == ["approve", "publish"]
+    assert (page["more"], page["next"]) == (0, None)
 
 
 def test_console_script_and_python_m_bot_agree(config_file, sqlite_url, tmp_path):
@@ -340,3 +342,24 @@ def test_the_cli_takes_its_words_as_the_shell_cut_them(cli):
         f"nbenv: the reason is {MAX_REASON + 1:,} characters long: at most {MAX_REASON:,}, "
         "please shorten it\n",
     )
+
+
+def test_the_cli_pages_versions_and_history_with_limit_and_before(cli_on_both) -> None:
+    cli = cli_on_both
+    for label in ("a", "b", "c"):
+        assert cli("--as", OWNER, "publish", IMAGE, sha_of(label))[0] == 0
+
+    code, out, _ = cli("--as", USER, "versions", IMAGE, "--limit", "2", "--json")
+    first = json.loads(out)
+    assert code == 0 and len(first["items"]) == 2 and first["more"] == 1
+    code, out, _ = cli("--as", USER, "versions", IMAGE, "--before", first["next"], "--json")
+    second = json.loads(out)
+    assert [v["sha"] for v in first["items"] + second["items"]] == [
+        sha_of(label) for label in ("c", "b", "a")
+    ]
+    assert (second["more"], second["next"]) == (0, None)
+
+    code, out, _ = cli("--as", USER, "history", IMAGE, "--limit", "1")
+    assert code == 0 and "publish" in out and "2 older: `/nbenv history" in out
+    code, _, err = cli("--as", USER, "history", IMAGE, "--limit", "1000")
+    assert code == 2 and "1 to 100" in err and "Traceback" not in err

@@ -9,8 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from bot.domain.commands import MAX_COMMAND, MAX_REASON, Command, help_text, parse, split_words
+from bot.domain.command_table import MAX_COMMAND, help_text, parse
+from bot.domain.commands import MAX_REASON, Reject
 from bot.domain.errors import BadInput
+from bot.domain.words import split_words
 
 IMAGE = "nlp.keras-batch"
 
@@ -91,7 +93,7 @@ def test_a_reason_of_the_dialogs_full_length_is_accepted() -> None:
 def test_commands_made_without_parsing_are_held_to_the_same_limit() -> None:
     """Buttons, the reject dialog and queued jobs build a Command directly."""
     with pytest.raises(BadInput, match="the reason is"):
-        Command("reject", image=IMAGE, reason="r" * (MAX_REASON + 1))
+        Reject(image=IMAGE, reason="r" * (MAX_REASON + 1))
 
 
 @pytest.mark.parametrize(

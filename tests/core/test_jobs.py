@@ -9,9 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from bot.domain.commands import parse
+from bot.domain.command_table import parse
 from bot.service.jobs import LEASE, MAX_ATTEMPTS, JobWorker
 from bot.slack.interactions import Interactions
+from bot.slack.notifications import SlackNotifier
 from bot.store import tables as t
 from bot.store.uow import Store, utcnow
 from tests.conftest import IMAGE, OWNER, TESTER, sha_of
@@ -49,7 +50,7 @@ def test_a_crashing_job_is_retried_then_parked(runtime):
         crashes.append(payload)
         raise RuntimeError("disk full")
 
-    worker = JobWorker(runtime.store, {"flaky": crash})
+    worker = JobWorker(runtime.store, {"flaky": crash}, notifier=SlackNotifier())
     with runtime.store.write(audited=False) as tx:
         assert tx.jobs.enqueue("flaky:1", "flaky", {"n": 1}) is True
         assert tx.jobs.enqueue("flaky:1", "flaky", {"n": 1}) is False  # same key: one job
@@ -63,7 +64,7 @@ def test_a_crashing_job_is_retried_then_parked(runtime):
 def test_an_unknown_job_kind_fails_with_a_reason(runtime):
     with runtime.store.write(audited=False) as tx:
         tx.jobs.enqueue("odd:1", "odd", {})
-    assert JobWorker(runtime.store, {}).run_once() is True
+    assert JobWorker(runtime.store, {}, notifier=SlackNotifier()).run_once() is True
     (job,) = _jobs(runtime)
     assert job.status == "failed" and "no handler for job kind 'odd'" in job.error
 
@@ -81,8 +82,8 @@ def test_a_running_job_keeps_its_lease_while_its_worker_lives(runtime):
         started.set()
         finish.wait(10)
 
-    live = JobWorker(runtime.store, {"slow": slow}, lease=lease)
-    rival = JobWorker(runtime.store, {"slow": stolen.append}, lease=lease)
+    live = JobWorker(runtime.store, {"slow": slow}, lease=lease, notifier=SlackNotifier())
+    rival = JobWorker(runtime.store, {"slow": stolen.append}, lease=lease, notifier=SlackNotifier())
     with runtime.store.write(audited=False) as tx:
         tx.jobs.enqueue("slow:1", "slow", {"n": 1})
     running = threading.Thread(target=live.run_once)
@@ -117,7 +118,11 @@ def test_a_job_whose_worker_keeps_dying_is_parked_and_its_asker_told(runtime):
     for attempt in range(1, MAX_ATTEMPTS + 2):
         # Each worker comes after the previous one's lease ran out.
         at = utcnow() + attempt * 2 * LEASE
-        worker = JobWorker(Store(runtime.store.engine, clock=lambda at=at: at), {"doomed": fatal})
+        worker = JobWorker(
+            Store(runtime.store.engine, clock=lambda at=at: at),
+            {"doomed": fatal},
+            notifier=SlackNotifier(),
+        )
         if attempt <= MAX_ATTEMPTS:
             with pytest.raises(SystemExit):
                 worker.run_once()

@@ -17,13 +17,13 @@ def test_migrations_match_the_tables(db_url):
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
     assert differences == []
-    assert current_revision(engine) == "0003_audit_key"
+    assert current_revision(engine) == "0004_history_paging"
 
 
 def test_db_upgrade_command(sqlite_url, monkeypatch, capsys):
     monkeypatch.setenv("NBENV_DATABASE_URL", sqlite_url)
     assert main(["db", "upgrade"]) == 0
-    assert capsys.readouterr().out.strip() == "0003_audit_key"
+    assert capsys.readouterr().out.strip() == "0004_history_paging"
 
 
 def test_schema_is_current_knows_without_alembic(db_url):

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from bot.domain.commands import Command
+from bot.domain.commands import Promote
 from bot.domain.errors import BadInput, Refused
 from bot.domain.names import Pipeline
-from tests.conftest import IMAGE, OWNER, STRANGER, TESTER, TESTER2, USER, VISION_OWNER, sha_of
+from tests.conftest import (
+    IMAGE,
+    OWNER,
+    STRANGER,
+    TESTER,
+    TESTER2,
+    USER,
+    VISION_OWNER,
+    history_of,
+    sha_of,
+)
 
 A, B, C = sha_of("a"), sha_of("b"), sha_of("c")
 
@@ -38,7 +48,7 @@ def test_publish_points_staging_and_records_tested_version(runtime):
     reply = runtime.app.publish(OWNER, IMAGE, A, subject="Bump keras")
     assert envs(runtime) == {"staging": A, "production": None, "fallback": None}
     assert "now in staging" in reply.text
-    versions = runtime.app.handle(USER, f"versions {IMAGE}").data
+    versions = runtime.app.handle(USER, f"versions {IMAGE}").data["items"]
     assert [(v["sha"], v["tests_passed"], v["subject"]) for v in versions] == [
         (A, True, "Bump keras")
     ]
@@ -69,7 +79,7 @@ def test_publish_of_a_failed_report_is_refused_and_staging_untouched(runtime):
     with pytest.raises(Refused, match="failed its automated tests"):
         runtime.app.publish(OWNER, IMAGE, B, report=report)
     assert envs(runtime)["staging"] == A
-    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data}
+    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[B]["tests_passed"] is False
     assert last_audit(runtime).outcome == "refused"
 
@@ -198,7 +208,7 @@ def test_rollback_restores_fallback_and_revokes_the_broken_sha(runtime):
     assert envs(runtime) == {"staging": B, "production": B, "fallback": A}
     runtime.app.handle(OWNER, f'rollback {IMAGE} --reason "kernel dies"')
     assert envs(runtime) == {"staging": B, "production": A, "fallback": A}
-    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data}
+    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[B]["revoked"] is True
     # Revoked: its earlier approval no longer counts.
     with pytest.raises(Refused, match=r"revoked .*needs fresh approvals"):
@@ -226,7 +236,7 @@ def test_rollback_to_a_tested_earlier_version_by_short_sha(runtime):
     runtime.app.handle(OWNER, f"rollback {IMAGE} --to {A[:7]}")
     assert envs(runtime)["production"] == A
     assert envs(runtime)["fallback"] == B  # fallback is kept
-    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data}
+    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[C]["revoked"] is True
 
 
@@ -339,14 +349,14 @@ def test_history_lists_every_action_and_refusal_against_the_sha(runtime):
         runtime.app.handle(OWNER, f"promote {IMAGE}")
     runtime.app.handle(TESTER, f"approve {IMAGE}")
     runtime.app.handle(OWNER, f"promote {IMAGE}")
-    history = runtime.app.handle(USER, f"history {IMAGE} {A[:8]}").data
+    history = history_of(runtime.app, USER, f"history {IMAGE} {A[:8]}")
     assert [(h["action"], h["outcome"]) for h in history] == [
         ("publish", "ok"),
         ("promote", "refused"),
         ("approve", "ok"),
         ("promote", "ok"),
     ]
-    everything = runtime.app.handle(USER, f"history {IMAGE}").data
+    everything = history_of(runtime.app, USER, f"history {IMAGE}")
     assert ("promote", "refused") in [(h["action"], h["outcome"]) for h in everything]
     # A refusal is filed under the SHA it concerned: staging's, for a promotion.
     refused = next(h for h in everything if h["outcome"] == "refused")
@@ -358,7 +368,7 @@ def test_idempotency_key_makes_a_retry_a_no_op(runtime):
     runtime.app.handle(TESTER, f"approve {IMAGE}")
     first = runtime.app.handle(OWNER, f"promote {IMAGE}", key="slack:retry-1")
     count = audit_count(runtime)
-    again = runtime.app.execute(OWNER, Command("promote", image=IMAGE), key="slack:retry-1")
+    again = runtime.app.execute(OWNER, Promote(image=IMAGE), key="slack:retry-1")
     assert first.data["applied"] is True
     assert "retried" in again.text
     assert audit_count(runtime) == count
@@ -399,10 +409,10 @@ def test_a_refused_stop_of_someone_elses_instance_is_on_the_images_record(runtim
         runtime.app.handle(OWNER, f"history {IMAGE}"),
         runtime.app.handle(OWNER, f"history {IMAGE} {A}"),
     ):
-        refused = [h for h in history.data if h["outcome"] == "refused"]
+        refused = [h for h in history.data["items"] if h["outcome"] == "refused"]
         assert [(h["actor"], h["action"], h["sha"]) for h in refused] == [(TESTER2, "instances", A)]
         assert refused[0]["details"]["command"]["stop"] == "nlp-work"
-        line = history.text.splitlines()[-1]
+        line = history.text.splitlines()[1]  # newest first
         assert "(REFUSED)" in line and "belongs to <@U06USER>" in line
     with runtime.store.read() as tx:
         assert tx.instances.get("nlp-work")["state"] == "running"
@@ -420,7 +430,7 @@ def test_a_refused_dry_run_is_audited_and_said_as_a_dry_run(runtime, who):
     assert (entry.actor, entry.action, entry.outcome) == (who, "promote", "refused")
     assert entry.details["command"] == {"dry_run": True}
     assert entry.details["reason"].startswith("Dry run")
-    line = runtime.app.handle(USER, f"history {IMAGE}").text.splitlines()[-1]
+    line = runtime.app.handle(USER, f"history {IMAGE}").text.splitlines()[1]  # newest first
     assert "(REFUSED, dry run)" in line
     assert envs(runtime)["production"] is None
 
@@ -435,7 +445,7 @@ def test_history_renders_mentions_the_same_way_everywhere(
     with pytest.raises(Refused, match="rejected by"):
         runtime.app.handle(OWNER, f"promote {IMAGE}")
     text = runtime.app.handle(USER, f"history {IMAGE}").text
-    refused = text.splitlines()[-1]
+    refused = text.splitlines()[1]  # newest first
     # In Slack: the person rejecting is a mention, as actors are; their words stay text.
     assert refused.startswith("• ") and "<@U01OWNER> promote" in refused
     assert "rejected by <@U02TESTER> (hangs &amp; &lt;!channel&gt;)" in refused
@@ -443,7 +453,7 @@ def test_history_renders_mentions_the_same_way_everywhere(
     # In the terminal: every mention the same way, @ID.
     monkeypatch.setenv("NBENV_DATABASE_URL", db_url)
     assert main(["--config", str(config_file), "--as", USER, "history", IMAGE]) == 0
-    out = capsys.readouterr().out.splitlines()[-1]
+    out = capsys.readouterr().out.splitlines()[1]  # newest first
     assert "@U01OWNER promote" in out and "rejected by @U02TESTER (hangs & <!channel>)" in out
     assert "<@" not in out
 
@@ -456,7 +466,7 @@ def test_an_instance_that_fails_to_start_is_on_record_as_failed(db_url, config_f
     in_production(runtime, A)
     runtime.app.handle(USER, f"instance {IMAGE} --name nlp-broken")
     runtime.worker.run_until_idle()  # A is no commit of any repository: it cannot start
-    history = runtime.app.handle(USER, f"history {IMAGE} {A}").data
+    history = history_of(runtime.app, USER, f"history {IMAGE} {A}")
     assert [(h["action"], h["outcome"]) for h in history][-2:] == [
         ("instance", "ok"),  # requested
         ("instance", "failed"),
@@ -467,7 +477,8 @@ def test_an_instance_that_fails_to_start_is_on_record_as_failed(db_url, config_f
 def test_status_says_how_long_ago_each_environment_moved(runtime):
     from datetime import timedelta
 
-    from bot.service.app import Nbenv
+    from bot.service.nbenv import Nbenv
+    from bot.slack.notifications import SlackNotifier
     from bot.store.uow import Store, utcnow
 
     in_production(runtime, A)
@@ -475,9 +486,19 @@ def test_status_says_how_long_ago_each_environment_moved(runtime):
     assert "UTC (just now) by <@U01OWNER>" in now.text
     assert now.data["environments"]["production"]["age"] == "just now"
     later = Store(runtime.store.engine, clock=lambda: utcnow() + timedelta(hours=2, minutes=5))
-    status = Nbenv(runtime.config, later).handle(USER, f"status {IMAGE}")
+    status = Nbenv(runtime.config, later, notifier=SlackNotifier()).handle(USER, f"status {IMAGE}")
     line = next(line for line in status.text.splitlines() if "production" in line)
     moved = status.data["environments"]["production"]["updated_at"]
     assert line == (
         f"• production: `{A[:7]}` since {moved[:10]} {moved[11:16]} UTC (2h ago) by <@U01OWNER>"
     )
+
+
+def test_a_retry_whose_first_answer_was_lost_hears_what_happened(runtime):
+    runtime.app.publish(OWNER, IMAGE, A)
+    first = runtime.app.handle(TESTER, f"approve {IMAGE}", key="socket:envelope-1")
+    count = audit_count(runtime)
+    again = runtime.app.handle(TESTER, f"approve {IMAGE}", key="socket:envelope-1")
+    assert first.text.splitlines()[0] in again.text and "retried request" in again.text
+    assert again.data == {"retried": True}
+    assert audit_count(runtime) == count

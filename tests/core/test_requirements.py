@@ -16,6 +16,8 @@ USED_WITHOUT_IMPORT = {
     "psycopg": "SQLAlchemy's postgresql+psycopg dialect loads it for NBENV_DATABASE_URL",
     "ipykernel": "the Python kernel nbclient starts to run test notebooks",
     "jupyter-server": "the local backend's instances are `jupyter server` processes",
+    "tzdata": "zoneinfo's time zones (freeze windows) where the OS has none, as in slim images",
+    "websocket-client": "slack_sdk's Socket Mode client for `nbenv socket` runs over it",
 }
 
 

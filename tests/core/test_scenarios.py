@@ -8,7 +8,7 @@ from sqlalchemy import select
 from bot.domain.errors import Refused
 from bot.domain.names import Pipeline
 from bot.store import tables as t
-from tests.conftest import IMAGE, OWNER, TESTER, TESTER2, USER, sha_of
+from tests.conftest import IMAGE, OWNER, TESTER, TESTER2, USER, history_of, sha_of
 
 V1, V2, V3, V4 = (sha_of(f"v{i}") for i in range(1, 5))
 PIPELINE = Pipeline("0f5e6a7b-1111-2222-3333-444455556666")
@@ -74,7 +74,7 @@ def test_expected_path(runtime):
     created = runtime.app.handle(USER, f"instance {IMAGE}").data
     assert (created["env"], created["sha"]) == ("production", V2)
     # Every action is on record against its SHA.
-    history = runtime.app.handle(USER, f"history {IMAGE} {V2}").data
+    history = history_of(runtime.app, USER, f"history {IMAGE} {V2}")
     assert [h["action"] for h in history] == ["publish", "approve", "promote", "instance"]
     assert runtime.app.verify_audit().ok
 
@@ -84,7 +84,7 @@ def test_automated_tests_fail_staging_untouched(runtime):
     with pytest.raises(Refused, match="failed its automated tests"):
         runtime.app.publish(PIPELINE, IMAGE, V2, report=FAILED_REPORT)
     assert pointers(runtime) == (V1, None, None)
-    version = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data}[V2]
+    version = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data["items"]}[V2]
     assert version["tests_passed"] is False
     assert version["notebooks"] == {"passed": 1, "total": 2}
     with pytest.raises(Refused, match="failed its automated tests"):
@@ -127,7 +127,7 @@ def test_fallback_missing_or_broken_rollback_to_an_earlier_version(runtime):
         runtime.app.handle(TESTER, f"approve {IMAGE}")
         runtime.app.handle(OWNER, f"promote {IMAGE}")
     assert pointers(runtime) == (V3, V3, V2)
-    candidates = runtime.app.handle(OWNER, f"versions {IMAGE}").data
+    candidates = runtime.app.handle(OWNER, f"versions {IMAGE}").data["items"]
     assert [c["sha"] for c in candidates if c["tests_passed"]] == [V3, V2, V1]
     runtime.app.handle(OWNER, f"rollback {IMAGE} --to {V1[:9]}")
     assert pointers(runtime) == (V3, V1, V2)
@@ -142,7 +142,7 @@ def test_freeze_then_unfreeze(runtime):
     runtime.app.handle(OWNER, f"unfreeze {IMAGE}")
     runtime.app.handle(OWNER, f"promote {IMAGE}")
     assert pointers(runtime) == (V1, V1, None)
-    history = runtime.app.handle(USER, f"history {IMAGE}").data
+    history = history_of(runtime.app, USER, f"history {IMAGE}")
     assert [(h["action"], h["outcome"]) for h in history][-4:] == [
         ("freeze", "ok"),
         ("promote", "refused"),
@@ -182,10 +182,10 @@ def test_a_fresh_approval_clears_the_revocation_in_every_view(runtime):
     assert pointers(runtime) == (V2, V2, V1)
     status = runtime.app.handle(USER, f"status {IMAGE}").text
     assert "revoked" not in status
-    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data}
+    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[V2]["revoked"] is False
     # The record keeps the revocation the approval ended.
-    approval = runtime.app.handle(USER, f"history {IMAGE} {V2} --json").data
+    approval = history_of(runtime.app, USER, f"history {IMAGE} {V2} --json")
     ended = [h for h in approval if h["details"].get("ends_revocation")]
     assert [h["actor"] for h in ended] == [TESTER2]
     assert ended[0]["details"]["ends_revocation"]["reason"] == "GPU kernels crash"
@@ -227,7 +227,7 @@ def test_an_open_rejection_survives_revocation(runtime):
 def test_history_of_a_sha_shows_every_event_concerning_it(runtime):
     _revoked_in_staging(runtime)
     history = runtime.app.handle(USER, f"history {IMAGE} {V2}")
-    actions = [(h["action"], h["sha"]) for h in history.data]
+    actions = [(h["action"], h["sha"]) for h in history.data["items"][::-1]]  # oldest first
     # The rollback that revoked V2 is filed under its target V1, and shown for V2 too.
     assert actions == [
         ("publish", V2),
@@ -235,8 +235,8 @@ def test_history_of_a_sha_shows_every_event_concerning_it(runtime):
         ("promote", V2),
         ("rollback", V1),
     ]
-    rollback_line = history.text.splitlines()[-1]
+    rollback_line = history.text.splitlines()[1]  # newest first
     assert f"revoked `{V2[:7]}`" in rollback_line and "GPU kernels crash" in rollback_line
     # V1 was moved to fallback by V2's promotion: that concerns V1 as well.
-    v1 = [(h["action"], h["sha"]) for h in runtime.app.handle(USER, f"history {IMAGE} {V1}").data]
+    v1 = [(h["action"], h["sha"]) for h in history_of(runtime.app, USER, f"history {IMAGE} {V1}")]
     assert ("promote", V2) in v1 and ("rollback", V1) in v1

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from bot.domain.commands import parse
+from bot.domain.command_table import parse
 from bot.domain.errors import BadInput, NbenvError
 from tests.conftest import IMAGE, OWNER, STRANGER, TESTER, USER, sha_of
 from tests.fuzz.state import snapshot
@@ -51,7 +51,7 @@ def _echoes_an_option_raw(message: str) -> bool:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="bot/domain/commands.py parse_words says `unknown option {word}` with the word "
+    reason="bot/domain/command_table.py parse_words says `unknown option {word}` with the word "
     "as typed: a line break inside it that does not separate words (\u2028, \x85, \v, "
     "\f) splits the one-line answer; it should quote it: {word!r}",
 )

@@ -1,8 +1,8 @@
-"""Bugs the fuzz tests found in files being rewritten as they ran (the lead's, and the
-outbox sender's), pinned as strict xfails until they are fixed: each says what is wrong
-and what would fix it. Apart from tests/fuzz/test_slack_http.py because what they leave
-behind (a job that fails, an answer the sender cannot deliver) would trouble the tests
-after them on the same server."""
+"""Bugs the fuzz tests found where a button or dialog carries less than it should, on a
+server of their own: what a failing case leaves behind (a job that fails, an answer the
+sender cannot deliver) must not trouble the tests after it. One is pinned as a strict
+xfail until it is fixed (in the outbox sender's transport, another lane's file); the
+reason says what is wrong and what would fix it."""
 
 from __future__ import annotations
 
@@ -15,17 +15,12 @@ import pytest
 from bot.slack import views
 from tests.conftest import OWNER, TESTER
 from tests.fuzz.state import snapshot
+from tests.fuzz.strategies import one_line
 from tests.fuzz.test_slack_http import _payload_body, _press, _staged, _submission, check_answer
 from tests.slack.bot import BotServer, blocks_text, wait_until
 from tests.support.slack_api import FakeSlackApi
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/slack/interactions.py submit_reject takes private_metadata.image unchecked: "
-    "None reaches `assert image` in Nbenv._verdict, a list or object is unhashable "
-    "(TypeError) - a 500 and a traceback; it should answer 'This dialog is malformed'",
-)
 @pytest.mark.parametrize("bad", [None, [], {}, ["nlp.t01"]], ids=["null", "[]", "{}", "[image]"])
 def test_a_dialog_whose_metadata_names_no_image_is_refused_in_one_line(
     server: BotServer, slack: FakeSlackApi, rt: Any, image: str, log: Any, bad: Any
@@ -38,18 +33,13 @@ def test_a_dialog_whose_metadata_names_no_image_is_refused_in_one_line(
 
     answer = server.signed(_payload_body(payload))
 
+    # (It was a 500: `assert image` in the service, or an unhashable image.)
     assert answer.status == 200, answer.text
     assert answer.json["response_action"] == "errors"
-    assert "malformed" in answer.json["errors"][views.REASON_BLOCK]
-    assert snapshot(rt, image) == before
+    assert one_line(answer.json["errors"][views.REASON_BLOCK])
+    assert snapshot(rt, image).same_but_refusals(before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/slack/interactions.py command_from accepts a Confirm button's cmd without "
-    "an image; the job it queues fails on `assert image` in Nbenv._cmd_promote (traceback, "
-    "retried, never answered); command_from should refuse it: 'this button is malformed'",
-)
 def test_a_confirm_button_whose_command_names_no_image_is_answered_in_one_line(
     server: BotServer, slack: FakeSlackApi, rt: Any, image: str, log: Any
 ) -> None:
@@ -69,14 +59,15 @@ def test_a_confirm_button_whose_command_names_no_image_is_answered_in_one_line(
         what="an answer or the job's last failure",
     )
 
+    # (Its job failed on `assert image` three times, and never answered.)
     (answer,) = slack.calls(f"response_url:/response/{name}")
-    assert "malformed" in blocks_text(answer.args)
+    assert "⚠️" in blocks_text(answer.args)
     assert snapshot(rt, image).same_but_refusals(before)
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="bot/slack/outbox.py OutboxSender._call (bot/slack/transport.py on main) hands an "
+    reason="bot/slack/transport.py (the outbox sender's transport) hands an "
     "empty response_url to WebhookClient: ValueError 'unknown url type', a traceback on "
     "every delivery pass and no answer; it should answer the person directly (its `user`), "
     "as for an expired response_url, or drop the row in one line",

@@ -157,6 +157,7 @@ def test_a_queued_promote_whose_worker_was_killed_is_retried_within_a_minute_as_
     from bot.bootstrap import build_runtime, job_handlers
     from bot.service.jobs import JobWorker
     from bot.slack.interactions import Interactions
+    from bot.slack.notifications import SlackNotifier
     from bot.slack.outbox import OutboxSender
     from bot.store.uow import Store, utcnow
     from tests.support.slack_api import FakeSlackApi
@@ -193,7 +194,12 @@ def test_a_queued_promote_whose_worker_was_killed_is_retried_within_a_minute_as_
 
         second = release(runtime, google, "second")  # published and approved meanwhile
         a_minute_later = Store(runtime.store.engine, clock=lambda: utcnow() + timedelta(minutes=1))
-        assert JobWorker(a_minute_later, job_handlers(runtime.app)).run_once() is True
+        assert (
+            JobWorker(
+                a_minute_later, job_handlers(runtime.app), notifier=SlackNotifier()
+            ).run_once()
+            is True
+        )
 
         status = runtime.app.handle(OWNER, f"status {IMAGE}").data
         assert status["environments"]["production"] is None

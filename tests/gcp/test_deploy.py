@@ -275,6 +275,7 @@ def test_every_service_account_gets_exactly_its_least_roles(dry_run) -> None:
         (BOT, "roles/cloudsql.client", "projects my-project"),
         (BOT, "roles/cloudbuild.builds.editor", "projects my-project"),
         (BOT, "roles/notebooks.admin", "projects my-project"),
+        (BOT, "roles/containeranalysis.occurrences.viewer", "projects my-project"),
         (BOT, "roles/artifactregistry.writer", "artifacts repositories notebooks"),
         (BOT, "roles/secretmanager.secretAccessor", "secrets slack-bot-token"),
         (BOT, "roles/secretmanager.secretAccessor", "secrets slack-signing-secret"),

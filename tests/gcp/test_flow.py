@@ -4,6 +4,7 @@ instance from fallback pinned to its SHA → rollback (owners of instances told)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,3 +150,86 @@ def test_a_build_of_an_explicit_sha_is_test_only_as_on_the_local_backend(
         version = tx.versions.get(IMAGE, sha)
         assert version is not None and version.tests_passed
         assert tx.pointers.state(IMAGE).sha(Env.STAGING) is None
+
+
+def _buttons(message: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+    """A message's buttons: action_id → (label, value)."""
+    found = {}
+    for block in message.blocks or []:
+        for element in block.get("elements", []):
+            if element.get("type") == "button":
+                found[element["action_id"]] = (
+                    element["text"]["text"],
+                    json.loads(element["value"]),
+                )
+    return found
+
+
+def test_whoever_runs_a_rolled_back_sha_is_told_directly_and_moves_with_two_presses(
+    gcp_runtime, relay, google, slack
+) -> None:
+    from bot.domain.names import Person
+    from bot.slack.interactions import Interactions
+
+    app = gcp_runtime.app
+    first = _built(gcp_runtime, relay, google, "first")
+    app.handle(TESTER, f"approve {IMAGE}")
+    app.handle(OWNER, f"promote {IMAGE}")
+    second = _built(gcp_runtime, relay, google, "second")
+    app.handle(TESTER, f"approve {IMAGE}")
+    app.handle(OWNER, f"promote {IMAGE}")
+    app.handle(USER, f"instance {IMAGE} --name on-second")
+    gcp_runtime.worker.run_until_idle()
+
+    app.handle(OWNER, f'rollback {IMAGE} --reason "login broken"')
+    relay.sender.drain()
+
+    # The person running the revoked SHA hears it in a direct message, not only in the thread.
+    (told,) = [m for m in slack.messages(USER).values() if "was rolled back" in m.text]
+    assert f"`{second[:7]}` is revoked" in told.text and "`on-second`" in told.text
+    assert "nothing is stopped until you press" in told.text
+    buttons = _buttons(told)
+    assert set(buttons) == {"nbenv_replace", "nbenv_stop"}
+    assert buttons["nbenv_stop"][0] == "Stop on-second"
+    # Nothing was stopped by the rollback itself, and the listing marks the instance.
+    listing = app.handle(USER, f"instances {IMAGE}")
+    (row,) = listing.data
+    assert row["revoked"] is True and row["state"] in ("starting", "running")
+    assert "⛔ runs a revoked SHA" in listing.text
+
+    # The first press starts a replacement from production, for the same person.
+    interactions = Interactions(app)
+    value = json.dumps(buttons["nbenv_replace"][1])
+    url = slack.response_url("replace")
+    interactions.press(Person(USER), "nbenv_replace", value, key="press-1", response_url=url)
+    gcp_runtime.worker.run_until_idle()
+    replacement = {
+        name.rsplit("/", 1)[-1]: instance
+        for name, instance in google.instances.items()
+        if not name.endswith("/on-second")
+    }
+    (made,) = replacement.values()
+    assert made["gceSetup"]["containerImage"]["tag"] == first
+    assert made["labels"]["nbenv-env"] == "production"
+    assert made["labels"]["nbenv-requested-by"] == USER.lower()
+    assert all(i["state"] != "STOPPED" for i in google.instances.values())
+
+    # The second press stops the old one; only its owner's press does (or an owner's).
+    stop = json.dumps(buttons["nbenv_stop"][1])
+    other = slack.response_url("stop-by-other")
+    interactions.press(Person(TESTER), "nbenv_stop", stop, key="press-2", response_url=other)
+    gcp_runtime.worker.run_until_idle()
+    relay.sender.drain()
+    (answer,) = [c.args["text"] for c in slack.calls("response_url:/response/stop-by-other")]
+    assert "belongs to" in answer
+    google.finish_operations()
+    states = {row["name"]: row["state"] for row in app.handle(USER, f"instances {IMAGE}").data}
+    assert states["on-second"] != "stopped"
+
+    url = slack.response_url("stop")
+    interactions.press(Person(USER), "nbenv_stop", stop, key="press-3", response_url=url)
+    gcp_runtime.worker.run_until_idle()
+    states = {row["name"]: row["state"] for row in app.handle(USER, f"instances {IMAGE}").data}
+    assert states["on-second"] == "stopped"
+    check = app.verify_audit()
+    assert check.ok, check.describe()

@@ -9,6 +9,7 @@ from google.cloud import notebooks_v2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.backends.gcp import GcpBackend
 from bot.domain.errors import ConfigError, Refused
 from bot.domain.names import Env, Pipeline, image_name_problem
 from bot.service.ports import InstanceRequest
@@ -30,6 +31,17 @@ def _request(
     name: str = "nlp-keras-batch-prod-1", image: str = IMAGE, sha: str = SHA, by: str = USER
 ):
     return InstanceRequest(name=name, image=image, env="production", sha=sha, requested_by=by)
+
+
+def load_config_with_idle_timeout(path, idle_timeout):  # type: ignore[no-untyped-def]
+    """The config at PATH with IMAGE's idle timeout set as given, unchecked."""
+    from bot.config import load_config
+
+    config = load_config(path)
+    image = config.images[IMAGE]
+    instance = image.instance.model_copy(update={"idle_timeout": idle_timeout})
+    images = {**config.images, IMAGE: image.model_copy(update={"instance": instance})}
+    return config.model_copy(update={"images": images})
 
 
 def _backend(path):  # type: ignore[no-untyped-def]
@@ -55,6 +67,8 @@ def test_an_instance_runs_the_sha_tag_with_the_images_defaults_and_labels(backen
                 "nbenv-env": "production",
                 "nbenv-sha": SHA,
                 "nbenv-requested-by": USER,
+                # Workbench's idle shutdown, at nbenv's documented default of 3 hours.
+                "idle-timeout-seconds": "10800",
             },
         },
         "labels": {
@@ -74,6 +88,98 @@ def test_an_instance_runs_the_sha_tag_with_the_images_defaults_and_labels(backen
     )
     assert info.details["container"] == f"{REGISTRY}/{IMAGE}:{SHA}"
     assert info.details["location"] == "us-central1-a"
+    assert info.details["idle_timeout_s"] == 10800
+    assert google.idle_shutdown_after("nlp-keras-batch-prod-1") == 10800
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"), [("90m", 5400), ("1h30m", 5400), ("24h", 86400), ("10m", 600)]
+)
+def test_the_images_idle_timeout_reaches_workbench_in_seconds(
+    google, tmp_path, written: str, seconds: int
+) -> None:
+    path = write_config(tmp_path)
+    path.write_text(
+        path.read_text().replace(
+            "      machine_type: n1-standard-4\n",
+            f"      machine_type: n1-standard-4\n      idle_timeout: {written}\n",
+        )
+    )
+
+    info = _backend(path).start_instance(_request())
+
+    (request,) = google.requests()
+    assert request.body["gceSetup"]["metadata"]["idle-timeout-seconds"] == str(seconds)
+    assert google.idle_shutdown_after("nlp-keras-batch-prod-1") == seconds
+    assert info.details["idle_timeout_s"] == seconds
+
+
+@pytest.mark.parametrize("never", ["0", "null"])
+def test_an_idle_timeout_of_never_asks_workbench_for_no_idle_shutdown(
+    google, tmp_path, never: str
+) -> None:
+    path = write_config(tmp_path)
+    path.write_text(
+        path.read_text().replace(
+            "      machine_type: n1-standard-4\n",
+            f"      machine_type: n1-standard-4\n      idle_timeout: {never}\n",
+        )
+    )
+
+    info = _backend(path).start_instance(_request())
+
+    (request,) = google.requests()
+    assert "idle-timeout-seconds" not in request.body["gceSetup"]["metadata"]
+    assert google.idle_shutdown_after("nlp-keras-batch-prod-1") is None
+    assert info.details["idle_timeout_s"] is None
+
+
+@pytest.mark.parametrize(
+    ("written", "problem"),
+    [
+        ("5m", "'5m' is out of bounds: between 10m and 24h"),
+        ("25h", "'25h' is out of bounds: between 10m and 24h"),
+        ("10800", "10800 has no unit: write a duration like 3h, 90m or 1h30m"),
+        ("soon", "'soon' is not a duration: write it like 3h, 90m or 1h30m"),
+        ("-1h", "'-1h' is not a duration"),
+        ("yes", "True has no unit"),
+    ],
+)
+def test_an_invalid_idle_timeout_is_a_config_error_naming_the_key(
+    tmp_path, written: str, problem: str
+) -> None:
+    from bot.config import load_config
+
+    path = write_config(tmp_path)
+    path.write_text(
+        path.read_text().replace(
+            "      machine_type: n1-standard-4\n",
+            f"      machine_type: n1-standard-4\n      idle_timeout: {written}\n",
+        )
+    )
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+
+    assert f"nbenv-gcp.yaml:18: images.{IMAGE}.instance.idle_timeout: {problem}" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_workbench_refuses_an_idle_timeout_that_is_not_a_number_of_seconds(
+    google, tmp_path
+) -> None:
+    # The config cannot say this (see above); a Config built otherwise could, and then
+    # Google's refusal is what the person reads, in one line, and nothing is made.
+    config = load_config_with_idle_timeout(write_config(tmp_path), "3h")
+
+    with pytest.raises(Refused) as refused:
+        GcpBackend(config).start_instance(_request())
+
+    assert str(refused.value).endswith(
+        "HTTP 400: Invalid value for field 'gce_setup.metadata[idle-timeout-seconds]': "
+        "'3h': expected an integer number of seconds"
+    )
+    assert google.instances == {}
 
 
 def test_an_accelerator_and_zone_come_from_the_images_config(backend, google) -> None:
@@ -486,3 +592,38 @@ def test_an_accelerator_without_a_usable_count_is_a_config_error(tmp_path, count
         f"images.{GPU_IMAGE}.instance.accelerator_count: {count} with accelerator_type "
         "NVIDIA_TESLA_T4: give 1, 2, 4 or 8"
     ) in str(error.value)
+
+
+def test_instances_shows_when_each_running_instance_stops_if_idle(db_url, google, tmp_path) -> None:
+    from bot.bootstrap import build_runtime
+
+    path = write_config(tmp_path)
+    text = path.read_text().replace(
+        "      boot_disk_gb: 200\n", "      boot_disk_gb: 200\n      idle_timeout: 0\n"
+    )
+    path.write_text(text.replace("testers: [U05VTESTER]", f"testers: [U05VTESTER, {USER}]"))
+    runtime = build_runtime(str(path), db_url)
+    sha = release(runtime, google, "first")
+    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    google.push(GPU_IMAGE, sha)
+    runtime.app.publish(Pipeline("gpu"), GPU_IMAGE, sha, report=PASSED, branch="staging")
+    runtime.app.handle(USER, f"instance {IMAGE} --name cheap")
+    runtime.app.handle(USER, f"instance {GPU_IMAGE} --env staging --name forever")
+    runtime.worker.run_until_idle()
+
+    reply = runtime.app.handle(USER, "instances")
+
+    lines = reply.text.splitlines()
+    (cheap,) = [line for line in lines if "`cheap`" in line]
+    (forever,) = [line for line in lines if "`forever`" in line]
+    assert "starting (stops after 3h idle) by" in cheap
+    assert "starting (never stops when idle) by" in forever
+    # --json: the same, as data.
+    shown = {item["name"]: item for item in reply.data}
+    assert shown["cheap"]["idle_timeout_s"] == 10800
+    assert shown["cheap"]["idle_stop"] == "stops after 3h idle"
+    assert shown["forever"]["idle_timeout_s"] is None
+    # A stopped instance costs nothing: no idle stop to announce.
+    runtime.app.handle(USER, "instances --stop cheap")
+    (cheap,) = [i for i in runtime.app.handle(USER, "instances").data if i["name"] == "cheap"]
+    assert "idle_stop" not in cheap

@@ -3,14 +3,16 @@ say what the validated config says."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bot.config import load_config
-from bot.config_access import read_access
-from bot.domain.commands import parse
-from bot.domain.errors import BadInput
+from bot.config_file import read_access
+from bot.domain.command_table import parse
+from bot.domain.errors import BadInput, ConfigError
 from bot.domain.names import Pipeline
 from bot.service.access import check
 
@@ -47,3 +49,38 @@ def test_the_access_view_agrees_with_the_config(tmp_path: Path, everyone: bool) 
                 except BadInput as error:
                     outcomes.append(error.message)
             assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        CONFIG.replace(
+            "    testers: [U02TESTER]\n", "    testers: [U02TESTER]\n    owners: [U09]\n"
+        ),
+        CONFIG + "images: {}\n",
+        "teams: [\n",
+        CONFIG + "\x07\n",
+        None,  # no file at all
+    ],
+    ids=["a key given twice", "a section given twice", "not YAML", "a control character", "none"],
+)
+def test_the_access_view_reads_the_file_as_the_config_does(tmp_path: Path, text: str) -> None:
+    """One reader for the config file: a file that the config refuses, the access view
+    refuses too, with the same one line (not a traceback, not the last of two keys)."""
+    file = tmp_path / "nbenv.yaml"
+    if text is not None:
+        file.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as refused_by_config:
+        load_config(file)
+    with pytest.raises(ConfigError) as refused_by_access:
+        read_access(file)
+    assert refused_by_access.value.message == refused_by_config.value.message
+    assert f"{file}" in refused_by_access.value.message
+
+
+def test_the_access_view_loads_no_pydantic() -> None:
+    """What `nbenv serve` acks with loads without pydantic (a tenth of a second of cold
+    start), though it reads the config file with the reader that load_config uses."""
+    probe = "import sys, bot.config_file, bot.service.access; print('pydantic' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

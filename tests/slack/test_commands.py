@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from bot.domain.commands import USAGE
+from bot.domain.command_table import USAGE
 from tests.conftest import OWNER, TESTER, TESTER2, USER
 from tests.slack.bot import (
     STRANGER,
@@ -77,13 +77,42 @@ def test_versions_show_test_results(server: BotServer, rt, image: str, slack: Fa
     assert f"`{bad[:7]}` TESTS FAILED" in shown
 
 
+def test_versions_come_a_page_at_a_time_and_older_ones_replace_the_answer(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    shas = {published(rt, image, f"v{n}") for n in range(23)}
+    url = slack.response_url(f"pages-{image}")
+    server.slash(TESTER, f"versions {image}", response_url=url)
+
+    first = wait_response(slack, url)
+    shown_first = {s for s in shas if f"`{s[:7]}`" in blocks_text(first)}
+    assert len(shown_first) == 20 and "3 older" in blocks_text(first)
+    older = buttons(first)["Older (3 more)"]
+
+    pressed = slack.response_url(f"pages-older-{image}")
+    assert server.action(TESTER, older, response_url=pressed).status == 200
+    second = wait_response(slack, pressed)
+    shown_second = {s for s in shas if f"`{s[:7]}`" in blocks_text(second)}
+    assert second["replace_original"] is True  # the next page takes the place of this one
+    assert shown_first | shown_second == shas and not shown_first & shown_second
+    assert not [label for label in buttons(second) if label.startswith("Older")]
+
+
+def test_a_forged_page_cursor_is_refused_in_one_line(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    shown = ask(server, slack, USER, f"history {image} --before not-a-cursor")
+    assert "not a page cursor of `history`" in shown
+    assert "Traceback" not in shown
+
+
 def test_history_lists_what_happened(
     server: BotServer, rt, image: str, slack: FakeSlackApi
 ) -> None:  # type: ignore[no-untyped-def]
     v1, v2 = in_production(rt, image, "v1", "v2")
 
-    shown = ask(server, slack, USER, f"history {image}")
-    assert shown.index("publish") < shown.index("approve") < shown.index("promote")
+    shown = ask(server, slack, USER, f"history {image}")  # newest first
+    assert shown.index("promote") < shown.index("approve") < shown.index("publish")
     at_v1 = ask(server, slack, USER, f"history {image} {v1[:9]}")
     assert f"at `{v1[:7]}`" in at_v1
     # v2 appears only where it moved v1: out of staging, then out of production.

@@ -55,7 +55,7 @@ def test_the_demo_runs_to_the_end_and_shows_every_stage(tmp_path: Path) -> None:
 
     fallback = sections[stages[4]][: out.index(stages[5]) - positions[4]]
     assert "instance `ana-fallback` of nlp.keras-batch (fallback," in fallback
-    assert "is running: http://127.0.0.1:" in fallback
+    assert "is running (stops after 3h idle): http://127.0.0.1:" in fallback
 
     rollback = sections[stages[5]][: out.index(stages[6]) - positions[5]]
     assert "rolled back production of nlp.keras-batch" in rollback

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 import pytest
 from slack_sdk.signature import SignatureVerifier
 
-from bot.domain.commands import MAX_COMMAND, MAX_REASON
+from bot.domain.command_table import MAX_COMMAND
+from bot.domain.commands import MAX_REASON
 from tests.conftest import OWNER, TESTER
 from tests.slack.bot import (
     SECRET,
@@ -310,7 +311,8 @@ def test_a_confirm_button_naming_an_unknown_environment_changes_nothing(
 
     # Like every forged button value: the press is acked, and the person is told privately.
     assert answer.status == 200
-    assert "unknown environment 'qa'" in wait_response(slack, url)["text"]
+    # A promote takes no environment: the forged field is named, nothing else is read.
+    assert "'env', which promote does not take" in wait_response(slack, url)["text"]
     assert "Traceback" not in log.since()
     assert audit(rt, image) == before
 

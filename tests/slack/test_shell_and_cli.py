@@ -1,6 +1,5 @@
 """`nbenv shell` driven through stdin, and the start-up errors of `nbenv serve` and
-`nbenv socket` (Socket Mode itself needs Slack's WebSocket service: only its
-construction and its refusals can be checked here)."""
+`nbenv socket` (Socket Mode itself, end to end: tests/slack/test_socket_mode.py)."""
 
 from __future__ import annotations
 
@@ -225,14 +224,13 @@ def test_socket_mode_needs_the_bot_token_too(tmp_path: Path, config: Path) -> No
 def test_socket_mode_builds_the_same_app_over_the_websocket_adapter(
     tmp_path: Path, config: Path
 ) -> None:
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
-
     from bot.bootstrap import build_runtime
     from bot.slack.app import build_app
+    from bot.slack.socket import socket_mode_handler
 
     runtime = build_runtime(str(config), f"sqlite:///{tmp_path / 'socket.db'}")
     bolt = build_app(runtime.app, token="xoxb-test", signing_secret=None)
-    handler = SocketModeHandler(bolt, "xapp-1-A0-1-test")
+    handler = socket_mode_handler(bolt, "xapp-1-A0-1-test")
     try:
         assert handler.app is bolt
         assert handler.client.app_token == "xapp-1-A0-1-test"

@@ -1,8 +1,9 @@
 """Fake Google Cloud APIs for tests, speaking the real wire protocols.
 
 `FakeGoogleApis` is one HTTP server answering the REST (JSON) APIs nbenv uses — Cloud
-Build v1, Artifact Registry v1 and Notebooks v2 — at the paths Google's client
-libraries call, with Google's JSON error bodies. Point the clients at it with
+Build v1, Artifact Registry v1, Notebooks v2 and Container Analysis v1 (Grafeas
+occurrences: `scan` sets what Artifact Analysis found in a pushed image) — at the
+paths Google's client libraries call, with Google's JSON error bodies. Point the clients at it with
 `NBENV_GCP_ENDPOINT=fake.url` (the REST transport then talks plain HTTP, with
 anonymous credentials)::
 
@@ -98,6 +99,7 @@ _REGISTRY_ROLES = {
     },
 }
 _DOMAINS = {
+    "containeranalysis": "containeranalysis.googleapis.com",
     "artifactregistry": "artifactregistry.googleapis.com",
     "cloudbuild": "cloudbuild.googleapis.com",
     "notebooks": "notebooks.googleapis.com",
@@ -225,6 +227,7 @@ class FakeGoogleApis(Startable):
         self.instance_owners: dict[str, list[str]] = {}  # instance name -> instanceOwners
         self.operations: dict[str, Json] = {}  # Notebooks v2 long-running operations
         self.service_account_users: dict[str, set[str]] = {}  # account -> emails (IAM)
+        self.occurrences: list[Json] = []  # Container Analysis (Grafeas) occurrences
         self.creator = f"nbenv-bot@{project}.iam.gserviceaccount.com"
         self.default_compute_account = "123456789012-compute@developer.gserviceaccount.com"
         self._server: ThreadingHTTPServer | None = None
@@ -346,6 +349,50 @@ class FakeGoogleApis(Startable):
             package.versions.setdefault(digest, {"createTime": now, "updateTime": now})
             package.tags[sha] = digest
         return digest
+
+    def image_resource_url(self, image: str, sha: str) -> str:
+        """The resource URL Artifact Analysis files a pushed SHA's findings under: the
+        image pinned to its digest, `https://REGISTRY/IMAGE@sha256:…`."""
+        with self._lock:
+            digest = self.packages[self.package_name(image)].tags[sha]
+        return f"https://{self.registry}/{image}@{digest}"
+
+    def scan(
+        self,
+        image: str,
+        sha: str,
+        findings: list[Json] | tuple[Json, ...] = (),
+        *,
+        status: str = "FINISHED_SUCCESS",
+    ) -> None:
+        """What Artifact Analysis records once it scanned SHA's image: a DISCOVERY
+        occurrence with STATUS (PENDING, SCANNING, FINISHED_SUCCESS, FINISHED_FAILED…)
+        and, when finished, a VULNERABILITY occurrence per finding
+        ({cve, severity, package, installed, fixed} — fixed None: no fix yet). Shaped on
+        the v1 REST reference's Occurrence, DiscoveryOccurrence, VulnerabilityOccurrence."""
+        url = self.image_resource_url(image, sha)
+        with self._lock:
+            self.occurrences = [o for o in self.occurrences if o["resourceUri"] != url]
+            now = self._now()
+            self.occurrences.append(
+                {
+                    "name": f"projects/{self.project}/occurrences/{uuid.uuid4()}",
+                    "resourceUri": url,
+                    "noteName": "projects/goog-analysis/notes/PACKAGE_VULNERABILITY",
+                    "kind": "DISCOVERY",
+                    "createTime": now,
+                    "updateTime": now,
+                    "discovery": {
+                        "continuousAnalysis": "ACTIVE",
+                        "analysisStatus": status,
+                        "lastScanTime": now,
+                    },
+                }
+            )
+            if status != "FINISHED_SUCCESS":
+                return
+            for finding in findings:
+                self.occurrences.append(_vulnerability_occurrence(self.project, url, finding, now))
 
     def set_tag(self, image: str, tag: str, sha: str) -> None:
         """Point TAG at SHA's version, as another writer (or a person) would."""
@@ -548,6 +595,8 @@ class FakeGoogleApis(Startable):
         return permission in _REGISTRY_ROLES.get(self.registry_role, frozenset())
 
     def _dispatch(self, request: Request, segments: list[str]) -> Json | None:
+        if segments[-1:] == ["occurrences"]:
+            return self._list_occurrences(request, segments)
         if segments[:1] == ["v2"]:
             return self._notebooks(request, segments)
         if "triggers" in segments or "builds" in segments:
@@ -632,6 +681,34 @@ class FakeGoogleApis(Startable):
                 items.append(item)
             return self._page(request, "versions", items)
         return None
+
+    # Container Analysis: GET /v1/projects/P[/locations/L]/occurrences?filter=…
+    def _list_occurrences(self, request: Request, segments: list[str]) -> Json | None:
+        if request.method != "GET" or segments[1:2] != ["projects"]:
+            return None
+        if segments[2] != self.project:
+            raise _HttpError(
+                403,
+                f"Permission 'containeranalysis.occurrences.list' denied on projects/{segments[2]}",
+            )
+        wanted = _occurrence_filter(request.query.get("filter", ""))
+        size_text = request.query.get("pageSize") or "20"
+        if not size_text.lstrip("-").isdigit() or not 0 < int(size_text) <= 1000:
+            raise _HttpError(400, f"Invalid page size {size_text}: must be within [1, 1000]")
+        matching = [
+            o
+            for o in self.occurrences
+            if all(
+                o.get("resourceUri" if key == "resourceUrl" else key) == value
+                for key, value in wanted
+            )
+        ]
+        start = int(request.query.get("pageToken") or 0)
+        end = start + int(size_text)
+        page: Json = {"occurrences": matching[start:end]}
+        if end < len(matching):
+            page["nextPageToken"] = str(end)
+        return page
 
     def _page(self, request: Request, key: str, items: list[Json]) -> Json:
         start = int(request.query.get("pageToken") or 0)
@@ -910,6 +987,17 @@ class FakeGoogleApis(Startable):
                 return email == owners[0] and (email == self.creator or email in users)
             return email in users
 
+    def idle_shutdown_after(self, instance_id: str) -> int | None:
+        """Seconds of inactivity after which Workbench stops the instance; None: never."""
+        with self._lock:
+            (setup,) = [
+                i.get("gceSetup", {})
+                for n, i in self.instances.items()
+                if n.endswith(f"/instances/{instance_id}")
+            ]
+            value = (setup.get("metadata") or {}).get(IDLE_TIMEOUT_KEY)
+            return int(value) if value is not None else None
+
     def gpu_driver_installed(self, instance_id: str) -> bool:
         """Whether the instance's VM got a GPU driver: only when it has a GPU and the request
         said so (GPUDriverConfig.enable_gpu_driver: "If this field is empty or set to false,
@@ -971,6 +1059,13 @@ _ACCELERATORS = {
 }
 _ACCELERATOR_BY_NUMBER = {number: name for name, (number, _) in _ACCELERATORS.items()}
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[a-z]{2,}")
+# Workbench idle shutdown (cloud.google.com/vertex-ai/docs/workbench/instances/
+# manage-metadata): metadata key `idle-timeout-seconds`, "An integer representing the idle
+# time in seconds. The default value is 10800 seconds (180 minutes)"; and (idle-shutdown):
+# "To enable idle shutdown, create the instance with the idle-timeout-seconds key in
+# metadata", so an instance created without it has none.
+IDLE_TIMEOUT_KEY = "idle-timeout-seconds"
+_IDLE_SECONDS = re.compile(r"[0-9]{1,9}")
 
 
 def _check_zone(zone: str) -> None:
@@ -1010,6 +1105,14 @@ def _check_instance(instance: Json, zone: str) -> list[str]:
                 f"Accelerator type {kind} is not supported with machine type {machine} "
                 f"(it attaches to {family}* machines)",
             )
+    idle = (setup.get("metadata") or {}).get(IDLE_TIMEOUT_KEY)
+    if idle is not None and not _IDLE_SECONDS.fullmatch(str(idle)):
+        # "An integer representing the idle time in seconds" (manage-metadata).
+        raise _HttpError(
+            400,
+            f"Invalid value for field 'gce_setup.metadata[{IDLE_TIMEOUT_KEY}]': {idle!r}: "
+            "expected an integer number of seconds",
+        )
     owners = instance.get("instanceOwners") or []
     if len(owners) > 1:  # Instance.instance_owners: "Currently supports one owner only."
         raise _HttpError(400, "instance_owners: currently supports one owner only")
@@ -1019,6 +1122,88 @@ def _check_instance(instance: Json, zone: str) -> list[str]:
                 400, f"Invalid value for field 'instance_owners': {owner!r}: expected an email"
             )
     return list(owners)
+
+
+# The fields a Container Analysis occurrence filter may test here, and the kinds of note
+# (grafeas.v1.NoteKind). The real filter language is larger; a filter this fake does not
+# understand is refused as the real API refuses a malformed one (400 INVALID_ARGUMENT).
+_FILTER_FIELDS = {"kind", "resourceUrl", "noteProjectId", "noteId"}
+_NOTE_KINDS = {
+    "NOTE_KIND_UNSPECIFIED", "VULNERABILITY", "BUILD", "IMAGE", "PACKAGE", "DEPLOYMENT",
+    "DISCOVERY", "ATTESTATION", "UPGRADE", "COMPLIANCE", "DSSE_ATTESTATION",
+    "VULNERABILITY_ASSESSMENT", "SBOM_REFERENCE",
+}  # fmt: skip
+_FILTER_TERM = re.compile(r'\s*([A-Za-z]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*')
+
+
+def _occurrence_filter(text: str) -> list[tuple[str, str]]:
+    """`kind="VULNERABILITY" AND resourceUrl="…"` as (field, value) pairs; 400 otherwise."""
+    text = text.strip()
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1]  # as Google's guide writes it: `(kind="…" AND resourceUrl="…")`
+    if not text.strip():
+        return []
+    terms: list[tuple[str, str]] = []
+    position = 0
+    while True:
+        match = _FILTER_TERM.match(text, position)
+        if match is None or match.group(1) not in _FILTER_FIELDS:
+            raise _HttpError(400, f"Invalid filter: {text[:200]!r}")
+        field_name, value = match.group(1), re.sub(r"\\(.)", r"\1", match.group(2))
+        if field_name == "kind" and value not in _NOTE_KINDS:
+            raise _HttpError(400, f"Invalid filter: unknown kind {value!r}")
+        terms.append((field_name, value))
+        position = match.end()
+        if position == len(text):
+            return terms
+        if not text.startswith("AND", position):
+            raise _HttpError(400, f"Invalid filter: {text[:200]!r}")
+        position += 3
+
+
+def _version_json(full: str | None) -> Json:
+    """A grafeas.v1.Version; None is how a fix that does not exist yet is said (MAXIMUM)."""
+    if full is None:
+        return {"kind": "MAXIMUM"}
+    name, _, revision = full.partition("-")
+    version: Json = {"name": name, "kind": "NORMAL", "fullName": full}
+    if revision:
+        version["revision"] = revision
+    return version
+
+
+def _vulnerability_occurrence(project: str, url: str, finding: Json, now: str) -> Json:
+    severity = finding.get("severity", "HIGH")
+    fixed = finding.get("fixed")
+    package = finding.get("package", "openssl")
+    return {
+        "name": f"projects/{project}/occurrences/{uuid.uuid4()}",
+        "resourceUri": url,
+        "noteName": f"projects/goog-vulnz/notes/{finding['cve']}",
+        "kind": "VULNERABILITY",
+        "createTime": now,
+        "updateTime": now,
+        "vulnerability": {
+            "severity": severity,
+            "effectiveSeverity": severity,
+            "cvssScore": {"CRITICAL": 9.8, "HIGH": 7.5, "MEDIUM": 5.3}.get(severity, 2.0),
+            "shortDescription": finding["cve"],
+            "fixAvailable": fixed is not None,
+            "packageIssue": [
+                {
+                    "affectedCpeUri": "cpe:/o:debian:debian_linux:12",
+                    "affectedPackage": package,
+                    "affectedVersion": _version_json(finding.get("installed", "1.0-1")),
+                    "fixedCpeUri": "cpe:/o:debian:debian_linux:12",
+                    "fixedPackage": package,
+                    "fixedVersion": _version_json(fixed),
+                    "fixAvailable": fixed is not None,
+                    "packageType": "OS",
+                    "effectiveSeverity": severity,
+                }
+            ],
+        },
+    }
 
 
 def _decode_segment(part: str) -> str:
@@ -1056,6 +1241,8 @@ def _route(method: str, segments: list[str]) -> tuple[str, str | None] | None:
         return "notebooks", f"notebooks.instances.{verb}"
     if segments[:1] != ["v1"]:
         return None
+    if segments[-1] == "occurrences":
+        return "containeranalysis", "containeranalysis.occurrences.list"
     if "triggers" in segments:
         return "cloudbuild", "cloudbuild.builds.create"
     if "builds" in segments:

@@ -246,6 +246,21 @@ class PostgresCluster(Startable):
         with self._lock:
             self._teardown()
 
+    def restart(self) -> None:
+        """Restart the server on the same port and data, as an operator or a failover does:
+        every open connection is cut (fast shutdown), and the data stays."""
+        with self._lock:
+            if self.base_dir is None:
+                raise RuntimeError("PostgresCluster is not started")
+            self._run_server_tool(
+                [
+                    *("pg_ctl", "restart", "-D", str(self.data_dir), "-l", str(self.log_path)),
+                    *("-m", "fast", "-w", "-t", str(_START_TIMEOUT_S)),
+                ],
+                timeout=_START_TIMEOUT_S + 10,
+            )
+            self._wait_ready()
+
     def _stop_at_exit(self) -> None:
         # A forked child inherits the registration but does not own the server.
         if self._owner_pid == os.getpid():

@@ -20,7 +20,17 @@ with slash commands and interactions; posts to them are recorded as calls whose
 method is ``"response_url:/response/<name>"``. Like Slack's, a response_url lasts 30
 minutes from when it was given (or first used): `advance(seconds)` moves the fake's
 clock, after which a post to an expired one is answered HTTP 404 ``expired_url`` and
-recorded in `failed_calls()`.
+recorded in `failed_calls()`. A response_url takes at most 5 posts (Slack: "up to 5 times
+within 30 minutes"); the sixth is answered HTTP 404 ``used_url``.
+
+Stricter than a recorder, it refuses what Slack refuses: malformed message `metadata`
+(an object with a string `event_type` and an object `event_payload`), and
+conversations.history / replies show a message's metadata only when asked with
+`include_all_metadata=true`. For realism a test may opt in to Slack's rate limit per
+method and channel (`rate_limit`: chat.postMessage about one message a second per
+channel; beyond it HTTP 429 with Retry-After), and to the answers that leave a client
+unsure whether it posted (`store_then_fail`: the message is stored, then the request
+times out, the connection drops, or Slack answers `fatal_error`).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import dataclasses
 import email.parser
 import email.policy
 import json
+import math
 import re
 import threading
 import time
@@ -62,6 +73,7 @@ RESPONSE_URL_PREFIX = "response_url:"
 _JSON_ARGS = frozenset({"blocks", "attachments", "view", "metadata", "unfurls"})
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 RESPONSE_URL_LIFETIME_S = 30 * 60
+RESPONSE_URL_MAX_USES = 5  # api.slack.com/interactivity/handling#message_responses
 _TS_EPOCH = 1_700_000_000
 # Slack's limits on what one message may carry (api.slack.com/reference/block-kit):
 # beyond them chat.postMessage / chat.update answer msg_too_long or invalid_blocks.
@@ -136,7 +148,7 @@ class Message:
 class _Fault:
     remaining: int
     status: int
-    retry_after: int | None
+    retry_after: int | str | None
     method: str | None
 
     def matches(self, method: str) -> bool:
@@ -167,6 +179,52 @@ class _Refusal:
         return True
 
 
+@dataclass
+class _RateLimit:
+    """At most BURST calls of a method per channel at once, refilled at PER_SECOND (Slack's
+    chat.postMessage: about one message a second per channel, short bursts tolerated)."""
+
+    per_second: float
+    burst: int
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # channel → (tokens, at)
+
+    def take(self, channel: str, now: float) -> float | None:
+        """None when a call may go through now; else the seconds until one may."""
+        tokens, at = self.buckets.get(channel, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.per_second)
+        if tokens >= 1.0:
+            self.buckets[channel] = (tokens - 1.0, now)
+            return None
+        self.buckets[channel] = (tokens, now)
+        return (1.0 - tokens) / self.per_second
+
+
+# How a stored message's answer goes wrong (see FakeSlackApi.store_then_fail).
+UNSURE_OUTCOMES = (
+    "timeout",
+    "drop",
+    "fatal_error",
+    "internal_error",
+    "request_timeout",
+    "http_500",
+)
+
+
+@dataclass
+class _Unsure:
+    method: str
+    outcome: str
+    remaining: int
+
+
+class _NoAnswer:
+    """The request was handled but gets no answer: the connection hangs up to HOLD_S
+    seconds (a read time-out for a client that waits less), then closes."""
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+
+
 # What Slack adds to a missing_scope answer.
 _MISSING_SCOPE_DETAIL = {"needed": "chat:write", "provided": "commands"}
 # Where Slack wants a conversation ID (C…, G…, D…): a #name is channel_not_found.
@@ -184,6 +242,9 @@ class _State:
     absent_from: set[str] = field(default_factory=set)
     refusals: list[_Refusal] = field(default_factory=list)
     response_urls: dict[str, float] = field(default_factory=dict)  # path → given at
+    response_url_uses: dict[str, int] = field(default_factory=dict)  # path → posts taken
+    rate_limits: dict[str, _RateLimit] = field(default_factory=dict)  # by method
+    unsure: list[_Unsure] = field(default_factory=list)
 
 
 def _error(error: str, **extra: Any) -> Payload:
@@ -205,6 +266,8 @@ class FakeSlackApi(Startable):
     otherwise any token that looks like a Slack token (``xox…``) is.
     """
 
+    HOLD_S = 5.0  # how long a `store_then_fail("timeout")` request is held unanswered
+
     def __init__(self, *, token: str | None = None) -> None:
         self.token = token
         self._cond = threading.Condition(threading.RLock())
@@ -214,7 +277,9 @@ class FakeSlackApi(Startable):
         self._clock_offset_s = 0.0
         self._users: dict[str, Payload] = {}
         self._overrides: dict[str, Payload | Handler] = {}
+        self._socket_mode_url: Callable[[], str] | None = None
         self._server: ThreadingHTTPServer | None = None
+        self._closing = threading.Event()  # releases requests held without an answer
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, Handler] = {
             "auth.test": self._auth_test,
@@ -242,6 +307,7 @@ class FakeSlackApi(Startable):
         class _Handler(_RequestHandler):
             api = fake
 
+        self._closing.clear()
         server = _Server(("127.0.0.1", 0), _Handler)
         self._server = server
         self._thread = threading.Thread(
@@ -257,6 +323,7 @@ class FakeSlackApi(Startable):
         server, thread = self._server, self._thread
         if server is None:
             return
+        self._closing.set()
         server.shutdown()
         server.server_close()
         if thread is not None:
@@ -299,15 +366,16 @@ class FakeSlackApi(Startable):
         self,
         n: int = 1,
         status: int = 429,
-        retry_after: int | None = 1,
+        retry_after: int | str | None = 1,
         *,
         method: str | None = None,
     ) -> None:
         """Answer the next `n` API calls (of `method`, if given) with HTTP `status`.
 
         429 carries ``Retry-After: retry_after`` and {"ok": false, "error": "ratelimited"}
-        as Slack sends it. `method="response_url"` targets response_url posts, which
-        unqualified faults leave alone.
+        as Slack sends it (a string is sent as it is, to try what Slack never sends).
+        `method="response_url"` targets response_url posts, which unqualified faults leave
+        alone.
         """
         if n < 1:
             raise ValueError("n must be at least 1")
@@ -328,6 +396,12 @@ class FakeSlackApi(Startable):
                 self._overrides.pop(method, None)
             else:
                 self._overrides[method] = response
+
+    def serve_socket_mode(self, new_url: Callable[[], str] | None) -> None:
+        """apps.connections.open answers {"ok": true, "url": NEW_URL()} (a Socket Mode
+        server, tests/support/socket_mode.py); None: no Socket Mode here."""
+        with self._cond:
+            self._socket_mode_url = new_url
 
     def add_user(
         self, user_id: str, name: str, real_name: str | None = None, **profile: Any
@@ -350,6 +424,42 @@ class FakeSlackApi(Startable):
         """The token or scope was fixed: methods answer as usual again."""
         with self._cond:
             self._state.refusals.clear()
+
+    def rate_limit(
+        self, method: str = "chat.postMessage", *, per_second: float = 1.0, burst: int = 1
+    ) -> None:
+        """Opt in to Slack's rate limit of METHOD per channel, for realism: BURST calls at
+        once, then PER_SECOND; a call beyond it is answered HTTP 429 ``ratelimited`` with
+        Retry-After (whole seconds, at least 1) and changes nothing. See
+        api.slack.com/apis/rate-limits ("chat.postMessage generally allows posting one
+        message per second per channel")."""
+        if per_second <= 0 or burst < 1:
+            raise ValueError("per_second must be positive and burst at least 1")
+        with self._cond:
+            self._state.rate_limits[method] = _RateLimit(per_second, burst)
+
+    def stop_rate_limits(self) -> None:
+        with self._cond:
+            self._state.rate_limits.clear()
+
+    def store_then_fail(
+        self, outcome: str = "timeout", *, method: str = "chat.postMessage", times: int = 1
+    ) -> None:
+        """The next TIMES calls of METHOD that Slack would accept are carried out (the
+        message is stored) and then answered as if they might not have been:
+        ``timeout`` holds the connection without an answer (a read time-out for any client
+        that waits less than HOLD_S, 5 s), ``drop`` closes it without an answer (a
+        connection reset), ``fatal_error`` / ``internal_error`` / ``request_timeout``
+        answer HTTP 200 with that error (Slack, of fatal_error: "It's possible some aspect
+        of the operation succeeded"), ``http_500`` answers HTTP 500. The call is recorded
+        in `failed_calls()` (status 0 when it got no answer), or in `calls()` when it was
+        answered HTTP 200."""
+        if outcome not in UNSURE_OUTCOMES:
+            raise ValueError(f"outcome must be one of {UNSURE_OUTCOMES}")
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        with self._cond:
+            self._state.unsure.append(_Unsure(method, outcome, times))
 
     def keep_bot_out_of(self, channel: str) -> None:
         """Posts and updates in CHANNEL answer not_in_channel until `invite_bot(channel)`
@@ -431,8 +541,9 @@ class FakeSlackApi(Startable):
 
     def _handle(
         self, method: str, args: dict[str, Any], headers: dict[str, str]
-    ) -> tuple[int, dict[str, str], Payload | str]:
-        """Returns (HTTP status, extra headers, JSON payload or plain text body)."""
+    ) -> tuple[int, dict[str, str], Payload | str | _NoAnswer]:
+        """Returns (HTTP status, extra headers, JSON payload or plain text body, or no
+        answer at all)."""
         with self._cond:
             fault = self._take_fault(method)
             if fault is not None:
@@ -447,11 +558,57 @@ class FakeSlackApi(Startable):
                 if problem:  # Slack answers a response_url post it cannot show with a 400
                     self._state.failed.append(Call(method, args, headers, None, 400))
                     return 400, {}, problem
+                uses = self._state.response_url_uses.get(path, 0)
+                if uses >= RESPONSE_URL_MAX_USES:
+                    self._state.failed.append(Call(method, args, headers, None, 404))
+                    return 404, {}, "used_url"
+                self._state.response_url_uses[path] = uses + 1
                 self._record(Call(method, args, headers, None, 200))
                 return 200, {}, "ok"
+            wait_s = self._rate_limited(method, args)
+            if wait_s is not None:
+                retry_after = str(max(1, math.ceil(wait_s)))
+                payload = _error("ratelimited")
+                self._state.failed.append(Call(method, args, headers, payload, 429))
+                return 429, {"Retry-After": retry_after}, payload
             payload = self._api_payload(method, args, headers)
-            self._record(Call(method, args, headers, payload, 200))
-            return 200, {}, payload
+            unsure = self._take_unsure(method) if payload.get("ok") else None
+            if unsure is None:
+                self._record(Call(method, args, headers, payload, 200))
+                return 200, {}, payload
+            return self._answer_unsure(unsure, Call(method, args, headers, payload, 200))
+
+    def _rate_limited(self, method: str, args: dict[str, Any]) -> float | None:
+        limit = self._state.rate_limits.get(method)
+        if limit is None:
+            return None
+        return limit.take(str(args.get("channel") or ""), self._now())
+
+    def _take_unsure(self, method: str) -> _Unsure | None:
+        for unsure in self._state.unsure:
+            if unsure.method == method:
+                unsure.remaining -= 1
+                if unsure.remaining == 0:
+                    self._state.unsure.remove(unsure)
+                return unsure
+        return None
+
+    def _answer_unsure(
+        self, unsure: _Unsure, call: Call
+    ) -> tuple[int, dict[str, str], Payload | str | _NoAnswer]:
+        """CALL was carried out; answer it as UNSURE says (see `store_then_fail`)."""
+        if unsure.outcome in ("timeout", "drop"):
+            self._state.failed.append(dataclasses.replace(call, response=None, status=0))
+            self._cond.notify_all()
+            return 0, {}, _NoAnswer(self.HOLD_S if unsure.outcome == "timeout" else 0.0)
+        if unsure.outcome == "http_500":
+            payload = _error("fatal_error")
+            self._state.failed.append(dataclasses.replace(call, response=payload, status=500))
+            self._cond.notify_all()
+            return 500, {}, payload
+        payload = _error(unsure.outcome)
+        self._record(dataclasses.replace(call, response=payload))
+        return 200, {}, payload
 
     def _answer_fault(
         self, fault: _Fault, method: str, args: dict[str, Any], headers: dict[str, str]
@@ -480,6 +637,8 @@ class FakeSlackApi(Startable):
         token = Call(method, args, headers).token
         if token is None:
             return _error("not_authed")
+        if method == "apps.connections.open":
+            return self._apps_connections_open(token, args)
         if (self.token is not None and token != self.token) or not token.startswith("xox"):
             return _error("invalid_auth")
         for refusal in self._state.refusals:
@@ -516,7 +675,25 @@ class FakeSlackApi(Startable):
             "is_enterprise_install": False,
         }
 
-    def _message_payload(self, message: Message) -> Payload:
+    def _apps_connections_open(self, token: str, args: Payload) -> Payload:
+        """Socket Mode's WebSocket URL (docs.slack.dev/reference/methods/apps.connections.open):
+        only for an app-level token (xapp-…), which must come in the Authorization header.
+        Only `refuse(..., method="apps.connections.open")` applies: the others model the bot
+        token."""
+        for refusal in self._state.refusals:
+            if refusal.method == "apps.connections.open" and refusal.take(refusal.method):
+                if refusal.remaining == 0:
+                    self._state.refusals.remove(refusal)
+                return _error(refusal.error)
+        if "token" in args:
+            return _error("invalid_auth")  # "passing it as a POST parameter … an error"
+        if not token.startswith("xapp-"):
+            return _error("not_allowed_token_type")
+        if self._socket_mode_url is None:
+            return _error("unknown_method", req_method="apps.connections.open")
+        return {"ok": True, "url": self._socket_mode_url()}
+
+    def _message_payload(self, message: Message, *, with_metadata: bool = True) -> Payload:
         payload: Payload = {
             "type": "message",
             "user": message.user,
@@ -531,7 +708,7 @@ class FakeSlackApi(Startable):
             payload["blocks"] = message.blocks
         if message.attachments is not None:
             payload["attachments"] = message.attachments
-        if message.metadata is not None:
+        if message.metadata is not None and with_metadata:
             payload["metadata"] = message.metadata
         if message.thread_ts is not None:
             payload["thread_ts"] = message.thread_ts
@@ -549,7 +726,7 @@ class FakeSlackApi(Startable):
             return _error("no_text")
         if channel in self._state.absent_from:
             return _error("not_in_channel")
-        problem = message_problem(args)
+        problem = message_problem(args) or metadata_problem(args)
         if problem:
             return _error(problem)
         thread_ts = args.get("thread_ts") or None
@@ -587,7 +764,7 @@ class FakeSlackApi(Startable):
             return _error("no_text")
         if args["channel"] in self._state.absent_from:
             return _error("not_in_channel")
-        problem = message_problem(args)
+        problem = message_problem(args) or metadata_problem(args)
         if problem:
             return _error(problem)
         changes: Payload = {"edits": message.edits + 1}
@@ -643,8 +820,9 @@ class FakeSlackApi(Startable):
         problem = self._readable_problem(channel)
         if problem:
             return _error(problem)
+        metadata = _flag(args.get("include_all_metadata"))
         roots = [
-            self._message_payload(m)
+            self._message_payload(m, with_metadata=metadata)
             for m in self._state.messages.values()
             if m.channel == channel and not m.is_reply
         ]
@@ -663,9 +841,10 @@ class FakeSlackApi(Startable):
             return _error("thread_not_found")
         root_ts = root.thread_ts or root.ts
         messages = self.thread(root.channel, root_ts)
+        metadata = _flag(args.get("include_all_metadata"))
         return {
             "ok": True,
-            "messages": [self._message_payload(m) for m in messages],
+            "messages": [self._message_payload(m, with_metadata=metadata) for m in messages],
             "has_more": False,
         }
 
@@ -774,6 +953,51 @@ def message_problem(args: Mapping[str, Any]) -> str | None:
     if isinstance(text, str) and len(text) > MAX_MESSAGE_TEXT:
         return "msg_too_long"
     return blocks_problem(args.get("blocks"), MAX_BLOCKS)
+
+
+# event_type: "a human readable alphanumeric string" (api.slack.com/reference/metadata).
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+_PAYLOAD_SCALARS = (str, int, float, bool)
+
+
+def metadata_problem(args: Mapping[str, Any]) -> str | None:
+    """Slack's error for malformed message `metadata` (api.slack.com/metadata/using,
+    api.slack.com/reference/metadata): not a JSON object is invalid_metadata_format; an
+    object without a string `event_type` and an object `event_payload` (whose values are
+    strings, numbers, booleans, objects of those, or arrays of such objects) is
+    invalid_metadata_schema. None when there is none or it is well formed."""
+    if "metadata" not in args:
+        return None
+    metadata = args["metadata"]
+    if not isinstance(metadata, dict):
+        return "invalid_metadata_format"
+    event_type = metadata.get("event_type")
+    payload = metadata.get("event_payload")
+    if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
+        return "invalid_metadata_schema"
+    if not isinstance(payload, dict) or not all(
+        isinstance(key, str) and _payload_value_fits(value) for key, value in payload.items()
+    ):
+        return "invalid_metadata_schema"
+    return None
+
+
+def _payload_value_fits(value: Any) -> bool:
+    if isinstance(value, _PAYLOAD_SCALARS):
+        return True
+    if isinstance(value, dict):
+        return all(isinstance(v, _PAYLOAD_SCALARS) for v in value.values())
+    if isinstance(value, list):
+        return all(
+            isinstance(item, dict) and all(isinstance(v, _PAYLOAD_SCALARS) for v in item.values())
+            for item in value
+        )
+    return False
+
+
+def _flag(value: Any) -> bool:
+    """A boolean argument as Slack reads it from JSON or a form field."""
+    return value is True or str(value).lower() in ("true", "1")
 
 
 def view_problem(view: Any) -> Payload | None:
@@ -957,6 +1181,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._send(400, {}, "invalid_payload")
             return
         status, extra, payload = self.api._handle(method, _decode_json_args(args), headers)
+        if isinstance(payload, _NoAnswer):
+            # Carried out, never answered: the client times out or sees the connection go.
+            self.api._closing.wait(payload.hold_s)
+            self.close_connection = True
+            return
         self._send(status, extra, payload)
 
     def _send(self, status: int, extra: dict[str, str], payload: Payload | str) -> None:

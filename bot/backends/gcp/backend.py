@@ -17,9 +17,11 @@ from bot.backends.gcp.environments import LegacyEnvironments
 from bot.backends.gcp.instances import RunningInstance, Workbench
 from bot.backends.gcp.pubsub import JobDispatcher, JobPublisher
 from bot.backends.gcp.registry import ArtifactRegistry, RegistryPath, RegistryVersion
+from bot.backends.gcp.vulnerabilities import ArtifactAnalysis
 from bot.config import Config
 from bot.domain.errors import ConfigError
 from bot.domain.names import Env
+from bot.domain.vulnerabilities import Scan
 from bot.service.ports import InstanceInfo, InstanceRequest
 from bot.store.uow import Store
 
@@ -44,6 +46,7 @@ class GcpBackend:
         self.caller = Caller(policy)
         self.path = RegistryPath.parse(self.gcp.registry)
         self.registry = ArtifactRegistry(self.path, self.clients, self.caller)
+        self.analysis = ArtifactAnalysis(self.path, self.registry, self.clients, self.caller)
         self.builds = CloudBuild(self.gcp, self.clients, self.caller)
         self.workbench = Workbench(config, self.clients, self.caller)
         self.jobs = JobPublisher(self.gcp.project, self.gcp.topics.jobs, self.clients, self.caller)
@@ -92,6 +95,14 @@ class GcpBackend:
 
     def versions(self, image: str) -> list[RegistryVersion]:
         return self.registry.versions(image)
+
+    # -- known vulnerabilities (Artifact Analysis) -------------------------------------------
+
+    def vulnerability_scan(self, image: str, sha: str) -> Scan:
+        return self.analysis.scan(image, sha)
+
+    def known_scan(self, image: str, sha: str) -> Scan | None:
+        return self.analysis.known(image, sha)
 
     # -- instances ---------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ Google answers into a one-line `NbenvError` that names the resource and, for a r
 the permission the bot's service account lacks.
 
 Endpoints: `NBENV_GCP_ENDPOINT` points every REST API at one base URL, and
-`NBENV_GCP_ENDPOINT_<API>` (CLOUDBUILD, ARTIFACTREGISTRY, NOTEBOOKS, NOTEBOOKS_V1)
+`NBENV_GCP_ENDPOINT_<API>` (CLOUDBUILD, ARTIFACTREGISTRY, NOTEBOOKS, NOTEBOOKS_V1,
+CONTAINERANALYSIS)
 points one API somewhere else. A plain `http://` endpoint is a local stand-in (tests,
 an emulator): no credentials are sent to it. Pub/Sub follows `PUBSUB_EMULATOR_HOST`,
 which its client library honours itself.
@@ -27,7 +28,8 @@ from bot.domain.errors import ConfigError, NbenvError, Refused
 
 T = TypeVar("T")
 
-REST_APIS = ("cloudbuild", "artifactregistry", "notebooks")
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+REST_APIS = ("cloudbuild", "artifactregistry", "notebooks", "containeranalysis")
 
 
 class GcpUnavailable(NbenvError):
@@ -136,6 +138,36 @@ class Clients:
             )
 
         return self._get("artifactregistry", make)
+
+    def grafeas(self) -> Any:
+        """Artifact Analysis occurrences (Grafeas v1, from google-cloud-containeranalysis).
+
+        `ContainerAnalysisClient.get_grafeas_client()` only speaks gRPC: the Grafeas client
+        is made on its REST transport here instead, like every other REST client."""
+
+        def make() -> Any:
+            from grafeas.grafeas_v1 import GrafeasClient
+            from grafeas.grafeas_v1.services.grafeas.transports.rest import (
+                GrafeasRestTransport,
+            )
+
+            url = endpoint("containeranalysis")
+            credentials = self._credentials
+            if _is_plain_http(url):
+                from google.auth.credentials import AnonymousCredentials
+
+                credentials = AnonymousCredentials()
+            elif credentials is None:
+                import google.auth
+
+                # The transport asks for no scope of its own: say which one it needs.
+                credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
+            transport = GrafeasRestTransport(
+                host=url or "containeranalysis.googleapis.com", credentials=credentials
+            )
+            return GrafeasClient(transport=transport)
+
+        return self._get("containeranalysis", make)
 
     def notebooks(self) -> Any:
         """Workbench instances (Notebooks API v2)."""

@@ -27,6 +27,12 @@ LABEL_ENV = "nbenv-env"
 LABEL_SHA = "nbenv-sha"
 LABEL_BY = "nbenv-requested-by"
 MANAGED = {"managed-by": "nbenv"}
+# Workbench's idle shutdown: "To enable idle shutdown, create the instance with the
+# idle-timeout-seconds key in metadata, with the value set to a number of seconds"; "An
+# integer representing the idle time in seconds" (cloud.google.com/vertex-ai/docs/
+# workbench/instances/idle-shutdown and .../instances/manage-metadata). Without the key,
+# an instance made through the API has no idle shutdown.
+IDLE_TIMEOUT_KEY = "idle-timeout-seconds"
 _STATES = {
     "PROVISIONING": "starting",
     "STARTING": "starting",
@@ -39,6 +45,16 @@ _STATES = {
     "SUSPENDED": "stopped",
     "DELETED": "stopped",
 }
+
+
+def _idle_metadata(seconds: int | None) -> dict[str, str]:
+    return {IDLE_TIMEOUT_KEY: str(seconds)} if seconds is not None else {}
+
+
+def _idle_timeout(metadata: dict[str, str]) -> int | None:
+    """The idle timeout an existing instance was given (None: none, or not a number)."""
+    value = metadata.get(IDLE_TIMEOUT_KEY, "")
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else None
 
 
 def label_value(text: str) -> str:
@@ -159,7 +175,7 @@ class Workbench:
                     else []
                 ),
                 # Labels must be lowercase and short; metadata keeps the exact values.
-                metadata=about,
+                metadata={**about, **_idle_metadata(settings.idle_timeout)},
             ),
             labels={**MANAGED, **{key: label_value(value) for key, value in about.items()}},
             # "Single user only" access: the person who asked opens JupyterLab with their own
@@ -206,6 +222,7 @@ class Workbench:
                 "resource": resource,
                 "container": self.registry.reference(request.image, request.sha),
                 "operation": operation.operation.name,
+                "idle_timeout_s": settings.idle_timeout,
             },
         )
 
@@ -231,6 +248,7 @@ class Workbench:
                     f"{instance.gce_setup.container_image.tag}"
                 ),
                 "operation": operation,
+                "idle_timeout_s": _idle_timeout(dict(instance.gce_setup.metadata)),
             },
         )
 

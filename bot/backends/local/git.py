@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bot.config import Config
+from bot.config_file import nbenv_home
 from bot.domain.diff import is_dependency_file
 from bot.domain.errors import BadInput, NbenvError
 from bot.domain.names import short
-from bot.store.database import nbenv_home
 
 GIT_TIMEOUT_S = 120
 

@@ -93,6 +93,25 @@ def server_answers(port: int, token: str) -> bool:
         return False
 
 
+def idle_shutdown_options(seconds: int | None) -> list[str]:
+    """Jupyter Server's own idle culling, so an idle instance stops itself as a Workbench
+    VM does: kernels and terminals idle that long are shut down (connected ones too: an
+    open browser tab is not use; busy kernels are kept), and the server exits once it has
+    had no kernel and no activity that long (`shutdown_no_activity_timeout`, which Jupyter
+    checks once a minute). None: never."""
+    if seconds is None:
+        return []
+    every = max(1, min(60, seconds // 10))  # how often idle kernels and terminals are looked for
+    return [
+        f"--ServerApp.shutdown_no_activity_timeout={seconds}",
+        f"--MappingKernelManager.cull_idle_timeout={seconds}",
+        f"--MappingKernelManager.cull_interval={every}",
+        "--MappingKernelManager.cull_connected=True",
+        f"--TerminalManager.cull_inactive_timeout={seconds}",
+        f"--TerminalManager.cull_interval={every}",
+    ]
+
+
 def _is_ours(pid: int, checkout: str) -> bool:
     """Guard against a recycled PID: our server's command line names its checkout."""
     cmdline = Path(f"/proc/{pid}/cmdline")
@@ -182,6 +201,7 @@ class LocalInstances:
                 "JUPYTER_CONFIG_DIR": str(directory / "config"),
             }
         )
+        idle_timeout = self.config.images[request.image].instance.idle_timeout
         failure = "no free port"
         for _ in range(START_ATTEMPTS):
             port = self._free_port()
@@ -194,6 +214,7 @@ class LocalInstances:
                 "--ServerApp.port_retries=0",
                 "--ServerApp.open_browser=False",
                 f"--ServerApp.root_dir={checkout}",
+                *idle_shutdown_options(idle_timeout),
             ]
             if hasattr(os, "geteuid") and os.geteuid() == 0:
                 command.append("--ServerApp.allow_root=True")
@@ -217,6 +238,7 @@ class LocalInstances:
                     "checkout": str(checkout),
                     "log": str(log_path),
                     "python": self.python,
+                    "idle_timeout_s": idle_timeout,
                     "note": LOCAL_NOTE.format(folder=folder, sha=request.sha[:7]),
                 }
                 return InstanceInfo(
@@ -282,8 +304,9 @@ class LocalInstances:
     ) -> InstanceInfo:
         token = secrets.token_urlsafe(24)
         port = self._free_port()
+        idle_timeout = self.config.images[request.image].instance.idle_timeout
         result = subprocess.run(
-            docker_instance_command(request, port, checkout, tag, folder),
+            docker_instance_command(request, port, checkout, tag, folder, idle_timeout),
             capture_output=True,
             # For the Docker client (it reads DOCKER_HOST and the like); the container
             # gets JUPYTER_TOKEN only, by name, so the token is on no command line.
@@ -304,6 +327,7 @@ class LocalInstances:
                     "directory": str(directory),
                     "checkout": str(checkout),
                     "image": tag,
+                    "idle_timeout_s": idle_timeout,
                     "note": DOCKER_NOTE.format(tag=tag, folder=folder, sha=request.sha[:7]),
                 }
                 return InstanceInfo(
@@ -315,7 +339,12 @@ class LocalInstances:
 
 
 def docker_instance_command(
-    request: InstanceRequest, port: int, checkout: Path, tag: str, folder: str
+    request: InstanceRequest,
+    port: int,
+    checkout: Path,
+    tag: str,
+    folder: str,
+    idle_timeout: int | None = None,
 ) -> list[str]:
     """`docker run` of an instance: the trust boundary with Docker. The container gets one
     variable of ours (its own JUPYTER_TOKEN), one folder (the checkout at the SHA), and a
@@ -347,6 +376,7 @@ def docker_instance_command(
         "--no-browser",
         "--allow-root",
         "--ServerApp.root_dir=/home/jupyter",
+        *idle_shutdown_options(idle_timeout),
     ]
 
 

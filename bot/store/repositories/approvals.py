@@ -16,6 +16,24 @@ class Approvals(Repository):
         """The latest standing verdict of each person on SHA (voided ones ignored)."""
         return standing_verdicts(self.history(image, sha)[1])
 
+    def standing_on(self, image: str, shas: list[str]) -> dict[str, list[Verdict]]:
+        """`standing` for each of SHAS in one query (a page of versions)."""
+        by_sha: dict[str, list[Verdict]] = {sha: [] for sha in shas}
+        if not shas:
+            return by_sha
+        rows = self.connection.execute(
+            select(t.verdicts)
+            .where(
+                t.verdicts.c.image == image,
+                t.verdicts.c.sha.in_(shas),
+                t.verdicts.c.void.is_(False),
+            )
+            .order_by(t.verdicts.c.id)
+        )
+        for row in rows:
+            by_sha[row.sha].append(Verdict(row.user_id, row.approved, row.reason, row.at))
+        return {sha: standing_verdicts(history) for sha, history in by_sha.items()}
+
     def history(self, image: str, sha: str) -> tuple[list[int], list[Verdict]]:
         """The row IDs and verdicts on SHA that are not void, oldest first."""
         rows = self.connection.execute(

@@ -24,7 +24,11 @@ _QUEUE_COLUMNS = (
     "status",
     "attempts",
     "next_attempt_at",
+    "last_error",  # marks a message Slack may already have (bot.slack.outbox.UNSURE)
 )
+# Where a message goes, read from its payload without loading it: the sender paces and
+# holds messages per method and channel.
+_CHANNEL = t.outbox.c.payload["channel"].as_string().label("channel")
 _REVIVE_COLUMNS = ("id", "dedupe_key", "method", "payload", "thread_image", "thread_sha")
 _UNSENT = ("pending", "sending")
 # Built once: the relay counts a thread's messages when it decides whose root it is.
@@ -69,7 +73,8 @@ class Outbox(Repository):
         return {
             "dedupe_key": dedupe_key[:255],
             "method": method,
-            "payload": payload,
+            # Stored as text the store can also read inside with SQL (the channel).
+            "payload": t.storable_json(payload),
             "thread_image": thread[0] if thread else None,
             "thread_sha": thread[1] if thread else None,
             "status": "pending",
@@ -82,10 +87,10 @@ class Outbox(Repository):
 
     def unsent(self, limit: int) -> list[Any]:
         """Up to LIMIT unsent rows in queue order, without their payloads (read by `claim`,
-        only for the rows sent)."""
+        only for the rows sent) but with the channel they name, if any."""
         return list(
             self.connection.execute(
-                select(*(t.outbox.c[name] for name in _QUEUE_COLUMNS))
+                select(*(t.outbox.c[name] for name in _QUEUE_COLUMNS), _CHANNEL)
                 .where(t.outbox.c.status.in_(_UNSENT))
                 .order_by(t.outbox.c.id)
                 .limit(limit)

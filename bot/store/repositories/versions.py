@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, tuple_, update
 
 from bot.domain.errors import BadInput
 from bot.domain.model import Version
 from bot.domain.names import check_sha_ref, is_full_sha, short
+from bot.domain.paging import Page, check_limit, parse_version_cursor, version_cursor
 from bot.domain.policy import kept_by_revocation
 from bot.store import tables as t
 from bot.store.repositories._base import Repository
@@ -28,6 +29,15 @@ class Versions(Repository):
         ).first()
         return None if row is None else Version(**row._mapping)
 
+    def get_many(self, image: str, shas: list[str]) -> dict[str, Version]:
+        """The versions of IMAGE among SHAS, by SHA, in one query (unknown ones left out)."""
+        if not shas:
+            return {}
+        rows = self.connection.execute(
+            select(t.versions).where(t.versions.c.image == image, t.versions.c.sha.in_(shas))
+        )
+        return {row.sha: Version(**row._mapping) for row in rows}
+
     def of_image(self, image: str) -> list[Version]:
         """IMAGE's versions, newest first."""
         rows = self.connection.execute(
@@ -36,6 +46,35 @@ class Versions(Repository):
             .order_by(t.versions.c.created_at.desc())
         )
         return [Version(**row._mapping) for row in rows]
+
+    def page(self, image: str, *, limit: int, before: str | None = None) -> Page[Version]:
+        """IMAGE's versions, newest first (by creation, then SHA): LIMIT of them, after the
+        one the cursor BEFORE names (from a previous page), or from the newest.
+
+        Keyset paging on ix_versions_image_created: each page costs the same however deep
+        it is, and versions recorded meanwhile do not shift the pages not yet seen.
+        """
+        limit = check_limit(limit)
+        v = t.versions
+        key = tuple_(v.c.created_at, v.c.sha)
+        conditions = [v.c.image == image]
+        if before is not None:
+            conditions.append(key < tuple_(*parse_version_cursor(before)))
+        # The page and how many versions there are from the cursor on, in one round trip
+        # (the count reads only the index).
+        matching = select(func.count()).select_from(v).where(*conditions).scalar_subquery()
+        rows = self.connection.execute(
+            select(v, matching.label("matching"))
+            .where(*conditions)
+            .order_by(v.c.created_at.desc(), v.c.sha.desc())
+            .limit(limit)
+        ).all()
+        items = [Version(**dict(zip(row._fields[:-1], row[:-1], strict=True))) for row in rows]
+        more = rows[0].matching - len(items) if rows else 0
+        if not more:
+            return Page(items, 0, None)
+        last = items[-1]
+        return Page(items, more, version_cursor(last.created_at, last.sha))
 
     def resolve_sha(self, image: str, ref: str) -> str:
         """A full SHA of a known version of IMAGE from a full SHA or a 7+ digit prefix."""

@@ -156,7 +156,7 @@ def read_config_file(file: Path) -> tuple[Any, yaml.Node | None]:
             f"{file}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}): save the "
             "config file as UTF-8"
         ) from None
-    if _FastConfigLoader is not None:
+    if _FastConfigLoader is not None and _flow_depth(text) <= MAX_NESTING:
         try:
             return _parse(text, _FastConfigLoader)
         except (yaml.YAMLError, RecursionError):
@@ -178,6 +178,22 @@ def read_config_file(file: Path) -> tuple[Any, yaml.Node | None]:
         ) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{file}: not valid YAML: {' '.join(str(error).split())}") from None
+
+
+def _flow_depth(text: str) -> int:
+    """How deep `[` and `{` nest in TEXT, counting those inside strings too: a bound.
+
+    libyaml (the fast parser) recurses in C once per level: a few hundred thousand levels
+    overflow its stack and end the process (a segmentation fault, no message). Deeper
+    than MAX_NESTING, the file goes to PyYAML's parser, which stops at that depth."""
+    depth = deepest = 0
+    for char in _NOT_A_BRACKET.sub("", text):
+        depth = depth + 1 if char in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[Any, yaml.Node | None]:

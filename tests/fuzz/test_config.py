@@ -5,6 +5,9 @@ file — never a traceback — in time linear in the file's size."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,26 @@ def test_nesting_without_end_is_one_line(tmp_path: Path, kind: str, where: str) 
         load_config(path)
 
     assert one_line(refused.value.message) and refused.value.message.startswith(str(path))
+
+
+def test_nesting_deep_enough_to_overflow_a_c_stack_is_one_line(tmp_path: Path) -> None:
+    """200,000 levels: libyaml's parser overflowed its stack (a segmentation fault, no
+    message); run in a process of its own, as `nbenv` reads it."""
+    path = tmp_path / "nbenv.yaml"
+    deep = "[" * 200_000 + "]" * 200_000
+    path.write_text(f"deep: {deep}\n" + textwrap.dedent(TEST_CONFIG), encoding="utf-8")
+    env = {**os.environ, "NBENV_CONFIG": str(path), "NBENV_HOME": str(tmp_path / "home")}
+
+    run = subprocess.run(
+        [sys.executable, "-m", "bot", "--as", "U01OWNER", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode == ConfigError.exit_code, (run.returncode, run.stderr[-2000:])
+    assert one_line(run.stderr.strip()) and "nested more than" in run.stderr, run.stderr
 
 
 def laughs(levels: int, where: str) -> str:

@@ -10,6 +10,7 @@ and runs two images' steps at a time, so every step of one image meets another's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -404,7 +405,8 @@ class Lifecycle:
             # workers are killed, the one running it among them.
             wait_until(lambda: job_status() == "running", WAIT_S, "the promote job claimed")
             for pid in self.deployment.bot_worker_pids():
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # gone already: as good
+                    os.kill(pid, signal.SIGKILL)
             killed_at = time.time()
             holder.rollback()
         self.deployment.revive()

@@ -473,11 +473,11 @@ def test_a_build_that_cannot_start_or_fails_is_on_record_as_failed(
     stack.worker.run_until_idle()
 
     history = stack.app.handle(USER, f"history {IMAGE}")
-    assert [(h["action"], h["outcome"]) for h in history.data] == [
-        ("build", "ok"),  # queued
+    assert [(h["action"], h["outcome"]) for h in history.data["items"]] == [  # newest first
         ("build", "failed"),
+        ("build", "ok"),  # queued
     ]
-    assert "no branch, tag or commit 'staging'" in history.data[-1]["details"]["reason"]
+    assert "no branch, tag or commit 'staging'" in history.data["items"][0]["details"]["reason"]
     assert "build (FAILED): no branch, tag or commit 'staging'" in history.text
 
     # A build that starts and then fails is on record under its commit, with the reason.
@@ -485,6 +485,6 @@ def test_a_build_that_cannot_start_or_fails_is_on_record_as_failed(
     repo.git("mv", repo.folder, "notebooks/elsewhere")
     sha = repo.commit("moved", "Move the folder", {})
     stack.build(sha)
-    failed = stack.app.handle(USER, f"history {IMAGE}").data[-1]
+    failed = stack.app.handle(USER, f"history {IMAGE}").data["items"][0]  # the newest
     assert (failed["action"], failed["outcome"], failed["sha"]) == ("build", "failed", sha)
     assert f"no folder notebooks/{IMAGE} in commit {sha[:7]}" in failed["details"]["reason"]

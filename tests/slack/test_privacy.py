@@ -156,7 +156,8 @@ def test_history_hides_the_links_older_versions_wrote_in_the_audit_log(
         check=True,
     ).stdout
 
-    (ready,) = [entry for entry in json.loads(shown) if entry["action"] == "instance-ready"]
+    entries = json.loads(shown)["items"]
+    (ready,) = [entry for entry in entries if entry["action"] == "instance-ready"]
     assert ready["details"] == {"name": "old-box", "env": "production"}
     assert TOKEN not in shown
 

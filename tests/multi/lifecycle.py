@@ -381,8 +381,8 @@ class Lifecycle:
         from bot.store.uow import Store, utcnow
 
         sha = sha_of(f"{image}:job")
-        self.runtime.app.publish(OWNER, image, sha, report=bot_report(True))
-        self.runtime.app.handle(TESTER, f"approve {image}")
+        self.runtime.nbenv.publish(OWNER, image, sha, report=bot_report(True))
+        self.runtime.nbenv.handle(TESTER, f"approve {image}")
         self.expected.approvals.add((image, sha, TESTER))
         engine = self.runtime.store.engine
         url = self.url(f"job-{image}")
@@ -414,8 +414,8 @@ class Lifecycle:
         after_lease = utcnow() + LEASE + timedelta(seconds=1)
         worker = JobWorker(
             Store(engine, clock=lambda: after_lease),
-            job_handlers(self.runtime.app),
-            notifier=self.runtime.app.context.notifier,
+            job_handlers(self.runtime.nbenv),
+            notifier=self.runtime.nbenv.context.notifier,
         )
         assert worker.run_once() is True
         assert "promoted" in blocks_text(self.answer(url))

@@ -343,8 +343,8 @@ def prepare(env: dict[str, str]) -> None:
         "packages": [],
         "notebooks": [{"path": "t.ipynb", "status": "passed", "duration_s": 1, "failure": None}],
     }
-    runtime.app.publish(OWNER, IMAGE, "a" * 40, report=report)
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.publish(OWNER, IMAGE, "a" * 40, report=report)
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
 
 
 # -- the report ---------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def measure(
     seed(runtime.store.engine, images=images, versions=versions, audit=audit)
     seeded = time.perf_counter() - started
     print(f"{label}: seeded in {seeded:.1f} s", file=sys.stderr)
-    nbenv, store = runtime.app, runtime.store
+    nbenv, store = runtime.nbenv, runtime.store
     pick = random.Random(14)
 
     def some_image() -> str:

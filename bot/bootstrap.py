@@ -24,18 +24,18 @@ if TYPE_CHECKING:
     from bot.service.diff import Differ
 
 
-def job_handlers(app: Nbenv) -> dict[str, Handler]:
-    handlers: dict[str, Handler] = {"instance": app.create_instance}
+def job_handlers(nbenv: Nbenv) -> dict[str, Handler]:
+    handlers: dict[str, Handler] = {"instance": nbenv.create_instance}
 
     def slack_job(job: dict) -> None:  # type: ignore[type-arg]
         # Slow /nbenv work deferred by the Slack adapter (plans, diffs, confirmed changes).
         from bot.slack.interactions import run_job
 
-        run_job(app, job)
+        run_job(nbenv, job)
 
     handlers["slack"] = slack_job
-    if app.backend is not None:
-        handlers["build"] = app.run_build
+    if nbenv.backend is not None:
+        handlers["build"] = nbenv.run_build
     return handlers
 
 
@@ -103,13 +103,13 @@ def build_runtime(
 
     @functools.cache
     def relay() -> BuildRelay:
-        # Made on the first build (answering Slack needs no relay), by then `app` is
+        # Made on the first build (answering Slack needs no relay), by then `nbenv` is
         # made. No sender: it queues its messages in the outbox, which the bot delivers.
         from bot.builds.relay import BuildRelay
 
-        return BuildRelay(app, None)
+        return BuildRelay(nbenv, None)
 
-    app = Nbenv(
+    nbenv = Nbenv(
         config,
         store,
         make_backend(config, relay),
@@ -117,21 +117,21 @@ def build_runtime(
         notifier=SlackNotifier(),
         run_by_operator=run_by_operator,
     )
-    worker = JobWorker(store, job_handlers(app), notifier=app.context.notifier)
-    return Runtime(config=config, store=store, app=app, worker=worker)
+    worker = JobWorker(store, job_handlers(nbenv), notifier=nbenv.context.notifier)
+    return Runtime(config=config, store=store, nbenv=nbenv, worker=worker)
 
 
 def recover_at_start(runtime: Runtime) -> threading.Thread | None:
     """Finish, off the start path, the promotions and rollbacks a crash left half-synced
     to the registry (a no-op where pointers have no remote copy). For long-running entry
     points (`serve`, `socket`); `nbenv recover` does the same in the foreground."""
-    backend = runtime.app.backend
+    backend = runtime.nbenv.backend
     if backend is None or not backend.mirrors_pointers():
         return None
 
     def run() -> None:
         try:
-            finished = runtime.app.recover()
+            finished = runtime.nbenv.recover()
         except Exception:  # the bot must start even when the registry or store is down
             logging.getLogger(__name__).exception("recovery at start failed")
             return
@@ -160,4 +160,4 @@ def relay_from_env() -> BuildRelay:
         logging.getLogger(__name__).warning(
             "relay: SLACK_BOT_TOKEN is not set: messages stay queued in the outbox"
         )
-    return BuildRelay(runtime.app, sender, background=True)
+    return BuildRelay(runtime.nbenv, sender, background=True)

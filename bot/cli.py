@@ -68,7 +68,7 @@ def _slash(args: argparse.Namespace, words: list[str]) -> int:
         return _fail("say who you are: --as USER (a Slack user ID) or NBENV_USER", 2)
     command = parse_words(words)  # the shell has cut them already: no joining to cut again
     runtime = _runtime(args)
-    reply = runtime.app.execute(user, command)
+    reply = runtime.nbenv.execute(user, command)
     if command.json:
         print(json.dumps(reply.data, indent=2, default=str))
     else:
@@ -85,7 +85,7 @@ def _job_outcome(runtime, job_key: str, data: dict[str, Any]) -> int:  # type: i
     with runtime.store.read() as tx:
         job = tx.jobs.get(job_key)
         instance = tx.instances.get(data["name"]) if "name" in data else None
-        status = runtime.app.image_status(tx, data["image"])
+        status = runtime.nbenv.image_status(tx, data["image"])
     if job is None or job["status"] != "done":
         reason = (job or {}).get("error") or "did not finish"
         return _fail(f"{(job or {}).get('kind', 'job')} failed: {reason}", 1)
@@ -132,7 +132,7 @@ def _publish(options: argparse.Namespace) -> int:
         # The shape the relay checks too: a report that is not one is refused in one line.
         report = check_report(report)
     runtime = _runtime(options)
-    reply = runtime.app.publish(
+    reply = runtime.nbenv.publish(
         user,
         options.image,
         options.sha,
@@ -154,7 +154,7 @@ def _audit_arguments(parser: argparse.ArgumentParser) -> None:
 def _audit(options: argparse.Namespace) -> int:
     runtime = _runtime(options)
     if options.what == "verify":
-        check = runtime.app.verify_audit()
+        check = runtime.nbenv.verify_audit()
         print(check.describe())
         return 0 if check.ok else 1
     from bot.service.audit_export import export
@@ -185,7 +185,7 @@ def _db(options: argparse.Namespace) -> int:
 
 def _recover(options: argparse.Namespace) -> int:
     runtime = _runtime(options)
-    finished = runtime.app.recover() if runtime.app.backend else []
+    finished = runtime.nbenv.recover() if runtime.nbenv.backend else []
     print(f"finished {len(finished)} interrupted operation(s)")
     with runtime.store.read() as tx:
         left = [tx.sagas.get(operation_id) for operation_id in tx.sagas.pending()]

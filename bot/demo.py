@@ -247,7 +247,7 @@ def run_demo(home: Path, out: TextIO) -> int:
         "log that detects an edited or deleted entry.",
     )
     type_(f"/nbenv versions {IMAGE}", f"/nbenv history {IMAGE}")
-    check = runtime.app.verify_audit()
+    check = runtime.nbenv.verify_audit()
     print(f"$ nbenv audit verify\n{check.describe()}", file=out)
     type_(f"/as {USER}", f"/nbenv instances {IMAGE} --stop {INSTANCE}")
     story.note(f"the demo stopped {INSTANCE}; its files were in {home}")

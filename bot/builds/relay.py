@@ -58,7 +58,7 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 class BuildRelay:
     def __init__(
         self,
-        app: Nbenv,
+        nbenv: Nbenv,
         sender: DeliversMessages | None,
         *,
         background: bool = False,
@@ -66,10 +66,10 @@ class BuildRelay:
     ) -> None:
         """SENDER None: messages stay in the outbox for the bot's sender. BACKGROUND: send
         from a thread of this process (see bot.builds.delivery), not in the caller's."""
-        self.app = app
+        self.nbenv = nbenv
         self.sender = sender
-        self.store = app.store
-        self.config = app.config
+        self.store = nbenv.store
+        self.config = nbenv.config
         self.deliver_wait_s = deliver_wait_s
         self.deliverer = Deliverer(sender).start() if background and sender else None
         # Events arriving together are applied in one transaction (see group_commit).
@@ -192,7 +192,7 @@ class BuildRelay:
         )
         unchanged = version is not None and (version.report, version.build_id) == (report, build_id)
         if not (superseded or unchanged):
-            self.app.record_version(
+            self.nbenv.record_version(
                 recorder,
                 image,
                 sha,
@@ -311,7 +311,7 @@ class BuildRelay:
         base = f"publish:{image}:{sha}:{build_id}"
         for attempt in range(CONFLICT_RETRIES):
             try:
-                self.app.publish(
+                self.nbenv.publish(
                     actor,
                     image,
                     sha,
@@ -364,7 +364,7 @@ class BuildRelay:
         try:
             # `expect`: if staging moves on between this check and the promotion, the
             # core refuses instead of promoting a commit this build did not build.
-            self.app.execute(actor, Promote(image=image), key=key, expect=state.generations())
+            self.nbenv.execute(actor, Promote(image=image), key=key, expect=state.generations())
         except (Refused, Conflict) as error:
             with self.store.read() as tx:
                 if (

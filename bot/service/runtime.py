@@ -16,5 +16,5 @@ from bot.store.uow import Store
 class Runtime:
     config: Config
     store: Store
-    app: Nbenv
+    nbenv: Nbenv
     worker: JobWorker

@@ -148,7 +148,7 @@ def _serve(
     from bot.bootstrap import build_runtime
     from bot.slack.interactions import Interactions
 
-    interactions = Interactions(build_runtime(config_path, migrate=False, config=config).app)
+    interactions = Interactions(build_runtime(config_path, migrate=False, config=config).nbenv)
     ready.set()
     owner = parent
 

@@ -105,7 +105,7 @@ def job_step(runtime: Runtime, *, pushed: bool) -> Callable[[], bool] | None:
     """
     if not pushed:
         return runtime.worker.run_once
-    backend = runtime.app.backend
+    backend = runtime.nbenv.backend
     if not isinstance(backend, DispatchesJobs):
         return None  # something else publishes them
     dispatcher = backend.job_dispatcher(runtime.store)

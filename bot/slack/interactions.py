@@ -118,13 +118,13 @@ def _value(raw: str | None) -> dict[str, Any]:
 
 
 class Interactions:
-    def __init__(self, app: Nbenv) -> None:
-        self.app = app
+    def __init__(self, nbenv: Nbenv) -> None:
+        self.nbenv = nbenv
 
     @property
     def store(self) -> Store:
         # Looked up when used: in `nbenv serve`, APP has no store until its worker is warm.
-        return self.app.store
+        return self.nbenv.store
 
     # -- the slash command ------------------------------------------------------------------
 
@@ -134,7 +134,7 @@ class Interactions:
             command = parse(text)
             if command.name == "help":  # for anyone, even someone no team lists yet
                 return Outcome(answer=_help_message())
-            self.app.check(user, command)
+            self.nbenv.check(user, command)
             way = spec_of(command).answered_for(command)
             if way is not Answered.AT_ONCE and not response_url:
                 raise BadInput("this command answers later, and Slack sent no response_url")
@@ -148,7 +148,7 @@ class Interactions:
                 seen = command.image if spec_of(command).confirm else None
                 self._queue(key, {**payload, "key": key, "response_url": response_url}, seen)
                 return Outcome(answer=views.message(_working(command)), queued=True)
-            reply = self.app.execute(user, command, key=key, reply_to=response_url)
+            reply = self.nbenv.execute(user, command, key=key, reply_to=response_url)
         except NbenvError as error:
             return Outcome(answer=views.error(error.message))
         return Outcome(answer=render(reply, command), queued=not reads_only(command))
@@ -171,7 +171,7 @@ class Interactions:
         try:
             if isinstance(command, Promote | Rollback) and not is_dry_run(command):
                 return self._confirmation(user, command, shown)
-            return render(self.app.execute(user, command), command)
+            return render(self.nbenv.execute(user, command), command)
         except NbenvError as error:
             return views.error(error.message)
 
@@ -193,12 +193,12 @@ class Interactions:
         image = value["image"]
         if pressed == action_id(Act.APPROVE):
             command: Command = Approve(image=image, sha=_sha(value))
-            message = render(self.app.execute(user, command, key=key))
+            message = render(self.nbenv.execute(user, command, key=key))
             return Outcome(later=Later(user, message=message), queued=True)
         if pressed in (action_id(Act.PROMOTE), action_id(Act.ROLLBACK)):
             shape = Promote if pressed == action_id(Act.PROMOTE) else Rollback
             command = shape(image=image)
-            self.app.check(user, command)
+            self.nbenv.check(user, command)
             # The thread's button stands for one SHA: refuse it once that SHA has moved on.
             env = Env.STAGING if isinstance(command, Promote) else Env.PRODUCTION
             shown: dict[str, Any] = {"env": env.value}
@@ -210,7 +210,7 @@ class Interactions:
             expect = value.get("expect")
             if not isinstance(expect, dict) or not all(isinstance(v, int) for v in expect.values()):
                 raise BadInput("this button is malformed: nothing was changed")
-            self.app.check(user, command)
+            self.nbenv.check(user, command)
             job = {
                 "mode": "run",
                 "actor": user,
@@ -224,14 +224,14 @@ class Interactions:
             env = value.get("env")
             env = parse_env(env if isinstance(env, str) else "")
             replacement = Instance(image=image, env=env)
-            reply = self.app.execute(user, replacement, key=key, reply_to=response_url)
+            reply = self.nbenv.execute(user, replacement, key=key, reply_to=response_url)
             return Outcome(later=Later(user, message=render(reply)), queued=True)
         if pressed == action_id(Act.STOP):  # the old instance, stopped only by this press
             name = value.get("name")
             if not isinstance(name, str):
                 raise BadInput("this button is malformed: nothing was changed")
             stop = Instances(image=image, stop=name)
-            self.app.check(user, stop)
+            self.nbenv.check(user, stop)
             job = {"mode": "run", "actor": user, "command": to_fields(stop)}
             self._queue(key, {**job, "key": key, "response_url": response_url})
             return Outcome(later=Later(user, message=views.message(_working(stop))), queued=True)
@@ -244,7 +244,7 @@ class Interactions:
                 if listing == "versions"
                 else History(image=image, sha=_sha(value), before=cursor)
             )
-            self.app.check(user, page)
+            self.nbenv.check(user, page)
             return Outcome(later=Later(user, to_fields(page)), replace=True)
         if pressed == views.CANCEL:
             cancelled = views.message("Cancelled: nothing was changed.")
@@ -284,7 +284,7 @@ class Interactions:
             value = _value(raw_value)
             # The reason comes from the dialog: asked for only once the role allows it.
             command = Reject(image=value["image"], sha=_sha(value), reason="")
-            self.app.require(user, command, Role.TESTER)
+            self.nbenv.require(user, command, Role.TESTER)
         except NbenvError as error:
             return Outcome(later=Later(user, message=views.error(error.message)))
         metadata = {"image": command.image, "sha": command.sha, "response_url": response_url}
@@ -307,7 +307,7 @@ class Interactions:
         except NbenvError as error:
             return error.message
         try:
-            self.app.execute(user, command, key=key)
+            self.nbenv.execute(user, command, key=key)
         except NbenvError as error:
             return error.message
         return None
@@ -318,11 +318,11 @@ class Interactions:
         from bot.slack.home import home_view
         from bot.slack.outbox import delivery_pause, missing_channels
 
-        images = self.app.visible_images(user)
+        images = self.nbenv.visible_images(user)
         with self.store.read() as tx:
-            statuses = [self.app.image_status(tx, image) for image in images]
+            statuses = [self.nbenv.image_status(tx, image) for image in images]
         pause = delivery_pause(self.store)
-        owner = any(self.app.config.role_of(image, user) == Role.OWNER for image in images)
+        owner = any(self.nbenv.config.role_of(image, user) == Role.OWNER for image in images)
         paused = pause.reason if pause is not None and owner else None
         return home_view(user, statuses, missing=missing_channels(self.store), paused=paused)
 
@@ -352,7 +352,7 @@ class Interactions:
             if job.get("mode") == "confirm":
                 message = self._answer(actor, command, job.get("shown"))
             else:
-                reply = self.app.execute(actor, command, key=job.get("key"), expect=_seen(job))
+                reply = self.nbenv.execute(actor, command, key=job.get("key"), expect=_seen(job))
                 message = render(reply, command)
         except NbenvError as error:
             message = views.error(error.message)
@@ -367,7 +367,7 @@ class Interactions:
     def _confirmation(
         self, actor: str, command: Promote | Rollback, shown: dict[str, Any] | None
     ) -> dict[str, Any]:
-        self.app.require(actor, command, Role.OWNER)
+        self.nbenv.require(actor, command, Role.OWNER)
         if shown and shown.get("sha"):
             # The thread's button stood for one SHA: refuse it once that SHA has moved on.
             with self.store.read() as tx:
@@ -379,9 +379,9 @@ class Interactions:
                     f"{shown['env']} of {command.image} (it is `{short(current)}` now; "
                     f"{pointers_text(state.shas())}). Nothing was changed."
                 )
-        preview = self.app.preview(actor, command)
+        preview = self.nbenv.preview(actor, command)
         shas = [c["old"] for c in preview["changes"]] + [c["new"] for c in preview["changes"]]
-        instances = self.app.who_runs(command.image, shas)
+        instances = self.nbenv.who_runs(command.image, shas)
         fields_ = to_fields(replace(command, confirmed=True))
         value = {"image": command.image, "cmd": fields_, "expect": preview["expect"]}
         if not views.value_fits(value):
@@ -431,9 +431,9 @@ def _working(command: Command) -> str:
     return f"⏳ working on `{command.name}{image}`: the answer appears here in a moment…"
 
 
-def run_job(app: Nbenv, job: dict[str, Any]) -> None:
+def run_job(nbenv: Nbenv, job: dict[str, Any]) -> None:
     """The job handler for kind "slack" (wired in bot.bootstrap.job_handlers)."""
-    Interactions(app).run(job)
+    Interactions(nbenv).run(job)
 
 
 @functools.cache

@@ -144,7 +144,7 @@ class WarmingService:
     def __getattr__(self, name: str) -> Any:
         runtime = self._worker.wait().runtime
         assert runtime is not None
-        return getattr(runtime.app, name)
+        return getattr(runtime.nbenv, name)
 
 
 def create_web_app(bolt: Any, worker: WorkerRuntime, signing_secret: str) -> Any:

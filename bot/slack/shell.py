@@ -162,7 +162,7 @@ class Shell:
         self.runtime = runtime
         self.console = Console(out)
         self.sender = console_sender(runtime.store, self.console)
-        self.interactions = Interactions(runtime.app)
+        self.interactions = Interactions(runtime.nbenv)
         self.user = Person(user)
         self.dialog: dict[str, Any] | None = None
         self.echo = False

@@ -82,7 +82,7 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     ).start()
     handler: BaseSocketModeHandler | None = None
     try:  # from here on, Ctrl-C or a refusal stops the background threads too
-        bolt = build_app(runtime.app, token=token, signing_secret=None, wake=background.wake)
+        bolt = build_app(runtime.nbenv, token=token, signing_secret=None, wake=background.wake)
         handler = socket_mode_handler(bolt, app_token)
         # Ctrl-C (or a SIGTERM from a service manager) only sets STOP: raised as
         # KeyboardInterrupt inside the client's own threads or connect, it could be

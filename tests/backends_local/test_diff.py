@@ -222,7 +222,7 @@ def diff_runtime(local_config_file: Path, db_url: str):  # type: ignore[no-untyp
 def test_nbenv_diff_defaults_to_production_against_staging(
     diff_runtime: Any, repo: ImageRepo
 ) -> None:
-    app = diff_runtime.app
+    app = diff_runtime.nbenv
     app.publish(OWNER, IMAGE, repo.sha("initial"), report=OLD_REPORT)
     # Production gets the initial version through the real promote path.
     app.handle(TESTER, f"approve {IMAGE}")

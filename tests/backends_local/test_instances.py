@@ -57,11 +57,11 @@ def runtime(tmp_path: Path, repo: ImageRepo, sqlite_url: str) -> Any:
         rows = tx.instances.matching(image=IMAGE)
     for row in rows:
         if row["state"] == "running":
-            runtime.app.backend.stop_instance(row["name"], row["details"])
+            runtime.nbenv.backend.stop_instance(row["name"], row["details"])
 
 
 def in_production(runtime: Any, sha: str) -> None:
-    app = runtime.app
+    app = runtime.nbenv
     app.publish(OWNER, IMAGE, sha, report={"python": "3.11", "packages": [], "notebooks": []})
     app.handle(TESTER, f"approve {IMAGE}")
     app.handle(OWNER, f"promote {IMAGE}")
@@ -73,7 +73,7 @@ def test_instance_is_started_reachable_recorded_listed_and_stopped(
     sha = repo.sha("initial")
     in_production(runtime, sha)
 
-    reply = runtime.app.handle(USER, f"instance {IMAGE} --name nlp-work")
+    reply = runtime.nbenv.handle(USER, f"instance {IMAGE} --name nlp-work")
     assert reply.data["sha"] == sha
     runtime.worker.run_until_idle()
 
@@ -110,16 +110,16 @@ def test_instance_is_started_reachable_recorded_listed_and_stopped(
     ).read()
     assert b"nltk==3.8.1" in contents
 
-    listing = runtime.app.handle(USER, f"instances {IMAGE}")
+    listing = runtime.nbenv.handle(USER, f"instances {IMAGE}")
     assert "`nlp-work`" in listing.text
     assert [r["name"] for r in listing.data] == ["nlp-work"]
 
     # Someone else's instance is not theirs to stop.
     with pytest.raises(Refused):
-        runtime.app.handle(TESTER, f"instances {IMAGE} --stop nlp-work")
+        runtime.nbenv.handle(TESTER, f"instances {IMAGE} --stop nlp-work")
     assert http_status(f"http://127.0.0.1:{port}/api/status", token) == 200
 
-    stopped = runtime.app.handle(USER, f"instances {IMAGE} --stop nlp-work")
+    stopped = runtime.nbenv.handle(USER, f"instances {IMAGE} --stop nlp-work")
     assert "stopped" in stopped.text
     assert not port_open(port)
     assert not Path(details["directory"]).exists()
@@ -134,14 +134,14 @@ def test_instances_from_staging_and_fallback_are_pinned_to_their_sha(
     runtime: Any, repo: ImageRepo
 ) -> None:
     in_production(runtime, repo.sha("initial"))
-    runtime.app.publish(
+    runtime.nbenv.publish(
         OWNER,
         IMAGE,
         repo.sha("upgrade"),
         report={"python": "3.11", "packages": [], "notebooks": []},
     )
 
-    runtime.app.handle(TESTER, f"instance {IMAGE} --env staging --name try-staging")
+    runtime.nbenv.handle(TESTER, f"instance {IMAGE} --env staging --name try-staging")
     runtime.worker.run_until_idle()
 
     with runtime.store.read() as tx:
@@ -150,7 +150,7 @@ def test_instances_from_staging_and_fallback_are_pinned_to_their_sha(
     checkout = Path(row["details"]["checkout"])
     assert "nltk==3.9.1" in (checkout / "requirements.txt").read_text()
     assert (checkout / "tests" / "02_text.ipynb").exists()
-    runtime.app.handle(OWNER, f"instances {IMAGE} --stop try-staging")  # an owner may
+    runtime.nbenv.handle(OWNER, f"instances {IMAGE} --stop try-staging")  # an owner may
     assert not port_open(row["details"]["port"])
 
 
@@ -214,7 +214,7 @@ def test_an_idle_instance_stops_itself_kernel_first_then_the_server(
         None, sqlite_url, config=config.model_copy(update={"images": images}), run_by_operator=True
     )
     in_production(runtime, repo.sha("initial"))
-    runtime.app.handle(USER, f"instance {IMAGE} --name idle-box")
+    runtime.nbenv.handle(USER, f"instance {IMAGE} --name idle-box")
     runtime.worker.run_until_idle()
     with runtime.store.read() as tx:
         row = tx.instances.get("idle-box")
@@ -224,7 +224,7 @@ def test_an_idle_instance_stops_itself_kernel_first_then_the_server(
     exited = os.pidfd_open(pid)  # readable once the server has exited: an event, no polling
     try:
         assert details["idle_timeout_s"] == 1
-        (line,) = runtime.app.handle(USER, "instances").text.splitlines()[1:]
+        (line,) = runtime.nbenv.handle(USER, "instances").text.splitlines()[1:]
         assert "running (stops after 1s idle)" in line
 
         # A kernel, as opening a notebook starts one; left idle, it is culled, and then the
@@ -248,7 +248,7 @@ def test_an_idle_instance_stops_itself_kernel_first_then_the_server(
         assert "No kernels for" in log and "shutting down" in log
     finally:
         os.close(exited)
-        runtime.app.backend.stop_instance("idle-box", details)
+        runtime.nbenv.backend.stop_instance("idle-box", details)
 
 
 def test_an_instance_in_docker_is_given_the_same_idle_shutdown(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ LOCAL_STEP = "test-notebooks-in-local-python"
 class Stack:
     """The bot as `backend: local` runs it, with the build events also kept for asserting."""
 
-    app: Nbenv
+    nbenv: Nbenv
     store: Store
     worker: JobWorker
     backend: LocalBackend
@@ -64,12 +64,12 @@ class Stack:
         """`/nbenv build IMAGE [REF]` by the owner, then the job worker runs it."""
         self.events.clear()
         self.attributes.clear()
-        self.app.handle(OWNER, f"build {IMAGE}" + (f" {ref}" if ref else ""))
+        self.nbenv.handle(OWNER, f"build {IMAGE}" + (f" {ref}" if ref else ""))
         self.worker.run_until_idle()
         return self.events[-1]
 
     def staging(self) -> str | None:
-        return self.app.handle(OWNER, f"status {IMAGE}").data["environments"]["staging"]
+        return self.nbenv.handle(OWNER, f"status {IMAGE}").data["environments"]["staging"]
 
     def thread_texts(self, sha: str) -> list[str]:
         """The build thread of SHA in the image's channel: root first, then the replies."""
@@ -106,16 +106,16 @@ def running_stack(config_file: Path, database_url: str, home: Path) -> Iterator[
         backend = make_backend()
         # The backend is given at construction, as bootstrap gives it; the relay that
         # the backend reports to is made from the same app.
-        app = Nbenv(
+        nbenv = Nbenv(
             runtime.config,
             runtime.store,
             backend,
             make_differ(runtime.config),
             notifier=SlackNotifier(),
         )
-        relay = BuildRelay(app, sender)
-        worker = JobWorker(runtime.store, job_handlers(app), notifier=SlackNotifier())
-        yield Stack(app, runtime.store, worker, backend, slack, events, attributes, make_backend)
+        relay = BuildRelay(nbenv, sender)
+        worker = JobWorker(runtime.store, job_handlers(nbenv), notifier=SlackNotifier())
+        yield Stack(nbenv, runtime.store, worker, backend, slack, events, attributes, make_backend)
 
 
 @pytest.fixture
@@ -188,7 +188,7 @@ def test_a_passing_staging_commit_is_built_recorded_and_published(
     assert "2 passed" in log_text
 
     # The version is recorded with its report and package manifest.
-    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data["items"]}
+    versions = {v["sha"]: v for v in stack.nbenv.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[sha]["tests_passed"] is True
     assert versions[sha]["notebooks"] == {"passed": 2, "total": 2}
     with stack.store.read() as tx:
@@ -240,7 +240,7 @@ def test_a_failing_commit_leaves_staging_untouched_and_names_notebook_cell_and_l
     assert final["steps"][1]["exitCode"] == 1
 
     assert stack.staging()["sha"] == good
-    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data["items"]}
+    versions = {v["sha"]: v for v in stack.nbenv.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[sha]["tests_passed"] is False
     assert versions[sha]["notebooks"] == {"passed": 1, "total": 2}
 
@@ -277,7 +277,7 @@ def test_a_build_of_an_explicit_sha_is_test_only_even_on_the_staging_branch(
     BRANCH_NAME, so a SHA's SUCCESS publishes nothing; the owner is told so up front."""
     sha = repo.sha("upgrade")  # on the staging branch, behind its tip
 
-    reply = stack.app.handle(OWNER, f"build {IMAGE} {sha}")
+    reply = stack.nbenv.handle(OWNER, f"build {IMAGE} {sha}")
     stack.worker.run_until_idle()
 
     assert "test only: the version and its test report are recorded" in reply.text
@@ -286,11 +286,11 @@ def test_a_build_of_an_explicit_sha_is_test_only_even_on_the_staging_branch(
     assert final["status"] == "SUCCESS"
     assert final["substitutions"]["BRANCH_NAME"] == ""
     assert stack.staging() is None
-    versions = {v["sha"]: v for v in stack.app.handle(USER, f"versions {IMAGE}").data["items"]}
+    versions = {v["sha"]: v for v in stack.nbenv.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[sha]["tests_passed"] is True
     assert not any("now in staging" in text for text in stack.thread_texts(sha))
 
-    branch = stack.app.handle(OWNER, f"build {IMAGE}")
+    branch = stack.nbenv.handle(OWNER, f"build {IMAGE}")
     assert "if it succeeds it is published to staging" in branch.text
 
 
@@ -301,7 +301,7 @@ def test_an_unknown_ref_is_refused_before_anything_happens(stack: Stack) -> None
         stack.backend.run_build(IMAGE, "--upload-pack=evil", OWNER)
 
     assert stack.events == []
-    assert stack.app.handle(USER, f"versions {IMAGE}").data["items"] == []
+    assert stack.nbenv.handle(USER, f"versions {IMAGE}").data["items"] == []
     assert stack.slack.messages(CHANNEL) == {}
 
 
@@ -469,15 +469,15 @@ def test_a_build_that_cannot_start_or_fails_is_on_record_as_failed(
     repo.git("checkout", "--quiet", "main")
     repo.git("branch", "--quiet", "-D", "staging")
 
-    stack.app.handle(OWNER, f"build {IMAGE}")
+    stack.nbenv.handle(OWNER, f"build {IMAGE}")
     stack.worker.run_until_idle()
 
-    history = stack.app.handle(USER, f"history {IMAGE}")
-    assert [(h["action"], h["outcome"]) for h in history.data] == [
-        ("build", "ok"),  # queued
+    history = stack.nbenv.handle(USER, f"history {IMAGE}")
+    assert [(h["action"], h["outcome"]) for h in history.data["items"]] == [  # newest first
         ("build", "failed"),
+        ("build", "ok"),  # queued
     ]
-    assert "no branch, tag or commit 'staging'" in history.data[-1]["details"]["reason"]
+    assert "no branch, tag or commit 'staging'" in history.data["items"][0]["details"]["reason"]
     assert "build (FAILED): no branch, tag or commit 'staging'" in history.text
 
     # A build that starts and then fails is on record under its commit, with the reason.
@@ -485,6 +485,6 @@ def test_a_build_that_cannot_start_or_fails_is_on_record_as_failed(
     repo.git("mv", repo.folder, "notebooks/elsewhere")
     sha = repo.commit("moved", "Move the folder", {})
     stack.build(sha)
-    failed = stack.app.handle(USER, f"history {IMAGE}").data[-1]
+    failed = stack.nbenv.handle(USER, f"history {IMAGE}").data["items"][0]  # the newest
     assert (failed["action"], failed["outcome"], failed["sha"]) == ("build", "failed", sha)
     assert f"no folder notebooks/{IMAGE} in commit {sha[:7]}" in failed["details"]["reason"]

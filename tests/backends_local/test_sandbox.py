@@ -130,7 +130,7 @@ def run_cell(url: str, code: str) -> str:
 
 
 def in_production(runtime: Any, sha: str) -> None:
-    app = runtime.app
+    app = runtime.nbenv
     app.publish(OWNER, IMAGE, sha, report={"python": "3.11", "packages": [], "notebooks": []})
     app.handle(TESTER, f"approve {IMAGE}")
     app.handle(OWNER, f"promote {IMAGE}")
@@ -149,7 +149,7 @@ def stop_all(runtime: Any) -> None:
         rows = tx.instances.matching(image=IMAGE)
     for row in rows:
         if row["state"] == "running":
-            runtime.app.backend.stop_instance(row["name"], row["details"])
+            runtime.nbenv.backend.stop_instance(row["name"], row["details"])
 
 
 def test_a_cell_in_a_local_instance_cannot_read_the_bots_secrets(
@@ -158,7 +158,7 @@ def test_a_cell_in_a_local_instance_cannot_read_the_bots_secrets(
     runtime = make_runtime(tmp_path, repo, sqlite_url, run_by_operator=True)
     try:
         in_production(runtime, repo.sha("initial"))
-        runtime.app.handle(USER, f"instance {IMAGE} --name env-probe")
+        runtime.nbenv.handle(USER, f"instance {IMAGE} --name env-probe")
         runtime.worker.run_until_idle()
         with runtime.store.read() as tx:
             row = tx.instances.get("env-probe")

@@ -246,7 +246,7 @@ def relay(runtime: Any, slack: FakeSlackApi) -> Any:
     from bot.slack.outbox import OutboxSender
 
     sender = OutboxSender(runtime.store, WebClient(token=TOKEN, base_url=slack.base_url))
-    return BuildRelay(runtime.app, sender)
+    return BuildRelay(runtime.nbenv, sender)
 
 
 def roots(slack: FakeSlackApi, sha: str, image: str = IMAGE) -> list[Message]:

@@ -78,7 +78,7 @@ class World:
             }
 
     def environments(self) -> dict[str, Any]:
-        return self.runtime.app.handle(OWNER, f"status {IMAGE}").data["environments"]
+        return self.runtime.nbenv.handle(OWNER, f"status {IMAGE}").data["environments"]
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BuildRelay
     runtime = build_runtime(str(config), f"sqlite:///{folder / 'nbenv.db'}")
     with FakeSlackApi(token=TOKEN) as slack:
         sender = OutboxSender(runtime.store, WebClient(token=TOKEN, base_url=slack.base_url))
-        yield BuildRelay(runtime.app, sender), slack
+        yield BuildRelay(runtime.nbenv, sender), slack
 
 
 builds_of_a_commit = st.lists(

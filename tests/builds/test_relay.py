@@ -42,7 +42,7 @@ def feed(relay: Any, events: list[dict[str, Any]]) -> list[str]:
 
 
 def status(runtime: Any) -> dict[str, Any]:
-    return runtime.app.handle(OWNER, f"status {IMAGE}").data
+    return runtime.nbenv.handle(OWNER, f"status {IMAGE}").data
 
 
 def counts(runtime: Any) -> dict[str, int]:
@@ -190,7 +190,7 @@ def test_test_failure_details_reach_the_thread(
     assert "```" in failure and "----&gt; 2 tokens['missing']" in failure
     assert "\x1b" not in failure
     # Recorded as a failed version; staging untouched.
-    versions = runtime.app.handle(OWNER, f"versions {IMAGE}").data["items"]
+    versions = runtime.nbenv.handle(OWNER, f"versions {IMAGE}").data["items"]
     assert [(v["sha"], v["tests_passed"]) for v in versions] == [(sha, False)]
     assert status(runtime)["environments"]["staging"] is None
 
@@ -232,7 +232,7 @@ def test_retried_build_of_a_commit_reuses_its_thread(relay: Any, slack: FakeSlac
 
 def approve_staging(relay: Any, runtime: Any, sha: str) -> None:
     feed(relay, build_events(new_build_id(), sha))
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
 
 
 def test_production_branch_success_promotes_under_the_policy(
@@ -249,7 +249,7 @@ def test_production_branch_success_promotes_under_the_policy(
     assert environments["production"]["updated_by"] == f"build:{build_id}"
     (root,) = roots(slack, sha)
     assert f"build:{build_id} promoted `{sha[:7]}` to production" in replies(slack, root)[-1].text
-    history = history_of(runtime.app, OWNER, f"history {IMAGE} {sha}")
+    history = history_of(runtime.nbenv, OWNER, f"history {IMAGE} {sha}")
     assert [(e["action"], e["outcome"]) for e in history][-1] == ("promote", "ok")
 
 
@@ -269,7 +269,7 @@ def test_production_branch_success_without_approval_posts_the_refusal(
         f"🚫 `{sha[:7]}` was not promoted to production (build `{build_id[:8]}`)"
     )
     assert "has 0 of 1 required approvals" in refusal
-    history = history_of(runtime.app, OWNER, f"history {IMAGE}")
+    history = history_of(runtime.nbenv, OWNER, f"history {IMAGE}")
     assert (history[-1]["action"], history[-1]["outcome"]) == ("promote", "refused")
     assert history[-1]["actor"] == f"build:{build_id}"
 
@@ -289,7 +289,7 @@ def test_production_build_of_a_commit_not_in_staging_is_refused(
     refusal = replies(slack, root)[-1].text
     assert f"`{merge[:7]}` is not what staging points to (`{approved[:7]}`)" in refusal
     assert "git merge --ff-only" in refusal
-    history = history_of(runtime.app, OWNER, f"history {IMAGE}")
+    history = history_of(runtime.nbenv, OWNER, f"history {IMAGE}")
     assert (history[-1]["action"], history[-1]["sha"], history[-1]["outcome"]) == (
         "promote",
         merge,
@@ -309,7 +309,7 @@ def test_redelivered_production_success_promotes_once(
     assert feed(relay, events[-1:] * 3) == ["duplicate"] * 3
 
     assert len(slack.calls()) == calls
-    history = history_of(runtime.app, OWNER, f"history {IMAGE} {sha}")
+    history = history_of(runtime.nbenv, OWNER, f"history {IMAGE} {sha}")
     assert [e["action"] for e in history].count("promote") == 1
 
 
@@ -317,7 +317,7 @@ def test_manual_publish_first_keeps_its_message_as_the_root(
     relay: Any, slack: FakeSlackApi, runtime: Any
 ) -> None:
     sha = sha_of("manual publish")
-    runtime.app.publish(OWNER, IMAGE, sha, report=report())
+    runtime.nbenv.publish(OWNER, IMAGE, sha, report=report())
     relay.sender.deliver_due()
     (announcement,) = slack.messages(CHANNEL).values()
 
@@ -428,14 +428,14 @@ def test_promote_command_and_relay_agree_on_the_policy(relay: Any, runtime: Any)
     """The git-driven promotion refuses exactly where `/nbenv promote` would."""
     sha = sha_of("frozen")
     approve_staging(relay, runtime, sha)
-    runtime.app.handle(OWNER, f"freeze {IMAGE} release freeze")
+    runtime.nbenv.handle(OWNER, f"freeze {IMAGE} release freeze")
     with pytest.raises(Exception, match="frozen") as by_hand:
-        runtime.app.execute(OWNER, Promote(image=IMAGE))
+        runtime.nbenv.execute(OWNER, Promote(image=IMAGE))
 
     feed(relay, build_events(new_build_id(), sha, branch="main", created=900))
 
     assert status(runtime)["environments"]["production"] is None
-    history = history_of(runtime.app, OWNER, f"history {IMAGE}")
+    history = history_of(runtime.nbenv, OWNER, f"history {IMAGE}")
     assert history[-1]["outcome"] == "refused"
     # The record keeps refusals as plain text (`@U01OWNER`, not Slack's `<@U01OWNER>`).
     assert history[-1]["details"]["reason"] == to_plain(str(by_hand.value))
@@ -446,7 +446,7 @@ def test_a_burst_is_answered_at_once_and_still_reaches_every_thread(
 ) -> None:
     """The function's own sender thread: acknowledge early under load, send everything."""
     sender = OutboxSender(runtime.store, WebClient(token=TOKEN, base_url=slack.base_url))
-    relay = BuildRelay(runtime.app, sender, background=True)
+    relay = BuildRelay(runtime.nbenv, sender, background=True)
     commits = [sha_of(f"burst {i}") for i in range(6)]
     streams = [build_events(new_build_id(), sha, branch="feature") for sha in commits]
     try:

@@ -21,11 +21,11 @@ from tests.conftest import IMAGE, OWNER, TESTER, TESTER2, USER, sha_of
 def audited(runtime):
     """A runtime with five audit entries: publish, approve, promote, publish, approve."""
     for label in ("a", "b"):
-        runtime.app.publish(OWNER, IMAGE, sha_of(label))
-        runtime.app.handle(TESTER, f"approve {IMAGE}")
+        runtime.nbenv.publish(OWNER, IMAGE, sha_of(label))
+        runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
         if label == "a":
-            runtime.app.handle(OWNER, f"promote {IMAGE}")
-    assert runtime.app.verify_audit().ok
+            runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
+    assert runtime.nbenv.verify_audit().ok
     return runtime
 
 
@@ -144,7 +144,7 @@ def test_details_that_are_not_json_are_named(
         "audit log broken at entry 3: its details are not valid JSON: the row was edited"
     )
     # The other readers of the log answer too, showing what they cannot read.
-    history = audited.app.handle(USER, f"history {IMAGE}")
+    history = audited.nbenv.handle(USER, f"history {IMAGE}")
     assert [h["seq"] for h in history.data["items"]] == [5, 4, 3, 2, 1]  # newest first
     assert "not valid JSON" in json.dumps(history.data["items"][2]["details"])
 
@@ -158,8 +158,8 @@ def test_deleted_head_row_is_named_and_nothing_more_is_recorded(
     assert code == 1
     assert "audit log broken at entry 6: the audit head" in out and "missing" in out
     with pytest.raises(NbenvError, match="head row is missing"):
-        audited.app.handle(OWNER, f"freeze {IMAGE} release week")
-    assert audited.app.handle(USER, f"status {IMAGE}").data["frozen"] is False
+        audited.nbenv.handle(OWNER, f"freeze {IMAGE} release week")
+    assert audited.nbenv.handle(USER, f"status {IMAGE}").data["frozen"] is False
 
 
 # -- sealed (HMAC) chains ----------------------------------------------------------------------
@@ -180,10 +180,10 @@ def _runtime_with_key(config_file, db_url, monkeypatch, key: str | None):
 
 def _five_entries(runtime) -> None:
     for label in ("a", "b"):
-        runtime.app.publish(OWNER, IMAGE, sha_of(label))
-        runtime.app.handle(TESTER, f"approve {IMAGE}")
+        runtime.nbenv.publish(OWNER, IMAGE, sha_of(label))
+        runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
         if label == "a":
-            runtime.app.handle(OWNER, f"promote {IMAGE}")
+            runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
 
 def _rewrite(runtime, seq: int, *, actor: str, sealed_after: bool) -> None:
@@ -272,8 +272,8 @@ def test_entries_before_the_key_was_set_are_protected_by_the_first_sealed_one(
     plain = _runtime_with_key(config_file, db_url, monkeypatch, None)
     _five_entries(plain)
     sealed = _runtime_with_key(config_file, db_url, monkeypatch, KEY)
-    sealed.app.handle(OWNER, f"freeze {IMAGE} release week")
-    sealed.app.handle(OWNER, f"unfreeze {IMAGE}")
+    sealed.nbenv.handle(OWNER, f"freeze {IMAGE} release week")
+    sealed.nbenv.handle(OWNER, f"unfreeze {IMAGE}")
     code, out = _verify(config_file, db_url, monkeypatch, capsys, KEY)
     assert code == 0 and "intact: 7 entries" in out and "entries 6-7 sealed" in out
     # An edit in the plain part, every later hash recomputed, still breaks the first seal.

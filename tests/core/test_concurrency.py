@@ -31,7 +31,7 @@ def _racer(config: str, url: str, seed: int, barrier, results) -> None:  # type:
 
     def attempt(text: str, who: str = OWNER) -> None:
         try:
-            runtime.app.handle(who, text)
+            runtime.nbenv.handle(who, text)
             outcomes.append((text.split()[0], "ok"))
         except Conflict:
             outcomes.append((text.split()[0], "conflict"))
@@ -57,7 +57,7 @@ def test_concurrent_promotions_and_rollbacks(pg_cluster, config_file: Path):
 
     url = pg_cluster.create_database()
     runtime = build_runtime(str(config_file), url)
-    app = runtime.app
+    app = runtime.nbenv
     old, new = sha_of("old"), sha_of("new")
     app.publish(OWNER, IMAGE, old)
     app.handle(TESTER, f"approve {IMAGE}")

@@ -127,27 +127,27 @@ def _window_around_now(hours_before: int = 1, hours_after: int = 2) -> str:
 @pytest.fixture
 def frozen_now(tmp_path: Path, db_url: str):  # type: ignore[no-untyped-def]
     runtime = build_runtime(str(_config_with(tmp_path, _window_around_now())), db_url)
-    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.nbenv.publish(OWNER, IMAGE, A)
     return runtime
 
 
 def test_a_promotion_in_a_window_is_refused_naming_it_and_when_it_ends(frozen_now) -> None:
     with pytest.raises(Refused) as refusal:
-        frozen_now.app.handle(OWNER, f"promote {IMAGE}")
+        frozen_now.nbenv.handle(OWNER, f"promote {IMAGE}")
     assert "release party" in refusal.value.message
     assert "until " in refusal.value.message and "--force --reason R" in refusal.value.message
     with frozen_now.store.read() as tx:
         entry = tx.audit.entries()[-1]
     assert (entry.action, entry.outcome, entry.sha) == ("promote", "refused", A)
-    status = frozen_now.app.handle(USER, f"status {IMAGE}")
+    status = frozen_now.nbenv.handle(USER, f"status {IMAGE}")
     assert status.data["environments"]["production"] is None
     assert status.data["freeze_window"]["on"] is True
     assert "In a freeze window: release party" in status.text
 
 
 def test_an_owner_may_force_a_promotion_in_a_window_with_a_reason_on_record(frozen_now) -> None:
-    frozen_now.app.handle(TESTER, f"approve {IMAGE}")
-    reply = frozen_now.app.handle(OWNER, f"promote {IMAGE} --force --reason hotfix for INC-7")
+    frozen_now.nbenv.handle(TESTER, f"approve {IMAGE}")
+    reply = frozen_now.nbenv.handle(OWNER, f"promote {IMAGE} --force --reason hotfix for INC-7")
     assert reply.data["applied"]
     with frozen_now.store.read() as tx:
         entry = tx.audit.entries()[-1]
@@ -161,25 +161,25 @@ def test_a_plain_rollback_stays_allowed_in_a_window_and_a_rollback_to_a_sha_does
 ) -> None:
     free = build_runtime(str(_config_with(tmp_path, "[]")), db_url)
     for sha in (A, B):
-        free.app.publish(OWNER, IMAGE, sha)
-        free.app.handle(TESTER, f"approve {IMAGE}")
-        free.app.handle(OWNER, f"promote {IMAGE}")
+        free.nbenv.publish(OWNER, IMAGE, sha)
+        free.nbenv.handle(TESTER, f"approve {IMAGE}")
+        free.nbenv.handle(OWNER, f"promote {IMAGE}")
     (tmp_path / "later").mkdir()
     frozen = build_runtime(str(_config_with(tmp_path / "later", _window_around_now())), db_url)
     with pytest.raises(Refused, match="rollback to a chosen SHA is blocked"):
-        frozen.app.handle(OWNER, f"rollback {IMAGE} --to {A}")
-    reply = frozen.app.handle(OWNER, f"rollback {IMAGE} --reason broken")
+        frozen.nbenv.handle(OWNER, f"rollback {IMAGE} --to {A}")
+    reply = frozen.nbenv.handle(OWNER, f"rollback {IMAGE} --reason broken")
     assert reply.data["applied"]
-    production = frozen.app.handle(USER, f"status {IMAGE}").data["environments"]["production"]
+    production = frozen.nbenv.handle(USER, f"status {IMAGE}").data["environments"]["production"]
     assert production["sha"] == A
 
 
 def test_status_shows_the_next_window_of_the_team(tmp_path: Path, sqlite_url: str) -> None:
     later = _window_around_now(hours_before=-5, hours_after=8)  # starts in 5 hours
     runtime = build_runtime(str(_config_with(tmp_path, later, where="team")), sqlite_url)
-    reply = runtime.app.handle(USER, f"status {IMAGE}")
+    reply = runtime.nbenv.handle(USER, f"status {IMAGE}")
     assert reply.data["freeze_window"]["on"] is False
     assert "Next freeze window: release party: from " in reply.text
-    runtime.app.publish(OWNER, IMAGE, A)
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
-    assert runtime.app.handle(OWNER, f"promote {IMAGE}").data["applied"]
+    runtime.nbenv.publish(OWNER, IMAGE, A)
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+    assert runtime.nbenv.handle(OWNER, f"promote {IMAGE}").data["applied"]

@@ -30,7 +30,7 @@ def _outbox(runtime) -> list:
 
 def test_a_failed_build_is_answered_where_it_was_asked(runtime):
     url = "http://127.0.0.1:9/response/build"
-    reply = runtime.app.execute(OWNER, parse(f"build {IMAGE} no-such-branch"), reply_to=url)
+    reply = runtime.nbenv.execute(OWNER, parse(f"build {IMAGE} no-such-branch"), reply_to=url)
     assert "queued" in reply.text
     assert runtime.worker.run_until_idle() == 1
     (job,) = _jobs(runtime)
@@ -142,22 +142,22 @@ def test_a_yes_rollback_racing_a_promote_rolls_back_what_its_owner_saw_or_nothin
     the owner is told why, and the refusal is on record."""
     a, b, c = sha_of("race a"), sha_of("race b"), sha_of("race c")
     for sha in (a, b):
-        runtime.app.publish(OWNER, IMAGE, sha)
-        runtime.app.handle(TESTER, f"approve {IMAGE}")
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
+        runtime.nbenv.publish(OWNER, IMAGE, sha)
+        runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     url = "http://127.0.0.1:9/response/race"
-    outcome = Interactions(runtime.app).slash(
+    outcome = Interactions(runtime.nbenv).slash(
         OWNER, f"rollback {IMAGE} --yes --reason broken", key="slash:race", response_url=url
     )
     assert outcome.queued
     # Meanwhile c arrives and is promoted from elsewhere: production c, fallback b.
-    runtime.app.publish(OWNER, IMAGE, c)
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.publish(OWNER, IMAGE, c)
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
     assert runtime.worker.run_until_idle() == 1
 
-    status = runtime.app.handle(OWNER, f"status {IMAGE}").data
+    status = runtime.nbenv.handle(OWNER, f"status {IMAGE}").data
     envs = {env: (p["sha"] if p else None) for env, p in status["environments"].items()}
     assert envs == {"staging": c, "production": c, "fallback": b}
     assert not status["environments"]["production"]["revoked"]
@@ -175,15 +175,15 @@ def test_a_yes_rollback_racing_a_promote_rolls_back_what_its_owner_saw_or_nothin
 def test_a_yes_rollback_nobody_raced_still_rolls_back(runtime):
     a, b = sha_of("calm a"), sha_of("calm b")
     for sha in (a, b):
-        runtime.app.publish(OWNER, IMAGE, sha)
-        runtime.app.handle(TESTER, f"approve {IMAGE}")
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
+        runtime.nbenv.publish(OWNER, IMAGE, sha)
+        runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     url = "http://127.0.0.1:9/response/calm"
-    Interactions(runtime.app).slash(
+    Interactions(runtime.nbenv).slash(
         OWNER, f"rollback {IMAGE} --yes --reason broken", key="slash:calm", response_url=url
     )
     assert runtime.worker.run_until_idle() == 1
-    status = runtime.app.handle(OWNER, f"status {IMAGE}").data
+    status = runtime.nbenv.handle(OWNER, f"status {IMAGE}").data
     assert status["environments"]["production"]["sha"] == a
     (answer,) = [r for r in _outbox(runtime) if r.dedupe_key == "answer:slash:calm"]
     assert "rolled back production" in answer.payload["text"]

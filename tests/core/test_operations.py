@@ -23,7 +23,7 @@ A, B, C = sha_of("a"), sha_of("b"), sha_of("c")
 
 
 def envs(runtime, image: str = IMAGE) -> dict[str, str | None]:
-    status = runtime.app.handle(OWNER, f"status {image}").data
+    status = runtime.nbenv.handle(OWNER, f"status {image}").data
     return {env: (p["sha"] if p else None) for env, p in status["environments"].items()}
 
 
@@ -39,16 +39,16 @@ def audit_count(runtime) -> int:
 
 def in_production(runtime, sha: str, image: str = IMAGE) -> None:
     """Publish, approve and promote SHA."""
-    runtime.app.publish(OWNER, image, sha)
-    runtime.app.handle(TESTER, f"approve {image}")
-    runtime.app.handle(OWNER, f"promote {image}")
+    runtime.nbenv.publish(OWNER, image, sha)
+    runtime.nbenv.handle(TESTER, f"approve {image}")
+    runtime.nbenv.handle(OWNER, f"promote {image}")
 
 
 def test_publish_points_staging_and_records_tested_version(runtime):
-    reply = runtime.app.publish(OWNER, IMAGE, A, subject="Bump keras")
+    reply = runtime.nbenv.publish(OWNER, IMAGE, A, subject="Bump keras")
     assert envs(runtime) == {"staging": A, "production": None, "fallback": None}
     assert "now in staging" in reply.text
-    versions = runtime.app.handle(USER, f"versions {IMAGE}").data["items"]
+    versions = runtime.nbenv.handle(USER, f"versions {IMAGE}").data["items"]
     assert [(v["sha"], v["tests_passed"], v["subject"]) for v in versions] == [
         (A, True, "Bump keras")
     ]
@@ -57,7 +57,7 @@ def test_publish_points_staging_and_records_tested_version(runtime):
 
 
 def test_publish_of_a_failed_report_is_refused_and_staging_untouched(runtime):
-    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.nbenv.publish(OWNER, IMAGE, A)
     report = {
         "python": "3.11",
         "packages": [],
@@ -77,9 +77,9 @@ def test_publish_of_a_failed_report_is_refused_and_staging_untouched(runtime):
         ],
     }
     with pytest.raises(Refused, match="failed its automated tests"):
-        runtime.app.publish(OWNER, IMAGE, B, report=report)
+        runtime.nbenv.publish(OWNER, IMAGE, B, report=report)
     assert envs(runtime)["staging"] == A
-    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data["items"]}
+    versions = {v["sha"]: v for v in runtime.nbenv.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[B]["tests_passed"] is False
     assert last_audit(runtime).outcome == "refused"
 
@@ -87,30 +87,30 @@ def test_publish_of_a_failed_report_is_refused_and_staging_untouched(runtime):
 @pytest.mark.parametrize("who", [TESTER, USER])
 def test_publish_needs_owner(runtime, who):
     with pytest.raises(Refused, match="needs the owner role in team nlp"):
-        runtime.app.publish(who, IMAGE, A)
+        runtime.nbenv.publish(who, IMAGE, A)
     assert envs(runtime)["staging"] is None
 
 
 def test_approve_counts_towards_policy_and_promote_moves_production(runtime):
-    runtime.app.publish(OWNER, IMAGE, A)
-    reply = runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.publish(OWNER, IMAGE, A)
+    reply = runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
     assert reply.data["policy"]["met"] is True
     assert reply.data["policy"]["approved_by"] == [TESTER]
-    promoted = runtime.app.handle(OWNER, f"promote {IMAGE}")
+    promoted = runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     assert envs(runtime) == {"staging": A, "production": A, "fallback": None}
     assert "promoted" in promoted.text
-    runtime.app.publish(OWNER, IMAGE, B)
-    runtime.app.handle(TESTER2, f"approve {IMAGE} {B[:7]}")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.publish(OWNER, IMAGE, B)
+    runtime.nbenv.handle(TESTER2, f"approve {IMAGE} {B[:7]}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     assert envs(runtime) == {"staging": B, "production": B, "fallback": A}
 
 
 def test_promote_dry_run_changes_nothing_and_shows_the_plan(runtime):
     in_production(runtime, A)
-    runtime.app.publish(OWNER, IMAGE, B)
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.publish(OWNER, IMAGE, B)
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
     before = audit_count(runtime)
-    reply = runtime.app.handle(OWNER, f"promote {IMAGE} --dry-run")
+    reply = runtime.nbenv.handle(OWNER, f"promote {IMAGE} --dry-run")
     changes = {c["env"]: (c["old"], c["new"]) for c in reply.data["changes"]}
     assert changes == {"production": (A, B), "fallback": (None, A)}
     assert "Dry run" in reply.text
@@ -120,10 +120,10 @@ def test_promote_dry_run_changes_nothing_and_shows_the_plan(runtime):
 
 @pytest.mark.parametrize("who", [TESTER, USER, VISION_OWNER])
 def test_promote_refused_for_non_owners_and_audited(runtime, who):
-    runtime.app.publish(OWNER, IMAGE, A)
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.publish(OWNER, IMAGE, A)
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
     with pytest.raises(Refused, match="needs the owner role"):
-        runtime.app.handle(who, f"promote {IMAGE}")
+        runtime.nbenv.handle(who, f"promote {IMAGE}")
     assert envs(runtime)["production"] is None
     entry = last_audit(runtime)
     assert (entry.actor, entry.action, entry.outcome) == (who, "promote", "refused")
@@ -132,59 +132,59 @@ def test_promote_refused_for_non_owners_and_audited(runtime, who):
 
 def test_promote_refusals_name_the_reason(runtime):
     with pytest.raises(Refused, match="nothing in staging"):
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
-    runtime.app.publish(OWNER, IMAGE, A)
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.publish(OWNER, IMAGE, A)
     with pytest.raises(Refused, match="0 of 1 required approvals"):
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     with pytest.raises(Refused, match="already in production"):
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     assert envs(runtime)["production"] == A
 
 
 def test_owner_own_approval_does_not_count_unless_configured(runtime):
-    runtime.app.publish(OWNER, IMAGE, A)
-    runtime.app.handle(OWNER, f"approve {IMAGE}")
+    runtime.nbenv.publish(OWNER, IMAGE, A)
+    runtime.nbenv.handle(OWNER, f"approve {IMAGE}")
     with pytest.raises(Refused, match="Your own approval does not count"):
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
-    runtime.app.publish(OWNER, "nlp.self-approve", A)
-    runtime.app.handle(OWNER, "approve nlp.self-approve")
-    runtime.app.handle(OWNER, "promote nlp.self-approve")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.publish(OWNER, "nlp.self-approve", A)
+    runtime.nbenv.handle(OWNER, "approve nlp.self-approve")
+    runtime.nbenv.handle(OWNER, "promote nlp.self-approve")
     assert envs(runtime, "nlp.self-approve")["production"] == A
 
 
 def test_policy_needs_distinct_testers(runtime):
     image = "nlp.two-approvals"
-    runtime.app.publish(OWNER, image, A)
-    runtime.app.handle(TESTER, f"approve {image}")
-    again = runtime.app.handle(TESTER, f"approve {image}")
+    runtime.nbenv.publish(OWNER, image, A)
+    runtime.nbenv.handle(TESTER, f"approve {image}")
+    again = runtime.nbenv.handle(TESTER, f"approve {image}")
     assert "already approved" in again.text
     with pytest.raises(Refused, match="1 of 2 required approvals"):
-        runtime.app.handle(OWNER, f"promote {image}")
-    runtime.app.handle(TESTER2, f"approve {image}")
-    runtime.app.handle(OWNER, f"promote {image}")
+        runtime.nbenv.handle(OWNER, f"promote {image}")
+    runtime.nbenv.handle(TESTER2, f"approve {image}")
+    runtime.nbenv.handle(OWNER, f"promote {image}")
     assert envs(runtime, image)["production"] == A
 
 
 def test_rejection_blocks_until_the_tester_approves(runtime):
-    runtime.app.publish(OWNER, IMAGE, A)
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
-    runtime.app.handle(TESTER2, f"reject {IMAGE} pandas import fails")
+    runtime.nbenv.publish(OWNER, IMAGE, A)
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.handle(TESTER2, f"reject {IMAGE} pandas import fails")
     with pytest.raises(Refused, match=r"rejected by .*U03TESTER.*pandas import fails"):
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
-    runtime.app.handle(TESTER2, f"approve {IMAGE}")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(TESTER2, f"approve {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     assert envs(runtime)["production"] == A
 
 
 def test_force_with_reason_overrides_a_rejection_and_is_recorded(runtime):
-    runtime.app.publish(OWNER, IMAGE, A)
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
-    runtime.app.handle(TESTER2, f"reject {IMAGE} flaky")
+    runtime.nbenv.publish(OWNER, IMAGE, A)
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.handle(TESTER2, f"reject {IMAGE} flaky")
     with pytest.raises(BadInput, match="--force needs --reason"):
-        runtime.app.handle(OWNER, f"promote {IMAGE} --force")
-    runtime.app.handle(OWNER, f'promote {IMAGE} --force --reason "security fix"')
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE} --force")
+    runtime.nbenv.handle(OWNER, f'promote {IMAGE} --force --reason "security fix"')
     assert envs(runtime)["production"] == A
     entry = last_audit(runtime)
     assert entry.details["forced"] is True
@@ -194,38 +194,38 @@ def test_force_with_reason_overrides_a_rejection_and_is_recorded(runtime):
 
 @pytest.mark.parametrize("who", [USER])
 def test_approve_and_reject_need_tester(runtime, who):
-    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.nbenv.publish(OWNER, IMAGE, A)
     with pytest.raises(Refused, match="needs the tester role"):
-        runtime.app.handle(who, f"approve {IMAGE}")
+        runtime.nbenv.handle(who, f"approve {IMAGE}")
     with pytest.raises(Refused, match="needs the tester role"):
-        runtime.app.handle(who, f"reject {IMAGE} no")
-    assert runtime.app.handle(OWNER, f"status {IMAGE}").data["approvals"]["approved_by"] == []
+        runtime.nbenv.handle(who, f"reject {IMAGE} no")
+    assert runtime.nbenv.handle(OWNER, f"status {IMAGE}").data["approvals"]["approved_by"] == []
 
 
 def test_rollback_restores_fallback_and_revokes_the_broken_sha(runtime):
     in_production(runtime, A)
     in_production(runtime, B)
     assert envs(runtime) == {"staging": B, "production": B, "fallback": A}
-    runtime.app.handle(OWNER, f'rollback {IMAGE} --reason "kernel dies"')
+    runtime.nbenv.handle(OWNER, f'rollback {IMAGE} --reason "kernel dies"')
     assert envs(runtime) == {"staging": B, "production": A, "fallback": A}
-    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data["items"]}
+    versions = {v["sha"]: v for v in runtime.nbenv.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[B]["revoked"] is True
     # Revoked: its earlier approval no longer counts.
     with pytest.raises(Refused, match=r"revoked .*needs fresh approvals"):
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
-    runtime.app.handle(TESTER2, f"approve {IMAGE}")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(TESTER2, f"approve {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     assert envs(runtime)["production"] == B
 
 
 def test_rollback_refusals(runtime):
     with pytest.raises(Refused, match="nothing in production"):
-        runtime.app.handle(OWNER, f"rollback {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"rollback {IMAGE}")
     in_production(runtime, A)
     with pytest.raises(Refused, match="no fallback"):
-        runtime.app.handle(OWNER, f"rollback {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"rollback {IMAGE}")
     with pytest.raises(Refused, match="needs the owner role"):
-        runtime.app.handle(TESTER, f"rollback {IMAGE}")
+        runtime.nbenv.handle(TESTER, f"rollback {IMAGE}")
     assert envs(runtime)["production"] == A
 
 
@@ -233,74 +233,74 @@ def test_rollback_to_a_tested_earlier_version_by_short_sha(runtime):
     in_production(runtime, A)
     in_production(runtime, B)
     in_production(runtime, C)
-    runtime.app.handle(OWNER, f"rollback {IMAGE} --to {A[:7]}")
+    runtime.nbenv.handle(OWNER, f"rollback {IMAGE} --to {A[:7]}")
     assert envs(runtime)["production"] == A
     assert envs(runtime)["fallback"] == B  # fallback is kept
-    versions = {v["sha"]: v for v in runtime.app.handle(USER, f"versions {IMAGE}").data["items"]}
+    versions = {v["sha"]: v for v in runtime.nbenv.handle(USER, f"versions {IMAGE}").data["items"]}
     assert versions[C]["revoked"] is True
 
 
 def test_rollback_to_refuses_unknown_failed_and_ambiguous(runtime):
     in_production(runtime, A)
     with pytest.raises(BadInput, match="has no version starting with 1234567"):
-        runtime.app.handle(OWNER, f"rollback {IMAGE} --to 1234567")
+        runtime.nbenv.handle(OWNER, f"rollback {IMAGE} --to 1234567")
     failed = {
         "python": "3",
         "packages": [],
         "notebooks": [{"path": "t.ipynb", "status": "error", "duration_s": 0, "failure": None}],
     }
-    runtime.app.record_version(OWNER, IMAGE, B, report=failed)
+    runtime.nbenv.record_version(OWNER, IMAGE, B, report=failed)
     with pytest.raises(Refused, match="failed its automated tests"):
-        runtime.app.handle(OWNER, f"rollback {IMAGE} --to {B}")
+        runtime.nbenv.handle(OWNER, f"rollback {IMAGE} --to {B}")
     twin_a = "abcdef1" + "0" * 33
     twin_b = "abcdef1" + "1" * 33
-    runtime.app.record_version(OWNER, IMAGE, twin_a, report=None)
-    runtime.app.record_version(OWNER, IMAGE, twin_b, report=None)
+    runtime.nbenv.record_version(OWNER, IMAGE, twin_a, report=None)
+    runtime.nbenv.record_version(OWNER, IMAGE, twin_b, report=None)
     with pytest.raises(BadInput, match="ambiguous"):
-        runtime.app.handle(OWNER, f"rollback {IMAGE} --to abcdef1")
+        runtime.nbenv.handle(OWNER, f"rollback {IMAGE} --to abcdef1")
     assert envs(runtime)["production"] == A
 
 
 def test_freeze_blocks_promotion_and_rollback_to_but_not_plain_rollback(runtime):
     in_production(runtime, A)
     in_production(runtime, B)
-    runtime.app.publish(OWNER, IMAGE, C)
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
-    runtime.app.handle(OWNER, f"freeze {IMAGE} quarterly close")
+    runtime.nbenv.publish(OWNER, IMAGE, C)
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"freeze {IMAGE} quarterly close")
     with pytest.raises(Refused, match=r"frozen by .*quarterly close"):
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     with pytest.raises(Refused, match="frozen"):
-        runtime.app.handle(OWNER, f"rollback {IMAGE} --to {A}")
+        runtime.nbenv.handle(OWNER, f"rollback {IMAGE} --to {A}")
     with pytest.raises(Refused, match="already frozen"):
-        runtime.app.handle(OWNER, f"freeze {IMAGE} again")
-    runtime.app.handle(OWNER, f"rollback {IMAGE}")  # the emergency exit stays open
+        runtime.nbenv.handle(OWNER, f"freeze {IMAGE} again")
+    runtime.nbenv.handle(OWNER, f"rollback {IMAGE}")  # the emergency exit stays open
     assert envs(runtime)["production"] == A
-    status = runtime.app.handle(USER, f"status {IMAGE}").data
+    status = runtime.nbenv.handle(USER, f"status {IMAGE}").data
     assert status["frozen"] is True and status["freeze"]["reason"] == "quarterly close"
-    runtime.app.handle(OWNER, f"unfreeze {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"unfreeze {IMAGE}")
     with pytest.raises(Refused, match="not frozen"):
-        runtime.app.handle(OWNER, f"unfreeze {IMAGE}")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"unfreeze {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     assert envs(runtime)["production"] == C
 
 
 @pytest.mark.parametrize("who", [TESTER, USER])
 def test_freeze_needs_owner(runtime, who):
     with pytest.raises(Refused, match="needs the owner role"):
-        runtime.app.handle(who, f"freeze {IMAGE} because")
-    assert runtime.app.handle(OWNER, f"status {IMAGE}").data["frozen"] is False
+        runtime.nbenv.handle(who, f"freeze {IMAGE} because")
+    assert runtime.nbenv.handle(OWNER, f"status {IMAGE}").data["frozen"] is False
 
 
 def test_read_commands_for_users_and_not_for_outsiders(runtime):
     in_production(runtime, A)
     for text in (f"status {IMAGE}", f"versions {IMAGE}", f"history {IMAGE}"):
-        assert runtime.app.handle(USER, text).data
+        assert runtime.nbenv.handle(USER, text).data
     # U05VTESTER is in team vision only: nlp's images are not theirs to read.
     with pytest.raises(Refused, match="you are not in team nlp"):
-        runtime.app.handle("U05VTESTER", f"status {IMAGE}")
-    listed = [item["image"] for item in runtime.app.handle(USER, "status").data]
+        runtime.nbenv.handle("U05VTESTER", f"status {IMAGE}")
+    listed = [item["image"] for item in runtime.nbenv.handle(USER, "status").data]
     assert listed == ["nlp.keras-batch", "nlp.self-approve", "nlp.two-approvals"]
-    assert [i["image"] for i in runtime.app.handle("U05VTESTER", "status").data] == [
+    assert [i["image"] for i in runtime.nbenv.handle("U05VTESTER", "status").data] == [
         "vision.pytorch-gpu"
     ]
 
@@ -308,27 +308,27 @@ def test_read_commands_for_users_and_not_for_outsiders(runtime):
 def test_unknown_user_is_bad_input_and_changes_nothing(runtime):
     before = audit_count(runtime)
     with pytest.raises(BadInput, match="unknown user U09STRANGER"):
-        runtime.app.handle(STRANGER, f"status {IMAGE}")
+        runtime.nbenv.handle(STRANGER, f"status {IMAGE}")
     with pytest.raises(BadInput, match="not a Slack user ID"):
-        runtime.app.handle("bob", f"status {IMAGE}")
+        runtime.nbenv.handle("bob", f"status {IMAGE}")
     assert audit_count(runtime) == before
 
 
 def test_a_build_name_gives_no_one_the_pipelines_rights(runtime):
     """Only a Pipeline (made by the build relay, `nbenv publish --build-id`) acts as the
     pipeline; a string that merely reads `build:…` is no Slack user ID: bad input."""
-    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.nbenv.publish(OWNER, IMAGE, A)
     with runtime.store.read() as tx:
         before = (tx.pointers.state(IMAGE), tx.freezes.get(IMAGE), tx.approvals.standing(IMAGE, A))
     count = audit_count(runtime)
     for impostor in ("build:evil", "build:0f5e6a7b"):
         for text in (f"freeze {IMAGE} takeover", f"approve {IMAGE}", f"promote {IMAGE} --yes"):
             with pytest.raises(BadInput, match="is not a Slack user ID"):
-                runtime.app.handle(impostor, text)
+                runtime.nbenv.handle(impostor, text)
         with pytest.raises(BadInput, match="is not a Slack user ID"):
-            runtime.app.publish(impostor, IMAGE, B)
+            runtime.nbenv.publish(impostor, IMAGE, B)
         with pytest.raises(BadInput, match="is not a Slack user ID"):
-            runtime.app.visible_images(impostor)
+            runtime.nbenv.visible_images(impostor)
     with runtime.store.read() as tx:
         assert (
             tx.pointers.state(IMAGE),
@@ -338,25 +338,25 @@ def test_a_build_name_gives_no_one_the_pipelines_rights(runtime):
     assert audit_count(runtime) == count
 
     # The pipeline itself publishes, under its build's name.
-    runtime.app.publish(Pipeline("0f5e6a7b"), IMAGE, B)
-    staging = runtime.app.handle(USER, f"status {IMAGE}").data["environments"]["staging"]
+    runtime.nbenv.publish(Pipeline("0f5e6a7b"), IMAGE, B)
+    staging = runtime.nbenv.handle(USER, f"status {IMAGE}").data["environments"]["staging"]
     assert (staging["sha"], staging["updated_by"]) == (B, "build:0f5e6a7b")
 
 
 def test_history_lists_every_action_and_refusal_against_the_sha(runtime):
-    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.nbenv.publish(OWNER, IMAGE, A)
     with pytest.raises(Refused):
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
-    history = history_of(runtime.app, USER, f"history {IMAGE} {A[:8]}")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
+    history = history_of(runtime.nbenv, USER, f"history {IMAGE} {A[:8]}")
     assert [(h["action"], h["outcome"]) for h in history] == [
         ("publish", "ok"),
         ("promote", "refused"),
         ("approve", "ok"),
         ("promote", "ok"),
     ]
-    everything = history_of(runtime.app, USER, f"history {IMAGE}")
+    everything = history_of(runtime.nbenv, USER, f"history {IMAGE}")
     assert ("promote", "refused") in [(h["action"], h["outcome"]) for h in everything]
     # A refusal is filed under the SHA it concerned: staging's, for a promotion.
     refused = next(h for h in everything if h["outcome"] == "refused")
@@ -364,20 +364,20 @@ def test_history_lists_every_action_and_refusal_against_the_sha(runtime):
 
 
 def test_idempotency_key_makes_a_retry_a_no_op(runtime):
-    runtime.app.publish(OWNER, IMAGE, A)
-    runtime.app.handle(TESTER, f"approve {IMAGE}")
-    first = runtime.app.handle(OWNER, f"promote {IMAGE}", key="slack:retry-1")
+    runtime.nbenv.publish(OWNER, IMAGE, A)
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+    first = runtime.nbenv.handle(OWNER, f"promote {IMAGE}", key="slack:retry-1")
     count = audit_count(runtime)
-    again = runtime.app.execute(OWNER, Promote(image=IMAGE), key="slack:retry-1")
+    again = runtime.nbenv.execute(OWNER, Promote(image=IMAGE), key="slack:retry-1")
     assert first.data["applied"] is True
     assert "retried" in again.text
     assert audit_count(runtime) == count
 
 
 def test_publish_retried_with_its_key_has_one_effect(runtime):
-    first = runtime.app.publish(OWNER, IMAGE, A, key="publish:build-1")
+    first = runtime.nbenv.publish(OWNER, IMAGE, A, key="publish:build-1")
     count = audit_count(runtime)
-    again = runtime.app.publish(OWNER, IMAGE, A, key="publish:build-1")
+    again = runtime.nbenv.publish(OWNER, IMAGE, A, key="publish:build-1")
     assert first.data["applied"] is True
     assert again.data == {"retried": True}
     assert audit_count(runtime) == count
@@ -404,10 +404,10 @@ def test_a_refused_stop_of_someone_elses_instance_is_on_the_images_record(runtim
     in_production(runtime, A)
     _running_instance(runtime, "nlp-work", USER, A)
     with pytest.raises(Refused, match="only they or an owner"):
-        runtime.app.handle(TESTER2, f"instances {where}--stop nlp-work")
+        runtime.nbenv.handle(TESTER2, f"instances {where}--stop nlp-work")
     for history in (
-        runtime.app.handle(OWNER, f"history {IMAGE}"),
-        runtime.app.handle(OWNER, f"history {IMAGE} {A}"),
+        runtime.nbenv.handle(OWNER, f"history {IMAGE}"),
+        runtime.nbenv.handle(OWNER, f"history {IMAGE} {A}"),
     ):
         refused = [h for h in history.data["items"] if h["outcome"] == "refused"]
         assert [(h["actor"], h["action"], h["sha"]) for h in refused] == [(TESTER2, "instances", A)]
@@ -420,17 +420,17 @@ def test_a_refused_stop_of_someone_elses_instance_is_on_the_images_record(runtim
 
 @pytest.mark.parametrize("who", [OWNER, TESTER])
 def test_a_refused_dry_run_is_audited_and_said_as_a_dry_run(runtime, who):
-    runtime.app.publish(OWNER, IMAGE, A)
+    runtime.nbenv.publish(OWNER, IMAGE, A)
     before = audit_count(runtime)
     with pytest.raises(Refused) as refusal:
-        runtime.app.handle(who, f"promote {IMAGE} --dry-run")
+        runtime.nbenv.handle(who, f"promote {IMAGE} --dry-run")
     assert refusal.value.message.startswith(f"Dry run — promote {IMAGE} would be refused: ")
     assert audit_count(runtime) == before + 1
     entry = last_audit(runtime)
     assert (entry.actor, entry.action, entry.outcome) == (who, "promote", "refused")
     assert entry.details["command"] == {"dry_run": True}
     assert entry.details["reason"].startswith("Dry run")
-    line = runtime.app.handle(USER, f"history {IMAGE}").text.splitlines()[1]  # newest first
+    line = runtime.nbenv.handle(USER, f"history {IMAGE}").text.splitlines()[1]  # newest first
     assert "(REFUSED, dry run)" in line
     assert envs(runtime)["production"] is None
 
@@ -440,11 +440,11 @@ def test_history_renders_mentions_the_same_way_everywhere(
 ):
     from bot.cli import main
 
-    runtime.app.publish(OWNER, IMAGE, A)
-    runtime.app.handle(TESTER, f"reject {IMAGE} hangs & <!channel>")
+    runtime.nbenv.publish(OWNER, IMAGE, A)
+    runtime.nbenv.handle(TESTER, f"reject {IMAGE} hangs & <!channel>")
     with pytest.raises(Refused, match="rejected by"):
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
-    text = runtime.app.handle(USER, f"history {IMAGE}").text
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
+    text = runtime.nbenv.handle(USER, f"history {IMAGE}").text
     refused = text.splitlines()[1]  # newest first
     # In Slack: the person rejecting is a mention, as actors are; their words stay text.
     assert refused.startswith("• ") and "<@U01OWNER> promote" in refused
@@ -464,9 +464,9 @@ def test_an_instance_that_fails_to_start_is_on_record_as_failed(db_url, config_f
     # As the operator: an unshared local instance reaches the backend, which fails it.
     runtime = build_runtime(str(config_file), db_url, run_by_operator=True)
     in_production(runtime, A)
-    runtime.app.handle(USER, f"instance {IMAGE} --name nlp-broken")
+    runtime.nbenv.handle(USER, f"instance {IMAGE} --name nlp-broken")
     runtime.worker.run_until_idle()  # A is no commit of any repository: it cannot start
-    history = history_of(runtime.app, USER, f"history {IMAGE} {A}")
+    history = history_of(runtime.nbenv, USER, f"history {IMAGE} {A}")
     assert [(h["action"], h["outcome"]) for h in history][-2:] == [
         ("instance", "ok"),  # requested
         ("instance", "failed"),
@@ -482,7 +482,7 @@ def test_status_says_how_long_ago_each_environment_moved(runtime):
     from bot.store.uow import Store, utcnow
 
     in_production(runtime, A)
-    now = runtime.app.handle(USER, f"status {IMAGE}")
+    now = runtime.nbenv.handle(USER, f"status {IMAGE}")
     assert "UTC (just now) by <@U01OWNER>" in now.text
     assert now.data["environments"]["production"]["age"] == "just now"
     later = Store(runtime.store.engine, clock=lambda: utcnow() + timedelta(hours=2, minutes=5))
@@ -495,10 +495,10 @@ def test_status_says_how_long_ago_each_environment_moved(runtime):
 
 
 def test_a_retry_whose_first_answer_was_lost_hears_what_happened(runtime):
-    runtime.app.publish(OWNER, IMAGE, A)
-    first = runtime.app.handle(TESTER, f"approve {IMAGE}", key="socket:envelope-1")
+    runtime.nbenv.publish(OWNER, IMAGE, A)
+    first = runtime.nbenv.handle(TESTER, f"approve {IMAGE}", key="socket:envelope-1")
     count = audit_count(runtime)
-    again = runtime.app.handle(TESTER, f"approve {IMAGE}", key="socket:envelope-1")
+    again = runtime.nbenv.handle(TESTER, f"approve {IMAGE}", key="socket:envelope-1")
     assert first.text.splitlines()[0] in again.text and "retried request" in again.text
     assert again.data == {"retried": True}
     assert audit_count(runtime) == count

@@ -13,17 +13,17 @@ NO_SCANNER = "Known vulnerabilities: vulnerability scanning needs the gcp backen
 
 
 def _release(runtime, sha: str) -> None:  # type: ignore[no-untyped-def]
-    runtime.app.publish(PIPELINE, IMAGE, sha, report=PASSED_REPORT, branch="staging")
-    runtime.app.handle(TESTER, f"approve {IMAGE} {sha}")
+    runtime.nbenv.publish(PIPELINE, IMAGE, sha, report=PASSED_REPORT, branch="staging")
+    runtime.nbenv.handle(TESTER, f"approve {IMAGE} {sha}")
 
 
 def test_the_local_backend_says_scanning_needs_the_gcp_backend(runtime) -> None:
     _release(runtime, OLD)
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     _release(runtime, NEW)
 
-    plan = runtime.app.handle(OWNER, f"promote {IMAGE} --dry-run")
-    versions = runtime.app.handle(OWNER, f"versions {IMAGE}")
+    plan = runtime.nbenv.handle(OWNER, f"promote {IMAGE} --dry-run")
+    versions = runtime.nbenv.handle(OWNER, f"versions {IMAGE}")
 
     assert NO_SCANNER in plan.text
     assert plan.data["vulnerabilities"]["known"] is False

@@ -124,7 +124,7 @@ def release(runtime: Any, google: FakeGoogleApis, label: str, *, approve: bool =
     """A version through the staging pipeline: pushed, published to staging, approved."""
     sha = sha_of(label)
     google.push(IMAGE, sha)
-    runtime.app.publish(Pipeline(label), IMAGE, sha, report=PASSED, branch="staging")
+    runtime.nbenv.publish(Pipeline(label), IMAGE, sha, report=PASSED, branch="staging")
     if approve:
-        runtime.app.handle(TESTER, f"approve {IMAGE} {sha}")
+        runtime.nbenv.handle(TESTER, f"approve {IMAGE} {sha}")
     return sha

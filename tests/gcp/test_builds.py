@@ -162,7 +162,7 @@ def test_a_build_reads_back_as_cloud_builds_json(backend, google) -> None:
 
 
 def test_build_command_queues_a_job_that_runs_the_trigger(gcp_runtime, google) -> None:
-    reply = gcp_runtime.app.handle(OWNER, f"build {IMAGE} release-7")
+    reply = gcp_runtime.nbenv.handle(OWNER, f"build {IMAGE} release-7")
 
     assert google.builds == {}  # nothing remote on the request path
     assert gcp_runtime.worker.run_until_idle() == 1

@@ -11,7 +11,7 @@ PROBE = """
 import json, sys
 from bot.bootstrap import build_runtime
 runtime = build_runtime(sys.argv[1], sys.argv[2])
-assert runtime.app.backend.name == "gcp"
+assert runtime.nbenv.backend.name == "gcp"
 heavy = ("google.cloud.", "google.api_core", "grpc", "google.auth")
 print(json.dumps(sorted(m for m in sys.modules if m.startswith(heavy))))
 """

@@ -66,10 +66,10 @@ def test_killed_after_each_registry_step_then_recovered(
     monkeypatch.setenv("NBENV_GCP_DEADLINE", "20")  # a real process, real patience
     runtime = build_runtime(str(gcp_config_file), database)
     first = release(runtime, google, "first")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     second = release(runtime, google, "second")
     if action == "rollback":
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     before = google.env_tags(IMAGE)
 
     victim: dict[str, int] = {}
@@ -110,9 +110,9 @@ def test_killed_after_each_registry_step_then_recovered(
     target = second if action == "promote" else first
     assert (action, target, "ok") in actions
     assert actions[-1] == ("sync", None, "ok")  # the recovery itself is on record
-    assert runtime.app.verify_audit().ok
+    assert runtime.nbenv.verify_audit().ok
 
-    assert runtime.app.recover() == []  # nothing left to do
+    assert runtime.nbenv.recover() == []  # nothing left to do
 
 
 def test_killed_before_the_store_changed_leaves_nothing_to_recover(
@@ -140,7 +140,7 @@ def test_killed_before_the_store_changed_leaves_nothing_to_recover(
     recovered = _nbenv(gcp_config_file, "recover")
     out, _ = recovered.communicate(timeout=60)
     assert out.strip() == "finished 0 interrupted operation(s)"
-    status = runtime.app.handle(OWNER, f"status {IMAGE}").data
+    status = runtime.nbenv.handle(OWNER, f"status {IMAGE}").data
     assert status["environments"]["production"] is None
     assert google.env_tags(IMAGE) == {"staging": first, "production": None, "fallback": None}
 
@@ -168,7 +168,7 @@ def test_a_queued_promote_whose_worker_was_killed_is_retried_within_a_minute_as_
     first = release(runtime, google, "first")
     with FakeSlackApi() as slack:
         url = slack.response_url("promote-yes")
-        outcome = Interactions(runtime.app).slash(
+        outcome = Interactions(runtime.nbenv).slash(
             OWNER, f"promote {IMAGE} --yes", key="slash:promote-yes", response_url=url
         )
         assert outcome.queued
@@ -196,12 +196,12 @@ def test_a_queued_promote_whose_worker_was_killed_is_retried_within_a_minute_as_
         a_minute_later = Store(runtime.store.engine, clock=lambda: utcnow() + timedelta(minutes=1))
         assert (
             JobWorker(
-                a_minute_later, job_handlers(runtime.app), notifier=SlackNotifier()
+                a_minute_later, job_handlers(runtime.nbenv), notifier=SlackNotifier()
             ).run_once()
             is True
         )
 
-        status = runtime.app.handle(OWNER, f"status {IMAGE}").data
+        status = runtime.nbenv.handle(OWNER, f"status {IMAGE}").data
         assert status["environments"]["production"] is None
         assert status["environments"]["staging"]["sha"] == second
         assert google.env_tags(IMAGE)["production"] is None
@@ -209,7 +209,7 @@ def test_a_queued_promote_whose_worker_was_killed_is_retried_within_a_minute_as_
             entry = tx.audit.entries(image=IMAGE)[-1]
         assert (entry.actor, entry.action, entry.outcome) == (OWNER, "promote", "refused")
         assert "changed since you asked" in entry.details["reason"]
-        assert runtime.app.verify_audit().ok
+        assert runtime.nbenv.verify_audit().ok
 
         client = WebClient(token="xoxb-test", base_url=slack.base_url)
         assert OutboxSender(runtime.store, client).drain(timeout_s=10) == 0

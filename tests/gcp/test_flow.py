@@ -33,7 +33,7 @@ def relay(gcp_runtime, slack):  # type: ignore[no-untyped-def]
     from bot.slack.client import web_client
     from bot.slack.outbox import OutboxSender
 
-    return BuildRelay(gcp_runtime.app, OutboxSender(gcp_runtime.store, web_client(TOKEN)))
+    return BuildRelay(gcp_runtime.nbenv, OutboxSender(gcp_runtime.store, web_client(TOKEN)))
 
 
 def _built(runtime: Any, relay: Any, google: FakeGoogleApis, label: str) -> str:
@@ -41,10 +41,10 @@ def _built(runtime: Any, relay: Any, google: FakeGoogleApis, label: str) -> str:
     sha = sha_of(label)
     google.heads["staging"] = sha  # a push to the staging branch
     before = set(google.builds)
-    runtime.app.handle(OWNER, f"build {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"build {IMAGE}")
     runtime.worker.run_until_idle()
     (build_id,) = set(google.builds) - before
-    backend = runtime.app.backend
+    backend = runtime.nbenv.backend
     # What Pub/Sub would carry: the Build resource as Cloud Build's API returns it.
     assert relay.handle_build(backend.get_build(build_id)) == "applied"
     google.advance_build(build_id, "WORKING")
@@ -65,7 +65,7 @@ def _thread(slack: FakeSlackApi, sha: str) -> list[str]:
 def test_build_relay_approve_promote_instance_and_rollback_on_gcp(
     gcp_runtime, relay, google, slack
 ) -> None:
-    app = gcp_runtime.app
+    app = gcp_runtime.nbenv
 
     # A build of the staging branch: its success reaches staging, tag and all.
     first = _built(gcp_runtime, relay, google, "first")
@@ -135,10 +135,10 @@ def test_a_build_of_an_explicit_sha_is_test_only_as_on_the_local_backend(
     sha = sha_of("pinned by sha")
     google.heads["staging"] = sha  # even the staging branch's own tip
 
-    reply = gcp_runtime.app.handle(OWNER, f"build {IMAGE} {sha}")
+    reply = gcp_runtime.nbenv.handle(OWNER, f"build {IMAGE} {sha}")
     gcp_runtime.worker.run_until_idle()
     (build_id,) = google.builds
-    backend = gcp_runtime.app.backend
+    backend = gcp_runtime.nbenv.backend
     relay.handle_build(backend.get_build(build_id))
     relay.handle_report(IMAGE, sha, PASSED, build_id)
     google.advance_build(build_id, "SUCCESS")
@@ -171,7 +171,7 @@ def test_whoever_runs_a_rolled_back_sha_is_told_directly_and_moves_with_two_pres
     from bot.domain.names import Person
     from bot.slack.interactions import Interactions
 
-    app = gcp_runtime.app
+    app = gcp_runtime.nbenv
     first = _built(gcp_runtime, relay, google, "first")
     app.handle(TESTER, f"approve {IMAGE}")
     app.handle(OWNER, f"promote {IMAGE}")

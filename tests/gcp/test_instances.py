@@ -375,11 +375,11 @@ def test_an_instance_from_fallback_is_pinned_to_fallbacks_sha_and_recorded(
     gcp_runtime, google
 ) -> None:
     first = release(gcp_runtime, google, "first")
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     second = release(gcp_runtime, google, "second")
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
-    reply = gcp_runtime.app.handle(USER, f"instance {IMAGE} --env fallback --name my-fallback")
+    reply = gcp_runtime.nbenv.handle(USER, f"instance {IMAGE} --env fallback --name my-fallback")
     assert google.instances == {}  # created by the job, off the request path
     gcp_runtime.worker.run_until_idle()
 
@@ -399,7 +399,7 @@ def test_a_refused_create_leaves_no_instance_recorded(gcp_runtime, google) -> No
     release(gcp_runtime, google, "first")
     google.deny("notebooks.instances.create")
 
-    gcp_runtime.app.handle(TESTER, f"instance {IMAGE} --env staging --name mine")
+    gcp_runtime.nbenv.handle(TESTER, f"instance {IMAGE} --env staging --name mine")
     gcp_runtime.worker.run_until_idle()
 
     with gcp_runtime.store.read() as tx:
@@ -437,7 +437,7 @@ def test_the_person_who_asked_can_open_their_instance_and_nobody_else(google, tm
     for account in GOOGLE_ACCOUNTS.values():
         google.grant_service_account_user(NOTEBOOK_ACCOUNT, account)
 
-    runtime.app.handle(TESTER, f"instance {IMAGE} --env staging --name mine")
+    runtime.nbenv.handle(TESTER, f"instance {IMAGE} --env staging --name mine")
     runtime.worker.run_until_idle()
 
     assert google.can_open("mine", GOOGLE_ACCOUNTS[TESTER])
@@ -451,7 +451,7 @@ def test_a_person_with_no_google_account_is_refused_before_anything_is_queued(
     nobody = "U09NOBODY"  # a user of the vision images ("*"), with no Google account mapped
 
     with pytest.raises(Refused) as refused:
-        gcp_runtime.app.handle(nobody, f"instance {GPU_IMAGE}")
+        gcp_runtime.nbenv.handle(nobody, f"instance {GPU_IMAGE}")
     gcp_runtime.worker.run_until_idle()
 
     assert str(refused.value) == (
@@ -529,9 +529,9 @@ def test_an_image_whose_name_starts_with_a_digit_gets_an_instance(google, tmp_pa
     runtime = build_runtime(str(path), f"sqlite:///{tmp_path / 'nbenv.db'}")
     sha = sha_of("3d")
     google.push("3d.viz", sha)
-    runtime.app.publish(Pipeline("b-3d"), "3d.viz", sha, report=PASSED, branch="staging")
+    runtime.nbenv.publish(Pipeline("b-3d"), "3d.viz", sha, report=PASSED, branch="staging")
 
-    reply = runtime.app.handle(TESTER, "instance 3d.viz --env staging")
+    reply = runtime.nbenv.handle(TESTER, "instance 3d.viz --env staging")
     runtime.worker.run_until_idle()
 
     name = reply.data["name"]
@@ -604,14 +604,14 @@ def test_instances_shows_when_each_running_instance_stops_if_idle(db_url, google
     path.write_text(text.replace("testers: [U05VTESTER]", f"testers: [U05VTESTER, {USER}]"))
     runtime = build_runtime(str(path), db_url)
     sha = release(runtime, google, "first")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     google.push(GPU_IMAGE, sha)
-    runtime.app.publish(Pipeline("gpu"), GPU_IMAGE, sha, report=PASSED, branch="staging")
-    runtime.app.handle(USER, f"instance {IMAGE} --name cheap")
-    runtime.app.handle(USER, f"instance {GPU_IMAGE} --env staging --name forever")
+    runtime.nbenv.publish(Pipeline("gpu"), GPU_IMAGE, sha, report=PASSED, branch="staging")
+    runtime.nbenv.handle(USER, f"instance {IMAGE} --name cheap")
+    runtime.nbenv.handle(USER, f"instance {GPU_IMAGE} --env staging --name forever")
     runtime.worker.run_until_idle()
 
-    reply = runtime.app.handle(USER, "instances")
+    reply = runtime.nbenv.handle(USER, "instances")
 
     lines = reply.text.splitlines()
     (cheap,) = [line for line in lines if "`cheap`" in line]
@@ -624,6 +624,6 @@ def test_instances_shows_when_each_running_instance_stops_if_idle(db_url, google
     assert shown["cheap"]["idle_stop"] == "stops after 3h idle"
     assert shown["forever"]["idle_timeout_s"] is None
     # A stopped instance costs nothing: no idle stop to announce.
-    runtime.app.handle(USER, "instances --stop cheap")
-    (cheap,) = [i for i in runtime.app.handle(USER, "instances").data if i["name"] == "cheap"]
+    runtime.nbenv.handle(USER, "instances --stop cheap")
+    (cheap,) = [i for i in runtime.nbenv.handle(USER, "instances").data if i["name"] == "cheap"]
     assert "idle_stop" not in cheap

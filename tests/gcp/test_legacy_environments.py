@@ -129,9 +129,9 @@ def test_a_promotion_moves_tags_and_environments_together(
 
     runtime = build_runtime(str(mirroring_config), sqlite_url)
     first = release(runtime, google, "first")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     second = release(runtime, google, "second")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
     assert google.env_tags(IMAGE) == {"staging": second, "production": second, "fallback": first}
     found = _environments(legacy)

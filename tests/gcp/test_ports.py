@@ -11,14 +11,14 @@ from bot.service.ports import DispatchesJobs, ListsInstances
 
 
 def test_gcp_lists_instances_and_dispatches_jobs(gcp_runtime) -> None:  # type: ignore[no-untyped-def]
-    backend = gcp_runtime.app.backend  # given at construction, never attached afterwards
+    backend = gcp_runtime.nbenv.backend  # given at construction, never attached afterwards
     assert isinstance(backend, ListsInstances)
     assert isinstance(backend, DispatchesJobs)
     assert backend.job_dispatcher(gcp_runtime.store).dispatch_due() == 0
 
 
 def test_local_has_neither(config_file: Path, sqlite_url: str) -> None:
-    backend = build_runtime(str(config_file), sqlite_url).app.backend
+    backend = build_runtime(str(config_file), sqlite_url).nbenv.backend
     assert backend is not None and backend.name == "local"
     assert not isinstance(backend, ListsInstances)
     assert not isinstance(backend, DispatchesJobs)

@@ -119,8 +119,8 @@ def test_queued_jobs_are_pushed_to_the_bot_and_run_once_by_key(
     )
     runtime = build_runtime(str(gcp_config_file), sqlite_url)
     sha = release(runtime, google, "first")
-    runtime.app.handle(TESTER, f"instance {IMAGE} --env staging --name from-pubsub")
-    dispatcher = runtime.app.backend.job_dispatcher(runtime.store)
+    runtime.nbenv.handle(TESTER, f"instance {IMAGE} --env staging --name from-pubsub")
+    dispatcher = runtime.nbenv.backend.job_dispatcher(runtime.store)
 
     assert dispatcher.dispatch_due() == 1
     assert dispatcher.dispatch_due() == 0  # handed over: not published twice
@@ -145,8 +145,8 @@ def test_a_job_whose_message_was_lost_is_published_again_later(
     subscription = f"projects/{PROJECT}/subscriptions/pull-jobs"
     pubsub.create_subscription(name=subscription, topic=TOPIC)
     runtime = build_runtime(str(gcp_config_file), sqlite_url)
-    runtime.app.handle("U01OWNER", f"build {IMAGE}")
-    backend = runtime.app.backend
+    runtime.nbenv.handle("U01OWNER", f"build {IMAGE}")
+    backend = runtime.nbenv.backend
     assert backend.job_dispatcher(runtime.store).dispatch_due() == 1
 
     later = Store(runtime.store.engine, clock=lambda: utcnow() + REDISPATCH_AFTER + timedelta(1))
@@ -184,9 +184,9 @@ def test_when_pubsub_is_unreachable_the_job_stays_queued_for_the_next_dispatch(
 
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{_closed_port()}")
     runtime = build_runtime(str(gcp_config_file), sqlite_url)
-    runtime.app.handle("U01OWNER", f"build {IMAGE}")
+    runtime.nbenv.handle("U01OWNER", f"build {IMAGE}")
 
-    assert runtime.app.backend.job_dispatcher(runtime.store).dispatch_due() == 0
+    assert runtime.nbenv.backend.job_dispatcher(runtime.store).dispatch_due() == 0
 
     assert "could not publish job build:" in caplog.text
     assert "Pub/Sub did not queue the build job" in caplog.text

@@ -46,11 +46,11 @@ def test_promote_moves_fallback_then_production_and_keeps_the_old_production(
     gcp_runtime, google
 ) -> None:
     first = release(gcp_runtime, google, "first")
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     second = release(gcp_runtime, google, "second")
     google.reset_requests()
 
-    reply = gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    reply = gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
     assert reply.data["synced"] is True
     assert google.env_tags(IMAGE) == {"staging": second, "production": second, "fallback": first}
@@ -58,16 +58,16 @@ def test_promote_moves_fallback_then_production_and_keeps_the_old_production(
     assert moves == [("POST", "tags"), ("PATCH", "production")]  # fallback (new), production
     assert google.mutations()[0].query["tagId"] == "fallback"
     assert [op["status"] for op in _operations(gcp_runtime)] == ["done"] * 4
-    assert gcp_runtime.app.verify_audit().ok
+    assert gcp_runtime.nbenv.verify_audit().ok
 
 
 def test_rollback_points_production_back_at_fallback(gcp_runtime, google) -> None:
     first = release(gcp_runtime, google, "first")
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     second = release(gcp_runtime, google, "second")
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
-    gcp_runtime.app.handle(OWNER, f"rollback {IMAGE} --reason broken")
+    gcp_runtime.nbenv.handle(OWNER, f"rollback {IMAGE} --reason broken")
 
     assert google.env_tags(IMAGE) == {"staging": second, "production": first, "fallback": first}
 
@@ -78,7 +78,7 @@ def test_publishing_a_sha_that_was_never_pushed_is_refused_and_changes_nothing(
     sha = sha_of("not pushed")
 
     with pytest.raises(Refused) as refused:
-        gcp_runtime.app.publish(Pipeline("7"), IMAGE, sha, report=PASSED)
+        gcp_runtime.nbenv.publish(Pipeline("7"), IMAGE, sha, report=PASSED)
 
     assert "is not in the registry" in str(refused.value)
     with gcp_runtime.store.read() as tx:
@@ -89,17 +89,17 @@ def test_publishing_a_sha_that_was_never_pushed_is_refused_and_changes_nothing(
 
 def test_a_failed_step_is_recorded_announced_and_finished_by_recover(gcp_runtime, google) -> None:
     first = release(gcp_runtime, google, "first")
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     second = release(gcp_runtime, google, "second")
     google.deny("artifactregistry.tags.update")
 
-    reply = gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    reply = gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
     # The promotion is recorded (the store is the truth); the registry lags, visibly.
     assert reply.data["synced"] is False
     assert "Recorded, but the registry is not in line yet" in reply.text
     assert "artifactregistry.tags.update" in reply.text
-    status = gcp_runtime.app.handle(OWNER, f"status {IMAGE}").data
+    status = gcp_runtime.nbenv.handle(OWNER, f"status {IMAGE}").data
     assert status["environments"]["production"]["sha"] == second
     assert google.env_tags(IMAGE) == {"staging": second, "production": first, "fallback": first}
     failed = _operations(gcp_runtime)[-1]
@@ -110,30 +110,30 @@ def test_a_failed_step_is_recorded_announced_and_finished_by_recover(gcp_runtime
     )
 
     google.allow("artifactregistry.tags.update")
-    assert gcp_runtime.app.recover() == [failed["id"]]
+    assert gcp_runtime.nbenv.recover() == [failed["id"]]
 
     assert google.env_tags(IMAGE) == {"staging": second, "production": second, "fallback": first}
     assert [op["status"] for op in _operations(gcp_runtime)] == ["done"] * 4
     assert _audit(gcp_runtime)[-1] == ("sync", "ok")
     assert "are in line again" in _outbox_texts(gcp_runtime)[-1]
-    assert gcp_runtime.app.verify_audit().ok
-    assert gcp_runtime.app.recover() == []
+    assert gcp_runtime.nbenv.verify_audit().ok
+    assert gcp_runtime.nbenv.recover() == []
 
 
 def test_rollback_is_not_blocked_by_a_registry_that_is_down(gcp_runtime, google) -> None:
     first = release(gcp_runtime, google, "first")
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     second = release(gcp_runtime, google, "second")
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     google.fail(503, times=None)
 
-    reply = gcp_runtime.app.handle(OWNER, f"rollback {IMAGE} --reason broken")
+    reply = gcp_runtime.nbenv.handle(OWNER, f"rollback {IMAGE} --reason broken")
 
     assert reply.data["synced"] is False
     with gcp_runtime.store.read() as tx:
         assert tx.versions.get(IMAGE, second).revoked
     google.clear_faults()
-    gcp_runtime.app.recover()
+    gcp_runtime.nbenv.recover()
     assert google.env_tags(IMAGE)["production"] == first
 
 
@@ -144,10 +144,10 @@ def test_a_promotion_while_the_registry_is_down_is_refused_and_changes_nothing(
     google.fail(503, times=None)
 
     with pytest.raises(GcpUnavailable) as down:
-        gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+        gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
     assert "Artifact Registry did not read tag" in str(down.value)
-    status = gcp_runtime.app.handle(OWNER, f"status {IMAGE}").data
+    status = gcp_runtime.nbenv.handle(OWNER, f"status {IMAGE}").data
     assert status["environments"]["production"] is None
 
 
@@ -155,7 +155,7 @@ def test_an_older_operation_never_overwrites_a_newer_one(gcp_runtime, google) ->
     """A rollback commits while the promote's production write is on the wire: the
     promote writes again, so the registry ends with what the store says last."""
     first = release(gcp_runtime, google, "first")
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     second = release(gcp_runtime, google, "second")
     rolled_back = threading.Event()
 
@@ -164,16 +164,16 @@ def test_an_older_operation_never_overwrites_a_newer_one(gcp_runtime, google) ->
             rolled_back.set()
             # Another owner, another thread, while the promote waits for this answer.
             worker = threading.Thread(
-                target=gcp_runtime.app.handle, args=(OWNER, f"rollback {IMAGE} --reason oops")
+                target=gcp_runtime.nbenv.handle, args=(OWNER, f"rollback {IMAGE} --reason oops")
             )
             worker.start()
             worker.join(timeout=30)
 
     google.on(rollback_meanwhile, when="before", method="PATCH", path="/tags/production$")
 
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
-    status = gcp_runtime.app.handle(OWNER, f"status {IMAGE}").data
+    status = gcp_runtime.nbenv.handle(OWNER, f"status {IMAGE}").data
     assert status["environments"]["production"]["sha"] == first
     assert google.env_tags(IMAGE)["production"] == first
     assert google.env_tags(IMAGE)["fallback"] == first
@@ -185,8 +185,8 @@ def test_approvals_still_follow_the_policy_on_gcp(gcp_runtime, google) -> None:
     release(gcp_runtime, google, "first", approve=False)
 
     with pytest.raises(Refused):
-        gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
-    gcp_runtime.app.handle(TESTER, f"approve {IMAGE}")
-    gcp_runtime.app.handle(OWNER, f"promote {IMAGE}")
+        gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
+    gcp_runtime.nbenv.handle(TESTER, f"approve {IMAGE}")
+    gcp_runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
     assert google.env_tags(IMAGE)["production"] == sha_of("first")

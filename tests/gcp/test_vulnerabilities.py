@@ -60,7 +60,7 @@ def _runtime(db_url: str, tmp_path: Path, block_on: str | None = None) -> Any:
 def _in_production(runtime: Any, google: FakeGoogleApis) -> tuple[str, str]:
     """OLD in production, NEW approved in staging; both pushed, neither scanned yet."""
     old = release(runtime, google, "old")
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     new = release(runtime, google, "new")
     return old, new
 
@@ -73,7 +73,7 @@ def test_the_plan_shows_what_the_promotion_fixes_and_introduces_by_severity(
     google.scan(IMAGE, old, [OPENSSL, ZLIB])
     google.scan(IMAGE, new, [ZLIB, LIBXML, CURL])
 
-    reply = runtime.app.handle(OWNER, f"promote {IMAGE} --dry-run")
+    reply = runtime.nbenv.handle(OWNER, f"promote {IMAGE} --dry-run")
 
     found = reply.data["vulnerabilities"]
     assert found["introduced"] == {"CRITICAL": 1, "HIGH": 1}
@@ -97,12 +97,12 @@ def test_the_plan_shows_what_the_promotion_fixes_and_introduces_by_severity(
 def test_the_rollback_plan_shows_what_going_back_reintroduces(db_url, tmp_path, google) -> None:
     runtime = _runtime(db_url, tmp_path)
     old, new = _in_production(runtime, google)
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     google.scan(IMAGE, old, [OPENSSL])
     google.scan(IMAGE, new, [])
 
     # What the Slack confirmation of `/nbenv rollback` is made of.
-    preview = runtime.app.preview(OWNER, Rollback(image=IMAGE))
+    preview = runtime.nbenv.preview(OWNER, Rollback(image=IMAGE))
     shown = json.dumps(views.confirmation(preview, {"name": "rollback"}, {}), ensure_ascii=False)
 
     assert preview["vulnerabilities"]["introduced"] == {"CRITICAL": 1}
@@ -118,7 +118,7 @@ def test_block_on_severity_refuses_a_promotion_that_introduces_one_and_audits_it
     google.scan(IMAGE, new, [ZLIB, CURL, LIBXML])
 
     with pytest.raises(Refused) as refused:
-        runtime.app.handle(OWNER, f"promote {IMAGE}")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
     assert refused.value.message.startswith(
         f"{new[:7]} of {IMAGE} introduces 1 known vulnerability at or above CRITICAL "
@@ -126,15 +126,15 @@ def test_block_on_severity_refuses_a_promotion_that_introduces_one_and_audits_it
     )
     assert "--force --reason R" in refused.value.message
     assert google.env_tags(IMAGE)["production"] == old
-    history = history_of(runtime.app, OWNER, f"history {IMAGE} {new}")
+    history = history_of(runtime.nbenv, OWNER, f"history {IMAGE} {new}")
     refusal = next(e for e in history if e["action"] == "promote")
     assert refusal["outcome"] == "refused"
     assert "CVE-2024-0004" in refusal["details"]["reason"]
 
-    runtime.app.handle(OWNER, f"promote {IMAGE} --force --reason 'curl not reachable'")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE} --force --reason 'curl not reachable'")
 
     assert google.env_tags(IMAGE)["production"] == new
-    history = history_of(runtime.app, OWNER, f"history {IMAGE} {new}")
+    history = history_of(runtime.nbenv, OWNER, f"history {IMAGE} {new}")
     forced = next(e for e in history if e["action"] == "promote" and e["outcome"] == "ok")
     assert forced["details"]["reason"] == "curl not reachable"
     assert [f["cve"] for f in forced["details"]["overridden_vulnerabilities"]] == ["CVE-2024-0004"]
@@ -159,7 +159,7 @@ def test_the_slack_confirmation_shows_the_refusal_then_the_forced_plan(
     old, new = _in_production(runtime, google)
     google.scan(IMAGE, old, [OPENSSL])
     google.scan(IMAGE, new, [CURL])
-    slack = Interactions(runtime.app)
+    slack = Interactions(runtime.nbenv)
 
     refused = json.dumps(slack.compute(Later(OWNER, to_fields(Promote(image=IMAGE)))))
     forced = slack.compute(
@@ -183,9 +183,9 @@ def test_only_an_owner_can_force_past_block_on_severity(db_url, tmp_path, google
     google.scan(IMAGE, new, [LIBXML])
 
     with pytest.raises(Refused):
-        runtime.app.handle(TESTER, f"promote {IMAGE} --force --reason 'trust me'")
+        runtime.nbenv.handle(TESTER, f"promote {IMAGE} --force --reason 'trust me'")
     with pytest.raises(BadInput, match="--force needs --reason"):
-        runtime.app.handle(OWNER, f"promote {IMAGE} --force")
+        runtime.nbenv.handle(OWNER, f"promote {IMAGE} --force")
 
     assert google.env_tags(IMAGE)["production"] == old
 
@@ -196,17 +196,17 @@ def test_a_scan_not_finished_is_said_and_blocks_nothing(db_url, tmp_path, google
     google.scan(IMAGE, old, [OPENSSL])
     google.scan(IMAGE, new, status="SCANNING")
 
-    plan = runtime.app.handle(OWNER, f"promote {IMAGE} --dry-run")
+    plan = runtime.nbenv.handle(OWNER, f"promote {IMAGE} --dry-run")
 
     assert f"⏳ `{new[:7]}`: still being scanned (SCANNING)" in plan.text
     assert "not known yet: decide with that in mind" in plan.text
     assert "block_on_severity CRITICAL cannot be checked without both scans" in plan.text
     assert plan.data["vulnerabilities"]["known"] is False
 
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
 
     assert google.env_tags(IMAGE)["production"] == new
-    history = history_of(runtime.app, OWNER, f"history {IMAGE} {new}")
+    history = history_of(runtime.nbenv, OWNER, f"history {IMAGE} {new}")
     promoted = next(e for e in history if e["action"] == "promote" and e["outcome"] == "ok")
     assert promoted["details"]["vulnerabilities"] == {
         "known": False,
@@ -223,7 +223,7 @@ def test_a_scanner_that_refuses_is_named_in_the_plan_and_blocks_nothing(
     google.scan(IMAGE, new, [CURL])
     google.deny("containeranalysis.occurrences.list")
 
-    plan = runtime.app.handle(OWNER, f"promote {IMAGE} --dry-run")
+    plan = runtime.nbenv.handle(OWNER, f"promote {IMAGE} --dry-run")
 
     assert (
         "Artifact Analysis denied the bot permission to read the discovery of "
@@ -231,17 +231,17 @@ def test_a_scanner_that_refuses_is_named_in_the_plan_and_blocks_nothing(
     )
     assert "containeranalysis.occurrences.list (e.g. role " in plan.text
     assert "nothing is blocked for it" in plan.text
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     assert google.env_tags(IMAGE)["production"] == new
 
 
 def test_a_rollback_carried_out_does_not_wait_for_the_scanner(db_url, tmp_path, google) -> None:
     runtime = _runtime(db_url, tmp_path)
     old, _new = _in_production(runtime, google)
-    runtime.app.handle(OWNER, f"promote {IMAGE}")
+    runtime.nbenv.handle(OWNER, f"promote {IMAGE}")
     google.reset_requests()
 
-    runtime.app.handle(OWNER, f"rollback {IMAGE} --yes")
+    runtime.nbenv.handle(OWNER, f"rollback {IMAGE} --yes")
 
     assert google.env_tags(IMAGE)["production"] == old
     assert [r for r in google.requests() if r.api == "containeranalysis"] == []
@@ -251,7 +251,7 @@ def test_an_image_not_scanned_at_all_says_so(db_url, tmp_path, google) -> None:
     runtime = _runtime(db_url, tmp_path)
     _, new = _in_production(runtime, google)
 
-    plan = runtime.app.handle(OWNER, f"promote {IMAGE} --dry-run")
+    plan = runtime.nbenv.handle(OWNER, f"promote {IMAGE} --dry-run")
 
     assert f"⏳ `{new[:7]}`: not scanned yet" in plan.text
     assert "Container Scanning API" in plan.text
@@ -262,7 +262,7 @@ def test_versions_and_app_home_show_each_versions_counts(db_url, tmp_path, googl
     old, new = _in_production(runtime, google)
     google.scan(IMAGE, old, [OPENSSL, ZLIB])
 
-    reply = runtime.app.handle(OWNER, f"versions {IMAGE}")
+    reply = runtime.nbenv.handle(OWNER, f"versions {IMAGE}")
 
     rows = {row["sha"]: row["vulnerabilities"] for row in reply.data["items"]}
     assert rows[old] == {"state": "done", "counts": {"CRITICAL": 1, "MEDIUM": 1}}
@@ -271,8 +271,8 @@ def test_versions_and_app_home_show_each_versions_counts(db_url, tmp_path, googl
     assert "vulns: 1 critical, 1 medium" in reply.text
     assert "scan pending" in reply.text
 
-    with runtime.app.store.read() as tx:
-        status = runtime.app.image_status(tx, IMAGE)
+    with runtime.nbenv.store.read() as tx:
+        status = runtime.nbenv.image_status(tx, IMAGE)
     assert status["environments"]["production"]["vulnerabilities"] == {
         "CRITICAL": 1,
         "MEDIUM": 1,
@@ -287,7 +287,7 @@ def test_versions_ask_a_failing_scanner_once_and_say_why(db_url, tmp_path, googl
     google.deny("containeranalysis.occurrences.list")
     google.reset_requests()
 
-    reply = runtime.app.handle(OWNER, f"versions {IMAGE}")
+    reply = runtime.nbenv.handle(OWNER, f"versions {IMAGE}")
 
     assert len([r for r in google.requests() if r.api == "containeranalysis"]) == 1
     assert "_Known vulnerabilities: Artifact Analysis denied the bot permission" in reply.text

@@ -10,6 +10,7 @@ and runs two images' steps at a time, so every step of one image meets another's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -380,8 +381,8 @@ class Lifecycle:
         from bot.store.uow import Store, utcnow
 
         sha = sha_of(f"{image}:job")
-        self.runtime.app.publish(OWNER, image, sha, report=bot_report(True))
-        self.runtime.app.handle(TESTER, f"approve {image}")
+        self.runtime.nbenv.publish(OWNER, image, sha, report=bot_report(True))
+        self.runtime.nbenv.handle(TESTER, f"approve {image}")
         self.expected.approvals.add((image, sha, TESTER))
         engine = self.runtime.store.engine
         url = self.url(f"job-{image}")
@@ -404,7 +405,8 @@ class Lifecycle:
             # workers are killed, the one running it among them.
             wait_until(lambda: job_status() == "running", WAIT_S, "the promote job claimed")
             for pid in self.deployment.bot_worker_pids():
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # gone already: as good
+                    os.kill(pid, signal.SIGKILL)
             killed_at = time.time()
             holder.rollback()
         self.deployment.revive()
@@ -412,8 +414,8 @@ class Lifecycle:
         after_lease = utcnow() + LEASE + timedelta(seconds=1)
         worker = JobWorker(
             Store(engine, clock=lambda: after_lease),
-            job_handlers(self.runtime.app),
-            notifier=self.runtime.app.context.notifier,
+            job_handlers(self.runtime.nbenv),
+            notifier=self.runtime.nbenv.context.notifier,
         )
         assert worker.run_once() is True
         assert "promoted" in blocks_text(self.answer(url))

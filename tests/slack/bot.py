@@ -380,9 +380,9 @@ def sha(image: str, label: str) -> str:
 def published(rt: Any, image: str, label: str = "v1", *, passed: bool = True) -> str:
     commit = sha(image, label)
     if passed:
-        rt.app.publish(OWNER, image, commit, report=report(True), subject=f"commit {label}")
+        rt.nbenv.publish(OWNER, image, commit, report=report(True), subject=f"commit {label}")
     else:
-        rt.app.record_version(OWNER, image, commit, report=report(False))
+        rt.nbenv.record_version(OWNER, image, commit, report=report(False))
     return commit
 
 
@@ -391,8 +391,8 @@ def in_production(rt: Any, image: str, *labels: str) -> list[str]:
     shas = []
     for label in labels:
         shas.append(published(rt, image, label))
-        rt.app.handle(TESTER, f"approve {image}")
-        rt.app.handle(OWNER, f"promote {image}")
+        rt.nbenv.handle(TESTER, f"approve {image}")
+        rt.nbenv.handle(OWNER, f"promote {image}")
     return shas
 
 

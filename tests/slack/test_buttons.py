@@ -147,14 +147,14 @@ def test_a_stale_confirmation_is_refused_with_the_current_state(
 ) -> None:  # type: ignore[no-untyped-def]
     (v1,) = in_production(rt, image, "v1")
     v2 = published(rt, image, "v2")
-    rt.app.handle(TESTER, f"approve {image}")
+    rt.nbenv.handle(TESTER, f"approve {image}")
     url = slack.response_url(f"stale-{image}")
     server.slash(OWNER, f"promote {image}", response_url=url)
     plan = wait_response(slack, url)
     # Meanwhile v3 arrives, is approved and promoted from somewhere else.
     v3 = published(rt, image, "v3")
-    rt.app.handle(TESTER2, f"approve {image}")
-    rt.app.handle(OWNER, f"promote {image}")
+    rt.nbenv.handle(TESTER2, f"approve {image}")
+    rt.nbenv.handle(OWNER, f"promote {image}")
     before = pointers(rt, image)
 
     answer = _press(server, slack, OWNER, plan, "Promote to production")
@@ -212,7 +212,7 @@ def test_a_confirmation_pressed_by_someone_else_is_checked_again(
     server: BotServer, rt, image: str, slack: FakeSlackApi
 ) -> None:  # type: ignore[no-untyped-def]
     published(rt, image)
-    rt.app.handle(TESTER, f"approve {image}")
+    rt.nbenv.handle(TESTER, f"approve {image}")
     url = slack.response_url(f"other-{image}")
     server.slash(OWNER, f"promote {image}", response_url=url)
     plan = wait_response(slack, url)

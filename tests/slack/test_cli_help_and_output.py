@@ -139,7 +139,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = _env(folder, config)
     runtime = build_runtime(str(config), env["NBENV_DATABASE_URL"])
     for number in range(PUBLISHED):
-        runtime.app.publish(OWNER, IMAGE, sha(IMAGE, f"v{number}"), report=report())
+        runtime.nbenv.publish(OWNER, IMAGE, sha(IMAGE, f"v{number}"), report=report())
     runtime.store.engine.dispose()
     return env
 

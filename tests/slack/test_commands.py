@@ -160,7 +160,7 @@ def test_promote_shows_the_plan_then_promotes_when_confirmed(
 ) -> None:  # type: ignore[no-untyped-def]
     (v1,) = in_production(rt, image, "v1")
     v2 = published(rt, image, "v2")
-    rt.app.handle(TESTER, f"approve {image}")
+    rt.nbenv.handle(TESTER, f"approve {image}")
     with rt.store.write() as tx:  # someone works on an instance of the current production
         tx.instances.add(
             name="ana-prod",
@@ -204,7 +204,7 @@ def test_promote_shows_the_plan_then_promotes_when_confirmed(
 
 def test_promote_dry_run_and_yes(server: BotServer, rt, image: str, slack) -> None:  # type: ignore[no-untyped-def]
     commit = published(rt, image)
-    rt.app.handle(TESTER, f"approve {image}")
+    rt.nbenv.handle(TESTER, f"approve {image}")
     dry_url = slack.response_url(f"dry-{image}")
 
     server.slash(OWNER, f"promote {image} --dry-run", response_url=dry_url)
@@ -302,7 +302,7 @@ def test_freeze_blocks_promotion_until_unfreeze(
     server: BotServer, rt, image: str, slack: FakeSlackApi
 ) -> None:  # type: ignore[no-untyped-def]
     published(rt, image)
-    rt.app.handle(TESTER, f"approve {image}")
+    rt.nbenv.handle(TESTER, f"approve {image}")
 
     frozen = server.slash(OWNER, f"freeze {image} quarterly release")
     url = slack.response_url(f"frozen-promote-{image}")

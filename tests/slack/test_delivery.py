@@ -38,8 +38,8 @@ def test_rate_limits_and_outages_delay_but_never_duplicate(
     slack.fail_next(1, status=503)
 
     commit = published(rt, image)
-    rt.app.handle(TESTER, f"approve {image}")
-    rt.app.handle(OWNER, f"freeze {image} while Slack is flaky")
+    rt.nbenv.handle(TESTER, f"approve {image}")
+    rt.nbenv.handle(OWNER, f"freeze {image} while Slack is flaky")
 
     root = wait_message(slack, f"`{commit[:7]}` is now in staging for {image}", timeout=30)
     approval = wait_message(slack, f"approved `{commit[:7]}`", timeout=30)
@@ -57,7 +57,7 @@ def test_private_answers_survive_response_url_failures(
     server: BotServer, rt, image: str, slack: FakeSlackApi
 ) -> None:  # type: ignore[no-untyped-def]
     published(rt, image)
-    rt.app.handle(TESTER, f"approve {image}")
+    rt.nbenv.handle(TESTER, f"approve {image}")
     url = slack.response_url(f"flaky-{image}")
     slack.fail_next(1, status=429, retry_after=1, method="response_url")
 
@@ -152,7 +152,7 @@ def test_an_answer_whose_response_url_expired_reaches_the_person_as_a_dm(
     server: BotServer, rt, image: str, slack: FakeSlackApi
 ) -> None:  # type: ignore[no-untyped-def]
     commit = published(rt, image)
-    rt.app.handle(TESTER, f"approve {image}")
+    rt.nbenv.handle(TESTER, f"approve {image}")
     url = slack.response_url(f"expired-{image}")
     name = url.rsplit("/", 1)[1]
     slack.advance(31 * 60)  # the answer comes after Slack's 30 minutes are up

@@ -35,9 +35,9 @@ def test_home_shows_environments_approvals_and_freezes(
 ) -> None:  # type: ignore[no-untyped-def]
     v1, v2 = in_production(rt, image, "v1", "v2")
     v3 = published(rt, image, "v3")
-    rt.app.handle(OWNER, f"freeze {image} <!channel> release week")
+    rt.nbenv.handle(OWNER, f"freeze {image} <!channel> release week")
     pending = published(rt, "nlp.two-approvals", "p1")
-    rt.app.handle(TESTER, "approve nlp.two-approvals")
+    rt.nbenv.handle(TESTER, "approve nlp.two-approvals")
 
     shown = _home(server, slack, USER)
 

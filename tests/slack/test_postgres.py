@@ -64,7 +64,7 @@ class TestTheBotOnPostgres:
         self, server: BotServer, rt, image: str, slack: FakeSlackApi
     ) -> None:  # type: ignore[no-untyped-def]
         v1 = published(rt, image, "v1")
-        rt.app.handle(TESTER, f"approve {image}")
+        rt.nbenv.handle(TESTER, f"approve {image}")
         plan_url = slack.response_url(f"pg-twice-{image}")
         server.slash(OWNER, f"promote {image}", response_url=plan_url)
         confirm = buttons(wait_response(slack, plan_url))["Promote to production"]

@@ -156,7 +156,8 @@ def test_history_hides_the_links_older_versions_wrote_in_the_audit_log(
         check=True,
     ).stdout
 
-    (ready,) = [entry for entry in json.loads(shown) if entry["action"] == "instance-ready"]
+    entries = json.loads(shown)["items"]
+    (ready,) = [entry for entry in entries if entry["action"] == "instance-ready"]
     assert ready["details"] == {"name": "old-box", "env": "production"}
     assert TOKEN not in shown
 
@@ -164,9 +165,9 @@ def test_history_hides_the_links_older_versions_wrote_in_the_audit_log(
 def test_a_slack_user_gets_no_unisolated_instance_unless_the_operator_shares_them(
     server: BotServer, rt: Any, slack: FakeSlackApi, repo: ImageRepo
 ) -> None:
-    rt.app.publish(OWNER, REAL, repo.sha("initial"), report=report(True))
-    rt.app.handle(TESTER, f"approve {REAL}")
-    rt.app.handle(OWNER, f"promote {REAL}")
+    rt.nbenv.publish(OWNER, REAL, repo.sha("initial"), report=report(True))
+    rt.nbenv.handle(TESTER, f"approve {REAL}")
+    rt.nbenv.handle(OWNER, f"promote {REAL}")
     url = slack.response_url("real-instance")
 
     ack = server.slash(USER, f"instance {REAL} --name ana-real", response_url=url)
@@ -176,7 +177,7 @@ def test_a_slack_user_gets_no_unisolated_instance_unless_the_operator_shares_the
     with rt.store.read() as tx:
         started = tx.instances.get("ana-real")
     if started is not None:  # only when nothing refused it: leave no server behind
-        rt.app.backend.stop_instance("ana-real", started["details"])
+        rt.nbenv.backend.stop_instance("ana-real", started["details"])
     assert "instance failed" in answer
     assert "as the OS user of nbenv" in answer
     assert "local.shared_instances" in answer
@@ -228,15 +229,15 @@ def console_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env["NBENV_DATABASE_URL"] = db_url
     (tmp_path / "home").mkdir()
     runtime = build_runtime(str(config), db_url)
-    runtime.app.publish(
+    runtime.nbenv.publish(
         OWNER, REAL, repo.sha("initial"), report={"python": "3", "packages": [], "notebooks": []}
     )
-    runtime.app.handle(TESTER, f"approve {REAL}")
-    runtime.app.handle(OWNER, f"promote {REAL}")
+    runtime.nbenv.handle(TESTER, f"approve {REAL}")
+    runtime.nbenv.handle(OWNER, f"promote {REAL}")
     yield env
     with runtime.store.read() as tx:
         rows = tx.instances.matching(image=REAL)
-    backend = build_runtime(str(config), db_url, run_by_operator=True).app.backend
+    backend = build_runtime(str(config), db_url, run_by_operator=True).nbenv.backend
     for row in rows:  # never leave a server behind
         if row["state"] == "running":
             backend.stop_instance(row["name"], row["details"])
@@ -322,12 +323,12 @@ def test_the_link_stays_with_its_owner_on_each_database(runtime: Any) -> None:
     from tests.conftest import IMAGE, sha_of
 
     commit = sha_of("privacy")
-    runtime.app.publish(OWNER, IMAGE, commit, report=report(True))
+    runtime.nbenv.publish(OWNER, IMAGE, commit, report=report(True))
     anas_instance(runtime, IMAGE, commit)
 
     for viewer in (TESTER, OWNER):
-        answer = runtime.app.handle(viewer, f"instances {IMAGE}")
+        answer = runtime.nbenv.handle(viewer, f"instances {IMAGE}")
         assert TOKEN not in answer.text and TOKEN not in json.dumps(answer.data)
         assert [row["requested_by"] for row in answer.data] == [USER]
-    own = runtime.app.handle(USER, f"instances {IMAGE}")
+    own = runtime.nbenv.handle(USER, f"instances {IMAGE}")
     assert own.data[0]["url"].endswith(f"?token={TOKEN}")

@@ -175,7 +175,7 @@ def _promote_job(image: str, url: str) -> dict[str, Any]:
 
 def _ready(rt, image: str) -> str:  # type: ignore[no-untyped-def]
     commit = published(rt, image)
-    rt.app.handle(TESTER, f"approve {image}")
+    rt.nbenv.handle(TESTER, f"approve {image}")
     return commit
 
 

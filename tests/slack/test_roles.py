@@ -52,7 +52,7 @@ def _arrange(rt, image: str) -> None:  # type: ignore[no-untyped-def]
     """production v2, fallback v1, staging v3 approved by a second tester."""
     in_production(rt, image, "v1", "v2")
     published(rt, image, "v3")
-    rt.app.handle(TESTER2, f"approve {image}")
+    rt.nbenv.handle(TESTER2, f"approve {image}")
 
 
 @pytest.mark.parametrize("action", ACTIONS, ids=lambda a: a.text.split()[0] + a.text[7:])
@@ -61,7 +61,7 @@ def test_each_role_is_allowed_or_refused(
 ) -> None:  # type: ignore[no-untyped-def]
     _arrange(rt, image)
     if action.text.startswith("unfreeze"):
-        rt.app.handle(OWNER, f"freeze {image} for the unfreeze test")
+        rt.nbenv.handle(OWNER, f"freeze {image} for the unfreeze test")
     text = action.text.format(image=image)
     allowed = [u for u, role in PEOPLE.items() if role and RANK[role] >= RANK[action.needs]]
     refused = [u for u in PEOPLE if u not in allowed]

@@ -229,7 +229,7 @@ def test_socket_mode_builds_the_same_app_over_the_websocket_adapter(
     from bot.slack.socket import socket_mode_handler
 
     runtime = build_runtime(str(config), f"sqlite:///{tmp_path / 'socket.db'}")
-    bolt = build_app(runtime.app, token="xoxb-test", signing_secret=None)
+    bolt = build_app(runtime.nbenv, token="xoxb-test", signing_secret=None)
     handler = socket_mode_handler(bolt, "xapp-1-A0-1-test")
     try:
         assert handler.app is bolt

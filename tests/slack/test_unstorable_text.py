@@ -48,7 +48,7 @@ def test_nul_in_freeze_reject_and_rollback_reasons_is_stored_not_a_500(
     frozen = ask(server, slack, OWNER, f"freeze {image} nul{NUL}byte")
     assert "froze" in frozen
 
-    assert f"nul{STAND_IN}byte" in rt.app.handle(OWNER, f"status {image}").text
+    assert f"nul{STAND_IN}byte" in rt.nbenv.handle(OWNER, f"status {image}").text
     with rt.store.read() as tx:
         reasons = tx.connection.execute(select(t.verdicts.c.reason)).scalars().all()
         revoked = tx.versions.get(image, v2)
@@ -56,7 +56,7 @@ def test_nul_in_freeze_reject_and_rollback_reasons_is_stored_not_a_500(
     assert revoked is not None and revoked.revoked_reason == f"bad{STAND_IN}release"
     # The audit log keeps them as written (JSON holds NUL) and its chain still verifies.
     assert [e.action for e in audit(rt, image)][-3:] == ["reject", "rollback", "freeze"]
-    assert rt.app.verify_audit().ok
+    assert rt.nbenv.verify_audit().ok
 
 
 def _cli_env(config_path: Path, database: str, workdir: Path) -> dict[str, str]:
@@ -78,8 +78,8 @@ def test_non_utf8_bytes_on_the_command_line_are_stored(
 
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     assert b"Traceback" not in done.stderr
-    assert f"bad{STAND_IN}byte" in rt.app.handle(OWNER, f"status {image}").text
-    assert rt.app.verify_audit().ok
+    assert f"bad{STAND_IN}byte" in rt.nbenv.handle(OWNER, f"status {image}").text
+    assert rt.nbenv.verify_audit().ok
 
 
 def test_nul_typed_into_the_cli_shell_is_stored(
@@ -92,4 +92,4 @@ def test_nul_typed_into_the_cli_shell_is_stored(
 
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     assert b"Traceback" not in done.stderr
-    assert f"nul{STAND_IN}byte" in rt.app.handle(OWNER, f"status {image}").text
+    assert f"nul{STAND_IN}byte" in rt.nbenv.handle(OWNER, f"status {image}").text

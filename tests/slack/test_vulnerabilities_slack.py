@@ -13,7 +13,7 @@ def test_the_confirmation_says_scanning_needs_the_gcp_backend(
 ) -> None:  # type: ignore[no-untyped-def]
     (v1,) = in_production(rt, image, "v1")
     v2 = published(rt, image, "v2")
-    rt.app.handle(TESTER, f"approve {image}")
+    rt.nbenv.handle(TESTER, f"approve {image}")
     url = slack.response_url(f"promote-{image}")
 
     server.slash(OWNER, f"promote {image}", response_url=url)

@@ -16,6 +16,7 @@ Each process gets its own Slack token, so the fake Slack knows who is calling.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -112,7 +113,8 @@ class SlackWithHooks(FakeSlackApi):
                     continue
                 self._hooks.remove(hook)
                 answered = super()._handle(method, args, headers) if hook.after else None
-                os.kill(hook.victims[token], signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # gone already: as good
+                    os.kill(hook.victims[token], signal.SIGKILL)
                 hook.killed, hook.at = token, time.time()
                 hook.fired.set()
                 if answered is not None:

@@ -106,10 +106,10 @@ def test_text_that_is_refused_changes_nothing_but_the_refusal_it_logs(
     # Something to act on: a version in staging, so that approve and promote could act.
     sha = sha_of("fuzz commands")
     if not snapshot(runtime, IMAGE).versions:
-        runtime.app.publish(OWNER, IMAGE, sha, report=None)
+        runtime.nbenv.publish(OWNER, IMAGE, sha, report=None)
     before = snapshot(runtime, IMAGE)
     try:
-        runtime.app.handle(actor, text)
+        runtime.nbenv.handle(actor, text)
     except NbenvError as error:
         assert one_line(error.message), repr(error.message)
         assert snapshot(runtime, IMAGE).same_but_refusals(before), (actor, text)

@@ -457,7 +457,8 @@ def parse_words(words: Sequence[str]) -> Command:
         elif word in _BOOL_FLAGS:
             flags[word] = True
         elif word.startswith("--"):
-            raise BadInput(f"unknown option {word}. Usage: /nbenv {spec.usage}")
+            shown = word if word.isprintable() else repr(word)  # one line, whatever it holds
+            raise BadInput(f"unknown option {shown}. Usage: /nbenv {spec.usage}")
         else:
             positional.append(word)
         i += 1

@@ -155,6 +155,12 @@ class WebApiTransport:
     def _respond(self, payload: dict[str, Any]) -> dict[str, Any]:
         url = payload.pop("url")
         user = payload.pop("user", None)  # who asked, when the answer names them
+        if not (isinstance(url, str) and url.startswith(("https://", "http://"))):
+            # Nowhere to answer (a press that came without a response_url): the person
+            # hears it directly, or the answer is set aside in one line.
+            if user:
+                return self._direct(user, payload)
+            raise Refused("no_response_url")
         try:
             result = self.webhook_factory(url).send_dict(payload)
         except (SlackRequestError, OSError, HTTPException) as error:
@@ -167,12 +173,16 @@ class WebApiTransport:
             # The response_url is gone (Slack: 30 minutes or 5 uses; it answers 404
             # expired_url): the answer goes to the person as a DM instead.
             log.info("response_url gone (%s): answering %s directly", result.body, user)
-            direct = {k: payload[k] for k in ("text", "blocks") if k in payload}
-            return self._api("chat.postMessage", {"channel": user, **direct})
+            return self._direct(user, payload)
         if result.status_code >= 400:
             # An expired response_url (30 minutes, 5 uses) cannot be fixed by retrying.
             raise Refused(f"http_{result.status_code}")
         return {"ok": True}
+
+    def _direct(self, user: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """An answer meant for a response_url, as a direct message to USER."""
+        direct = {k: payload[k] for k in ("text", "blocks") if k in payload}
+        return self._api("chat.postMessage", {"channel": user, **direct})
 
 
 def _api_error(error: SlackApiError) -> DeliveryError:

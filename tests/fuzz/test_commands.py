@@ -9,7 +9,7 @@ import contextlib
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.domain.command_table import parse
@@ -38,23 +38,11 @@ def test_parse_answers_a_command_or_one_line_of_bad_input(text: str) -> None:
     try:
         command = parse(text)
     except BadInput as error:
-        # Known, and tested on its own below (xfail until fixed).
-        assume(not (_echoes_an_option_raw(error.message)))
         assert one_line(error.message), repr(error.message)
         return
     assert command.name in COMMAND_NAMES
 
 
-def _echoes_an_option_raw(message: str) -> bool:
-    return message.startswith("unknown option ") and len(message.splitlines()) > 1
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/domain/command_table.py parse_words says `unknown option {word}` with the word "
-    "as typed: a line break inside it that does not separate words (\u2028, \x85, \v, "
-    "\f) splits the one-line answer; it should quote it: {word!r}",
-)
 @pytest.mark.parametrize("brk", ["\u2028", "\x85", "\x0b", "\x0c", "\x1e"])
 def test_an_unknown_option_is_named_on_one_line(brk: str) -> None:
     with pytest.raises(BadInput) as refused:

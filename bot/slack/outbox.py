@@ -320,11 +320,23 @@ class OutboxSender:
     # -- one pass ------------------------------------------------------------------------
 
     def _queue(self, limit: int) -> tuple[list[Any], dict[tuple[str, str], ThreadRoot]]:
-        """The unsent rows (without payloads), and the roots of their threads."""
-        with self.store.read() as tx:
-            rows = tx.outbox.unsent(limit * 5)
-            keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
-            return rows, tx.threads.roots(keys)
+        """The unsent rows (without payloads), and the roots of their threads.
+
+        A thread whose earlier messages Slack refused because the bot was not in the channel
+        gets those again first: the newer ones are about to go, and Slack may take them now
+        (the bot was invited, and its member_joined_channel is late or lost), so they would
+        overtake the older ones in the thread. Should the bot still be out, all are refused
+        again, in order."""
+        since = iso(self.store.clock() - REVIVE_WITHIN)
+        revived = False
+        while True:
+            with self.store.read() as tx:
+                rows = tx.outbox.unsent(limit * 5)
+                keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
+                if revived or not tx.outbox.dead(MISSING_FROM_CHANNEL, since, threads=keys):
+                    return rows, tx.threads.roots(keys)
+            revive_missing_channel(self.store, threads=keys)
+            revived = True
 
     def _claim(
         self, rows: list[Any], superseded: list[int], now: datetime
@@ -509,9 +521,12 @@ class OutboxSender:
         return method, fit_message(payload)
 
 
-def revive_missing_channel(store: Store, channel: str | None = None) -> int:
+def revive_missing_channel(
+    store: Store, channel: str | None = None, *, threads: set[tuple[str, str]] | None = None
+) -> int:
     """Queue again the messages Slack refused because the bot was not in CHANNEL (in any
-    channel when None), now that it may be; how many were queued again.
+    channel when None; only in THREADS, if given), now that it may be; how many were queued
+    again.
 
     In a thread that got a root meanwhile (an update opened it), root texts older than the
     newest one are retired instead: the root already shows what they said, and posting
@@ -520,7 +535,7 @@ def revive_missing_channel(store: Store, channel: str | None = None) -> int:
     """
     since = iso(store.clock() - REVIVE_WITHIN)
     with store.write(audited=False) as tx:
-        rows = tx.outbox.dead(MISSING_FROM_CHANNEL, since)
+        rows = tx.outbox.dead(MISSING_FROM_CHANNEL, since, threads)
         keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
         threads = tx.threads.roots(keys)
         newest_root_text = _newest_root_texts(tx.outbox.in_threads(keys))

@@ -106,6 +106,8 @@ class Script:
                 del pending[image]
             else:
                 pending[image] = following
+        # What the sender does every REVIVE_EVERY, should a member_joined_channel be lost.
+        self.world.sender.revive_missing_channel()
         self.settle()
 
     def misbehave(self, step: int, image: str, index: int) -> None:
@@ -123,11 +125,15 @@ class Script:
             # what was refused meanwhile goes out.
             self.interactions.bot_joined(channel)
             self.settle()
+        if image == IMAGE and index == 2:
+            # The bot is removed from #nlp before its first promotion, and invited back
+            # while the second build runs; this time member_joined_channel never comes.
+            slack.keep_bot_out_of(CHANNELS[IMAGE])
+        if image == IMAGE and index == 3:
+            self.midway = lambda: slack.invite_bot(CHANNELS[IMAGE])
         if step == 1:
             slack.store_then_fail("timeout", times=1)
             slack.fail_next(2, status=500, method="chat.update")
-        elif step == 5:
-            slack.refuse("ratelimited", method="chat.postMessage", times=3)
         elif step == 4:
             slack.store_then_fail("fatal_error", times=2)
             slack.fail_next(1, status=503, method="conversations.history")
@@ -137,6 +143,10 @@ class Script:
         elif step == 9:
             slack.store_then_fail("http_500", times=1)
             slack.fail_next(1, status=429, retry_after=20, method="chat.update")
+        elif step == 7:
+            slack.refuse("ratelimited", method="chat.postMessage", times=3)
+        elif step == 8:
+            slack.fail_next(1, status=429, retry_after=5, method="response_url")
         elif step == 11:
             slack.store_then_fail("internal_error", times=1)
             slack.refuse("ratelimited", times=2)
@@ -363,6 +373,17 @@ def test_slack_faults_lose_double_or_reorder_nothing(runtime: Any, calm: dict[st
         assert failed[429] and failed[500] and failed[404], failed
         refused = Counter((c.response or {}).get("error") for c in slack.calls())
         assert refused["not_in_channel"] and refused["ratelimited"], refused
+        out_of = {
+            c.args["channel"]
+            for c in slack.calls()
+            if not c.ok and c.response and c.response["error"] == "not_in_channel"
+        }
+        assert out_of == set(CHANNELS.values())
+        assert any(
+            c.status == 429 and c.method.startswith("response_url") for c in slack.failed_calls()
+        )
+        unclear = {c.method for c in slack.failed_calls() if c.status == 0}
+        assert unclear == {"chat.postMessage"}  # a read time-out, a dropped connection
 
         # Every thread as in the calm run: the same messages, once each, in order.
         shown = threads(slack)

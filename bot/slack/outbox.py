@@ -326,16 +326,22 @@ class OutboxSender:
         gets those again first: the newer ones are about to go, and Slack may take them now
         (the bot was invited, and its member_joined_channel is late or lost), so they would
         overtake the older ones in the thread. Should the bot still be out, all are refused
-        again, in order."""
-        since = iso(self.store.clock() - REVIVE_WITHIN)
+        again, in order (only when a newer one is due: not a call to Slack every pass)."""
+        now = self.store.clock()
+        since, due = iso(now - REVIVE_WITHIN), iso(now)
         revived = False
         while True:
             with self.store.read() as tx:
                 rows = tx.outbox.unsent(limit * 5)
                 keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
-                if revived or not tx.outbox.dead(MISSING_FROM_CHANNEL, since, threads=keys):
+                going = {
+                    (r.thread_image, r.thread_sha)
+                    for r in rows
+                    if r.thread_image is not None and r.next_attempt_at <= due
+                }
+                if revived or not tx.outbox.dead(MISSING_FROM_CHANNEL, since, threads=going):
                     return rows, tx.threads.roots(keys)
-            revive_missing_channel(self.store, threads=keys)
+            revive_missing_channel(self.store, threads=going)
             revived = True
 
     def _claim(

@@ -22,8 +22,10 @@ second, until it has been calm a minute (SLACK_PACE; `Pace` paces from the start
 A message Slack refuses for good is parked as `dead` and never holds its thread up: the
 messages behind it go out, and a root update whose root never made it is posted as the
 thread's new root. Messages refused because the bot is not in the channel
-(`not_in_channel`) are sent again once it is: on Slack's `member_joined_channel` event
-and, should that event be missed, every REVIVE_EVERY (see `revive_missing_channel`).
+(`not_in_channel`) are sent again once it is: on Slack's `member_joined_channel` event,
+before any newer message of their thread (so that none overtakes them, should the event
+come late), and, should that event be missed, every REVIVE_EVERY (see
+`revive_missing_channel`).
 Every payload is cut to Slack's limits on the way out (`bot.slack.blocks.fit_message`).
 
 Refusals that concern the app rather than one message (the token was revoked, the

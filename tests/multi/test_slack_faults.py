@@ -141,13 +141,13 @@ class Script:
         elif step == 6:
             slack.store_then_fail("drop", times=1)
             slack.fail_next(3, status=500, method="chat.postMessage")
-        elif step == 9:
-            slack.store_then_fail("http_500", times=1)
-            slack.fail_next(1, status=429, retry_after=20, method="chat.update")
         elif step == 7:
             slack.refuse("ratelimited", method="chat.postMessage", times=3)
         elif step == 8:
             slack.fail_next(1, status=429, retry_after=5, method="response_url")
+        elif step == 9:
+            slack.store_then_fail("http_500", times=1)
+            slack.fail_next(1, status=429, retry_after=20, method="chat.update")
         elif step == 11:
             slack.store_then_fail("internal_error", times=1)
             slack.refuse("ratelimited", times=2)

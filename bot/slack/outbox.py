@@ -22,8 +22,10 @@ second, until it has been calm a minute (SLACK_PACE; `Pace` paces from the start
 A message Slack refuses for good is parked as `dead` and never holds its thread up: the
 messages behind it go out, and a root update whose root never made it is posted as the
 thread's new root. Messages refused because the bot is not in the channel
-(`not_in_channel`) are sent again once it is: on Slack's `member_joined_channel` event
-and, should that event be missed, every REVIVE_EVERY (see `revive_missing_channel`).
+(`not_in_channel`) are sent again once it is: on Slack's `member_joined_channel` event,
+before any newer message of their thread (so that none overtakes them, should the event
+come late), and, should that event be missed, every REVIVE_EVERY (see
+`revive_missing_channel`).
 Every payload is cut to Slack's limits on the way out (`bot.slack.blocks.fit_message`).
 
 Refusals that concern the app rather than one message (the token was revoked, the
@@ -320,11 +322,29 @@ class OutboxSender:
     # -- one pass ------------------------------------------------------------------------
 
     def _queue(self, limit: int) -> tuple[list[Any], dict[tuple[str, str], ThreadRoot]]:
-        """The unsent rows (without payloads), and the roots of their threads."""
-        with self.store.read() as tx:
-            rows = tx.outbox.unsent(limit * 5)
-            keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
-            return rows, tx.threads.roots(keys)
+        """The unsent rows (without payloads), and the roots of their threads.
+
+        A thread whose earlier messages Slack refused because the bot was not in the channel
+        gets those again first: the newer ones are about to go, and Slack may take them now
+        (the bot was invited, and its member_joined_channel is late or lost), so they would
+        overtake the older ones in the thread. Should the bot still be out, all are refused
+        again, in order (only when a newer one is due: not a call to Slack every pass)."""
+        now = self.store.clock()
+        since, due = iso(now - REVIVE_WITHIN), iso(now)
+        revived = False
+        while True:
+            with self.store.read() as tx:
+                rows = tx.outbox.unsent(limit * 5)
+                keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
+                going = {
+                    (r.thread_image, r.thread_sha)
+                    for r in rows
+                    if r.thread_image is not None and r.next_attempt_at <= due
+                }
+                if revived or not tx.outbox.dead(MISSING_FROM_CHANNEL, since, threads=going):
+                    return rows, tx.threads.roots(keys)
+            revive_missing_channel(self.store, threads=going)
+            revived = True
 
     def _claim(
         self, rows: list[Any], superseded: list[int], now: datetime
@@ -509,9 +529,12 @@ class OutboxSender:
         return method, fit_message(payload)
 
 
-def revive_missing_channel(store: Store, channel: str | None = None) -> int:
+def revive_missing_channel(
+    store: Store, channel: str | None = None, *, threads: set[tuple[str, str]] | None = None
+) -> int:
     """Queue again the messages Slack refused because the bot was not in CHANNEL (in any
-    channel when None), now that it may be; how many were queued again.
+    channel when None; only in THREADS, if given), now that it may be; how many were queued
+    again.
 
     In a thread that got a root meanwhile (an update opened it), root texts older than the
     newest one are retired instead: the root already shows what they said, and posting
@@ -520,7 +543,7 @@ def revive_missing_channel(store: Store, channel: str | None = None) -> int:
     """
     since = iso(store.clock() - REVIVE_WITHIN)
     with store.write(audited=False) as tx:
-        rows = tx.outbox.dead(MISSING_FROM_CHANNEL, since)
+        rows = tx.outbox.dead(MISSING_FROM_CHANNEL, since, threads)
         keys = {(r.thread_image, r.thread_sha) for r in rows if r.thread_image is not None}
         threads = tx.threads.roots(keys)
         newest_root_text = _newest_root_texts(tx.outbox.in_threads(keys))

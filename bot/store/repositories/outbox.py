@@ -176,18 +176,22 @@ class Outbox(Repository):
 
     # -- refused for good ----------------------------------------------------------------
 
-    def dead(self, errors: Iterable[str], since: str) -> list[Any]:
+    def dead(
+        self, errors: Iterable[str], since: str, threads: set[ThreadKey] | None = None
+    ) -> list[Any]:
         """The rows (id, dedupe_key, method, payload, thread_image, thread_sha) refused for
-        good with one of ERRORS and queued since SINCE."""
-        return list(
-            self.connection.execute(
-                select(*(t.outbox.c[name] for name in _REVIVE_COLUMNS)).where(
-                    t.outbox.c.status == "dead",
-                    t.outbox.c.last_error.in_(tuple(errors)),
-                    t.outbox.c.created_at >= since,
-                )
-            )
+        good with one of ERRORS and queued since SINCE (in the threads THREADS, if given)."""
+        query = select(*(t.outbox.c[name] for name in _REVIVE_COLUMNS)).where(
+            t.outbox.c.status == "dead",
+            t.outbox.c.last_error.in_(tuple(errors)),
+            t.outbox.c.created_at >= since,
         )
+        if threads is not None:
+            if not threads:
+                return []
+            keys = tuple_(t.outbox.c.thread_image, t.outbox.c.thread_sha)
+            query = query.where(keys.in_(sorted(threads)))
+        return list(self.connection.execute(query))
 
     def dead_destinations(self, errors: Iterable[str], since: str) -> list[tuple[Any, Any]]:
         """(payload, its thread's channel) of each row `dead` would return."""

@@ -37,6 +37,7 @@ from tests.builds.conftest import (
 from tests.builds.process import FunctionProcess
 from tests.builds.test_function import World, function_env
 from tests.conftest import IMAGE, sha_of
+from tests.fuzz.strategies import apply
 from tests.support.slack_api import FakeSlackApi
 
 Path_ = tuple[str | int, ...]
@@ -161,26 +162,6 @@ def mutated(draw: st.DrawFn, build: dict[str, Any]) -> tuple[Path_, str, Any]:
     )
     how = draw(st.sampled_from(["remove", "replace", "replace", "add"]))
     return where, how, draw(HOSTILE)
-
-
-def apply(build: dict[str, Any], where: Path_, how: str, value: Any) -> Any:
-    """A copy of BUILD with the mutation applied."""
-    copy = json.loads(json.dumps(build))
-    if not where:
-        return value if how == "replace" else copy
-    parent = copy
-    for key in where[:-1]:
-        parent = parent[key]
-    last = where[-1]
-    if how == "remove":
-        del parent[last]
-    elif how == "replace":
-        parent[last] = value
-    elif isinstance(parent, dict):
-        parent[f"junk{len(parent)}"] = value
-    else:
-        parent.append(value)
-    return copy
 
 
 def encoded(build: Any) -> bytes:

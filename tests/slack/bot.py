@@ -128,6 +128,27 @@ def buttons(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def slash_fields(
+    user: str, text: str, *, response_url: str, trigger: str | None = None
+) -> dict[str, Any]:
+    """A slash command as Slack sends it (form fields; Socket Mode carries them as JSON)."""
+    return {
+        "token": "verification-token-unused",
+        "team_id": TEAM,
+        "team_domain": "nbenv-test",
+        "channel_id": CHANNEL,
+        "channel_name": "nlp-images",
+        "user_id": user,
+        "user_name": user.lower(),
+        "command": "/nbenv",
+        "text": text,
+        "api_app_id": "A0NBENVAPP",
+        "is_enterprise_install": "false",
+        "response_url": response_url,
+        "trigger_id": trigger or f"{uuid.uuid4().int % 10**13}.1.{uuid.uuid4().hex}",
+    }
+
+
 class BotServer:
     """`nbenv serve` in its own process, pointed at a fake Slack Web API."""
 
@@ -233,23 +254,8 @@ class BotServer:
     def slash_body(
         self, user: str, text: str, *, trigger: str | None = None, response_url: str = ""
     ) -> bytes:
-        return urlencode(
-            {
-                "token": "verification-token-unused",
-                "team_id": TEAM,
-                "team_domain": "nbenv-test",
-                "channel_id": CHANNEL,
-                "channel_name": "nlp-images",
-                "user_id": user,
-                "user_name": user.lower(),
-                "command": "/nbenv",
-                "text": text,
-                "api_app_id": "A0NBENVAPP",
-                "is_enterprise_install": "false",
-                "response_url": response_url or self.slack.response_url(f"r-{uuid.uuid4().hex}"),
-                "trigger_id": trigger or f"{uuid.uuid4().int % 10**13}.1.{uuid.uuid4().hex}",
-            }
-        ).encode()
+        url = response_url or self.slack.response_url(f"r-{uuid.uuid4().hex}")
+        return urlencode(slash_fields(user, text, response_url=url, trigger=trigger)).encode()
 
     def slash(self, user: str, text: str, **kwargs: Any) -> Answer:
         retry = kwargs.pop("retry", None)

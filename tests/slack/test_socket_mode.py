@@ -32,6 +32,7 @@ from tests.slack.bot import (
     buttons,
     channel_messages,
     published,
+    slash_fields,
     wait_message,
     wait_response,
 )
@@ -132,21 +133,7 @@ def rt(bot: SocketBot, config_path: Path, database: str) -> Any:
 
 
 def slash(user: str, text: str, *, response_url: str, trigger: str | None = None) -> dict[str, Any]:
-    return {
-        "token": "verification-token-unused",
-        "team_id": TEAM,
-        "team_domain": "nbenv-test",
-        "channel_id": CHANNEL,
-        "channel_name": "nlp-images",
-        "user_id": user,
-        "user_name": user.lower(),
-        "command": "/nbenv",
-        "text": text,
-        "api_app_id": APP_ID,
-        "is_enterprise_install": "false",
-        "response_url": response_url,
-        "trigger_id": trigger or f"{uuid.uuid4().int % 10**13}.1.{uuid.uuid4().hex}",
-    }
+    return slash_fields(user, text, response_url=response_url, trigger=trigger)
 
 
 def press(

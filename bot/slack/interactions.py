@@ -63,6 +63,12 @@ if TYPE_CHECKING:  # `nbenv serve` acks with this module before its worker loads
 log = logging.getLogger(__name__)
 
 JOB_KIND = "slack"
+# Said when the database cannot be reached: a fault that heals (a restart, a failover).
+# Whether a write that was cut off committed is not known here, hence the pointer.
+STORE_DOWN = (
+    "nbenv cannot reach its database right now: try again in a minute "
+    "(`/nbenv status` shows what is recorded)"
+)
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,10 @@ class Interactions:
             reply = self.nbenv.execute(user, command, key=key, reply_to=response_url)
         except NbenvError as error:
             return Outcome(answer=views.error(error.message))
+        except Exception as error:
+            if not _store_down(error):
+                raise
+            return Outcome(answer=views.error(STORE_DOWN))
         return Outcome(answer=render(reply, command), queued=not reads_only(command))
 
     def compute(self, later: Later) -> dict[str, Any]:
@@ -174,6 +184,10 @@ class Interactions:
             return render(self.nbenv.execute(user, command), command)
         except NbenvError as error:
             return views.error(error.message)
+        except Exception as error:
+            if not _store_down(error):
+                raise
+            return views.error(STORE_DOWN)
 
     # -- buttons ----------------------------------------------------------------------------
 
@@ -185,6 +199,10 @@ class Interactions:
             return self._press(user, pressed, raw_value, key=key, response_url=response_url)
         except NbenvError as error:
             return Outcome(later=Later(user, message=views.error(error.message)))
+        except Exception as error:
+            if not _store_down(error):
+                raise
+            return Outcome(later=Later(user, message=views.error(STORE_DOWN)))
 
     def _press(
         self, user: Person, pressed: str, raw_value: str | None, *, key: str, response_url: str
@@ -440,3 +458,13 @@ def run_job(nbenv: Nbenv, job: dict[str, Any]) -> None:
 def _help_message() -> dict[str, Any]:
     """The help, the same for everyone: built once (acks hand it on without changing it)."""
     return views.message(help_text())
+
+
+def _store_down(error: BaseException) -> bool:
+    """ERROR says the database cannot be reached now (and will be again)."""
+    from bot.store.database import is_transient_fault  # loaded only once something failed
+
+    if is_transient_fault(error):
+        log.warning("the database cannot be reached: %s", str(error).splitlines()[0][:200])
+        return True
+    return False

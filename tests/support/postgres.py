@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn, Self
 
@@ -260,6 +261,26 @@ class PostgresCluster(Startable):
                 timeout=_START_TIMEOUT_S + 10,
             )
             self._wait_ready()
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped (fast shutdown: connections cut) for the time of the block,
+        then started again on the same port and data, as during maintenance."""
+        with self._lock:
+            if self.base_dir is None:
+                raise RuntimeError("PostgresCluster is not started")
+            stop = ("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w")
+            self._run_server_tool([*stop], timeout=_START_TIMEOUT_S + 10)
+        try:
+            yield
+        finally:
+            with self._lock:
+                start = ("pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_path))
+                self._run_server_tool(
+                    [*start, "-o", f"-p {self.port}", "-w", "-t", str(_START_TIMEOUT_S)],
+                    timeout=_START_TIMEOUT_S + 10,
+                )
+                self._wait_ready()
 
     def _stop_at_exit(self) -> None:
         # A forked child inherits the registration but does not own the server.

@@ -77,7 +77,9 @@ def pg_cluster() -> Iterator[object]:
         yield cluster
 
 
-def _database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty database of KIND (sqlite: a file in TMP_PATH; postgres: on the
+    session's throwaway cluster)."""
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'nbenv.db'}"
     cluster = request.getfixturevalue("pg_cluster")
@@ -87,7 +89,7 @@ def _database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The same test on SQLite and on PostgreSQL."""
-    return _database(request.param, request, tmp_path)
+    return database_url(request.param, request, tmp_path)
 
 
 @pytest.fixture

@@ -36,8 +36,8 @@ from tests.builds.conftest import (
 )
 from tests.builds.process import FunctionProcess
 from tests.builds.test_function import World, function_env
-from tests.conftest import IMAGE, sha_of
-from tests.fuzz.strategies import apply
+from tests.conftest import IMAGE, database_url, sha_of
+from tests.fuzz.strategies import apply, paths
 from tests.support.slack_api import FakeSlackApi
 
 Path_ = tuple[str | int, ...]
@@ -76,17 +76,6 @@ def template(kind: str, sha: str) -> dict[str, Any]:
     ]
     failure = {"type": "USER_BUILD_STEP", "detail": "Build step failure: step 2 failed"}
     return build_resource(build_id, sha, "FAILURE", steps=steps, failure=failure, branch="feature")
-
-
-def paths(value: Any, prefix: Path_ = ()) -> Iterator[Path_]:
-    """Every field at every depth, the value itself first."""
-    yield prefix
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from paths(item, (*prefix, index))
 
 
 NASTY_TEXT = st.lists(
@@ -280,12 +269,7 @@ def fn(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FunctionWorld]:
     folder = tmp_path_factory.mktemp("poison")
-    if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'nbenv.db'}"
-    else:
-        url = request.getfixturevalue("pg_cluster").create_database(
-            f"poison_{uuid.uuid4().hex[:10]}"
-        )
+    url = database_url(request.param, request, folder)
     with FakeSlackApi(token=TOKEN) as slack:
         world = World(folder, url, slack)
         with world.function("poison") as function:

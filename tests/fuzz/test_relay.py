@@ -34,7 +34,7 @@ from tests.builds.conftest import (
 )
 from tests.builds.process import PUBSUB_SOURCE, PUBSUB_TYPE, FunctionProcess
 from tests.builds.test_function import World
-from tests.conftest import IMAGE, sha_of
+from tests.conftest import IMAGE, database_url, sha_of
 from tests.fuzz.strategies import (
     apply,
     assert_linear,
@@ -82,10 +82,7 @@ def relay(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Relay]:
     folder = tmp_path_factory.mktemp("fuzz-relay")
-    if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'nbenv.db'}"
-    else:
-        url = request.getfixturevalue("pg_cluster").create_database(f"fz_{uuid.uuid4().hex[:10]}")
+    url = database_url(request.param, request, folder)
     with FakeSlackApi(token=TOKEN) as slack:
         world = World(folder, url, slack)
         with world.function("fuzz") as function:

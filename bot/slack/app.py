@@ -46,9 +46,6 @@ PRESSES = re.compile(
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
 AFTER_ACK_THREADS = 4
 
-# Where an answer given after the ack goes: (response_url, what to answer, replace?).
-Answers = Callable[[str, Later, bool], None]
-
 
 def build_app(
     service: Nbenv,
@@ -57,10 +54,8 @@ def build_app(
     signing_secret: str | None,
     wake: Callable[[], None] = lambda: None,
     client: WebClient | None = None,
-    answers: Answers | None = None,
 ) -> App:
-    """The Bolt app over SERVICE. WAKE is called when something was queued; ANSWERS
-    computes and posts the answers given after the ack (default: a thread pool here).
+    """The Bolt app over SERVICE. WAKE is called when something was queued.
 
     SIGNING_SECRET None turns request verification off: only for Socket Mode, where
     requests arrive over the app's own authenticated connection.
@@ -93,17 +88,15 @@ def build_app(
 
         after_ack.submit(run)
 
-    def answer_here(response_url: str, later: Later, replace: bool) -> None:
+    def answer(response_url: str, later: Later, replace: bool) -> None:
         after(lambda: post_answer(response_url, interactions.compute(later), replace=replace))
-
-    deliver = answers or answer_here
 
     def follow_up(outcome: Outcome, response_url: str) -> None:
         """What is left once Slack has its ack."""
         if outcome.queued:
             wake()
         if outcome.later is not None:
-            deliver(response_url, outcome.later, outcome.replace)
+            answer(response_url, outcome.later, outcome.replace)
 
     app.use(OnlyPeople())
 

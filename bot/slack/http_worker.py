@@ -20,11 +20,9 @@ import re
 import selectors
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
 from bot.slack.inbound import MAX_BODY
@@ -184,20 +182,3 @@ class RequestBufferingWorker(ThreadWorker):  # type: ignore[misc]
             with contextlib.suppress(OSError):
                 conn.sock.send(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n")
             conn.close()
-
-
-class NbenvServer(BaseApplication):  # type: ignore[misc]
-    """`nbenv serve` as a gunicorn application: SETTINGS are gunicorn's, and each worker
-    serves what LOAD makes once it is forked."""
-
-    def __init__(self, settings: dict[str, Any], load: Callable[[], Any]) -> None:
-        self.settings = settings
-        self.make_app = load
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.settings.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Any:
-        return self.make_app()

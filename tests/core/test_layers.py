@@ -66,7 +66,7 @@ ENTRY_POINTS = frozenset(
         "bot.bootstrap",  # the composition root: config + store + backend → the service
         "bot.demo",  # nbenv demo
         "bot.slack.serve",  # nbenv serve
-        "bot.slack.answers",  # serve's answer process
+        "bot.slack.web",  # one nbenv serve worker: its routes, runtime and threads
         "bot.slack.socket",  # nbenv socket
         "bot.slack.shell",  # nbenv shell
         "functions.main",  # the relay's Cloud Function

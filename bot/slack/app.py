@@ -46,6 +46,10 @@ PRESSES = re.compile(
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
 AFTER_ACK_THREADS = 4
 
+# Takes an answer to compute and post after the ack: (response_url, what, replace?) →
+# whether it took it.
+Answers = Callable[[str, Later, bool], bool]
+
 
 def build_app(
     service: Nbenv,
@@ -54,8 +58,11 @@ def build_app(
     signing_secret: str | None,
     wake: Callable[[], None] = lambda: None,
     client: WebClient | None = None,
+    answers: Answers | None = None,
 ) -> App:
-    """The Bolt app over SERVICE. WAKE is called when something was queued.
+    """The Bolt app over SERVICE. WAKE is called when something was queued; ANSWERS
+    takes the answers given after the ack (`nbenv serve`: its worker's answer process),
+    and those it does not take are computed here, on the after-ack threads.
 
     SIGNING_SECRET None turns request verification off: only for Socket Mode, where
     requests arrive over the app's own authenticated connection.
@@ -89,7 +96,8 @@ def build_app(
         after_ack.submit(run)
 
     def answer(response_url: str, later: Later, replace: bool) -> None:
-        after(lambda: post_answer(response_url, interactions.compute(later), replace=replace))
+        if answers is None or not answers(response_url, later, replace):
+            after(lambda: post_answer(response_url, interactions.compute(later), replace=replace))
 
     def follow_up(outcome: Outcome, response_url: str) -> None:
         """What is left once Slack has its ack."""

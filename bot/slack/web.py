@@ -16,6 +16,7 @@ from slack_sdk.signature import SignatureVerifier
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bot.bootstrap import build_runtime, recover_at_start
+from bot.slack.answer_process import AnswerProcess
 from bot.slack.app import build_app
 from bot.slack.background import Background, job_step
 from bot.slack.client import web_client
@@ -38,6 +39,8 @@ class WebWorker:
     survive a fork), stopped by the worker_exit hook."""
 
     def __init__(self, config: Config, token: str, signing_secret: str) -> None:
+        # First, while this process has no thread: it forks.
+        self.answers = AnswerProcess(config)
         runtime = build_runtime(config=config, migrate=False)  # `nbenv serve` migrated
         recover_at_start(runtime)  # finish promotions a crash left half-synced (idempotent)
         self.push = JobPush.from_runtime(runtime)
@@ -49,7 +52,11 @@ class WebWorker:
             jobs=job_step(runtime, pushed=self.push is not None),
         ).start()
         bolt = build_app(
-            runtime.nbenv, token=token, signing_secret=signing_secret, wake=self.background.wake
+            runtime.nbenv,
+            token=token,
+            signing_secret=signing_secret,
+            wake=self.background.wake,
+            answers=self.answers,
         )
         self.flask = self._routes(bolt, signing_secret)
 
@@ -57,6 +64,7 @@ class WebWorker:
         return self.flask(environ, start_response)  # type: ignore[no-any-return]
 
     def stop(self) -> None:
+        self.answers.stop()
         self.background.stop()
 
     def _routes(self, bolt: App, signing_secret: str) -> Flask:

@@ -67,6 +67,7 @@ ENTRY_POINTS = frozenset(
         "bot.demo",  # nbenv demo
         "bot.slack.serve",  # nbenv serve
         "bot.slack.web",  # one nbenv serve worker: its routes, runtime and threads
+        "bot.slack.answer_process",  # a serve worker's answer process
         "bot.slack.socket",  # nbenv socket
         "bot.slack.shell",  # nbenv shell
         "functions.main",  # the relay's Cloud Function

@@ -232,8 +232,8 @@ class Deployment:
         assert process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            # The master's children: the worker, and the answer process it started before
-            # it listened (adopted by the first worker). The worker serves the socket.
+            # The master's child that serves the socket: the worker (its answer process,
+            # a child of the worker, holds a copy of the socket but is no child of the master).
             inode = _listening_inode(self.bots[n].port)
             serving = [
                 pid

@@ -39,6 +39,7 @@ from bot.builds.thread import (
 from bot.domain.commands import Promote
 from bot.domain.errors import BadInput, Conflict, NbenvError, Refused
 from bot.domain.names import Env, Pipeline, check_full_sha, short
+from bot.domain.notifications import Announcement, Notification, ThreadRootUpdate
 from bot.service.nbenv import Nbenv
 from bot.service.ports import DeliversMessages
 from bot.store.database import is_transient_fault
@@ -71,6 +72,7 @@ class BuildRelay:
         self.store = nbenv.store
         self.config = nbenv.config
         self.deliver_wait_s = deliver_wait_s
+        self.notifier = nbenv.context.notifier  # the core's: the thread speaks as it does
         self.deliverer = Deliverer(sender).start() if background and sender else None
         # Events arriving together are applied in one transaction (see group_commit).
         self.builds: GroupCommit[BuildEvent, tuple[str, list[str]]] = GroupCommit(
@@ -252,19 +254,20 @@ class BuildRelay:
             (key, state, state.get("progress", [0])[0] if state.get("build") else 0)
             for key, state in states.items()
         )
-        tx.outbox.enqueue_many([self._message(key, message) for key, message in coalesce(outgoing)])
+        self.notifier.notify_many(
+            tx, [self._notification(key, message) for key, message in coalesce(outgoing)]
+        )
 
-    def _message(
-        self, key: ThreadKey, message: Outgoing
-    ) -> tuple[str, str, dict[str, Any], ThreadKey]:
+    def _notification(self, key: ThreadKey, message: Outgoing) -> tuple[str, Notification]:
+        """MESSAGE of the thread KEY as what the core tells people, with the key that
+        queues it once."""
         image, sha = key
         dedupe_key = f"build:{image}:{sha}:{message.key}"
         if message.kind == "update":
-            # The sender fills in the root's channel and ts when it sends the update.
-            return dedupe_key, "chat.update", {"text": message.text}, key
+            return dedupe_key, ThreadRootUpdate(image, sha, message.text)
         channel = self.config.images[image].channel
-        payload = {"channel": channel, "text": message.text, "unfurl_links": False}
-        return dedupe_key, "chat.postMessage", payload, key
+        # Link previews off: every step's message links the build's log.
+        return dedupe_key, Announcement(channel, image, sha, message.text, link_previews=False)
 
     # -- what a SUCCESS triggers -----------------------------------------------------------
 

@@ -50,13 +50,30 @@ class Offer:
 
 @dataclass(frozen=True)
 class Announcement:
-    """To the image's channel: in the thread of SHA when there is one."""
+    """To the image's channel: in the thread of SHA when there is one (the first message
+    of a thread opens it).
+
+    LINK_PREVIEWS False: links in TEXT stay plain links, with no preview of the page under
+    the message (a build's thread links its logs on every step).
+    """
 
     channel: str
     image: str
     sha: str | None
     text: str
     offers: tuple[Offer, ...] = ()
+    link_previews: bool = True
+
+
+@dataclass(frozen=True)
+class ThreadRootUpdate:
+    """New TEXT for the message that opened the thread of SHA in the image's channel (the
+    build relay keeps a build's progress there). Should that message never have gone out,
+    TEXT opens the thread instead."""
+
+    image: str
+    sha: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -70,12 +87,13 @@ class DirectMessage:
 
 @dataclass(frozen=True)
 class PrivateAnswer:
-    """The late answer to what USER asked, where they asked it (REPLY_TO: Slack's
-    response_url); to them directly should that place be gone."""
+    """The late answer to what USER asked, where they asked it (REPLY_TO: the address the
+    request came with, in Slack its response_url); to them directly should that place be
+    gone."""
 
     reply_to: str
     user: str | None  # None: nobody to tell should REPLY_TO be gone
     text: str
 
 
-Notification = Announcement | DirectMessage | PrivateAnswer
+Notification = Announcement | ThreadRootUpdate | DirectMessage | PrivateAnswer

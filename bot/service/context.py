@@ -106,7 +106,7 @@ class Context:
     ) -> None:
         """Queue slow work with its audit entry; REPLY_TO is where the worker answers."""
         if reply_to:
-            payload = {**payload, "response_url": reply_to}
+            payload = {**payload, "reply_to": reply_to}
         tx.jobs.enqueue(job_key, kind, payload)
         tx.audit.append(
             actor=payload["actor"], action=kind, image=payload["image"], sha=sha, details=details
@@ -143,4 +143,4 @@ class Asked(Generic[C]):
     # The environments as whoever decided saw them: a promote or rollback does what they
     # saw or nothing.
     seen: Seen | None = None
-    reply_to: str | None = None  # a Slack response_url where slow work answers when done
+    reply_to: str | None = None  # where slow work answers when done (in Slack: a response_url)

@@ -108,7 +108,7 @@ def create_instance(ctx: Context, payload: dict[str, Any]) -> InstanceInfo:
             # opens the requester's notebook.
             details={"name": request.name, "env": request.env, "state": info.state},
         )
-        reply_to = payload.get("response_url")
+        reply_to = payload.get("reply_to")
         text = (
             f"🖥 instance `{request.name}` of {request.image} ({request.env}, "
             f"`{short(request.sha)}`) is {info.state}"

@@ -66,7 +66,7 @@ class JobWorker:
             tx.jobs.finish(job_id, status, error)
             # Whoever asked is told when their slow work failed for good, not left waiting.
             payload = (job or {}).get("payload", {})
-            reply_to = payload.get("response_url")
+            reply_to = payload.get("reply_to")
             if status == "failed" and isinstance(reply_to, str):
                 actor = payload.get("actor")
                 text = f"⚠️ {job['kind']} failed: {escape(error)}"  # type: ignore[index]

@@ -74,7 +74,8 @@ class Nbenv:
         expect: dict[str, int] | ops.Seen | None = None,
         reply_to: str | None = None,
     ) -> Reply:
-        """REPLY_TO: a Slack response_url where slow work (build, instance) answers when done.
+        """REPLY_TO: where slow work (build, instance) answers when done (in Slack: the
+        request's response_url).
 
         EXPECT: the environments as whoever decided saw them (their generations, or a
         Seen); a promote or rollback is refused, and the refusal audited, if they moved.

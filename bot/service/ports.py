@@ -7,7 +7,7 @@ falls back to what it does without, so each optional method is declared here, on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -115,6 +115,11 @@ class Notifier(Protocol):
     once."""
 
     def notify(self, tx: Tx, key: str, notification: Notification) -> None: ...
+
+    def notify_many(self, tx: Tx, notifications: Iterable[tuple[str, Notification]]) -> None:
+        """Queue each (KEY, notification), in order, in one round trip: the build relay
+        tells of many events' progress in each transaction."""
+        ...
 
 
 class DeliversMessages(Protocol):

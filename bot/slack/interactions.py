@@ -152,7 +152,7 @@ class Interactions:
                 # A promote or rollback with --yes carries the environments as they are
                 # now: when the job runs, it does this or nothing (see Seen).
                 seen = command.image if spec_of(command).confirm else None
-                self._queue(key, {**payload, "key": key, "response_url": response_url}, seen)
+                self._queue(key, {**payload, "key": key, "reply_to": response_url}, seen)
                 return Outcome(answer=views.message(_working(command)), queued=True)
             reply = self.nbenv.execute(user, command, key=key, reply_to=response_url)
         except NbenvError as error:
@@ -236,7 +236,7 @@ class Interactions:
                 "expect": expect,
                 "replace": True,
             }
-            self._queue(key, {**job, "key": key, "response_url": response_url})
+            self._queue(key, {**job, "key": key, "reply_to": response_url})
             return Outcome(queued=True)
         if pressed == action_id(Act.REPLACE):  # for an instance running a revoked SHA
             env = value.get("env")
@@ -251,7 +251,7 @@ class Interactions:
             stop = Instances(image=image, stop=name)
             self.nbenv.check(user, stop)
             job = {"mode": "run", "actor": user, "command": to_fields(stop)}
-            self._queue(key, {**job, "key": key, "response_url": response_url})
+            self._queue(key, {**job, "key": key, "reply_to": response_url})
             return Outcome(later=Later(user, message=views.message(_working(stop))), queued=True)
         if pressed == action_id(Act.MORE):  # the next page, in place of this one
             listing, cursor = value.get("listing"), value.get("cursor")
@@ -376,7 +376,7 @@ class Interactions:
             message = views.error(error.message)
         self.answer(
             str(job["key"]),
-            str(job["response_url"]),
+            str(job["reply_to"]),
             message,
             replace=bool(job.get("replace")),
             user=str(job["actor"]),

@@ -43,6 +43,29 @@ def test_a_failed_build_is_answered_where_it_was_asked(runtime):
     assert runtime.worker.run_once() is False  # nothing runs twice
 
 
+def test_a_job_queued_by_the_previous_version_reads_where_to_answer(runtime):
+    """Before, a job named where to answer by Slack's word for it (`response_url`); such
+    jobs may still be queued after an upgrade, and still answer there."""
+    url = "http://127.0.0.1:9/response/old"
+    with runtime.store.write(audited=False) as tx:
+        tx.jobs.enqueue("old:1", "doomed", {"actor": OWNER, "response_url": url})
+        tx.jobs.enqueue("new:1", "doomed", {"actor": OWNER, "reply_to": url})
+    with runtime.store.read() as tx:
+        old, new = tx.jobs.get("old:1"), tx.jobs.get("new:1")
+    assert old["payload"] == new["payload"] == {"actor": OWNER, "reply_to": url}
+
+    def fails(payload: dict) -> None:
+        raise RuntimeError(f"no answer for {payload['reply_to']}")
+
+    worker = JobWorker(runtime.store, {"doomed": fails}, notifier=SlackNotifier())
+    assert worker.run_until_idle() == 2 * MAX_ATTEMPTS
+    answers = [row for row in _outbox(runtime) if row.method == "response_url"]
+    assert [(row.dedupe_key, row.payload["url"]) for row in answers] == [
+        (f"job-failed:{job.id}", url) for job in _jobs(runtime)
+    ]
+    assert all(job.status == "failed" and url in job.error for job in _jobs(runtime))
+
+
 def test_a_crashing_job_is_retried_then_parked(runtime):
     crashes: list[dict] = []
 

@@ -121,7 +121,7 @@ def test_history_lists_what_happened(
     assert f"(fallback — → `{v1[:7]}`, production `{v1[:7]}` → `{v2[:7]}`)" in at_v1
 
 
-def test_build_is_queued_with_the_response_url(server: BotServer, rt, image: str, slack) -> None:  # type: ignore[no-untyped-def]
+def test_build_is_queued_with_where_to_answer(server: BotServer, rt, image: str, slack) -> None:  # type: ignore[no-untyped-def]
     url = slack.response_url(f"build-{image}")
 
     answer = server.slash(OWNER, f"build {image} feature/x", response_url=url)
@@ -132,9 +132,35 @@ def test_build_is_queued_with_the_response_url(server: BotServer, rt, image: str
         "image": image,
         "ref": "feature/x",
         "actor": OWNER,
-        "response_url": url,
+        "reply_to": url,
     }
     assert [e.action for e in audit(rt, image)] == ["build"]
+
+
+def test_a_promotion_the_previous_version_queued_is_still_answered(
+    server: BotServer, rt, image: str, slack: FakeSlackApi
+) -> None:  # type: ignore[no-untyped-def]
+    """Jobs queued before an upgrade name where to answer by Slack's word: they still
+    run, and whoever asked still hears how it went."""
+    commit = published(rt, image)
+    rt.nbenv.handle(TESTER, f"approve {image}")
+    url = slack.response_url(f"old-{image}")
+    key = f"old-{image}"
+    with rt.store.write(audited=False) as tx:  # `/nbenv promote IMAGE --yes`, as queued before
+        tx.jobs.enqueue(
+            f"slack:{key}",
+            "slack",
+            {
+                "mode": "run",
+                "actor": OWNER,
+                "command": {"name": "promote", "image": image, "confirmed": True},
+                "key": key,
+                "response_url": url,
+            },
+        )
+
+    assert f"promoted `{commit[:7]}`" in blocks_text(wait_response(slack, url))
+    assert pointers(rt, image)["production"] == commit
 
 
 def test_approve_and_reject_from_the_command_line(
@@ -249,7 +275,7 @@ def test_rollback_to_an_earlier_sha(server: BotServer, rt, image: str, slack) ->
     assert pointers(rt, image)["production"] == v1
 
 
-def test_instance_is_queued_with_the_response_url(server: BotServer, rt, image: str, slack) -> None:  # type: ignore[no-untyped-def]
+def test_instance_is_queued_with_where_to_answer(server: BotServer, rt, image: str, slack) -> None:  # type: ignore[no-untyped-def]
     (v1,) = in_production(rt, image, "v1")
     url = slack.response_url(f"instance-{image}")
 
@@ -260,7 +286,7 @@ def test_instance_is_queued_with_the_response_url(server: BotServer, rt, image: 
     assert f"creating instance `ana-{image.replace('.', '-')}`" in answer.shown
     assert f"from production (`{v1[:7]}`)" in answer.shown
     (job,) = [j for j in _jobs(rt, "instance") if j["payload"]["image"] == image]
-    assert job["payload"]["response_url"] == url
+    assert job["payload"]["reply_to"] == url
     assert job["payload"]["sha"] == v1
 
 

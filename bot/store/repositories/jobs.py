@@ -9,6 +9,11 @@ from sqlalchemy import or_, select, update
 from bot.store import tables as t
 from bot.store.repositories._base import Repository
 
+# Payload keys that jobs queued by an earlier nbenv spell differently, and how they read
+# now: such jobs may still be queued (or pushed back by Pub/Sub) after an upgrade, and
+# must still answer whoever asked.
+_RENAMED_KEYS = {"response_url": "reply_to"}  # Slack's word for where to answer, until 2026-11
+
 
 class Jobs(Repository):
     __slots__ = ()
@@ -17,7 +22,7 @@ class Jobs(Repository):
         row = self.connection.execute(
             select(t.jobs).where(t.jobs.c.dedupe_key == dedupe_key[:255])
         ).first()
-        return None if row is None else dict(row._mapping)
+        return None if row is None else _job(row)
 
     def enqueue(self, dedupe_key: str, kind: str, payload: dict[str, Any]) -> bool:
         """Queue slow work for the worker; False when this key was queued before."""
@@ -56,7 +61,7 @@ class Jobs(Repository):
             .where(t.jobs.c.id == row.id, t.jobs.c.status == row.status)
             .values(status="running", attempts=row.attempts + 1, available_at=now)
         )
-        return dict(row._mapping) if claimed.rowcount == 1 else None
+        return _job(row) if claimed.rowcount == 1 else None
 
     def claim(self, job: dict[str, Any], now: str) -> bool:
         """Take JOB (as read) for running at NOW; False when it changed since it was read."""
@@ -107,3 +112,14 @@ class Jobs(Repository):
             .where(t.jobs.c.id == job_id, t.jobs.c.status == "queued")
             .values(available_at=until)
         )
+
+
+def _job(row: Any) -> dict[str, Any]:
+    """ROW as a job, its payload in today's keys whichever version queued it."""
+    job = dict(row._mapping)
+    if isinstance(job["payload"], dict) and not _RENAMED_KEYS.keys().isdisjoint(job["payload"]):
+        payload = job["payload"] = dict(job["payload"])
+        for old, new in _RENAMED_KEYS.items():
+            if old in payload:
+                payload.setdefault(new, payload.pop(old))
+    return job

@@ -2,15 +2,8 @@
 
 `config_file`: the file ($NBENV_CONFIG, or the default); `nbenv_home`: the folder nbenv
 keeps its own files in ($NBENV_HOME); `read_config_file`: the file's YAML, read strictly
-(a key given twice is refused, every problem names its line), for both of its readers:
-
-* `bot.config.load_config` checks it against the config's schema (pydantic);
-* `read_access` takes the teams and images alone: `nbenv serve` acks slash commands with
-  them while its worker still loads the rest (loading pydantic and building the schema
-  is a tenth of a second of cold start). It reads a file that `load_config` has already
-  accepted (the server starts no worker before), so it does not check them again.
-
-Nothing here imports pydantic.
+(a key given twice is refused, every problem names its line), which
+`bot.config.load_config` then checks against the config's schema (pydantic).
 """
 
 from __future__ import annotations
@@ -18,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,26 +33,6 @@ def nbenv_home() -> Path:
     """Where nbenv keeps its own files (the default SQLite database, the CLI's log, the
     local backend's checkouts and instances): $NBENV_HOME, or ~/.nbenv."""
     return Path(os.environ.get("NBENV_HOME") or Path.home() / ".nbenv").expanduser()
-
-
-@dataclass(frozen=True)
-class Access:
-    """Who may ask nbenv anything: the config's teams and images."""
-
-    teams: tuple[TeamRoles, ...]
-    images: frozenset[str]
-
-    def knows_user(self, user: str) -> bool:
-        return any(team.role_of(user) is not None for team in self.teams)
-
-
-def read_access(path: str | os.PathLike[str] | None = None) -> Access:
-    """The teams and images of a config file that load_config has accepted."""
-    raw, _ = read_config_file(config_file(path))
-    return Access(
-        teams=tuple(team_roles(team) for team in raw["teams"].values()),
-        images=frozenset(raw["images"]),
-    )
 
 
 def team_roles(team: Mapping[str, Any]) -> TeamRoles:

@@ -1,27 +1,12 @@
-"""Who may ask about what, from the config alone: the check every command passes first.
-
-Kept apart from the use cases (`bot.service.nbenv`), and so from SQLAlchemy and pydantic,
-because `nbenv serve` acks slash commands with it, from a `bot.config_file.Access`,
-while the rest of its worker is still loading.
-"""
+"""Who may ask about what, from the config alone: the check every command passes first
+(a known user, a known image), and who acts as the pipeline."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Protocol
-
+from bot.config import Config
 from bot.domain.commands import Command
 from bot.domain.errors import BadInput
 from bot.domain.names import Actor, Person, Pipeline
-
-
-class Known(Protocol):
-    """The config (`bot.config.Config`), or its teams and images alone."""
-
-    @property
-    def images(self) -> Collection[str]: ...
-
-    def knows_user(self, user: str) -> bool: ...
 
 
 def is_pipeline(actor: Actor | str) -> bool:
@@ -35,7 +20,7 @@ def as_actor(actor: Actor | str) -> Actor:
     return actor if isinstance(actor, Person | Pipeline) else Person(actor)
 
 
-def check_actor(config: Known, actor: Actor | str) -> None:
+def check_actor(config: Config, actor: Actor | str) -> None:
     actor = as_actor(actor)
     if is_pipeline(actor):
         return
@@ -43,13 +28,13 @@ def check_actor(config: Known, actor: Actor | str) -> None:
         raise BadInput(f"unknown user {actor}: not an owner, tester or user of any team")
 
 
-def check_image(config: Known, image: str) -> None:
+def check_image(config: Config, image: str) -> None:
     if image not in config.images:
         known = ", ".join(sorted(config.images))
         raise BadInput(f"unknown image {image!r}; known images: {known}")
 
 
-def check(config: Known, actor: Actor | str, command: Command) -> None:
+def check(config: Config, actor: Actor | str, command: Command) -> None:
     """A known user and a known image."""
     check_actor(config, actor)
     if command.image is not None:

@@ -3,8 +3,9 @@
 `process_before_response=True`: Slack's HTTP request is answered when the listener
 returns, so listeners do only what must be synchronous (parse; the few small writes
 that must be recorded before Slack hears back) and leave the rest to a small thread
-pool that runs right after the ack: answers posted to the response_url, the reject
-dialog (views.open with Slack's short-lived trigger), the App Home (views.publish).
+pool that runs right after the ack: answers posted to the response_url (in `nbenv
+serve`, its worker's answer process computes and posts them), the reject dialog
+(views.open with Slack's short-lived trigger), the App Home (views.publish).
 Durable work goes to the job queue (see bot.slack.interactions).
 """
 
@@ -31,7 +32,7 @@ from bot.slack.notifications import action_id
 from bot.slack.response_url import post_answer
 from bot.slack.views import CANCEL, CONFIRM
 
-if TYPE_CHECKING:  # `nbenv serve` builds this app before its worker loads the service
+if TYPE_CHECKING:
     from bot.service.nbenv import Nbenv
 
 log = logging.getLogger(__name__)

@@ -55,7 +55,7 @@ from bot.domain.text import escape
 from bot.slack import views
 from bot.slack.notifications import action_id, offer_buttons
 
-if TYPE_CHECKING:  # `nbenv serve` acks with this module before its worker loads the service
+if TYPE_CHECKING:
     from bot.service.nbenv import Nbenv
     from bot.service.replies import Reply
     from bot.store.uow import Store
@@ -126,11 +126,7 @@ def _value(raw: str | None) -> dict[str, Any]:
 class Interactions:
     def __init__(self, nbenv: Nbenv) -> None:
         self.nbenv = nbenv
-
-    @property
-    def store(self) -> Store:
-        # Looked up when used: in `nbenv serve`, APP has no store until its worker is warm.
-        return self.nbenv.store
+        self.store: Store = nbenv.store
 
     # -- the slash command ------------------------------------------------------------------
 

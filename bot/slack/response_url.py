@@ -5,6 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from slack_sdk.webhook import WebhookClient
+
+from bot.slack.blocks import fit_message
+
 log = logging.getLogger(__name__)
 
 
@@ -17,17 +26,6 @@ def post_answer(url: str, message: dict[str, Any], *, replace: bool = False) -> 
             len(str(message.get("text", ""))),
         )
         return
-    # Here rather than at the top: the master forks the answer process before it imports
-    # anything that the answer process does not need first.
-    from slack_sdk.http_retry.builtin_handlers import (
-        ConnectionErrorRetryHandler,
-        RateLimitErrorRetryHandler,
-        ServerErrorRetryHandler,
-    )
-    from slack_sdk.webhook import WebhookClient
-
-    from bot.slack.blocks import fit_message
-
     client = WebhookClient(
         url,
         retry_handlers=[

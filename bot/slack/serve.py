@@ -9,11 +9,12 @@ The start, in the order it happens:
 1. `main` checks the environment, reads the config and brings the database schema up
    to date, in the gunicorn master: a mistake stops the start with a one-line reason
    before any worker exists. The master then loads the code every worker runs.
-2. `NbenvServer` (a gunicorn application) forks the workers: one process each, with
-   threads for requests (`RequestBufferingWorker`).
-3. Each worker builds its `WebWorker` (bot.slack.web): the runtime (store, service),
-   the outbox delivery and job threads, the Bolt app and the Flask routes around it;
-   then it serves.
+2. `NbenvServer` (a gunicorn application) forks the workers (`--workers`, default 1),
+   each a process with threads for requests (`RequestBufferingWorker`).
+3. Each worker builds its `Web` (bot.slack.web): first it forks its answer process
+   (bot.slack.answer_process), which computes the answers given after an ack; then the
+   runtime (store, service), the outbox delivery and job threads, the Bolt app and the
+   Flask routes around it; then it serves.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
         "loglevel": "warning",
         "accesslog": None,
         "proc_name": "nbenv-serve",
+        # gunicorn's control socket sits at one path per user ($HOME/.gunicorn): two
+        # servers on one host would take it from each other, and nbenv needs none.
+        "control_socket_disable": True,
     }
     print(
         f"nbenv: serving Slack on http://{options.host}:{options.port} "
@@ -75,7 +79,7 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
         file=sys.stderr,
         flush=True,
     )
-    NbenvServer(settings, lambda: web.WebWorker(config, token, signing_secret)).run()
+    NbenvServer(settings, lambda: web.Web(config, token, signing_secret)).run()
     return 0
 
 
@@ -104,7 +108,7 @@ class NbenvServer(BaseApplication):  # type: ignore[misc]
 
     def __init__(self, settings: dict[str, Any], load: Any) -> None:
         self.settings = settings
-        self.make_app = load
+        self.make_wsgi_application = load
         super().__init__()
 
     def load_config(self) -> None:
@@ -112,13 +116,13 @@ class NbenvServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return self.make_app()
+        return self.make_wsgi_application()
 
 
 def _worker_exit(_server: Any, gunicorn_worker: Any) -> None:
-    served = getattr(gunicorn_worker, "wsgi", None)
-    if served is not None:
-        served.stop()
+    web = getattr(gunicorn_worker, "wsgi", None)  # None: the worker failed to start
+    if web is not None:
+        web.stop()
 
 
 def _options(rest: list[str]) -> argparse.Namespace:

@@ -34,13 +34,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class WebWorker:
-    """A WSGI application: built in a gunicorn worker once it is forked (threads do not
-    survive a fork), stopped by the worker_exit hook."""
+class Web:
+    """What one gunicorn worker serves: a WSGI application (Flask routes around the Bolt
+    app) and what runs behind it (the runtime, the background threads, the answer
+    process). Built in the worker once it is forked (threads do not survive a fork);
+    stopped by gunicorn's worker_exit hook."""
 
     def __init__(self, config: Config, token: str, signing_secret: str) -> None:
         # First, while this process has no thread: it forks.
         self.answers = AnswerProcess(config)
+        try:
+            self._start(config, token, signing_secret)
+        except BaseException:
+            self.answers.stop()  # gunicorn stops a worker that could not start
+            raise
+
+    def _start(self, config: Config, token: str, signing_secret: str) -> None:
         runtime = build_runtime(config=config, migrate=False)  # `nbenv serve` migrated
         recover_at_start(runtime)  # finish promotions a crash left half-synced (idempotent)
         self.push = JobPush.from_runtime(runtime)

@@ -265,7 +265,7 @@ class Script:
     def follow_up(self, outcome: Any, url: str) -> None:
         if outcome.queued:
             self.work()
-        if outcome.later is not None:  # the answer process: computed, posted at once
+        if outcome.later is not None:  # as serve's answer process does: computed, then posted
             post_answer(url, self.interactions.compute(outcome.later), replace=outcome.replace)
 
     def use_up(self, url: str) -> None:

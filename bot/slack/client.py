@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from slack_sdk import WebClient
 
@@ -20,4 +21,19 @@ def web_client(token: str | None = None, *, timeout: int = 10) -> WebClient:
     # connection, which would re-post blindly.
     return WebClient(
         token=token or os.environ.get("SLACK_BOT_TOKEN"), base_url=api_url(), timeout=timeout
+    )
+
+
+def setting(program: str, name: str, where: str) -> str | None:
+    """The environment variable NAME; when it is not set, None, and `nbenv PROGRAM` says
+    in one line WHERE its value is found."""
+    value = os.environ.get(name)
+    if not value:
+        print(f"nbenv {program}: {name} is not set ({where})", file=sys.stderr)
+    return value or None
+
+
+def bot_token(program: str) -> str | None:
+    return setting(
+        program, "SLACK_BOT_TOKEN", "Slack app → OAuth & Permissions → Bot User OAuth Token, xoxb-…"
     )

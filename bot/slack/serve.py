@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
+from bot.slack.client import bot_token, setting
+
 if TYPE_CHECKING:
     from bot.config import Config
 
@@ -35,21 +37,15 @@ log = logging.getLogger(__name__)
 
 def main(args: argparse.Namespace, rest: list[str]) -> int:
     options = _options(rest)
-    signing_secret = os.environ.get("SLACK_SIGNING_SECRET")
-    token = os.environ.get("SLACK_BOT_TOKEN")
+    signing_secret = setting(
+        "serve",
+        "SLACK_SIGNING_SECRET",
+        "Slack app → Basic Information → Signing Secret: without it no request can be verified",
+    )
     if not signing_secret:
-        print(
-            "nbenv serve: SLACK_SIGNING_SECRET is not set (Slack app → Basic Information → "
-            "Signing Secret); without it no request can be verified",
-            file=sys.stderr,
-        )
         return 2
+    token = bot_token("serve")
     if not token:
-        print(
-            "nbenv serve: SLACK_BOT_TOKEN is not set (Slack app → OAuth & Permissions → "
-            "Bot User OAuth Token, xoxb-…)",
-            file=sys.stderr,
-        )
         return 2
     config = prepare(args.config)
     # Loaded once, here: the workers fork with it and start serving at once.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -41,14 +40,14 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
     argparse.ArgumentParser(prog="nbenv socket", description=__doc__.split("\n")[0]).parse_args(
         rest
     )
-    app_token = os.environ.get("SLACK_APP_TOKEN")
-    token = os.environ.get("SLACK_BOT_TOKEN")
+    from bot.slack.client import bot_token, setting
+
+    app_token = setting(
+        "socket",
+        "SLACK_APP_TOKEN",
+        "Slack app → Basic Information → App-Level Tokens, scope connections:write, xapp-…",
+    )
     if not app_token:
-        print(
-            "nbenv socket: SLACK_APP_TOKEN is not set (Slack app → Basic Information → "
-            "App-Level Tokens, scope connections:write, xapp-…)",
-            file=sys.stderr,
-        )
         return 2
     if not app_token.startswith("xapp-"):
         print(
@@ -57,12 +56,8 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    token = bot_token("socket")
     if not token:
-        print(
-            "nbenv socket: SLACK_BOT_TOKEN is not set (Slack app → OAuth & Permissions → "
-            "Bot User OAuth Token, xoxb-…)",
-            file=sys.stderr,
-        )
         return 2
 
     from slack_sdk.errors import SlackApiError

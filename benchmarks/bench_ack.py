@@ -432,7 +432,7 @@ QUICK = (40, 1, 2)  # requests per level, cold starts, alternations
 
 def rows(quick: bool = False) -> list[Row]:
     """The rows of `make bench` (benchmarks/run.py)."""
-    requests, rounds, slices = QUICK if quick else (200, 3, 4)  # within make bench's 10 min
+    requests, rounds, slices = QUICK if quick else (200, 5, 4)  # within make bench's 10 min
     return measured_rows(argparse.Namespace(requests=requests, rounds=rounds, slices=slices))
 
 

@@ -40,6 +40,12 @@ _SAVE = (
         updated_at=bindparam("now"),
     )
 )
+# The root of a thread that has none yet (a missing row is inserted instead).
+_SET_ROOT = (
+    update(t.slack_threads)
+    .where(_WHERE_THREAD, t.slack_threads.c.ts.is_(None))
+    .values(channel=bindparam("channel"), ts=bindparam("ts"))
+)
 
 
 @dataclass(frozen=True)
@@ -111,30 +117,29 @@ class Threads(Repository):
         )
         return {(row.image, row.sha): ThreadRoot(row.channel, row.ts) for row in rows}
 
-    def set_root(self, image: str, sha: str, *, channel: str, ts: str) -> None:
-        """The thread of (IMAGE, SHA) opens with the message TS in CHANNEL, unless it has
-        a root already."""
-        existing = self.connection.execute(
-            select(t.slack_threads).where(
-                t.slack_threads.c.image == image, t.slack_threads.c.sha == sha
-            )
-        ).first()
-        if existing is None:
-            self.insert_ignore(
-                t.slack_threads,
+    def set_roots(self, roots: Iterable[tuple[ThreadKey, str, str]]) -> None:
+        """Each thread (IMAGE, SHA) of ROOTS, given as ((image, sha), channel, ts), opens
+        with the message TS in CHANNEL, unless it has a root already; in two round trips
+        however many there are. Rows are locked in key order, as the relay locks them."""
+        parameters = [
+            {"b_image": image, "b_sha": sha, "channel": channel, "ts": ts}
+            for (image, sha), channel, ts in sorted(roots, key=lambda root: root[0])
+        ]
+        if not parameters:
+            return
+        self.connection.execute(_SET_ROOT, parameters)
+        self.insert_ignore_many(
+            t.slack_threads,
+            [
                 {
-                    "image": image,
-                    "sha": sha,
-                    "channel": channel,
-                    "ts": ts,
+                    "image": row["b_image"],
+                    "sha": row["b_sha"],
+                    "channel": row["channel"],
+                    "ts": row["ts"],
                     "state": {},
                     "status_rank": 0,
                     "updated_at": self.now,
-                },
-            )
-        elif existing.ts is None:
-            self.connection.execute(
-                update(t.slack_threads)
-                .where(t.slack_threads.c.image == image, t.slack_threads.c.sha == sha)
-                .values(ts=ts, channel=channel)
-            )
+                }
+                for row in parameters
+            ],
+        )

@@ -23,10 +23,11 @@ _WHERE_THREAD = (t.slack_threads.c.image == bindparam("b_image")) & (
     t.slack_threads.c.sha == bindparam("b_sha")
 )
 _STATE = select(t.slack_threads.c.state).where(_WHERE_THREAD)
+# What `lock` returns of each thread row.
+_LOCKED_COLUMNS = ("image", "sha", "ts", "state")
 # Sorted, so that two instances locking several threads at once take them in one order.
 _FOR_UPDATE = (
-    select(t.slack_threads.c.image, t.slack_threads.c.sha, t.slack_threads.c.ts)
-    .add_columns(t.slack_threads.c.state)
+    select(*(t.slack_threads.c[name] for name in _LOCKED_COLUMNS))
     .where(_THREAD_KEY.in_(bindparam("b_keys", expanding=True)))
     .order_by(t.slack_threads.c.image, t.slack_threads.c.sha)
     .with_for_update()
@@ -76,9 +77,10 @@ class Threads(Repository):
         }
         missing = sorted(wanted - rows.keys())
         if missing:
-            # Two instances may both get here: the insert of one waits for the other's
-            # commit and then does nothing, and both lock the one row.
-            self.insert_ignore_many(
+            # The rows this insert creates are this transaction's until it ends, as locked
+            # as the others. Two instances may both get here: the insert of one waits for
+            # the other's commit and then does nothing, and it locks the other's row.
+            created = self.insert_ignore_returning(
                 t.slack_threads,
                 [
                     {
@@ -92,9 +94,13 @@ class Threads(Repository):
                     }
                     for image, sha in missing
                 ],
+                _LOCKED_COLUMNS,
             )
-            for row in self.connection.execute(_FOR_UPDATE, {"b_keys": missing}):
-                rows[(row.image, row.sha)] = row
+            rows.update(((row.image, row.sha), row) for row in created)
+            others = [key for key in missing if key not in rows]
+            if others:
+                for row in self.connection.execute(_FOR_UPDATE, {"b_keys": others}):
+                    rows[(row.image, row.sha)] = row
         return rows
 
     def save(self, states: Iterable[tuple[ThreadKey, dict[str, Any], int]]) -> None:

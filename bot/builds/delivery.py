@@ -38,7 +38,12 @@ class Deliverer:
         self.sender = sender
         self.poll_s = poll_s  # also retries what Slack refused for a while
         self.busy_interval_s = busy_interval_s
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # requests wait on it for a pass to end
+        # The sender thread waits on it for work. Requests wake it only while it waits for
+        # work, not during a busy interval: a wake-up per request costs the instance CPU.
+        self._wake = threading.Condition(lock)
+        self._idle = False  # the sender thread waits for work
         self._due = False
         self._running = False
         self._stopping = False
@@ -56,6 +61,7 @@ class Deliverer:
     def stop(self, timeout_s: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
+            self._wake.notify_all()
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -71,7 +77,8 @@ class Deliverer:
             quiet = self._callers == 0 and self._last_sent <= QUIET
             target = self._started + 1  # the next pass starts after our commit
             self._due = True
-            self._cond.notify_all()
+            if self._idle:
+                self._wake.notify()
             if not quiet:
                 return False
             self._callers += 1
@@ -84,8 +91,10 @@ class Deliverer:
         while True:
             with self._cond:
                 if self._last_sent > QUIET:
-                    self._cond.wait_for(lambda: self._stopping, self.busy_interval_s)
-                self._cond.wait_for(lambda: self._due or self._stopping, self.poll_s)
+                    self._wake.wait_for(lambda: self._stopping, self.busy_interval_s)
+                self._idle = True
+                self._wake.wait_for(lambda: self._due or self._stopping, self.poll_s)
+                self._idle = False
                 if self._stopping:
                     return
                 self._due = False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -229,15 +230,19 @@ def _json(text: str | bytes, what: str) -> Any:
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
     """Whether VALUE nests deeper than LIMIT; iterative, so any depth is safe to check."""
-    stack = [(value, 1)]
+    # Only objects and arrays go on the stack; a plain loop, as it runs for every event.
+    stack = [(value, 1)] if isinstance(value, _CONTAINERS) else []
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
     return False
+
+
+_CONTAINERS = (dict, list)  # what json.loads nests
 
 
 # -- the Build resource ---------------------------------------------------------------------
@@ -373,6 +378,13 @@ def parse_time(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > _TIMESTAMP_CHARS:
         raise BadEvent(f"{_shown(value)} is not a timestamp")
+    return _utc_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_text(value: str) -> str:
+    # Cached: every event of a build repeats the times its earlier events gave (created,
+    # started, each step's), and a build publishes an event per step.
     try:
         moment = datetime.fromisoformat(value)
         if moment.tzinfo is None:

@@ -486,15 +486,14 @@ class OutboxSender:
         with self.store.write(audited=False) as tx:
             # Thread rows first, in key order, then outbox rows: the relay locks in the same
             # order (threads, then their messages), so the two never deadlock.
-            for row, payload, response in sorted(
-                roots, key=lambda r: (r[0].thread_image, r[0].thread_sha)
-            ):
-                tx.threads.set_root(
-                    row.thread_image,
-                    row.thread_sha,
-                    channel=response.get("channel") or payload["channel"],
-                    ts=response["ts"],
+            tx.threads.set_roots(
+                (
+                    (row.thread_image, row.thread_sha),
+                    response.get("channel") or payload["channel"],
+                    response["ts"],
                 )
+                for row, payload, response in roots
+            )
             tx.outbox.record((row.id, values) for row, values in outcomes)
 
     def _prepare(

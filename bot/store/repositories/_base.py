@@ -22,7 +22,8 @@ class Repository:
     def insert_ignore(self, table: Table, values: dict[str, Any]) -> bool:
         """Insert unless the key exists; True when this call inserted the row."""
         # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT DO NOTHING.
-        statement = _insert_ignore(self.connection.dialect.name, table, returning=True)
+        key = next(iter(table.primary_key.columns)).name
+        statement = _insert_ignore(self.connection.dialect.name, table, returning=(key,))
         return self.connection.execute(statement, values).first() is not None
 
     def insert_ignore_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -30,12 +31,23 @@ class Repository:
         if rows:
             self.connection.execute(_insert_ignore(self.connection.dialect.name, table), rows)
 
+    def insert_ignore_returning(
+        self, table: Table, rows: list[dict[str, Any]], columns: tuple[str, ...]
+    ) -> list[Any]:
+        """Insert each row unless its key exists, in one round trip; the COLUMNS of the rows
+        this call inserted (those whose key existed are left out)."""
+        if not rows:
+            return []
+        statement = _insert_ignore(self.connection.dialect.name, table, returning=columns)
+        return list(self.connection.execute(statement, rows))
+
 
 @functools.cache
-def _insert_ignore(dialect: str, table: Table, *, returning: bool = False) -> Any:
+def _insert_ignore(dialect: str, table: Table, *, returning: tuple[str, ...] = ()) -> Any:
     """INSERT … ON CONFLICT DO NOTHING, built once per table: values come as parameters.
 
-    RETURNING the key tells whether the row was inserted (psycopg reports rowcount -1).
+    RETURNING the columns named: of the rows inserted only, so the key alone tells whether
+    a row was inserted (psycopg reports rowcount -1).
     """
     # Imported here: each dialect's module is heavy and a process uses only one.
     if dialect == "postgresql":
@@ -48,4 +60,4 @@ def _insert_ignore(dialect: str, table: Table, *, returning: bool = False) -> An
         statement = sqlite.insert(table).on_conflict_do_nothing()
     else:  # pragma: no cover - only the two supported databases
         raise RuntimeError(f"unsupported database {dialect}")
-    return statement.returning(next(iter(table.primary_key.columns))) if returning else statement
+    return statement.returning(*(table.c[name] for name in returning)) if returning else statement

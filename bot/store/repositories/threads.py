@@ -23,10 +23,11 @@ _WHERE_THREAD = (t.slack_threads.c.image == bindparam("b_image")) & (
     t.slack_threads.c.sha == bindparam("b_sha")
 )
 _STATE = select(t.slack_threads.c.state).where(_WHERE_THREAD)
+# What `lock` returns of each thread row.
+_LOCKED_COLUMNS = ("image", "sha", "ts", "state")
 # Sorted, so that two instances locking several threads at once take them in one order.
 _FOR_UPDATE = (
-    select(t.slack_threads.c.image, t.slack_threads.c.sha, t.slack_threads.c.ts)
-    .add_columns(t.slack_threads.c.state)
+    select(*(t.slack_threads.c[name] for name in _LOCKED_COLUMNS))
     .where(_THREAD_KEY.in_(bindparam("b_keys", expanding=True)))
     .order_by(t.slack_threads.c.image, t.slack_threads.c.sha)
     .with_for_update()
@@ -39,6 +40,12 @@ _SAVE = (
         status_rank=bindparam("rank"),
         updated_at=bindparam("now"),
     )
+)
+# The root of a thread that has none yet (a missing row is inserted instead).
+_SET_ROOT = (
+    update(t.slack_threads)
+    .where(_WHERE_THREAD, t.slack_threads.c.ts.is_(None))
+    .values(channel=bindparam("channel"), ts=bindparam("ts"))
 )
 
 
@@ -70,9 +77,10 @@ class Threads(Repository):
         }
         missing = sorted(wanted - rows.keys())
         if missing:
-            # Two instances may both get here: the insert of one waits for the other's
-            # commit and then does nothing, and both lock the one row.
-            self.insert_ignore_many(
+            # The rows this insert creates are this transaction's until it ends, as locked
+            # as the others. Two instances may both get here: the insert of one waits for
+            # the other's commit and then does nothing, and it locks the other's row.
+            created = self.insert_ignore_returning(
                 t.slack_threads,
                 [
                     {
@@ -86,9 +94,13 @@ class Threads(Repository):
                     }
                     for image, sha in missing
                 ],
+                _LOCKED_COLUMNS,
             )
-            for row in self.connection.execute(_FOR_UPDATE, {"b_keys": missing}):
-                rows[(row.image, row.sha)] = row
+            rows.update(((row.image, row.sha), row) for row in created)
+            others = [key for key in missing if key not in rows]
+            if others:
+                for row in self.connection.execute(_FOR_UPDATE, {"b_keys": others}):
+                    rows[(row.image, row.sha)] = row
         return rows
 
     def save(self, states: Iterable[tuple[ThreadKey, dict[str, Any], int]]) -> None:
@@ -111,30 +123,29 @@ class Threads(Repository):
         )
         return {(row.image, row.sha): ThreadRoot(row.channel, row.ts) for row in rows}
 
-    def set_root(self, image: str, sha: str, *, channel: str, ts: str) -> None:
-        """The thread of (IMAGE, SHA) opens with the message TS in CHANNEL, unless it has
-        a root already."""
-        existing = self.connection.execute(
-            select(t.slack_threads).where(
-                t.slack_threads.c.image == image, t.slack_threads.c.sha == sha
-            )
-        ).first()
-        if existing is None:
-            self.insert_ignore(
-                t.slack_threads,
+    def set_roots(self, roots: Iterable[tuple[ThreadKey, str, str]]) -> None:
+        """Each thread (IMAGE, SHA) of ROOTS, given as ((image, sha), channel, ts), opens
+        with the message TS in CHANNEL, unless it has a root already; in two round trips
+        however many there are. Rows are locked in key order, as the relay locks them."""
+        parameters = [
+            {"b_image": image, "b_sha": sha, "channel": channel, "ts": ts}
+            for (image, sha), channel, ts in sorted(roots, key=lambda root: root[0])
+        ]
+        if not parameters:
+            return
+        self.connection.execute(_SET_ROOT, parameters)
+        self.insert_ignore_many(
+            t.slack_threads,
+            [
                 {
-                    "image": image,
-                    "sha": sha,
-                    "channel": channel,
-                    "ts": ts,
+                    "image": row["b_image"],
+                    "sha": row["b_sha"],
+                    "channel": row["channel"],
+                    "ts": row["ts"],
                     "state": {},
                     "status_rank": 0,
                     "updated_at": self.now,
-                },
-            )
-        elif existing.ts is None:
-            self.connection.execute(
-                update(t.slack_threads)
-                .where(t.slack_threads.c.image == image, t.slack_threads.c.sha == sha)
-                .values(ts=ts, channel=channel)
-            )
+                }
+                for row in parameters
+            ],
+        )

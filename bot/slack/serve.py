@@ -20,6 +20,7 @@ The start, in the order it happens:
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 
 
 def main(args: argparse.Namespace, rest: list[str]) -> int:
+    # Python's recipe for a server that forks (the gc module's documentation): no
+    # collection while the code loads — loading makes many objects and frees few, and
+    # the start is about a tenth shorter (measured, `make bench`) — and what was loaded
+    # frozen before the workers fork, so that their collections leave the memory they
+    # share with the master alone.
+    gc.disable()
     options = _options(rest)
     signing_secret = setting(
         "serve",
@@ -75,6 +82,8 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
         file=sys.stderr,
         flush=True,
     )
+    gc.freeze()
+    gc.enable()
     NbenvServer(settings, lambda: web.Web(config, token, signing_secret)).run()
     return 0
 
